@@ -1,0 +1,168 @@
+"""Plain ASGI helpers for the hot path: read a bounded body, send JSON, send errors.
+
+The inference routes are plain ASGI functions rather than a framework's
+handlers: on this path a framework costs 25-80% more CPU per request
+(see bench/RESULTS.md), and the helpers needed are few.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import msgspec
+
+from relaygate.errors import (
+    InvalidRequest,
+    PayloadTooLarge,
+    RelaygateError,
+    UnsupportedMediaType,
+)
+
+__all__ = [
+    "ASGIApp",
+    "ClientGone",
+    "Receive",
+    "Scope",
+    "Send",
+    "decode_json_object",
+    "error_body",
+    "header",
+    "new_request_id",
+    "read_body",
+    "send_bytes",
+    "send_error",
+    "wait_for_disconnect",
+]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+JSON_TYPE = b"application/json"
+_decode = msgspec.json.decode
+_encode = msgspec.json.encode
+
+
+class ClientGone(Exception):
+    """The client closed the connection before the response was complete."""
+
+
+def new_request_id() -> str:
+    """A random, URL-safe request id (also sent back as X-Request-Id)."""
+    return os.urandom(12).hex()
+
+
+def header(scope: Scope, name: bytes) -> bytes | None:
+    """The first value of a request header (``name`` in lower case)."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value)
+    return None
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The whole request body, refusing more than ``limit`` bytes before reading them."""
+    declared = header(scope, b"content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise PayloadTooLarge(limit)
+        except ValueError:
+            raise InvalidRequest("Content-Length is not a number.") from None
+    _check_content_type(header(scope, b"content-type"))
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(limit)
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _check_content_type(value: bytes | None) -> None:
+    if value is None:
+        return  # curl -d without -H sends a form type; no header at all is accepted
+    media = value.split(b";", 1)[0].strip().lower()
+    if media == JSON_TYPE or media.endswith(b"+json"):
+        return
+    shown = media.decode("latin-1")[:100]
+    raise UnsupportedMediaType(
+        f"Content-Type must be application/json, not {shown!r}. "
+        'Send the header "Content-Type: application/json".'
+    )
+
+
+def decode_json_object(body: bytes) -> dict[str, Any]:
+    """Decode a JSON object body, with a message that says what is wrong with it."""
+    if not body.strip():
+        raise InvalidRequest("The request body is empty; expected a JSON object.")
+    try:
+        data = _decode(body)
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {exc}.") from None
+    except msgspec.ValidationError as exc:
+        raise InvalidRequest(f"The request body has a value JSON cannot hold: {exc}.") from None
+    except RecursionError:
+        raise InvalidRequest("The request body is nested too deeply.") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest(
+            f"The request body must be a JSON object, not a JSON {type(data).__name__}."
+        )
+    return data
+
+
+async def send_bytes(
+    send: Send,
+    status: int,
+    body: bytes,
+    request_id: str,
+    content_type: bytes = JSON_TYPE,
+    extra: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    headers = [
+        (b"content-type", content_type),
+        (b"content-length", str(len(body)).encode()),
+        (b"x-request-id", request_id.encode()),
+    ]
+    if extra:
+        headers.extend(extra)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def error_body(error: RelaygateError) -> bytes:
+    """OpenAI's error shape: ``{"error": {"message", "type", "param", "code"}}``."""
+    return _encode(
+        {
+            "error": {
+                "message": error.message,
+                "type": error.type,
+                "param": error.param,
+                "code": error.code,
+            }
+        }
+    )
+
+
+async def send_error(send: Send, error: RelaygateError, request_id: str) -> None:
+    await send_bytes(send, error.status, error_body(error), request_id, extra=error.headers())
+
+
+async def wait_for_disconnect(receive: Receive) -> None:
+    """Return when the client has gone (after the body has been read)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return

@@ -1,0 +1,218 @@
+"""The inbound OpenAI-compatible API: /v1/chat/completions, /v1/completions,
+/v1/embeddings, /v1/models.
+
+Parses the wire body into a :class:`Call`, runs it through the pipeline and
+renders the result as JSON or as server-sent events. Every error has OpenAI's
+shape. A stream is relayed chunk by chunk as it arrives, ends with
+``data: [DONE]``, and is cancelled upstream the moment the client goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from relaygate import pipeline
+from relaygate.api.http import (
+    ClientGone,
+    Receive,
+    Scope,
+    Send,
+    decode_json_object,
+    error_body,
+    new_request_id,
+    read_body,
+    send_bytes,
+    send_error,
+    wait_for_disconnect,
+)
+from relaygate.errors import InvalidRequest, NotFound, RelaygateError, UpstreamError
+from relaygate.schema.requests import (
+    Call,
+    ChatRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    Kind,
+    embedding_inputs,
+)
+
+if TYPE_CHECKING:
+    from relaygate.app import AppState
+
+__all__ = ["OpenAIAPI"]
+
+API = "openai"
+_encode = msgspec.json.encode
+_SCHEMAS: dict[Kind, type[ChatRequest | CompletionRequest | EmbeddingRequest]] = {
+    "chat": ChatRequest,
+    "completion": CompletionRequest,
+    "embedding": EmbeddingRequest,
+}
+_SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+_DONE = b"data: [DONE]\n\n"
+
+
+class OpenAIAPI:
+    """Handlers for the OpenAI-compatible routes, bound to the app's state."""
+
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+
+    async def chat(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._inference("chat", scope, receive, send)
+
+    async def completions(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._inference("completion", scope, receive, send)
+
+    async def embeddings(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._inference("embedding", scope, receive, send)
+
+    async def models(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send_bytes(send, 200, self.state.models_json, new_request_id())
+
+    async def model(self, scope: Scope, receive: Receive, send: Send) -> None:
+        name = scope["path"][len("/v1/models/") :]
+        entry = self.state.model_entries.get(name)
+        request_id = new_request_id()
+        if entry is None:
+            error = NotFound(
+                f"The model {name!r} does not exist on this gateway. "
+                "List the models it serves with GET /v1/models.",
+                param="model",
+            )
+            error.code = "model_not_found"
+            await send_error(send, error, request_id)
+            return
+        await send_bytes(send, 200, entry, request_id)
+
+    async def _inference(self, kind: Kind, scope: Scope, receive: Receive, send: Send) -> None:
+        state = self.state
+        started = time.perf_counter()
+        request_id = new_request_id()
+        model_label, status, ttfb = "unknown", 500, None
+        state.metrics.started(API)
+        try:
+            call = _parse(kind, await read_body(scope, receive, state.max_body), request_id)
+            model_label = state.router.get(call.model).name
+            if call.stream:
+                status, ttfb = await self._stream(call, receive, send)
+            else:
+                body, _ = await pipeline.complete(state, call)
+                await send_bytes(send, 200, _encode(body), request_id)
+                status = 200
+        except RelaygateError as exc:
+            status = exc.status
+            await send_error(send, exc, request_id)
+        except ClientGone:
+            status = 499
+        except Exception:
+            state.log.exception("unexpected error serving request %s", request_id)
+            await send_error(send, _internal_error(request_id), request_id)
+        finally:
+            elapsed = time.perf_counter() - started
+            state.metrics.finished(model_label, API, status, elapsed, ttfb or elapsed)
+
+    async def _stream(self, call: Call, receive: Receive, send: Send) -> tuple[int, float | None]:
+        """Relay a stream; the client going away cancels the upstream call at once."""
+        upstream = await pipeline.open_stream(self.state, call)
+        relay = asyncio.ensure_future(self._relay(upstream, call, send))
+        watch = asyncio.ensure_future(wait_for_disconnect(receive))
+        try:
+            await asyncio.wait((relay, watch), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (watch, relay):
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+            await upstream.aclose()
+        if relay.cancelled():
+            return 499, None
+        return relay.result()
+
+    async def _relay(
+        self, upstream: pipeline.UpstreamStream, call: Call, send: Send
+    ) -> tuple[int, float | None]:
+        started = time.perf_counter()
+        headers = [*_SSE_HEADERS, (b"x-request-id", call.request_id.encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        ttfb: float | None = None
+        chunk = upstream.first
+        try:
+            while chunk is not None:
+                data = _sse(chunk, call)
+                if data:
+                    await send({"type": "http.response.body", "body": data, "more_body": True})
+                    if ttfb is None:
+                        ttfb = time.perf_counter() - started
+                chunk = await upstream.next()
+        except UpstreamError as exc:
+            return await _end_with_error(send, exc), ttfb
+        except Exception:
+            self.state.log.exception("unexpected error relaying stream %s", call.request_id)
+            return await _end_with_error(send, _internal_error(call.request_id)), ttfb
+        await send({"type": "http.response.body", "body": _DONE, "more_body": False})
+        return 200, ttfb
+
+
+async def _end_with_error(send: Send, error: RelaygateError) -> int:
+    """A stream that already started ends with an error event and a clean close."""
+    body = b"data: " + error_body(error) + b"\n\n"
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+    return error.status
+
+
+def _sse(chunk: dict[str, Any], call: Call) -> bytes | None:
+    """One SSE event; the usage chunk is dropped unless the client asked for it."""
+    chunk["model"] = call.model
+    if not call.include_usage:
+        if not chunk.get("choices") and "usage" in chunk:
+            return None
+        chunk.pop("usage", None)
+    return b"data: " + _encode(chunk) + b"\n\n"
+
+
+def _parse(kind: Kind, body: bytes, request_id: str) -> Call:
+    data = decode_json_object(body)
+    try:
+        params = msgspec.convert(data, _SCHEMAS[kind])
+    except msgspec.ValidationError as exc:
+        raise _invalid(str(exc)) from None
+    stream = bool(getattr(params, "stream", False))
+    if isinstance(params, EmbeddingRequest) and not _valid_embedding_input(params):
+        raise InvalidRequest(
+            "input must be a string, an array of strings, or token arrays.", param="input"
+        )
+    return Call(kind, params.model, data, params, stream, request_id)
+
+
+def _valid_embedding_input(params: EmbeddingRequest) -> bool:
+    """Strings, or token arrays: a list of ints, or a list of lists of ints."""
+    if embedding_inputs(params) is not None:
+        return True
+    items = params.input
+    return all(isinstance(i, int) for i in items) or all(
+        isinstance(i, list) and all(isinstance(t, int) for t in i) for i in items
+    )
+
+
+def _invalid(message: str) -> InvalidRequest:
+    """msgspec's ``Expected `int`, got `str` - at `$.max_tokens``` as a 400 naming the field."""
+    text, _, where = message.partition(" - at `")
+    param = where.rstrip("`").removeprefix("$.").removeprefix("$") or None
+    if param is None and "missing required field" in text:
+        param = text.rsplit("`", 2)[-2] if text.count("`") >= 2 else None
+    detail = f"Invalid value for {param!r}: {text}." if param else f"Invalid request: {text}."
+    return InvalidRequest(detail, param=param)
+
+
+def _internal_error(request_id: str) -> RelaygateError:
+    return RelaygateError(f"Internal error; the gateway's log has details under {request_id}.")

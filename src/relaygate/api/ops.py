@@ -1,0 +1,62 @@
+"""Operations routes: /health (liveness), /ready (readiness), /metrics (Prometheus)."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from relaygate.api.http import Receive, Scope, Send, new_request_id, send_bytes
+from relaygate.observability.metrics import CONTENT_TYPE_LATEST
+
+if TYPE_CHECKING:
+    from relaygate.app import AppState
+
+__all__ = ["OpsAPI"]
+
+_HEALTH = b'{"status":"ok"}'
+
+
+class OpsAPI:
+    """Cheap liveness, a readiness report of every deployment, and metrics."""
+
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+
+    async def health(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send_bytes(send, 200, _HEALTH, new_request_id())
+
+    async def ready(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """200 when at least one model has a deployment that can be tried, else 503."""
+        now = time.monotonic()
+        models = {}
+        serving = 0
+        for model in self.state.router.models.values():
+            deployments = [
+                {
+                    "name": d.name,
+                    "provider": d.provider_name,
+                    "state": d.health.state(now),
+                    "consecutive_failures": d.health.failures,
+                    **({"last_error": d.health.last_error} if d.health.last_error else {}),
+                }
+                for d in model.deployments
+            ]
+            ok = any(d.health.available(now) for d in model.deployments)
+            serving += ok
+            models[model.name] = {"ready": ok, "deployments": deployments}
+        ready = serving > 0 and not self.state.draining
+        body = {
+            "status": "ready" if ready else "unavailable",
+            "draining": self.state.draining,
+            "models_ready": serving,
+            "models": models,
+        }
+        await send_bytes(send, 200 if ready else 503, msgspec.json.encode(body), new_request_id())
+
+    async def metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = self.state.metrics.render()
+        await send_bytes(
+            send, 200, body, new_request_id(), content_type=CONTENT_TYPE_LATEST.encode()
+        )

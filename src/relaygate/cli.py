@@ -1,0 +1,160 @@
+"""The ``relaygate`` command: ``serve``, ``config check``, ``--version``.
+
+A wrong configuration stops every command with exit code 2 and one message
+naming the field and the file line, before anything listens on a port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from relaygate import __version__
+from relaygate.errors import ConfigError
+from relaygate.settings import Settings, load_settings
+
+__all__ = ["main"]
+
+EXIT_CONFIG = 2
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        raise SystemExit(0)
+    try:
+        args.handler(args)
+    except ConfigError as exc:
+        print(f"relaygate: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="relaygate",
+        description="A self-hosted AI gateway: one secure, metered, fast endpoint in front of "
+        "Ollama, OpenAI-compatible servers and cloud APIs.",
+        epilog="Configuration: a YAML file (--config or RELAYGATE_CONFIG) and RELAYGATE_* "
+        "environment variables. See docs/configuration.md.",
+    )
+    parser.add_argument("--version", action="version", version=f"relaygate {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="start the gateway")
+    serve.add_argument("--config", metavar="FILE", help="YAML configuration file")
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to bind (default 8000)")
+    serve.add_argument("--workers", type=int, help="worker processes (default 1)")
+    serve.set_defaults(handler=_serve)
+
+    config = commands.add_parser("config", help="work with configuration files")
+    config_commands = config.add_subparsers(title="config commands", metavar="COMMAND")
+    check = config_commands.add_parser(
+        "check", help="validate a configuration file and print the resolved model table"
+    )
+    check.add_argument("file", metavar="FILE")
+    check.set_defaults(handler=_config_check)
+    config.set_defaults(handler=lambda _args: config.print_help())
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> None:
+    overrides = {"host": args.host, "port": args.port, "workers": args.workers}
+    settings = load_settings(args.config, overrides=overrides)
+    configure_logging(settings)
+    import uvicorn
+
+    common: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "loop": "uvloop",
+        "http": "httptools",
+        "lifespan": "on",
+        "access_log": False,
+        "server_header": False,
+        "timeout_graceful_shutdown": settings.graceful_shutdown_seconds,
+        "log_level": settings.log_level,
+        "backlog": 4096,
+    }
+    print(f"relaygate {__version__}: http://{_url_host(settings.host)}:{settings.port}", flush=True)
+    if settings.workers == 1:
+        from relaygate.app import create_app
+
+        uvicorn.run(create_app(settings), **common)
+        return
+    _export_for_workers(args, settings)
+    uvicorn.run("relaygate.app:create_app", factory=True, workers=settings.workers, **common)
+
+
+def _export_for_workers(args: argparse.Namespace, settings: Settings) -> None:
+    """Worker processes rebuild the settings from the environment this process leaves them.
+
+    Metrics of all workers are aggregated through prometheus-client's
+    multiprocess mode, in a fresh directory.
+    """
+    if args.config:
+        os.environ["RELAYGATE_CONFIG"] = os.path.abspath(args.config)
+    for name in ("host", "port", "workers"):
+        if getattr(args, name) is not None:
+            os.environ[f"RELAYGATE_{name.upper()}"] = str(getattr(args, name))
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="relaygate-metrics-")
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _config_check(args: argparse.Namespace) -> None:
+    settings = load_settings(args.file)
+    print(f"{args.file}: OK")
+    rows = [("MODEL", "PROVIDER", "BASE URL", "UPSTREAM MODEL", "WEIGHT", "API KEY", "FALLBACKS")]
+    for model in settings.models:
+        for dep in model.deployments:
+            rows.append(
+                (
+                    model.name,
+                    dep.provider,
+                    _mask_url(dep.base_url) if dep.base_url else "-",
+                    dep.model or model.name,
+                    f"{dep.weight:g}",
+                    mask_secret(dep.api_key),
+                    ", ".join(model.fallbacks) or "-",
+                )
+            )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    if settings.serves_mock:
+        print("plus the development model 'mock'")
+    for url in settings.ollama_discovery_urls:
+        print(f"plus every model of the Ollama server at {_mask_url(url)}, if it answers at start")
+
+
+def mask_secret(secret: str | None) -> str:
+    """Enough to tell two keys apart, never enough to use one."""
+    if not secret:
+        return "-"
+    return "****" + secret[-4:] if len(secret) >= 16 else "****"
+
+
+def _mask_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None and parts.username is None:
+        return url
+    netloc = "****@" + (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))

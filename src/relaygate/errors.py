@@ -1,0 +1,221 @@
+"""Every error relaygate raises, each knowing its HTTP status and error type.
+
+Errors are raised as typed exceptions and rendered once, by the inbound API the
+request arrived in (OpenAI shape under /v1). Library exceptions (aiohttp,
+msgspec, asyncio timeouts) are translated at one boundary each, never leaked.
+
+    RelaygateError
+    ├── ClientError                  4xx: the request is wrong; never retried
+    │   ├── InvalidRequest           400 (names the field in ``param``)
+    │   ├── NotFound                 404
+    │   │   └── ModelNotFound        404 (says how to list models)
+    │   ├── MethodNotAllowed         405
+    │   ├── PayloadTooLarge          413
+    │   └── UnsupportedMediaType     415
+    ├── UpstreamError                the deployment failed; may be retried before the first byte
+    │   ├── UpstreamConnectError     503 when nothing could be reached
+    │   ├── UpstreamTimeout          504
+    │   ├── UpstreamStatusError      502, or the upstream's 4xx when it rejected the request
+    │   └── UpstreamProtocolError    502 (malformed body, connection cut mid-response)
+    ├── NoHealthyDeployment          503
+    └── ConfigError                  not an HTTP error: ``serve`` exits with code 2
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ClientError",
+    "ConfigError",
+    "InvalidRequest",
+    "MethodNotAllowed",
+    "ModelNotFound",
+    "NoHealthyDeployment",
+    "NotFound",
+    "PayloadTooLarge",
+    "RelaygateError",
+    "UnsupportedMediaType",
+    "UpstreamConnectError",
+    "UpstreamError",
+    "UpstreamProtocolError",
+    "UpstreamStatusError",
+    "UpstreamTimeout",
+]
+
+
+class RelaygateError(Exception):
+    """Base of every error relaygate renders to a client."""
+
+    status: int = 500
+    type: str = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """Extra response headers this error calls for (e.g. Retry-After)."""
+        return []
+
+
+class ClientError(RelaygateError):
+    """The client sent something wrong; retrying the same request cannot help."""
+
+    status = 400
+    type = "invalid_request_error"
+
+
+class InvalidRequest(ClientError):
+    status = 400
+
+
+class NotFound(ClientError):
+    status = 404
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+    def __init__(self, model: str) -> None:
+        super().__init__(
+            f"The model {model!r} does not exist on this gateway. "
+            "List the models it serves with GET /v1/models.",
+            param="model",
+        )
+
+
+class MethodNotAllowed(ClientError):
+    status = 405
+    code = "method_not_allowed"
+
+
+class PayloadTooLarge(ClientError):
+    status = 413
+    code = "request_too_large"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"Request body is larger than the limit of {limit} bytes.")
+
+
+class UnsupportedMediaType(ClientError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class UpstreamError(RelaygateError):
+    """A deployment failed to answer. ``retryable`` errors may be tried elsewhere."""
+
+    status = 502
+    type = "upstream_error"
+    retryable = True
+
+    def __init__(self, message: str, *, deployment: str = "") -> None:
+        super().__init__(message)
+        self.deployment = deployment
+
+    @property
+    def kind(self) -> str:
+        """A short, bounded label for metrics."""
+        return "error"
+
+
+class UpstreamConnectError(UpstreamError):
+    status = 503
+    code = "upstream_unreachable"
+
+    @property
+    def kind(self) -> str:
+        return "connect"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    type = "timeout_error"
+    code = "upstream_timeout"
+
+    def __init__(self, message: str, *, deployment: str = "", phase: str = "total") -> None:
+        super().__init__(message, deployment=deployment)
+        self.phase = phase
+
+    @property
+    def kind(self) -> str:
+        return f"timeout_{self.phase}"
+
+
+class UpstreamStatusError(UpstreamError):
+    """The upstream answered with an error status.
+
+    5xx and 429 are retryable; a 400/413/422 means the upstream rejected the
+    request itself, which is passed on to the client as a 4xx.
+    """
+
+    code = "upstream_status"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        upstream_status: int,
+        deployment: str = "",
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, deployment=deployment)
+        self.upstream_status = upstream_status
+        self.retry_after = retry_after
+        self.retryable = upstream_status >= 500 or upstream_status == 429
+        if upstream_status == 429:
+            self.status, self.type, self.code = 429, "rate_limit_error", "upstream_rate_limited"
+        elif upstream_status in (400, 413, 422):
+            self.status, self.type = (
+                (413 if upstream_status == 413 else 400),
+                "invalid_request_error",
+            )
+            self.code = "upstream_rejected_request"
+
+    @property
+    def kind(self) -> str:
+        return f"status_{self.upstream_status // 100}xx" if self.upstream_status != 429 else "429"
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        if self.retry_after is None:
+            return []
+        return [(b"retry-after", str(max(1, round(self.retry_after))).encode())]
+
+
+class UpstreamProtocolError(UpstreamError):
+    code = "upstream_bad_response"
+
+    @property
+    def kind(self) -> str:
+        return "protocol"
+
+
+class NoHealthyDeployment(RelaygateError):
+    status = 503
+    type = "service_unavailable"
+    code = "no_healthy_deployment"
+
+    def __init__(self, model: str, retry_in: float) -> None:
+        super().__init__(
+            f"No healthy deployment for model {model!r}: every deployment failed recently "
+            f"and is cooling down; retry in {max(1, round(retry_in))} s."
+        )
+        self.retry_in = retry_in
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"retry-after", str(max(1, round(self.retry_in))).encode())]
+
+
+class ConfigError(Exception):
+    """The configuration is wrong. Carries the file and line when they are known."""
+
+    def __init__(self, message: str, *, source: str | None = None, line: int | None = None) -> None:
+        where = source or "configuration"
+        if line is not None:
+            where = f"{where}:{line}"
+        super().__init__(f"{where}: {message}")
+        self.message = message
+        self.source = source
+        self.line = line

@@ -1,0 +1,89 @@
+"""Prometheus metrics: requests, latency, time to first byte, upstream errors, in-flight.
+
+Labels are bounded: ``model`` is a configured model name or ``unknown`` (never
+whatever a client typed), ``deployment`` is a deployment's safe name, never a
+URL or a key. With several workers, prometheus-client's multiprocess mode is
+used: the CLI points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh directory before
+the workers start, and /metrics aggregates every worker's files.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+
+_LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300,
+)  # fmt: skip
+
+
+class Metrics:
+    """The gateway's metrics, with label children cached for the hot path."""
+
+    def __init__(self, multiprocess_dir: str | None = None) -> None:
+        self.multiprocess_dir = multiprocess_dir
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "relaygate_requests", "Requests answered, by model, API and HTTP status.",
+            ["model", "api", "status"], registry=r,
+        )  # fmt: skip
+        self.latency = Histogram(
+            "relaygate_request_duration_seconds", "Time from request to the last byte sent.",
+            ["model", "api"], buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.ttfb = Histogram(
+            "relaygate_time_to_first_byte_seconds",
+            "Time from request to the first response byte sent to the client.",
+            ["model", "api"], buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.upstream_errors = Counter(
+            "relaygate_upstream_errors", "Failed upstream calls, by deployment and kind.",
+            ["deployment", "kind"], registry=r,
+        )  # fmt: skip
+        self.in_flight = Gauge(
+            "relaygate_in_flight_requests", "Requests being served now.", ["api"],
+            registry=r, multiprocess_mode="livesum",
+        )  # fmt: skip
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def started(self, api: str) -> None:
+        self._child(self.in_flight, api).inc()
+
+    def finished(
+        self, model: str, api: str, status: int, duration: float, ttfb: float | None
+    ) -> None:
+        self._child(self.in_flight, api).dec()
+        self._child(self.requests, model, api, str(status)).inc()
+        self._child(self.latency, model, api).observe(duration)
+        if ttfb is not None:
+            self._child(self.ttfb, model, api).observe(ttfb)
+
+    def upstream_error(self, deployment: str, kind: str) -> None:
+        self._child(self.upstream_errors, deployment, kind).inc()
+
+    def render(self) -> bytes:
+        """The exposition text, every worker's figures included."""
+        if self.multiprocess_dir:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
+            return generate_latest(registry)
+        return generate_latest(self.registry)

@@ -1,0 +1,122 @@
+"""Adapter for any OpenAI-compatible server: OpenAI, vLLM, llama.cpp, LM Studio.
+
+The canonical format is this upstream's own, so the client's body is passed on
+with only ``model`` replaced; fields the gateway does not know pass through.
+Streams always ask for ``stream_options.include_usage`` so that usage is known;
+the inbound API strips that chunk again if the client did not ask for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import msgspec
+
+from relaygate.errors import UpstreamStatusError
+from relaygate.providers.base import (
+    JSON,
+    ndjson_lines,
+    raise_for_status,
+    redact,
+    translate_errors,
+    upstream_json,
+)
+
+if TYPE_CHECKING:
+    from relaygate.routing.router import Deployment
+    from relaygate.schema.requests import Call
+
+__all__ = ["OpenAIProvider"]
+
+_encode = msgspec.json.encode
+_decode = msgspec.json.decode
+_PATHS = {"chat": "/chat/completions", "completion": "/completions", "embedding": "/embeddings"}
+_JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
+
+
+class OpenAIProvider:
+    """One OpenAI-compatible upstream, with one pooled keep-alive session."""
+
+    def __init__(self, base_url: str, session: aiohttp.ClientSession) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._session = session
+        self._urls = {kind: self.base_url + path for kind, path in _PATHS.items()}
+
+    def _headers(self, deployment: Deployment) -> dict[str, str]:
+        if not deployment.api_key:
+            return _JSON_HEADERS
+        return {**_JSON_HEADERS, "Authorization": f"Bearer {deployment.api_key}"}
+
+    def _body(self, deployment: Deployment, call: Call, stream: bool) -> bytes:
+        body: dict[str, Any] = dict(call.body)
+        body["model"] = deployment.upstream_model
+        if stream:
+            options = dict(body.get("stream_options") or {})
+            options["include_usage"] = True
+            body["stream_options"] = options
+        return _encode(body)
+
+    async def complete(self, deployment: Deployment, call: Call) -> JSON:
+        return await self._post_json(deployment, call)
+
+    async def embed(self, deployment: Deployment, call: Call) -> JSON:
+        return await self._post_json(deployment, call)
+
+    async def _post_json(self, deployment: Deployment, call: Call) -> JSON:
+        with translate_errors(deployment):
+            async with self._session.post(
+                self._urls[call.kind],
+                data=self._body(deployment, call, stream=False),
+                headers=self._headers(deployment),
+                timeout=deployment_timeout(deployment),
+            ) as response:
+                await raise_for_status(response, deployment)
+                raw = await response.read()
+        return upstream_json(raw, deployment)
+
+    async def stream(self, deployment: Deployment, call: Call) -> AsyncIterator[JSON]:
+        with translate_errors(deployment):
+            async with self._session.post(
+                self._urls[call.kind],
+                data=self._body(deployment, call, stream=True),
+                headers={**self._headers(deployment), "Accept": "text/event-stream"},
+                timeout=deployment_timeout(deployment),
+            ) as response:
+                await raise_for_status(response, deployment)
+                async for line in ndjson_lines(response):
+                    if not line.startswith(b"data:"):
+                        continue  # comments (": keep-alive"), event names, ids
+                    data = line[5:].strip()
+                    if data == b"[DONE]":
+                        return
+                    yield _chunk(data, deployment)
+
+    async def list_models(self) -> list[str]:
+        async with self._session.get(self.base_url + "/models") as response:
+            response.raise_for_status()
+            body = _decode(await response.read())
+        return [str(m["id"]) for m in body.get("data", []) if isinstance(m, dict) and "id" in m]
+
+    async def aclose(self) -> None:
+        await self._session.close()
+
+
+def _chunk(data: bytes, deployment: Deployment) -> JSON:
+    chunk = upstream_json(data, deployment)
+    error = chunk.get("error")
+    if error is not None:
+        message = error.get("message", error) if isinstance(error, dict) else error
+        raise UpstreamStatusError(
+            f"Deployment {deployment.name!r} failed mid-stream: "
+            f"{redact(str(message), deployment.api_key)}",
+            upstream_status=502,
+            deployment=deployment.name,
+        )
+    return chunk
+
+
+def deployment_timeout(deployment: Deployment) -> aiohttp.ClientTimeout:
+    """aiohttp enforces only the connect timeout; the pipeline enforces the rest."""
+    return aiohttp.ClientTimeout(total=None, sock_connect=deployment.timeouts.connect)

@@ -1,0 +1,168 @@
+"""Builds the model table at start: configured models, discovered Ollama models, ``mock``.
+
+Each upstream (provider and base URL) gets one pooled keep-alive aiohttp
+session, shared by every model it serves, created here and closed at shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import msgspec
+
+from relaygate import __version__
+from relaygate.providers.base import Provider
+from relaygate.providers.mock import MockProvider
+from relaygate.providers.ollama import OllamaProvider
+from relaygate.providers.openai import OpenAIProvider
+from relaygate.routing.health import Health
+from relaygate.routing.router import Deployment, Model, Router
+from relaygate.settings import DeploymentConfig, ModelConfig, RoutingConfig, Settings, Timeouts
+
+__all__ = ["build_router", "close_providers", "model_entries"]
+
+_ADAPTERS: dict[str, type[OpenAIProvider] | type[OllamaProvider]] = {
+    "openai": OpenAIProvider,
+    "ollama": OllamaProvider,
+}
+MOCK_DESCRIPTION = (
+    "Development model: deterministic replies derived from the prompt, not a real language model."
+)
+
+
+class _Pools:
+    """One provider (and its session) per upstream, created on first use."""
+
+    def __init__(self, policy: RoutingConfig) -> None:
+        self.policy = policy
+        self.providers: dict[tuple[str, str], Provider] = {}
+        self.mock = MockProvider()
+
+    def get(self, provider: str, base_url: str | None, max_connections: int) -> Provider:
+        if provider == "mock" or base_url is None:
+            return self.mock
+        key = (provider, base_url.rstrip("/"))
+        existing = self.providers.get(key)
+        if existing is None:
+            existing = _ADAPTERS[provider](key[1], new_session(max_connections))
+            self.providers[key] = existing
+        return existing
+
+
+def new_session(max_connections: int) -> aiohttp.ClientSession:
+    """A pooled keep-alive client for one upstream."""
+    connector = aiohttp.TCPConnector(
+        limit=max_connections, limit_per_host=0, keepalive_timeout=30, ttl_dns_cache=300
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=None),
+        read_bufsize=256 * 1024,
+        headers={"User-Agent": f"relaygate/{__version__}"},
+        trust_env=False,
+    )
+
+
+async def build_router(settings: Settings, log: logging.Logger) -> Router:
+    pools = _Pools(settings.routing)
+    models = [_model(config, pools) for config in settings.models]
+    known = {m.name for m in models}
+    for url in settings.ollama_discovery_urls:
+        for model in await _discover(url, pools, known, settings, log):
+            models.append(model)
+            known.add(model.name)
+    if settings.serves_mock and "mock" not in known:
+        models.append(_mock_model(pools))
+    return Router(models, settings.routing)
+
+
+def _model(config: ModelConfig, pools: _Pools) -> Model:
+    deployments = [
+        _deployment(config.name, index, dep, pools, len(config.deployments))
+        for index, dep in enumerate(config.deployments)
+    ]
+    return Model(config.name, deployments, list(config.fallbacks))
+
+
+def _deployment(
+    model: str, index: int, config: DeploymentConfig, pools: _Pools, count: int
+) -> Deployment:
+    name = model if count == 1 else f"{model}#{index + 1}"
+    return Deployment(
+        name=name,
+        model=model,
+        provider=pools.get(config.provider, config.base_url, config.max_connections),
+        provider_name=config.provider,
+        upstream_model=config.model or model,
+        weight=config.weight,
+        timeouts=config.timeouts,
+        health=Health(pools.policy),
+        api_key=config.api_key,
+        chunk_delay=config.chunk_delay,
+    )
+
+
+def _mock_model(pools: _Pools) -> Model:
+    config = DeploymentConfig(provider="mock")
+    deployment = _deployment("mock", 0, config, pools, 1)
+    return Model(
+        "mock", [deployment], owned_by="relaygate-development", description=MOCK_DESCRIPTION
+    )
+
+
+async def _discover(
+    url: str, pools: _Pools, known: set[str], settings: Settings, log: logging.Logger
+) -> list[Model]:
+    """Every model of the Ollama server at ``url``, if it answers within two seconds."""
+    provider = pools.get("ollama", url, 256)
+    try:
+        async with asyncio.timeout(2):
+            names = await provider.list_models()
+    except (aiohttp.ClientError, OSError, TimeoutError, msgspec.DecodeError, AttributeError):
+        pools.providers.pop(("ollama", url.rstrip("/")), None)
+        await provider.aclose()
+        log.info("no Ollama server answered at %s; not adding its models", _safe(url))
+        return []
+    log.info("Ollama at %s serves %d models", _safe(url), len(names))
+    config = DeploymentConfig(provider="ollama", base_url=url, timeouts=Timeouts())
+    return [
+        Model(name, [_deployment(name, 0, config, pools, 1)], owned_by="ollama")
+        for name in names
+        if name and name not in known
+    ]
+
+
+def _safe(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}:{parts.port or ''}"
+
+
+async def close_providers(router: Router) -> None:
+    seen: set[int] = set()
+    for model in router.models.values():
+        for deployment in model.deployments:
+            if id(deployment.provider) not in seen:
+                seen.add(id(deployment.provider))
+                await deployment.provider.aclose()
+
+
+def model_entries(router: Router) -> tuple[bytes, dict[str, bytes]]:
+    """/v1/models and /v1/models/{id}, rendered once (the table does not change at run time)."""
+    entries: dict[str, dict[str, Any]] = {}
+    for model in router.models.values():
+        entry: dict[str, Any] = {
+            "id": model.name,
+            "object": "model",
+            "created": model.created,
+            "owned_by": model.owned_by,
+        }
+        if model.description:
+            entry["description"] = model.description
+        entries[model.name] = entry
+    encode = msgspec.json.encode
+    listing = encode({"object": "list", "data": list(entries.values())})
+    return listing, {name: encode(entry) for name, entry in entries.items()}

@@ -1,0 +1,51 @@
+"""Passive health: a deployment that keeps failing is cooled down, then tried again.
+
+After ``failure_threshold`` consecutive failures (connect error, timeout, 5xx)
+the deployment is skipped for ``cooldown`` seconds, doubling with each further
+ejection up to ``max_cooldown``. When the cooldown ends it is eligible again;
+one more failure ejects it at once, one success resets it. A 429 with
+Retry-After cools it down for that long. Health is kept per worker process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from relaygate.settings import RoutingConfig
+
+__all__ = ["Health"]
+
+
+@dataclass(slots=True)
+class Health:
+    """Consecutive-failure counter and cooldown deadline of one deployment."""
+
+    policy: RoutingConfig
+    failures: int = 0
+    ejections: int = 0
+    cooldown_until: float = 0.0
+    last_error: str = ""
+
+    def available(self, now: float) -> bool:
+        return now >= self.cooldown_until
+
+    def record_success(self) -> None:
+        if self.failures:
+            self.failures = 0
+            self.ejections = 0
+            self.last_error = ""
+
+    def record_failure(self, now: float, reason: str, retry_after: float | None = None) -> None:
+        self.failures += 1
+        self.last_error = reason
+        if retry_after is not None:
+            self.cooldown_until = now + min(retry_after, self.policy.max_cooldown)
+        elif self.failures >= self.policy.failure_threshold:
+            delay = self.policy.cooldown * (2 ** min(self.ejections, 16))
+            self.cooldown_until = now + min(delay, self.policy.max_cooldown)
+            self.ejections += 1
+
+    def state(self, now: float) -> str:
+        if not self.available(now):
+            return "cooling_down"
+        return "degraded" if self.failures else "healthy"

@@ -1,0 +1,336 @@
+"""Configuration, read once at start into typed settings.
+
+Sources, later ones winning: built-in defaults, one YAML file (``--config`` or
+``RELAYGATE_CONFIG``), then ``RELAYGATE_*`` environment variables (nested fields
+with a double underscore: ``RELAYGATE_ROUTING__MAX_ATTEMPTS=2``). String values
+may use ``${VAR}`` or ``${VAR:-default}`` to take secrets from the environment.
+
+This module is the only one that reads ``os.environ``. Any mistake raises
+:class:`ConfigError` naming the field and, when it came from the file, its line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import msgspec
+import yaml
+
+from relaygate.errors import ConfigError
+
+__all__ = [
+    "DeploymentConfig",
+    "ModelConfig",
+    "RoutingConfig",
+    "Settings",
+    "Timeouts",
+    "load_settings",
+]
+
+ENV_PREFIX = "RELAYGATE_"
+_NOT_SETTINGS = {ENV_PREFIX + "CONFIG"}
+DEFAULT_OLLAMA_URL = "http://127.0.0.1:11434"
+Positive = Annotated[float, msgspec.Meta(gt=0)]
+NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+
+
+class _Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
+    """Base of every configuration block: unknown keys are errors, not ignored."""
+
+
+class Timeouts(_Config, kw_only=True):
+    """Per-deployment timeouts in seconds.
+
+    ``connect``: opening the TCP/TLS connection. ``first_byte``: for streams, from
+    sending the request to the first chunk. ``idle``: for streams, the longest
+    silence between two chunks. ``total``: the whole call, streaming or not. A
+    non-streaming upstream sends nothing until its answer is complete, so only
+    ``connect`` and ``total`` bound non-streaming calls.
+    """
+
+    connect: Positive = 5.0
+    first_byte: Positive = 60.0
+    idle: Positive = 60.0
+    total: Positive = 600.0
+
+
+class DeploymentConfig(_Config, kw_only=True):
+    """One upstream that can serve a model."""
+
+    provider: Literal["openai", "ollama", "mock"]
+    base_url: str | None = None
+    model: str | None = None
+    api_key: str | None = None
+    weight: Positive = 1.0
+    timeouts: Timeouts = msgspec.field(default_factory=Timeouts)
+    max_connections: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 256
+    chunk_delay: NonNegative = 0.01
+
+
+class ModelConfig(_Config, kw_only=True):
+    """A public model name and the deployments that serve it."""
+
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+    deployments: Annotated[list[DeploymentConfig], msgspec.Meta(min_length=1)]
+    fallbacks: list[str] = msgspec.field(default_factory=list)
+
+
+class RoutingConfig(_Config, kw_only=True):
+    """Retries and passive health checks."""
+
+    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=20)] = 3
+    failure_threshold: Annotated[int, msgspec.Meta(ge=1)] = 3
+    cooldown: Positive = 5.0
+    max_cooldown: Positive = 60.0
+
+
+class Settings(_Config, kw_only=True):
+    """Everything relaygate reads at start."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8000
+    workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1024 * 1024
+    graceful_shutdown_seconds: NonNegative = 30.0
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    models: list[ModelConfig] = msgspec.field(default_factory=list)
+    routing: RoutingConfig = msgspec.field(default_factory=RoutingConfig)
+    discover_ollama: list[str] | None = None
+    mock_model: bool | None = None
+    config_path: str | None = None
+    prometheus_multiproc_dir: str | None = None
+
+    @property
+    def ollama_discovery_urls(self) -> list[str]:
+        """Ollama servers whose models are added at start (default: local, when no models)."""
+        if self.discover_ollama is not None:
+            return self.discover_ollama
+        return [] if self.models else [DEFAULT_OLLAMA_URL]
+
+    @property
+    def serves_mock(self) -> bool:
+        """Whether the development model ``mock`` is served (default: when no models)."""
+        return self.mock_model if self.mock_model is not None else not self.models
+
+
+def load_settings(
+    path: str | Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build :class:`Settings` from the file, the environment and explicit overrides."""
+    env = os.environ if environ is None else environ
+    path = path or env.get(ENV_PREFIX + "CONFIG") or None
+    source = str(path) if path else None
+    data: dict[str, Any] = {}
+    lines: dict[tuple[str | int, ...], int] = {}
+    if path:
+        data, lines = _read_yaml(Path(path))
+    data = _interpolate(data, env, lines, source)
+    _apply_env(data, env)
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    if source:
+        data["config_path"] = source
+    if env.get("PROMETHEUS_MULTIPROC_DIR"):
+        data["prometheus_multiproc_dir"] = env["PROMETHEUS_MULTIPROC_DIR"]
+    try:
+        settings = msgspec.convert(data, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise _located(str(exc), lines, source) from None
+    _check(settings, lines, source)
+    return settings
+
+
+def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[tuple[str | int, ...], int]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        message = f"cannot read the configuration file: {exc.strerror}"
+        raise ConfigError(message, source=str(path)) from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        raise ConfigError(f"not valid YAML: {exc}", source=str(path), line=line) from None
+    if data is None or node is None:
+        return {}, {}
+    if not isinstance(data, dict):
+        raise ConfigError("the top level must be a mapping of settings", source=str(path), line=1)
+    lines: dict[tuple[str | int, ...], int] = {}
+    _record_lines(node, (), lines, str(path))
+    return data, lines
+
+
+def _record_lines(
+    node: yaml.Node, path: tuple[str | int, ...], out: dict[tuple[str | int, ...], int], src: str
+) -> None:
+    """Map each setting's path to its line, and refuse duplicate keys (YAML silently keeps one)."""
+    out[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            if key in seen:
+                line = key_node.start_mark.line + 1
+                raise ConfigError(f"{_dotted((*path, key))}: duplicate key", source=src, line=line)
+            seen.add(key)
+            _record_lines(value_node, (*path, key), out, src)
+            out[(*path, key)] = key_node.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _record_lines(item, (*path, index), out, src)
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _interpolate(
+    value: Any,
+    env: Mapping[str, str],
+    lines: dict[tuple[str | int, ...], int],
+    source: str | None,
+    path: tuple[str | int, ...] = (),
+) -> Any:
+    if isinstance(value, dict):
+        return {k: _interpolate(v, env, lines, source, (*path, k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, env, lines, source, (*path, i)) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        raise ConfigError(
+            f"{_dotted(path)}: missing secret: environment variable {name} is not set",
+            source=source,
+            line=_line_of(path, lines),
+        )
+
+    return _VAR.sub(substitute, value)
+
+
+def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
+    """Overlay ``RELAYGATE_*`` variables onto the file's settings."""
+    for key, raw in env.items():
+        if not key.startswith(ENV_PREFIX) or key in _NOT_SETTINGS:
+            continue
+        parts = key[len(ENV_PREFIX) :].lower().split("__")
+        target = data
+        for part in parts[:-1]:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"{key}: {part} is not a section of settings")
+        name = parts[-1]
+        if name in ("discover_ollama",):
+            target[name] = [u.strip() for u in raw.split(",") if u.strip()]
+        elif name == "models":
+            raise ConfigError(f"{key}: models can only be set in the configuration file")
+        else:
+            target[name] = raw
+
+
+def _check(settings: Settings, lines: dict[tuple[str | int, ...], int], source: str | None) -> None:
+    """Rules a type cannot express: URLs, required fields, unique names, known fallbacks."""
+    names: dict[str, int] = {}
+    for i, model in enumerate(settings.models):
+        if model.name in names:
+            first = names[model.name]
+            msg = f"models[{i}].name: duplicate model {model.name!r} (first at models[{first}])"
+            raise ConfigError(msg, source=source, line=_line_of(("models", i, "name"), lines))
+        names[model.name] = i
+        for j, dep in enumerate(model.deployments):
+            _check_deployment(dep, ("models", i, "deployments", j), lines, source)
+    for i, model in enumerate(settings.models):
+        for k, fallback in enumerate(model.fallbacks):
+            if fallback not in names or fallback == model.name:
+                path: tuple[str | int, ...] = ("models", i, "fallbacks", k)
+                msg = f"{_dotted(path)}: fallback {fallback!r} is not another configured model"
+                raise ConfigError(msg, source=source, line=_line_of(path, lines))
+    for k, url in enumerate(settings.discover_ollama or []):
+        error = _url_problem(url)
+        if error:
+            path = ("discover_ollama", k)
+            raise ConfigError(
+                f"{_dotted(path)}: {error}", source=source, line=_line_of(path, lines)
+            )
+
+
+def _check_deployment(
+    dep: DeploymentConfig,
+    path: tuple[str | int, ...],
+    lines: dict[tuple[str | int, ...], int],
+    source: str | None,
+) -> None:
+    if dep.provider == "mock":
+        return
+    if not dep.base_url:
+        msg = f"{_dotted(path)}.base_url: required for provider {dep.provider!r}"
+        raise ConfigError(msg, source=source, line=_line_of(path, lines))
+    error = _url_problem(dep.base_url)
+    if error:
+        url_path = (*path, "base_url")
+        raise ConfigError(
+            f"{_dotted(url_path)}: {error}", source=source, line=_line_of(url_path, lines)
+        )
+
+
+def _url_problem(url: str) -> str | None:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        return f"not a valid URL ({exc})"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"not a valid http(s) URL: {url!r}"
+    if parts.query or parts.fragment:
+        return "a base URL takes no query string or fragment"
+    return None
+
+
+_PATH_PART = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]")
+
+
+def _located(
+    message: str, lines: dict[tuple[str | int, ...], int], source: str | None
+) -> ConfigError:
+    """Turn msgspec's ``... - at `$.models[0].port``` into a field name and file line."""
+    text, _, where = message.partition(" - at `")
+    path: tuple[str | int, ...] = tuple(
+        m.group(1) if m.group(1) else int(m.group(2)) for m in _PATH_PART.finditer(where)
+    )
+    unknown = re.search(r"unknown field `([^`]+)`", text)
+    if unknown:
+        path = (*path, unknown.group(1))
+        text = "unknown setting"
+    missing = re.search(r"missing required field `([^`]+)`", text)
+    if missing:
+        text = f"missing required setting {missing.group(1)!r}"
+    name = _dotted(path) or "settings"
+    return ConfigError(f"{name}: {text}", source=source, line=_line_of(path, lines))
+
+
+def _line_of(path: tuple[str | int, ...], lines: dict[tuple[str | int, ...], int]) -> int | None:
+    while path:
+        if path in lines:
+            return lines[path]
+        path = path[:-1]
+    return lines.get(())
+
+
+def _dotted(path: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out
