@@ -85,6 +85,14 @@ def _model(config: ModelConfig, pools: _Pools) -> Model:
         _deployment(config.name, index, dep, pools, len(config.deployments))
         for index, dep in enumerate(config.deployments)
     ]
+    if all(d.provider == "mock" for d in config.deployments):
+        return Model(
+            config.name,
+            deployments,
+            list(config.fallbacks),
+            owned_by="relaygate-development",
+            description=MOCK_DESCRIPTION,
+        )
     return Model(config.name, deployments, list(config.fallbacks))
 
 

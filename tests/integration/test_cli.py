@@ -1,0 +1,165 @@
+"""The relaygate command, run as users run it: a real process on a real port."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+RELAYGATE = [sys.executable, "-m", "relaygate"]
+SLOW_MOCK = """\
+discover_ollama: []
+models:
+  - name: mock
+    deployments:
+      - provider: mock
+        chunk_delay: {delay}
+"""
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*RELAYGATE, *args], capture_output=True, text=True, timeout=30,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_version() -> None:
+    result = run("--version")
+    assert result.returncode == 0
+    assert result.stdout.startswith("relaygate 0.")
+
+
+def test_help_lists_commands() -> None:
+    result = run("--help")
+    assert result.returncode == 0
+    assert "serve" in result.stdout and "config" in result.stdout
+
+
+def test_config_check_prints_table_with_secrets_masked(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "models:\n  - name: gpt-4o-mini\n    deployments:\n      - provider: openai\n"
+        "        base_url: https://user:pw@api.example.com/v1\n        api_key: ${KEY}\n"
+    )
+    result = run("config", "check", str(path), env={"KEY": "sk-secret-value-1234567890abcd"})
+    assert result.returncode == 0, result.stderr
+    assert "gpt-4o-mini" in result.stdout and "openai" in result.stdout
+    assert "****abcd" in result.stdout
+    assert "sk-secret" not in result.stdout and "pw@" not in result.stdout
+
+
+def test_config_check_error_exit_2_one_message(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("models:\n  - name: a\n    deployments:\n      - provider: ollama\n")
+    result = run("config", "check", str(path))
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.strip().splitlines() == [
+        f"relaygate: configuration error: {path}:4: "
+        "models[0].deployments[0].base_url: required for provider 'ollama'"
+    ]
+
+
+def test_serve_with_bad_config_exits_2_and_listens_nowhere(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("port: 8000\nbogus: 1\n")
+    port = free_port()
+    result = run("serve", "--config", str(path), "--port", str(port))
+    assert result.returncode == 2
+    assert f"{path}:2: bogus: unknown setting" in result.stderr
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", port)) != 0
+
+
+@asynccontextmanager
+async def serving(
+    config: Path, *args: str
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        *RELAYGATE, "serve", "--config", str(config), "--port", str(port), *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(200):
+                try:
+                    async with session.get(url + "/health") as response:
+                        if response.status == 200:
+                            break
+                except aiohttp.ClientConnectionError:
+                    await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("gateway did not start")
+        yield process, url
+    finally:
+        await stop(process)
+
+
+async def stop(process: asyncio.subprocess.Process) -> None:
+    """SIGTERM as an operator would; the whole process group is killed only if that fails."""
+    if process.returncode is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(process.wait(), 15)
+    except TimeoutError:
+        os.killpg(process.pid, signal.SIGKILL)
+        await process.wait()
+    if process.stdout is not None:
+        await process.stdout.read()
+
+
+@pytest.mark.slow
+async def test_sigterm_lets_open_stream_finish(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(SLOW_MOCK.format(delay=0.1))
+    async with serving(config) as (process, url), aiohttp.ClientSession() as session:
+        body = {"model": "mock", "stream": True, "messages": [{"role": "user", "content": "x"}]}
+        async with session.post(url + "/v1/chat/completions", json=body) as response:
+            first = await response.content.readline()
+            assert first.startswith(b"data: ")
+            process.send_signal(signal.SIGTERM)
+            rest = await response.content.read()
+        assert rest.rstrip().endswith(b"data: [DONE]")
+        # uvicorn re-raises the signal once drained, so supervisors see a SIGTERM exit
+        assert await asyncio.wait_for(process.wait(), 10) in (0, -signal.SIGTERM)
+        output = (await process.stdout.read()).decode() if process.stdout else ""
+        assert "Traceback" not in output and "ERROR" not in output
+
+
+@pytest.mark.slow
+async def test_two_workers_share_metrics(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(SLOW_MOCK.format(delay=0))
+    async with serving(config, "--workers", "2") as (_, url), aiohttp.ClientSession() as session:
+        body = {"model": "mock", "messages": [{"role": "user", "content": "x"}]}
+        for _ in range(40):
+            async with session.post(url + "/v1/chat/completions", json=body) as response:
+                assert response.status == 200
+        # a new connection each time lands on either worker; the total is the same
+        for _ in range(3):
+            async with aiohttp.ClientSession() as fresh, fresh.get(url + "/metrics") as response:
+                text = await response.text()
+            line = next(
+                ln for ln in text.splitlines()
+                if ln.startswith("relaygate_requests_total{") and 'status="200"' in ln
+            )  # fmt: skip
+            assert line.endswith(" 40.0"), line

@@ -1,0 +1,302 @@
+"""An OpenAI-compatible upstream behind the gateway, driven by the official openai client."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+
+from tests.conftest import closed_port_url
+from tests.fakes.openai_server import FakeOpenAI
+from tests.fakes.script import Script
+from tests.gateway import make_settings, running_gateway
+
+USER = [{"role": "user", "content": "tell me a story"}]
+SECRET = "sk-test-0123456789abcdefSECRET"
+
+
+def model(name: str, *base_urls: str, **deployment: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "deployments": [{"provider": "openai", "base_url": url, **deployment} for url in base_urls],
+    }
+
+
+async def test_chat_is_forwarded_and_model_renamed(fake_openai: FakeOpenAI) -> None:
+    config = model("public", fake_openai.base_url, model="upstream-name", api_key=SECRET)
+    async with running_gateway(make_settings([config])) as gateway, gateway.client() as client:
+        reply = await client.chat.completions.create(
+            model="public",
+            messages=USER,
+            temperature=0.5,
+            seed=7,
+            user="u1",  # type: ignore[arg-type]
+            extra_body={"top_k": 20},
+        )
+    sent = fake_openai.requests[-1]
+    assert sent.path == "/v1/chat/completions"
+    assert sent.json["model"] == "upstream-name"
+    assert sent.json["top_k"] == 20 and sent.json["seed"] == 7 and sent.json["user"] == "u1"
+    assert sent.headers["authorization"] == f"Bearer {SECRET}"
+    assert reply.model == "public"
+    assert reply.choices[0].message.content == "Echo: tell me a story"
+    assert reply.usage is not None and reply.usage.prompt_tokens == 4
+
+
+async def test_stream_relays_chunks_and_hides_forced_usage(fake_openai: FakeOpenAI) -> None:
+    async with running_gateway(make_settings([model("m", fake_openai.base_url)])) as gateway:
+        async with gateway.client() as client:
+            stream = await client.chat.completions.create(model="m", messages=USER, stream=True)  # type: ignore[arg-type]
+            chunks = [c async for c in stream]
+            asked = await client.chat.completions.create(
+                model="m",
+                messages=USER,
+                stream=True,  # type: ignore[arg-type]
+                stream_options={"include_usage": True},
+            )
+            with_usage = [c async for c in asked]
+    assert fake_openai.requests[0].json["stream_options"] == {"include_usage": True}
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == (
+        "Echo: tell me a story"
+    )
+    assert all(c.model == "m" and c.usage is None for c in chunks)
+    assert with_usage[-1].choices == [] and with_usage[-1].usage is not None
+    assert with_usage[-1].usage.completion_tokens == 5
+
+
+async def test_stream_is_relayed_as_it_arrives(fake_openai: FakeOpenAI) -> None:
+    fake_openai.push(Script(chunk_delay=0.4, chunks=3))
+    async with running_gateway(make_settings([model("m", fake_openai.base_url)])) as gateway:
+        body = {"model": "m", "messages": USER, "stream": True}
+        async with aiohttp.ClientSession() as session:
+            started = time.monotonic()
+            async with session.post(gateway.url + "/v1/chat/completions", json=body) as response:
+                assert response.headers["content-type"].startswith("text/event-stream")
+                first = await response.content.readline()
+                first_at = time.monotonic() - started
+                rest = await response.content.read()
+                total = time.monotonic() - started
+    assert first.startswith(b"data: {")
+    assert first_at < 0.35 < total, (first_at, total)  # first chunk long before the last one
+    assert rest.endswith(b"data: [DONE]\n\n")
+
+
+async def test_completions_and_embeddings(fake_openai: FakeOpenAI) -> None:
+    async with running_gateway(make_settings([model("m", fake_openai.base_url)])) as gateway:
+        async with gateway.client() as client:
+            text = await client.completions.create(model="m", prompt="hello world")
+            vectors = await client.embeddings.create(model="m", input=["a", "b c"])
+    assert text.model == "m" and text.choices[0].text == "Echo: hello world"
+    assert vectors.model == "m" and len(vectors.data) == 2
+    assert [r.path for r in fake_openai.requests] == ["/v1/completions", "/v1/embeddings"]
+
+
+async def test_upstream_5xx_is_502_with_its_message(fake_openai: FakeOpenAI) -> None:
+    fake_openai.default = Script(status=500, error_message="CUDA out of memory")
+    async with running_gateway(make_settings([model("m", fake_openai.base_url)])) as gateway:
+        async with gateway.client() as client:
+            with pytest.raises(openai.InternalServerError) as error:
+                await client.chat.completions.create(model="m", messages=USER)  # type: ignore[arg-type]
+    assert error.value.status_code == 502
+    assert "CUDA out of memory" in error.value.message
+    assert "answered 500" in error.value.message
+
+
+async def test_upstream_error_never_leaks_the_key(fake_openai: FakeOpenAI) -> None:
+    fake_openai.default = Script(
+        status=401, error_message=f"Incorrect API key provided: {SECRET}. Find your key at..."
+    )
+    config = model("m", fake_openai.base_url, api_key=SECRET)
+    async with running_gateway(make_settings([config])) as gateway, gateway.client() as client:
+        with pytest.raises(openai.APIStatusError) as error:
+            await client.chat.completions.create(model="m", messages=USER)  # type: ignore[arg-type]
+        async with aiohttp.ClientSession() as session:
+            metrics = await (await session.get(gateway.url + "/metrics")).text()
+    assert error.value.status_code == 502
+    assert SECRET not in str(error.value.body) and "0123456789abcdef" not in error.value.message
+    assert "Incorrect API key provided: ***" in error.value.message
+    assert SECRET not in metrics
+
+
+async def test_upstream_400_is_passed_on_as_400(fake_openai: FakeOpenAI) -> None:
+    fake_openai.default = Script(status=400, error_message="context length exceeded")
+    async with running_gateway(make_settings([model("m", fake_openai.base_url)])) as gateway:
+        async with gateway.client() as client:
+            with pytest.raises(openai.BadRequestError) as error:
+                await client.chat.completions.create(model="m", messages=USER)  # type: ignore[arg-type]
+    assert "context length exceeded" in error.value.message
+    assert len(fake_openai.requests) == 1  # a rejected request is not retried
+
+
+async def test_upstream_429_is_429_with_retry_after(fake_openai: FakeOpenAI) -> None:
+    fake_openai.default = Script(status=429, retry_after="7", error_message="slow down")
+    async with running_gateway(make_settings([model("m", fake_openai.base_url)])) as gateway:
+        async with gateway.client() as client:
+            with pytest.raises(openai.RateLimitError) as error:
+                await client.chat.completions.create(model="m", messages=USER)  # type: ignore[arg-type]
+    assert error.value.response.headers["retry-after"] == "7"
+    assert "slow down" in error.value.message
+
+
+async def test_malformed_upstream_json_is_502(fake_openai: FakeOpenAI) -> None:
+    fake_openai.default = Script(malformed=True)
+    async with running_gateway(make_settings([model("m", fake_openai.base_url)])) as gateway:
+        async with gateway.client() as client:
+            with pytest.raises(openai.InternalServerError) as error:
+                await client.chat.completions.create(model="m", messages=USER)  # type: ignore[arg-type]
+    assert error.value.status_code == 502
+    assert "not a JSON object" in error.value.message
+
+
+async def test_total_timeout_is_504(fake_openai: FakeOpenAI) -> None:
+    fake_openai.default = Script(first_byte_delay=3)
+    config = model("m", fake_openai.base_url, timeouts={"total": 0.3})
+    async with running_gateway(make_settings([config])) as gateway, gateway.client() as client:
+        started = time.monotonic()
+        with pytest.raises(openai.InternalServerError) as error:
+            await client.chat.completions.create(model="m", messages=USER)  # type: ignore[arg-type]
+    assert error.value.status_code == 504
+    assert "timed out" in error.value.message
+    assert time.monotonic() - started < 2.5
+    await fake_openai.wait_disconnect(2)  # the upstream call was abandoned, not left running
+
+
+async def test_stream_first_byte_timeout_is_504_before_anything_is_sent(
+    fake_openai: FakeOpenAI,
+) -> None:
+    fake_openai.default = Script(first_byte_delay=3)
+    config = model("m", fake_openai.base_url, timeouts={"first_byte": 0.3})
+    async with running_gateway(make_settings([config])) as gateway, gateway.client() as client:
+        with pytest.raises(openai.InternalServerError) as error:
+            await client.chat.completions.create(model="m", messages=USER, stream=True)  # type: ignore[arg-type]
+    assert error.value.status_code == 504
+    assert "waiting for the first chunk" in error.value.message
+
+
+async def test_stream_idle_timeout_ends_with_error_event(fake_openai: FakeOpenAI) -> None:
+    fake_openai.default = Script(stall_after=2)
+    config = model("m", fake_openai.base_url, timeouts={"idle": 0.3})
+    async with running_gateway(make_settings([config])) as gateway, gateway.client() as client:
+        stream = await client.chat.completions.create(model="m", messages=USER, stream=True)  # type: ignore[arg-type]
+        received = []
+        with pytest.raises(openai.APIError) as error:
+            async for chunk in stream:
+                received.append(chunk)
+    assert len(received) >= 2
+    assert "waiting for the next chunk" in str(error.value)
+    await fake_openai.wait_disconnect(2)
+
+
+async def test_failover_to_second_deployment_when_first_is_down(fake_openai: FakeOpenAI) -> None:
+    down = closed_port_url()
+    config = model("m", down, fake_openai.base_url)
+    config["deployments"][0]["weight"] = 1000  # tried first nearly always
+    async with running_gateway(make_settings([config])) as gateway, gateway.client() as client:
+        for _ in range(3):
+            reply = await client.chat.completions.create(model="m", messages=USER)  # type: ignore[arg-type]
+            assert reply.choices[0].message.content == "Echo: tell me a story"
+        ready = await _json(gateway.url + "/ready")
+    states = {d["name"]: d["state"] for d in ready["models"]["m"]["deployments"]}
+    assert states["m#1"] == "cooling_down" and states["m#2"] == "healthy"
+    assert len(fake_openai.requests) == 3
+
+
+async def test_5xx_is_retried_on_another_deployment(fake_openai: FakeOpenAI) -> None:
+    async with FakeOpenAI() as other:
+        fake_openai.default = Script(status=503)
+        config = model("m", fake_openai.base_url, other.base_url)
+        async with running_gateway(make_settings([config])) as gateway, gateway.client() as client:
+            for _ in range(4):
+                await client.chat.completions.create(model="m", messages=USER)  # type: ignore[arg-type]
+        assert len(other.requests) == 4
+        assert 1 <= len(fake_openai.requests) <= 3  # cooled down after 3 failures
+
+
+async def test_all_deployments_down_is_503() -> None:
+    config = model("m", closed_port_url(), closed_port_url())
+    async with running_gateway(make_settings([config])) as gateway, gateway.client() as client:
+        with pytest.raises(openai.APIStatusError) as error:
+            await client.chat.completions.create(model="m", messages=USER)  # type: ignore[arg-type]
+        assert error.value.status_code == 503
+        assert "unreachable" in error.value.message
+        for _ in range(3):  # now every deployment is cooling down
+            with pytest.raises(openai.APIStatusError) as error:
+                await client.chat.completions.create(model="m", messages=USER)  # type: ignore[arg-type]
+        assert error.value.status_code == 503
+        assert "No healthy deployment" in error.value.message
+        assert error.value.response.headers["retry-after"]
+        async with aiohttp.ClientSession() as session:
+            async with session.get(gateway.url + "/ready") as response:
+                assert response.status == 503
+
+
+async def test_fallback_model_answers_under_the_asked_name(fake_openai: FakeOpenAI) -> None:
+    primary = {**model("gpt-4o-mini", closed_port_url()), "fallbacks": ["local"]}
+    async with (
+        running_gateway(make_settings([primary, model("local", fake_openai.base_url)])) as gateway,
+        gateway.client() as client,
+    ):
+        reply = await client.chat.completions.create(model="gpt-4o-mini", messages=USER)  # type: ignore[arg-type]
+    assert reply.model == "gpt-4o-mini"
+    assert fake_openai.requests[0].json["model"] == "local"
+
+
+async def test_stream_failing_after_first_byte_is_not_retried(fake_openai: FakeOpenAI) -> None:
+    async with FakeOpenAI() as other:
+        fake_openai.default = Script(reset_after=2)
+        config = model("m", fake_openai.base_url, other.base_url)
+        config["deployments"][0]["weight"] = 10**6
+        async with running_gateway(make_settings([config])) as gateway, gateway.client() as client:
+            stream = await client.chat.completions.create(model="m", messages=USER, stream=True)  # type: ignore[arg-type]
+            got = []
+            with pytest.raises(openai.APIError) as error:
+                async for chunk in stream:
+                    got.append(chunk)
+        assert got, "the first chunks reached the client"
+        assert "closed the connection mid-response" in str(error.value)
+        assert other.requests == []
+
+
+async def test_stream_retried_before_first_byte(fake_openai: FakeOpenAI) -> None:
+    async with FakeOpenAI() as other:
+        fake_openai.default = Script(status=502)
+        config = model("m", fake_openai.base_url, other.base_url)
+        config["deployments"][0]["weight"] = 10**6
+        async with running_gateway(make_settings([config])) as gateway, gateway.client() as client:
+            stream = await client.chat.completions.create(model="m", messages=USER, stream=True)  # type: ignore[arg-type]
+            text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+        assert text == "Echo: tell me a story"
+        assert len(other.requests) == 1
+
+
+async def test_client_disconnect_cancels_upstream_stream(fake_openai: FakeOpenAI) -> None:
+    fake_openai.default = Script(chunk_delay=0.2, chunks=50)
+    async with running_gateway(make_settings([model("m", fake_openai.base_url)])) as gateway:
+        body = {"model": "m", "messages": USER, "stream": True}
+        async with aiohttp.ClientSession() as session:
+            response = await session.post(gateway.url + "/v1/chat/completions", json=body)
+            await response.content.readline()
+            response.close()  # the client goes away mid-stream
+        await asyncio.wait_for(fake_openai.client_gone.wait(), 2)
+    assert fake_openai.disconnects == 1 and fake_openai.completed_streams == 0
+
+
+async def test_client_disconnect_cancels_stalled_upstream(fake_openai: FakeOpenAI) -> None:
+    """Even while the upstream sends nothing, the client leaving ends the upstream call."""
+    fake_openai.default = Script(stall_after=1)
+    async with running_gateway(make_settings([model("m", fake_openai.base_url)])) as gateway:
+        body = {"model": "m", "messages": USER, "stream": True}
+        async with aiohttp.ClientSession() as session:
+            response = await session.post(gateway.url + "/v1/chat/completions", json=body)
+            await response.content.readline()
+            response.close()
+        await asyncio.wait_for(fake_openai.client_gone.wait(), 2)
+
+
+async def _json(url: str) -> Any:
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        return await response.json()
