@@ -222,7 +222,8 @@ async def test_all_deployments_down_is_503() -> None:
         with pytest.raises(openai.APIStatusError) as error:
             await client.chat.completions.create(model="m", messages=USER)  # type: ignore[arg-type]
         assert error.value.status_code == 503
-        assert "unreachable" in error.value.message
+        assert "unreachable (connection refused)" in error.value.message
+        assert "127.0.0.1" not in error.value.message  # internal addresses stay internal
         for _ in range(3):  # now every deployment is cooling down
             with pytest.raises(openai.APIStatusError) as error:
                 await client.chat.completions.create(model="m", messages=USER)  # type: ignore[arg-type]

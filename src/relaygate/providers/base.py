@@ -9,6 +9,7 @@ the upstream reported usage.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -89,7 +90,7 @@ def translate_errors(deployment: Deployment) -> Iterator[None]:
             f"Timed out connecting to deployment {name!r}.", deployment=name, phase="connect"
         ) from None
     except aiohttp.ClientConnectorError as exc:
-        reason = redact(str(exc.os_error.strerror or exc.os_error), deployment.api_key)
+        reason = _os_reason(exc.os_error)
         raise UpstreamConnectError(
             f"Deployment {name!r} is unreachable ({reason}).", deployment=name
         ) from None
@@ -102,6 +103,13 @@ def translate_errors(deployment: Deployment) -> Iterator[None]:
         raise UpstreamProtocolError(
             f"Deployment {name!r} failed: {redact(str(exc), deployment.api_key)}", deployment=name
         ) from None
+
+
+def _os_reason(error: OSError) -> str:
+    """A socket error's plain description, without the address it was connecting to."""
+    if error.errno:
+        return os.strerror(error.errno).lower()
+    return type(error).__name__
 
 
 async def raise_for_status(response: aiohttp.ClientResponse, deployment: Deployment) -> None:
