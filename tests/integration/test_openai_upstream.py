@@ -301,3 +301,23 @@ async def test_client_disconnect_cancels_stalled_upstream(fake_openai: FakeOpenA
 async def _json(url: str) -> Any:
     async with aiohttp.ClientSession() as session, session.get(url) as response:
         return await response.json()
+
+
+async def test_client_leaving_non_streaming_request_cancels_upstream(
+    fake_openai: FakeOpenAI,
+) -> None:
+    """A slow generation the client gave up on does not keep the upstream busy."""
+    fake_openai.default = Script(first_byte_delay=10)
+    async with running_gateway(make_settings([model("m", fake_openai.base_url)])) as gateway:
+        body = {"model": "m", "messages": USER}
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=0.3)) as session:
+            with pytest.raises(TimeoutError):
+                await session.post(gateway.url + "/v1/chat/completions", json=body)
+        await asyncio.wait_for(fake_openai.client_gone.wait(), 2)
+        metrics = await _text(gateway.url + "/metrics")
+    assert 'relaygate_requests_total{api="openai",model="m",status="499"} 1.0' in metrics
+
+
+async def _text(url: str) -> str:
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        return await response.text()

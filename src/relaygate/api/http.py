@@ -7,6 +7,7 @@ handlers: on this path a framework costs 25-80% more CPU per request
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -23,6 +24,7 @@ from relaygate.errors import (
 __all__ = [
     "ASGIApp",
     "ClientGone",
+    "DisconnectWatch",
     "Receive",
     "Scope",
     "Send",
@@ -166,3 +168,39 @@ async def wait_for_disconnect(receive: Receive) -> None:
         message = await receive()
         if message["type"] == "http.disconnect":
             return
+
+
+class DisconnectWatch:
+    """Cancels the current task the moment the client goes away.
+
+    The upstream call is then abandoned at once (its connection closed), so an
+    abandoned generation does not keep a GPU busy. One small task per request;
+    ``close()`` must be called as soon as the response is complete, before
+    anything else is awaited (after that, ``receive()`` also reports a
+    disconnect).
+    """
+
+    __slots__ = ("_task", "_watcher", "client_gone")
+
+    def __init__(self, receive: Receive) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self.client_gone = False
+        self._watcher = asyncio.ensure_future(wait_for_disconnect(receive))
+        self._watcher.add_done_callback(self._gone)
+
+    def _gone(self, watcher: asyncio.Future[None]) -> None:
+        if not watcher.cancelled():
+            self.client_gone = True
+            self._task.cancel()
+
+    def close(self) -> None:
+        self._watcher.remove_done_callback(self._gone)
+        self._watcher.cancel()
+
+    def absorb(self) -> bool:
+        """After a CancelledError: True (and the cancellation undone) if the client left."""
+        if self.client_gone:
+            self._task.uncancel()
+        return self.client_gone

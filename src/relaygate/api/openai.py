@@ -10,7 +10,6 @@ shape. A stream is relayed chunk by chunk as it arrives, ends with
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +18,7 @@ import msgspec
 from relaygate import pipeline
 from relaygate.api.http import (
     ClientGone,
+    DisconnectWatch,
     Receive,
     Scope,
     Send,
@@ -28,7 +28,6 @@ from relaygate.api.http import (
     read_body,
     send_bytes,
     send_error,
-    wait_for_disconnect,
 )
 from relaygate.errors import InvalidRequest, NotFound, RelaygateError, UpstreamError
 from relaygate.schema.requests import (
@@ -102,12 +101,18 @@ class OpenAIAPI:
         try:
             call = _parse(kind, await read_body(scope, receive, state.max_body), request_id)
             model_label = state.router.get(call.model).name
-            if call.stream:
-                status, ttfb = await self._stream(call, receive, send)
-            else:
-                body, _ = await pipeline.complete(state, call)
-                await send_bytes(send, 200, _encode(body), request_id)
-                status = 200
+            watch = DisconnectWatch(receive)
+            try:
+                if call.stream:
+                    status, ttfb = await self._stream(call, send, watch)
+                else:
+                    status = await self._complete(call, send, watch)
+            except asyncio.CancelledError:
+                if not watch.absorb():
+                    raise
+                status = 499
+            finally:
+                watch.close()
         except RelaygateError as exc:
             status = exc.status
             await send_error(send, exc, request_id)
@@ -120,23 +125,22 @@ class OpenAIAPI:
             elapsed = time.perf_counter() - started
             state.metrics.finished(model_label, API, status, elapsed, ttfb or elapsed)
 
-    async def _stream(self, call: Call, receive: Receive, send: Send) -> tuple[int, float | None]:
+    async def _complete(self, call: Call, send: Send, watch: DisconnectWatch) -> int:
+        body, _ = await pipeline.complete(self.state, call)
+        await send_bytes(send, 200, _encode(body), call.request_id)
+        watch.close()
+        return 200
+
+    async def _stream(
+        self, call: Call, send: Send, watch: DisconnectWatch
+    ) -> tuple[int, float | None]:
         """Relay a stream; the client going away cancels the upstream call at once."""
         upstream = await pipeline.open_stream(self.state, call)
-        relay = asyncio.ensure_future(self._relay(upstream, call, send))
-        watch = asyncio.ensure_future(wait_for_disconnect(receive))
         try:
-            await asyncio.wait((relay, watch), return_when=asyncio.FIRST_COMPLETED)
+            return await self._relay(upstream, call, send)
         finally:
-            for task in (watch, relay):
-                if not task.done():
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+            watch.close()
             await upstream.aclose()
-        if relay.cancelled():
-            return 499, None
-        return relay.result()
 
     async def _relay(
         self, upstream: pipeline.UpstreamStream, call: Call, send: Send

@@ -119,4 +119,4 @@ def _chunk(data: bytes, deployment: Deployment) -> JSON:
 
 def deployment_timeout(deployment: Deployment) -> aiohttp.ClientTimeout:
     """aiohttp enforces only the connect timeout; the pipeline enforces the rest."""
-    return aiohttp.ClientTimeout(total=None, sock_connect=deployment.timeouts.connect)
+    return deployment.client_timeout

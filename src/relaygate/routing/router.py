@@ -12,6 +12,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import aiohttp
+
 from relaygate.errors import ModelNotFound, NoHealthyDeployment
 from relaygate.providers.base import Provider
 from relaygate.routing.health import Health
@@ -38,6 +40,11 @@ class Deployment:
     health: Health
     api_key: str | None = field(default=None, repr=False)
     chunk_delay: float = 0.0
+    client_timeout: aiohttp.ClientTimeout = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # aiohttp enforces the connect timeout; the pipeline enforces the others.
+        self.client_timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeouts.connect)
 
 
 @dataclass(slots=True, eq=False)
