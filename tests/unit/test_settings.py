@@ -9,28 +9,15 @@ import pytest
 from relaygate.errors import ConfigError
 from relaygate.settings import load_settings
 
-README_EXAMPLE = """\
-models:
-  - name: llama3.2:1b            # what clients ask for
-    deployments:
-      - provider: ollama
-        base_url: http://10.0.0.5:11434
-      - provider: ollama
-        base_url: http://10.0.0.6:11434
-        weight: 2
-  - name: gpt-4o-mini
-    deployments:
-      - provider: openai
-        base_url: https://api.openai.com/v1
-        api_key: ${OPENAI_API_KEY}
-    fallbacks: [llama3.2:1b]
-  - name: qwen-local
-    deployments:
-      - provider: openai         # any OpenAI-compatible server: vLLM, llama.cpp, LM Studio
-        base_url: http://127.0.0.1:8001/v1
-        model: Qwen/Qwen2.5-7B-Instruct   # upstream name, when it differs
-        timeouts: {connect: 2, first_byte: 30, idle: 30, total: 600}
-"""
+def readme_example() -> str:
+    """The configuration example in README.md, so the README and the code cannot drift."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    block = readme.split("```yaml\n", 1)[1].split("```", 1)[0]
+    assert "llama3.2:1b" in block
+    return block
+
+
+README_EXAMPLE = readme_example()
 
 
 def write(tmp_path: Path, text: str) -> Path:
