@@ -9,6 +9,7 @@ import pytest
 from relaygate.errors import ConfigError
 from relaygate.settings import load_settings
 
+
 def readme_example() -> str:
     """The configuration example in README.md, so the README and the code cannot drift."""
     readme = (Path(__file__).parents[2] / "README.md").read_text()
