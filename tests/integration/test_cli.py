@@ -137,6 +137,10 @@ async def test_sigterm_lets_open_stream_finish(tmp_path: Path) -> None:
             first = await response.content.readline()
             assert first.startswith(b"data: ")
             process.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.3)
+            port = int(url.rsplit(":", 1)[1])
+            with pytest.raises(OSError):  # no longer accepting while it drains
+                await asyncio.open_connection("127.0.0.1", port)
             rest = await response.content.read()
         assert rest.rstrip().endswith(b"data: [DONE]")
         # uvicorn re-raises the signal once drained, so supervisors see a SIGTERM exit

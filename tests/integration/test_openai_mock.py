@@ -134,3 +134,20 @@ async def test_response_carries_request_id(mock_gateway: RunningGateway) -> None
             messages=USER,  # type: ignore[arg-type]
         )
     assert len(raw.headers["x-request-id"]) == 24
+
+
+async def test_sdk_error_classes_for_client_errors() -> None:
+    from tests.conftest import MOCK
+    from tests.gateway import make_settings, running_gateway
+
+    async with running_gateway(make_settings(MOCK, max_body_bytes=2048)) as gateway:
+        async with gateway.client() as client:
+            with pytest.raises(openai.BadRequestError) as bad:
+                await client.chat.completions.create(model="mock", messages=USER, temperature=5)  # type: ignore[arg-type]
+            with pytest.raises(openai.APIStatusError) as large:
+                await client.chat.completions.create(
+                    model="mock", messages=[{"role": "user", "content": "x" * 5000}]
+                )
+    assert bad.value.status_code == 400 and bad.value.param == "temperature"  # type: ignore[attr-defined]
+    assert large.value.status_code == 413
+    assert "2048 bytes" in large.value.message
