@@ -179,9 +179,7 @@ class UpstreamStatusError(UpstreamError):
         return f"status_{self.upstream_status // 100}xx" if self.upstream_status != 429 else "429"
 
     def headers(self) -> list[tuple[bytes, bytes]]:
-        if self.retry_after is None:
-            return []
-        return [(b"retry-after", str(max(1, round(self.retry_after))).encode())]
+        return [] if self.retry_after is None else _retry_after(self.retry_after)
 
 
 class UpstreamProtocolError(UpstreamError):
@@ -205,7 +203,11 @@ class NoHealthyDeployment(RelaygateError):
         self.retry_in = retry_in
 
     def headers(self) -> list[tuple[bytes, bytes]]:
-        return [(b"retry-after", str(max(1, round(self.retry_in))).encode())]
+        return _retry_after(self.retry_in)
+
+
+def _retry_after(seconds: float) -> list[tuple[bytes, bytes]]:
+    return [(b"retry-after", str(max(1, round(seconds))).encode())]
 
 
 class ConfigError(Exception):

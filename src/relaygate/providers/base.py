@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Provider",
     "ndjson_lines",
+    "post",
     "raise_for_status",
     "redact",
     "translate_errors",
@@ -110,6 +111,26 @@ def _os_reason(error: OSError) -> str:
     if error.errno:
         return os.strerror(error.errno).lower()
     return type(error).__name__
+
+
+@asynccontextmanager
+async def post(
+    session: aiohttp.ClientSession,
+    url: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    deployment: Deployment,
+) -> AsyncIterator[aiohttp.ClientResponse]:
+    """POST to an upstream; yields a successful response, raises relaygate's errors otherwise.
+
+    Errors while the caller reads the body are translated too.
+    """
+    with translate_errors(deployment):
+        async with session.post(
+            url, data=body, headers=headers, timeout=deployment.client_timeout
+        ) as response:
+            await raise_for_status(response, deployment)
+            yield response
 
 
 async def raise_for_status(response: aiohttp.ClientResponse, deployment: Deployment) -> None:

@@ -19,15 +19,7 @@ import aiohttp
 import msgspec
 
 from relaygate.errors import InvalidRequest, UpstreamStatusError
-from relaygate.providers.base import (
-    JSON,
-    ndjson_lines,
-    raise_for_status,
-    redact,
-    translate_errors,
-    upstream_json,
-)
-from relaygate.providers.openai import deployment_timeout
+from relaygate.providers.base import JSON, ndjson_lines, post, redact, upstream_json
 from relaygate.schema.requests import ChatMessage, ChatRequest, CompletionRequest, EmbeddingRequest
 from relaygate.schema.responses import embedding_list, usage
 
@@ -68,19 +60,13 @@ class OllamaProvider:
     async def stream(self, deployment: Deployment, call: Call) -> AsyncIterator[JSON]:
         path, body = _request(deployment, call, stream=True)
         translate = _ChunkTranslator(call)
-        with translate_errors(deployment):
-            async with self._session.post(
-                self.base_url + path,
-                data=_encode(body),
-                headers=_HEADERS,
-                timeout=deployment_timeout(deployment),
-            ) as response:
-                await raise_for_status(response, deployment)
-                async for line in ndjson_lines(response):
-                    event = upstream_json(line, deployment)
-                    _raise_if_error(event, deployment)
-                    for chunk in translate(event):
-                        yield chunk
+        url = self.base_url + path
+        async with post(self._session, url, _encode(body), _HEADERS, deployment) as response:
+            async for line in ndjson_lines(response):
+                event = upstream_json(line, deployment)
+                _raise_if_error(event, deployment)
+                for chunk in translate(event):
+                    yield chunk
 
     async def embed(self, deployment: Deployment, call: Call) -> JSON:
         params = call.params
@@ -105,15 +91,9 @@ class OllamaProvider:
         await self._session.close()
 
     async def _post(self, deployment: Deployment, path: str, body: JSON) -> bytes:
-        with translate_errors(deployment):
-            async with self._session.post(
-                self.base_url + path,
-                data=_encode(body),
-                headers=_HEADERS,
-                timeout=deployment_timeout(deployment),
-            ) as response:
-                await raise_for_status(response, deployment)
-                return await response.read()
+        url = self.base_url + path
+        async with post(self._session, url, _encode(body), _HEADERS, deployment) as response:
+            return await response.read()
 
 
 def _raise_if_error(reply: JSON, deployment: Deployment) -> None:

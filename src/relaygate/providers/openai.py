@@ -15,14 +15,7 @@ import aiohttp
 import msgspec
 
 from relaygate.errors import UpstreamStatusError
-from relaygate.providers.base import (
-    JSON,
-    ndjson_lines,
-    raise_for_status,
-    redact,
-    translate_errors,
-    upstream_json,
-)
+from relaygate.providers.base import JSON, ndjson_lines, post, redact, upstream_json
 
 if TYPE_CHECKING:
     from relaygate.routing.router import Deployment
@@ -65,33 +58,26 @@ class OpenAIProvider:
         return await self._post_json(deployment, call)
 
     async def _post_json(self, deployment: Deployment, call: Call) -> JSON:
-        with translate_errors(deployment):
-            async with self._session.post(
-                self._urls[call.kind],
-                data=self._body(deployment, call, stream=False),
-                headers=self._headers(deployment),
-                timeout=deployment_timeout(deployment),
-            ) as response:
-                await raise_for_status(response, deployment)
-                raw = await response.read()
+        body = self._body(deployment, call, stream=False)
+        url = self._urls[call.kind]
+        async with post(
+            self._session, url, body, self._headers(deployment), deployment
+        ) as response:
+            raw = await response.read()
         return upstream_json(raw, deployment)
 
     async def stream(self, deployment: Deployment, call: Call) -> AsyncIterator[JSON]:
-        with translate_errors(deployment):
-            async with self._session.post(
-                self._urls[call.kind],
-                data=self._body(deployment, call, stream=True),
-                headers={**self._headers(deployment), "Accept": "text/event-stream"},
-                timeout=deployment_timeout(deployment),
-            ) as response:
-                await raise_for_status(response, deployment)
-                async for line in ndjson_lines(response):
-                    if not line.startswith(b"data:"):
-                        continue  # comments (": keep-alive"), event names, ids
-                    data = line[5:].strip()
-                    if data == b"[DONE]":
-                        return
-                    yield _chunk(data, deployment)
+        body = self._body(deployment, call, stream=True)
+        headers = {**self._headers(deployment), "Accept": "text/event-stream"}
+        url = self._urls[call.kind]
+        async with post(self._session, url, body, headers, deployment) as response:
+            async for line in ndjson_lines(response):
+                if not line.startswith(b"data:"):
+                    continue  # comments (": keep-alive"), event names, ids
+                data = line[5:].strip()
+                if data == b"[DONE]":
+                    return
+                yield _chunk(data, deployment)
 
     async def list_models(self) -> list[str]:
         async with self._session.get(self.base_url + "/models") as response:
@@ -115,8 +101,3 @@ def _chunk(data: bytes, deployment: Deployment) -> JSON:
             deployment=deployment.name,
         )
     return chunk
-
-
-def deployment_timeout(deployment: Deployment) -> aiohttp.ClientTimeout:
-    """aiohttp enforces only the connect timeout; the pipeline enforces the rest."""
-    return deployment.client_timeout
