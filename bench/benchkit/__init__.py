@@ -1,0 +1,1 @@
+"""Helpers for bench/run.py: fake upstream, gateway process, load generators, report."""

@@ -1,0 +1,146 @@
+"""Sections 1-3: non-streaming latency, throughput and open-loop latency (wrk, hey)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import loadgen
+from .common import CHAT, CHAT_BODY, DIRECT, VIA, Options, Section, Target, added, fmt_ms
+from .gateway import Gateway, check_gateway, gateway_line
+from .loadgen import LoadResult
+
+
+def _chat_script(opts: Options) -> Path:
+    headers = {"Content-Type": "application/json", **opts.headers}
+    return loadgen.wrk_script(CHAT_BODY, headers, "chat")
+
+
+def _wrk(opts: Options, base: str, conns: int) -> LoadResult:
+    script = _chat_script(opts)
+    loadgen.wrk(base + CHAT, script, 1, min(conns, 8), opts.warmup_s)  # warm-up, not reported
+    return loadgen.wrk(base + CHAT, script, 1, conns, opts.seconds)
+
+
+def _errors(result: LoadResult) -> str:
+    return ", ".join(f"{k} {v}" for k, v in result.errors.items()) or "0"
+
+
+def load_table(rows: list[tuple[str, LoadResult]]) -> list[str]:
+    """Markdown table of load runs, plus their command lines."""
+    lines = ["| Run | Requests | Req/s | p50 | p90 | p99 | max | Errors |", "|---" * 8 + "|"]
+    for label, r in rows:
+        lines.append(
+            f"| {label} | {r.requests} | {r.rps:,.0f} | {fmt_ms(r.p50_ms)} | {fmt_ms(r.p90_ms)}"
+            f" | {fmt_ms(r.p99_ms)} | {fmt_ms(r.max_ms)} | {_errors(r)} |"
+        )
+    lines += ["", "Commands:", "", "```"]
+    unique = dict.fromkeys((label.split(": ", 1)[-1], r.command) for label, r in rows)
+    lines += [f"# {label}\n{command}" for label, command in unique]
+    return [*lines, "```"]
+
+
+def _latency_rounds(opts: Options, bases: list[str]) -> list[tuple[str, LoadResult]]:
+    """wrk -c1 against each base in turn, ``opts.rounds`` times, after one warm-up each."""
+    script, rows = _chat_script(opts), []
+    for base in bases:
+        loadgen.wrk(base + CHAT, script, 1, 1, opts.warmup_s)  # warm-up, not reported
+    for i in range(1, opts.rounds + 1):
+        for base in bases:
+            label = "direct → nginx" if base == DIRECT else "via relaygate, 1 worker"
+            rows.append(
+                (f"round {i}: {label}", loadgen.wrk(base + CHAT, script, 1, 1, opts.seconds))
+            )
+    return rows
+
+
+def latency(sec: Section, opts: Options) -> None:
+    """1. Added latency at concurrency 1, non-streaming, 1 worker (wrk, closed loop)."""
+    sec.details += [
+        f"wrk -t1 -c1, {opts.rounds} rounds of {opts.seconds} s direct then {opts.seconds} s via",
+        f"the gateway, after a {opts.warmup_s} s warm-up of each. Targets: the median round.",
+        "",
+    ]
+    if opts.direct_only:
+        rows = _latency_rounds(opts, [DIRECT])
+    else:
+        with Gateway(1):
+            check_gateway(opts)
+            rows = _latency_rounds(opts, [DIRECT, VIA])
+    sec.details += [*load_table(rows), "", gateway_line(1)]
+    sec.data = {label: vars(r) for label, r in rows}
+    if not opts.direct_only:
+        pairs = [(d, v) for (_, d), (_, v) in zip(rows[0::2], rows[1::2], strict=True)]
+        sec.targets += [
+            added(
+                "Added p50 latency, c=1, 1 worker", 0.5, [(d.p50_ms, v.p50_ms) for d, v in pairs]
+            ),
+            added(
+                "Added p99 latency, c=1, 1 worker", 1.5, [(d.p99_ms, v.p99_ms) for d, v in pairs]
+            ),
+        ]
+
+
+def throughput(sec: Section, opts: Options) -> None:
+    """2. Closed-loop throughput at concurrency 32; 2 workers (target) and 1 worker (reference)."""
+    sec.details += [f"wrk -t1 -c32 for {opts.seconds} s after a {opts.warmup_s} s warm-up.", ""]
+    rows = [("direct → nginx", _wrk(opts, DIRECT, 32))]
+    for workers in () if opts.direct_only else (1, 2):
+        with Gateway(workers):
+            check_gateway(opts)
+            label = f"via relaygate, {workers} worker{'s' if workers > 1 else ''}"
+            rows.append((label, _wrk(opts, VIA, 32)))
+    sec.details += [*load_table(rows), "", gateway_line(1), "", gateway_line(2)]
+    sec.data = {label: vars(r) for label, r in rows}
+    if len(rows) == 3:
+        via = rows[2][1]
+        sec.targets += [
+            Target("Throughput, c=32, 2 workers", "≥ 3,000 req/s", f"{via.rps:,.0f} req/s",
+                   via.rps >= 3000),
+            Target("Errors, c=32, 2 workers", "0", _errors(via), via.error_count == 0),
+        ]  # fmt: skip
+
+
+def _open_loop_runs(opts: Options, base: str) -> list[LoadResult]:
+    """Paced wrk at 1,000 req/s, then hey -c 50 -q 20 (same offered rate, but bursty)."""
+    loadgen.wrk(base + CHAT, _chat_script(opts), 1, 8, opts.warmup_s)  # warm-up, not reported
+    headers = {"Content-Type": "application/json", **opts.headers}
+    paced = loadgen.wrk_script(CHAT_BODY, headers, "paced", rate=1000)
+    return [
+        loadgen.wrk(base + CHAT, paced, 1, 50, opts.seconds),
+        loadgen.hey(base + CHAT, CHAT_BODY, opts.headers, (50, 20), opts.seconds),
+    ]
+
+
+OPEN_LOOP_NOTES = [
+    "Offered 1,000 req/s for {seconds} s, two ways:",
+    "",
+    "- **wrk, paced** (the target figure): bench/.work/paced.lua gives wrk a `delay()` so the",
+    "  k-th request is due at start + k ms whatever happened to earlier ones (up to 50",
+    "  connections in flight): evenly spaced, open-loop arrivals. wrk times each request",
+    "  from its actual send.",
+    "- **hey -c 50 -q 20** (reference): hey's 50 workers tick in lockstep, so the 1,000 req/s",
+    "  arrive as a burst of 50 every 50 ms; p99 there is mostly queueing inside each burst.",
+    "  hey reports latencies to 0.1 ms.",
+    "",
+]
+
+
+def open_loop(sec: Section, opts: Options) -> None:
+    """3. Offered 1,000 req/s, 1 worker: paced wrk (target) and hey (bursty reference)."""
+    sec.details += [line.format(seconds=opts.seconds) for line in OPEN_LOOP_NOTES]
+    direct = _open_loop_runs(opts, DIRECT)
+    rows = [("direct → nginx, wrk paced", direct[0]), ("direct → nginx, hey", direct[1])]
+    if not opts.direct_only:
+        with Gateway(1):
+            check_gateway(opts)
+            via = _open_loop_runs(opts, VIA)
+        rows += [("via relaygate 1 worker, wrk paced", via[0])]
+        rows += [("via relaygate 1 worker, hey", via[1])]
+    sec.details += [*load_table(rows), "", gateway_line(1)]
+    sec.data = {label: vars(r) for label, r in rows}
+    if len(rows) == 4:
+        d, v = rows[0][1], rows[2][1]
+        target = added("Added p99 at 1,000 req/s offered, 1 worker", 5, [(d.p99_ms, v.p99_ms)])
+        target.measured += f"; {v.rps:,.0f} req/s achieved, errors {_errors(v)}"
+        target.passed = bool(target.passed) and v.error_count == 0 and v.rps >= 950
+        sec.targets.append(target)

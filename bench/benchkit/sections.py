@@ -1,0 +1,18 @@
+"""The benchmark sections, by the key `run.py --only` takes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .common import Options, Section
+from .http_sections import latency, open_loop, throughput
+from .stream_sections import held_streams, idle_rss, streaming
+
+SECTIONS: dict[str, tuple[str, Callable[[Section, Options], None]]] = {
+    "latency": ("1. Added latency at concurrency 1 (non-streaming)", latency),
+    "throughput": ("2. Throughput at concurrency 32", throughput),
+    "openloop": ("3. Open loop at 1,000 req/s offered", open_loop),
+    "streaming": ("4. Streaming: time to first chunk", streaming),
+    "held": ("5. 1,000 concurrent open streams", held_streams),
+    "idle": ("6. Idle RSS right after start", idle_rss),
+}
