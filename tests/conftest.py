@@ -2,17 +2,77 @@
 
 from __future__ import annotations
 
+import asyncio
+import shutil
 import socket
+import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 from blockbuster import BlockBuster, blockbuster_ctx
 
+from relaygate.store.migrate import upgrade
 from tests.fakes.ollama_server import FakeOllama
 from tests.fakes.openai_server import FakeOpenAI
-from tests.gateway import RunningGateway, make_settings, running_gateway
+from tests.gateway import RunningGateway, Templates, make_settings, running_gateway
 
+PG_DSN = "postgresql://postgres@127.0.0.1:5432"
+PG_SERVER = "postgresql+asyncpg://postgres@127.0.0.1:5432"
 MOCK = [{"name": "mock", "deployments": [{"provider": "mock", "chunk_delay": 0}]}]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One migrated SQLite database; every gateway in the tests starts from a copy."""
+    path = tmp_path_factory.mktemp("template") / "relaygate.db"
+    upgrade(f"sqlite+aiosqlite:///{path}")
+    Templates.sqlite = path
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_template() -> Iterator[str]:
+    """A migrated PostgreSQL database, cloned for each test that wants PostgreSQL."""
+    name = f"rg_template_{uuid.uuid4().hex[:12]}"
+    _admin_sql(f'CREATE DATABASE "{name}"')
+    try:
+        upgrade(f"{PG_SERVER}/{name}")
+        yield name
+    finally:
+        _admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(
+    request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path, postgres_template: str
+) -> Iterator[str]:
+    """A fresh, migrated database of each kind: storage tests run on both."""
+    if request.param == "sqlite":
+        path = tmp_path / "relaygate.db"
+        shutil.copyfile(sqlite_template, path)
+        yield f"sqlite+aiosqlite:///{path}"
+        return
+    name = f"rg_test_{uuid.uuid4().hex[:12]}"
+    _admin_sql(f'CREATE DATABASE "{name}" TEMPLATE "{postgres_template}"')
+    try:
+        yield f"{PG_SERVER}/{name}"
+    finally:
+        _admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _admin_sql(statement: str) -> None:
+    """Run one statement on the server's maintenance database (outside any event loop)."""
+    import asyncpg
+
+    async def run() -> None:
+        conn = await asyncpg.connect(f"{PG_DSN}/postgres")
+        try:
+            await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
 
 
 @pytest.fixture(autouse=True)
@@ -23,6 +83,12 @@ def blockbuster() -> Iterator[BlockBuster]:
     (the openai SDK loads certificates when constructed) are not the product.
     """
     with blockbuster_ctx("relaygate") as bb:
+        # Building the engine resolves the SQLite path once, at start; not per request.
+        bb.functions["os.path.abspath"].can_block_in("relaygate/store/engine.py", "create_engine")
+        # asyncpg reads ~/.pgpass and ~/.postgresql while it opens a connection: once per
+        # new pooled connection, not per request.
+        for function in bb.functions.values():
+            function.can_block_in("asyncpg/connect_utils.py", "_parse_connect_dsn_and_args")
         yield bb
 
 

@@ -4,39 +4,90 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import shutil
 import socket
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import openai
 import uvicorn
+from sqlalchemy.engine import make_url
 
 from relaygate.app import Gateway, create_app
+from relaygate.auth.bootstrap import ensure_admin_key
 from relaygate.settings import Settings, load_settings
+from relaygate.state import AppState
 
 
 def make_settings(models: list[dict[str, Any]] | None = None, **overrides: Any) -> Settings:
-    """Settings as the file would give them; no Ollama discovery unless asked for."""
-    values: dict[str, Any] = {"discover_ollama": [], "models": models or []}
+    """Settings as the file would give them; no Ollama discovery unless asked for.
+
+    Each call gets its own SQLite database file unless ``database_url`` is given.
+    """
+    database = Path(tempfile.mkdtemp(prefix="relaygate-test-")) / "relaygate.db"
+    values: dict[str, Any] = {
+        "discover_ollama": [],
+        "models": models or [],
+        "database_url": f"sqlite+aiosqlite:///{database}",
+    }
     values.update(overrides)
     return load_settings(environ={}, overrides=values)
 
 
 class RunningGateway:
-    def __init__(self, app: Gateway, port: int) -> None:
+    def __init__(self, app: Gateway, port: int, admin_key: str) -> None:
         self.app = app
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
+        self.admin_key = admin_key
+        self.headers = {"Authorization": f"Bearer {admin_key}"}
 
-    def client(self, **kwargs: Any) -> openai.AsyncOpenAI:
+    @property
+    def state(self) -> AppState:
+        assert self.app.state is not None
+        return self.app.state
+
+    def client(self, api_key: str | None = None, **kwargs: Any) -> openai.AsyncOpenAI:
+        """The official client, with the bootstrap admin key unless another is given."""
         kwargs.setdefault("max_retries", 0)
         kwargs.setdefault("timeout", 20)
-        return openai.AsyncOpenAI(base_url=self.url + "/v1", api_key="unused", **kwargs)
+        return openai.AsyncOpenAI(
+            base_url=self.url + "/v1", api_key=api_key or self.admin_key, **kwargs
+        )
+
+
+def _copy_template(database: str) -> None:
+    if not os.path.exists(database):
+        assert Templates.sqlite is not None, "the sqlite_template fixture did not run"
+        shutil.copyfile(Templates.sqlite, database)
+
+
+class Templates:
+    """Databases migrated once per test session (see conftest.py), copied per test."""
+
+    sqlite: Path | None = None
+
+
+async def prepare_database(settings: Settings) -> str:
+    """A migrated database with an admin key, as ``relaygate serve`` prepares it.
+
+    SQLite files are copies of a template migrated once per session; other URLs
+    must already be migrated (the PostgreSQL fixture clones a migrated template).
+    """
+    url = make_url(settings.database_url)
+    if url.get_backend_name() == "sqlite" and url.database:
+        await asyncio.to_thread(_copy_template, url.database)
+    secret = await ensure_admin_key(settings)
+    return secret or settings.admin_key or ""
 
 
 @asynccontextmanager
 async def running_gateway(settings: Settings) -> AsyncIterator[RunningGateway]:
+    admin_key = await prepare_database(settings)
     app = create_app(settings)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -48,6 +99,7 @@ async def running_gateway(settings: Settings) -> AsyncIterator[RunningGateway]:
         log_level="warning",
         access_log=False,
         http="httptools",
+        proxy_headers=False,  # as `relaygate serve` runs it
         timeout_graceful_shutdown=2,
     )
     server = uvicorn.Server(config)
@@ -59,7 +111,7 @@ async def running_gateway(settings: Settings) -> AsyncIterator[RunningGateway]:
                 task.result()
                 raise RuntimeError("gateway did not start")
             await asyncio.sleep(0.005)
-        yield RunningGateway(app, port)
+        yield RunningGateway(app, port, admin_key)
     finally:
         server.should_exit = True
         await task

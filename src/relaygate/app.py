@@ -9,38 +9,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 
 from relaygate import __version__
 from relaygate.api.http import Receive, Scope, Send, new_request_id, send_error
 from relaygate.api.openai import OpenAIAPI
 from relaygate.api.ops import OpsAPI
+from relaygate.api.tasks import TasksAPI
 from relaygate.errors import MethodNotAllowed, NotFound
-from relaygate.observability.metrics import Metrics
-from relaygate.routing.catalog import build_router, close_providers, model_entries
-from relaygate.routing.router import Router
 from relaygate.settings import Settings, load_settings
+from relaygate.state import AppState, close_state, open_state
 
 __all__ = ["AppState", "Gateway", "create_app"]
 
 Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-
-@dataclass(slots=True, eq=False)
-class AppState:
-    """What every request shares, built once in the lifespan."""
-
-    settings: Settings
-    router: Router
-    metrics: Metrics
-    log: logging.Logger
-    models_json: bytes = b""
-    model_entries: dict[str, bytes] = field(default_factory=dict)
-    draining: bool = False
-
-    @property
-    def max_body(self) -> int:
-        return self.settings.max_body_bytes
 
 
 class Gateway:
@@ -89,17 +70,10 @@ class Gateway:
                 return
 
     async def startup(self) -> None:
-        settings = self.settings
-        router = await build_router(settings, self.log)
-        state = AppState(
-            settings=settings,
-            router=router,
-            metrics=Metrics(settings.prometheus_multiproc_dir),
-            log=self.log,
-        )
-        state.models_json, state.model_entries = model_entries(router)
+        state = await open_state(self.settings, self.log)
+        router = state.router
         self.state = state
-        openai, ops = OpenAIAPI(state), OpsAPI(state)
+        openai, ops, tasks = OpenAIAPI(state), OpsAPI(state), TasksAPI(state)
         self._routes = {
             "/v1/chat/completions": {"POST": openai.chat},
             "/v1/completions": {"POST": openai.completions},
@@ -108,6 +82,7 @@ class Gateway:
             "/health": {"GET": ops.health},
             "/ready": {"GET": ops.ready},
             "/metrics": {"GET": ops.metrics},
+            "/usage": {"GET": tasks.usage},
         }
         self._model_route = {"GET": openai.model}
         self.log.info(
@@ -118,8 +93,7 @@ class Gateway:
     async def shutdown(self) -> None:
         if self.state is None:
             return
-        self.state.draining = True
-        await close_providers(self.state.router)
+        await close_state(self.state)
 
 
 async def _not_found(scope: Scope, receive: Receive, send: Send) -> None:

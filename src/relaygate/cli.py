@@ -7,6 +7,7 @@ naming the field and the file line, before anything listens on a port.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import sys
@@ -14,6 +15,8 @@ import tempfile
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from relaygate import __version__
 from relaygate.errors import ConfigError
@@ -55,6 +58,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, help="worker processes (default 1)")
     serve.set_defaults(handler=_serve)
 
+    db = commands.add_parser("db", help="manage the database")
+    db_commands = db.add_subparsers(title="db commands", metavar="COMMAND")
+    db_upgrade = db_commands.add_parser("upgrade", help="apply database migrations")
+    db_upgrade.add_argument("--config", metavar="FILE", help="YAML configuration file")
+    db_upgrade.set_defaults(handler=_db_upgrade)
+    db.set_defaults(handler=lambda _args: db.print_help())
+
     config = commands.add_parser("config", help="work with configuration files")
     config_commands = config.add_subparsers(title="config commands", metavar="COMMAND")
     check = config_commands.add_parser(
@@ -70,6 +80,7 @@ def _serve(args: argparse.Namespace) -> None:
     overrides = {"host": args.host, "port": args.port, "workers": args.workers}
     settings = load_settings(args.config, overrides=overrides)
     configure_logging(settings)
+    prepare_database(settings)
     import uvicorn
 
     common: dict[str, Any] = {
@@ -80,6 +91,9 @@ def _serve(args: argparse.Namespace) -> None:
         "lifespan": "on",
         "access_log": False,
         "server_header": False,
+        # relaygate reads X-Forwarded-For itself, only from auth.trusted_proxies;
+        # uvicorn's own handling would trust 127.0.0.1 and rewrite the client address.
+        "proxy_headers": False,
         "timeout_graceful_shutdown": settings.graceful_shutdown_seconds,
         "log_level": settings.log_level,
         "backlog": 4096,
@@ -92,6 +106,38 @@ def _serve(args: argparse.Namespace) -> None:
         return
     _export_for_workers(args, settings)
     uvicorn.run("relaygate.app:create_app", factory=True, workers=settings.workers, **common)
+
+
+def prepare_database(settings: Settings) -> None:
+    """Migrate, then make sure an admin key exists; once, before any worker starts."""
+    from relaygate.auth.bootstrap import ensure_admin_key
+    from relaygate.store.engine import safe_url
+    from relaygate.store.migrate import upgrade
+
+    try:
+        upgrade(settings.database_url)
+        secret = asyncio.run(ensure_admin_key(settings))
+    except (OSError, SQLAlchemyError) as exc:
+        raise ConfigError(
+            f"database_url: cannot use {safe_url(settings.database_url)}: "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        ) from None
+    if secret:
+        print(
+            "\nCreated the first admin key (tier 'unlimited'). It is shown only this once:\n"
+            f"\n    {secret}\n\nUse it as 'Authorization: Bearer <key>'; create more keys "
+            "with 'relaygate keys create' or POST /admin/keys.\n",
+            flush=True,
+        )
+
+
+def _db_upgrade(args: argparse.Namespace) -> None:
+    settings = load_settings(args.config)
+    from relaygate.store.engine import safe_url
+    from relaygate.store.migrate import upgrade
+
+    upgrade(settings.database_url)
+    print(f"{safe_url(settings.database_url)}: schema up to date")
 
 
 def _export_for_workers(args: argparse.Namespace, settings: Settings) -> None:

@@ -17,6 +17,11 @@ msgspec, asyncio timeouts) are translated at one boundary each, never leaked.
     │   ├── UpstreamTimeout          504
     │   ├── UpstreamStatusError      502, or the upstream's 4xx when it rejected the request
     │   └── UpstreamProtocolError    502 (malformed body, connection cut mid-response)
+    ├── AuthenticationError          401 (one message: never says which keys exist)
+    ├── PermissionDenied             403
+    ├── RateLimited                  429 (names the limit and when it resets)
+    ├── LimiterUnavailable           503 (limit store down and fail_closed set)
+    ├── StoreUnavailable             503 (the database cannot answer a needed read)
     ├── NoHealthyDeployment          503
     └── ConfigError                  not an HTTP error: ``serve`` exits with code 2
 """
@@ -24,15 +29,21 @@ msgspec, asyncio timeouts) are translated at one boundary each, never leaked.
 from __future__ import annotations
 
 __all__ = [
+    "AuthenticationError",
     "ClientError",
     "ConfigError",
+    "Conflict",
     "InvalidRequest",
+    "LimiterUnavailable",
     "MethodNotAllowed",
     "ModelNotFound",
     "NoHealthyDeployment",
     "NotFound",
     "PayloadTooLarge",
+    "PermissionDenied",
+    "RateLimited",
     "RelaygateError",
+    "StoreUnavailable",
     "UnsupportedMediaType",
     "UpstreamConnectError",
     "UpstreamError",
@@ -89,6 +100,11 @@ class ModelNotFound(NotFound):
 class MethodNotAllowed(ClientError):
     status = 405
     code = "method_not_allowed"
+
+
+class Conflict(ClientError):
+    status = 409
+    code = "conflict"
 
 
 class PayloadTooLarge(ClientError):
@@ -188,6 +204,58 @@ class UpstreamProtocolError(UpstreamError):
     @property
     def kind(self) -> str:
         return "protocol"
+
+
+class AuthenticationError(ClientError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(
+            message
+            or "Missing or invalid credentials. Send an API key as 'Authorization: Bearer "
+            "<key>' or 'X-API-Key: <key>'."
+        )
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"www-authenticate", b'Bearer realm="relaygate"')]
+
+
+class PermissionDenied(ClientError):
+    status = 403
+    type = "permission_error"
+    code = "forbidden"
+
+
+class RateLimited(ClientError):
+    """A limit was hit: the body names it and when it resets, headers say the same."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(
+        self, message: str, *, retry_after: float, rate_headers: list[tuple[bytes, bytes]]
+    ) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.rate_headers = rate_headers
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [*_retry_after(self.retry_after), *self.rate_headers]
+
+
+class LimiterUnavailable(RelaygateError):
+    status = 503
+    type = "service_unavailable"
+    code = "limits_unavailable"
+
+
+class StoreUnavailable(RelaygateError):
+    status = 503
+    type = "service_unavailable"
+    code = "store_unavailable"
 
 
 class NoHealthyDeployment(RelaygateError):

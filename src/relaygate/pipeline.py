@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 from relaygate.errors import UpstreamError, UpstreamStatusError, UpstreamTimeout
 
 if TYPE_CHECKING:
-    from relaygate.app import AppState
     from relaygate.routing.router import Deployment
     from relaygate.schema.requests import Call
+    from relaygate.state import AppState
 
 __all__ = ["UpstreamStream", "complete", "open_stream"]
 

@@ -89,6 +89,81 @@ class RoutingConfig(_Config, kw_only=True):
     max_cooldown: Positive = 60.0
 
 
+Count = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class LimitSet(
+    msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True, frozen=True
+):
+    """Numbers of one tier (or a key's overrides). None means no limit of that kind.
+
+    Frozen (hashable): admission caches the effective limits per tier and overrides.
+    """
+
+    requests_per_minute: Count | None = None
+    requests_per_hour: Count | None = None
+    requests_per_month: Count | None = None
+    tokens_per_minute: Count | None = None
+    tokens_per_month: Count | None = None
+    max_concurrent: Count | None = None
+
+
+class TierConfig(LimitSet, kw_only=True, frozen=True):
+    """A tier: its limits, plus stricter limits for some models or endpoints."""
+
+    models: dict[str, LimitSet] = msgspec.field(default_factory=dict)
+    endpoints: dict[str, LimitSet] = msgspec.field(default_factory=dict)
+
+
+def default_tiers() -> dict[str, TierConfig]:
+    """The seeds' tiers: 100/1K/10K/1M requests an hour, 3K/30K/300K/no cap a month."""
+    return {
+        "free": TierConfig(requests_per_hour=100, requests_per_month=3_000),
+        "pro": TierConfig(requests_per_hour=1_000, requests_per_month=30_000),
+        "enterprise": TierConfig(requests_per_hour=10_000, requests_per_month=300_000),
+        "unlimited": TierConfig(requests_per_hour=1_000_000),
+    }
+
+
+class JWTConfig(_Config, kw_only=True):
+    """JSON Web Tokens accepted as credentials: HS256 with a secret, or RS256/ES256 via JWKS."""
+
+    secret: str | None = None
+    jwks_url: str | None = None
+    algorithms: list[str] | None = None
+    issuer: str | None = None
+    audience: str | None = None
+    leeway: NonNegative = 30.0
+    jwks_cache_seconds: Positive = 300.0
+    subject_claim: str = "sub"
+    tenant_claim: str = "tenant"
+    role_claim: str = "role"
+    tier_claim: str = "tier"
+    default_role: Literal["admin", "user"] = "user"
+    default_tier: str = "free"
+
+
+class AuthConfig(_Config, kw_only=True):
+    """How clients authenticate."""
+
+    key_prefix: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9]{1,16}_$")] = "rg_"
+    anonymous: bool = False
+    anonymous_tier: str = "free"
+    trusted_proxies: list[str] = msgspec.field(default_factory=list)
+    cache_seconds: Positive = 30.0
+    jwt: JWTConfig | None = None
+
+
+class LimitsConfig(_Config, kw_only=True):
+    """Where limit counters live and what happens when that store fails."""
+
+    backend: Literal["auto", "memory", "redis"] = "auto"
+    fail_closed: bool = False
+    redis_timeout: Positive = 0.05
+    allow_per_worker_limits: bool = False
+    month_reset_day: Annotated[int, msgspec.Meta(ge=1, le=28)] = 1
+
+
 class Settings(_Config, kw_only=True):
     """Everything relaygate reads at start."""
 
@@ -102,6 +177,13 @@ class Settings(_Config, kw_only=True):
     routing: RoutingConfig = msgspec.field(default_factory=RoutingConfig)
     discover_ollama: list[str] | None = None
     mock_model: bool | None = None
+    database_url: str = "sqlite+aiosqlite:///./data/relaygate.db"
+    redis_url: str | None = None
+    redis_prefix: str = "relaygate:"
+    admin_key: str | None = None
+    auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
+    tiers: dict[str, TierConfig] = msgspec.field(default_factory=default_tiers)
+    limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
     config_path: str | None = None
     prometheus_multiproc_dir: str | None = None
 
@@ -143,6 +225,8 @@ def load_settings(
         settings = msgspec.convert(data, Settings, strict=False)
     except msgspec.ValidationError as exc:
         raise _located(str(exc), lines, source) from None
+    # Configured tiers add to the seeds' defaults (and replace those of the same name).
+    settings.tiers = {**default_tiers(), **settings.tiers}
     _check(settings, lines, source)
     return settings
 
@@ -241,7 +325,10 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
             target[name] = raw
 
 
-def _check(settings: Settings, lines: dict[tuple[str | int, ...], int], source: str | None) -> None:
+Lines = dict[tuple[str | int, ...], int]
+
+
+def _check(settings: Settings, lines: Lines, source: str | None) -> None:
     """Rules a type cannot express: URLs, required fields, unique names, known fallbacks."""
     names: dict[str, int] = {}
     for i, model in enumerate(settings.models):
@@ -258,6 +345,7 @@ def _check(settings: Settings, lines: dict[tuple[str | int, ...], int], source: 
                 path: tuple[str | int, ...] = ("models", i, "fallbacks", k)
                 msg = f"{_dotted(path)}: fallback {fallback!r} is not another configured model"
                 raise ConfigError(msg, source=source, line=_line_of(path, lines))
+    _check_access(settings, lines, source)
     for k, url in enumerate(settings.discover_ollama or []):
         error = _url_problem(url)
         if error:
@@ -265,6 +353,32 @@ def _check(settings: Settings, lines: dict[tuple[str | int, ...], int], source: 
             raise ConfigError(
                 f"{_dotted(path)}: {error}", source=source, line=_line_of(path, lines)
             )
+
+
+def _check_access(settings: Settings, lines: Lines, source: str | None) -> None:
+    """JWT settings, tier names, and workers that would not share limits."""
+    if settings.auth.jwt is not None:
+        from relaygate.auth.jwt import jwt_config_problem
+
+        problem = jwt_config_problem(settings.auth.jwt)
+        if problem:
+            line = _line_of(("auth", "jwt"), lines)
+            raise ConfigError(f"auth.jwt: {problem}", source=source, line=line)
+    for name in {settings.auth.anonymous_tier} - set(settings.tiers):
+        line = _line_of(("auth", "anonymous_tier"), lines)
+        raise ConfigError(f"auth.anonymous_tier: no tier named {name!r}", source=source, line=line)
+    if (
+        settings.workers > 1
+        and not settings.redis_url
+        and not settings.limits.allow_per_worker_limits
+    ):
+        raise ConfigError(
+            f"workers: {settings.workers} workers without redis_url would each keep their own "
+            "limit counters (N workers, N times every limit). Set redis_url, or set "
+            "limits.allow_per_worker_limits: true to accept per-worker limits.",
+            source=source,
+            line=_line_of(("workers",), lines),
+        )
 
 
 def _check_deployment(

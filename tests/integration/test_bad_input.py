@@ -24,7 +24,9 @@ async def post(
     async with (
         aiohttp.ClientSession() as session,
         session.post(
-            gateway.url + path, data=body, headers=JSON_HEADERS if headers is None else headers
+            gateway.url + path,
+            data=body,
+            headers={**gateway.headers, **(JSON_HEADERS if headers is None else headers)},
         ) as response,
     ):
         return response.status, await response.json(content_type=None)
@@ -133,7 +135,9 @@ async def test_body_over_limit_refused_before_reading() -> None:
         async with (
             aiohttp.ClientSession() as session,
             session.post(
-                gateway.url + "/v1/chat/completions", data=chunked(), headers=JSON_HEADERS
+                gateway.url + "/v1/chat/completions",
+                data=chunked(),
+                headers={**gateway.headers, **JSON_HEADERS},
             ) as response,
         ):
             assert response.status == 413
@@ -146,7 +150,8 @@ async def test_declared_length_over_limit_answers_without_waiting_for_body(
     reader, writer = await asyncio.open_connection("127.0.0.1", mock_gateway.port)
     writer.write(
         b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        b"Content-Length: 100000000\r\n\r\n"
+        + f"Authorization: Bearer {mock_gateway.admin_key}\r\n".encode()
+        + b"Content-Length: 100000000\r\n\r\n"
     )
     await writer.drain()
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
@@ -157,10 +162,14 @@ async def test_declared_length_over_limit_answers_without_waiting_for_body(
 
 async def test_unknown_path_and_method(mock_gateway: RunningGateway) -> None:
     async with aiohttp.ClientSession() as session:
-        async with session.get(mock_gateway.url + "/v1/nothing") as response:
+        async with session.get(
+            mock_gateway.url + "/v1/nothing", headers=mock_gateway.headers
+        ) as response:
             assert response.status == 404
             assert "under /v1" in (await response.json())["error"]["message"]
-        async with session.get(mock_gateway.url + "/v1/chat/completions") as response:
+        async with session.get(
+            mock_gateway.url + "/v1/chat/completions", headers=mock_gateway.headers
+        ) as response:
             assert response.status == 405
             assert "use POST" in (await response.json())["error"]["message"]
 

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,6 +17,8 @@ import aiohttp
 import pytest
 
 RELAYGATE = [sys.executable, "-m", "relaygate"]
+ADMIN_KEY = "rg_test-admin-key-0123456789abcdefghijklmnopqrstuvwxyz"
+AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 SLOW_MOCK = """\
 discover_ollama: []
 models:
@@ -76,6 +79,14 @@ def test_config_check_error_exit_2_one_message(tmp_path: Path) -> None:
     ]
 
 
+def test_several_workers_without_redis_refused(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("workers: 2\n")
+    result = run("config", "check", str(path))
+    assert result.returncode == 2
+    assert "workers: 2 workers without redis_url" in result.stderr
+
+
 def test_serve_with_bad_config_exits_2_and_listens_nowhere(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("port: 8000\nbogus: 1\n")
@@ -92,10 +103,15 @@ async def serving(
     config: Path, *args: str
 ) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
     port = free_port()
+    env = {
+        **os.environ,
+        "RELAYGATE_DATABASE_URL": f"sqlite+aiosqlite:///{config.parent / 'relaygate.db'}",
+        "RELAYGATE_ADMIN_KEY": ADMIN_KEY,
+    }
     process = await asyncio.create_subprocess_exec(
         *RELAYGATE, "serve", "--config", str(config), "--port", str(port), *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        start_new_session=True,
+        start_new_session=True, env=env,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
@@ -133,7 +149,7 @@ async def test_sigterm_lets_open_stream_finish(tmp_path: Path) -> None:
     config.write_text(SLOW_MOCK.format(delay=0.1))
     async with serving(config) as (process, url), aiohttp.ClientSession() as session:
         body = {"model": "mock", "stream": True, "messages": [{"role": "user", "content": "x"}]}
-        async with session.post(url + "/v1/chat/completions", json=body) as response:
+        async with session.post(url + "/v1/chat/completions", json=body, headers=AUTH) as response:
             first = await response.content.readline()
             assert first.startswith(b"data: ")
             process.send_signal(signal.SIGTERM)
@@ -152,18 +168,33 @@ async def test_sigterm_lets_open_stream_finish(tmp_path: Path) -> None:
 @pytest.mark.slow
 async def test_two_workers_share_metrics(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
-    config.write_text(SLOW_MOCK.format(delay=0))
+    config.write_text(
+        SLOW_MOCK.format(delay=0)
+        + f"redis_url: redis://127.0.0.1:6379/0\nredis_prefix: 'rgtest:{uuid.uuid4().hex}:'\n"
+    )
     async with serving(config, "--workers", "2") as (_, url), aiohttp.ClientSession() as session:
         body = {"model": "mock", "messages": [{"role": "user", "content": "x"}]}
         for _ in range(40):
-            async with session.post(url + "/v1/chat/completions", json=body) as response:
+            async with session.post(
+                url + "/v1/chat/completions", json=body, headers=AUTH
+            ) as response:
                 assert response.status == 200
-        # a new connection each time lands on either worker; the total is the same
-        for _ in range(3):
-            async with aiohttp.ClientSession() as fresh, fresh.get(url + "/metrics") as response:
-                text = await response.text()
-            line = next(
-                ln for ln in text.splitlines()
-                if ln.startswith("relaygate_requests_total{") and 'status="200"' in ln
-            )  # fmt: skip
-            assert line.endswith(" 40.0"), line
+        # A new connection lands on either worker; each must report the total of both.
+        # (A request is counted just after its response is sent, so allow a moment.)
+        for _ in range(4):
+            for _ in range(50):
+                count = await _requests_ok(url)
+                if count == 40:
+                    break
+                await asyncio.sleep(0.02)
+            assert count == 40
+
+
+async def _requests_ok(url: str) -> float:
+    async with aiohttp.ClientSession() as fresh, fresh.get(url + "/metrics") as response:
+        text = await response.text()
+    line = next(
+        ln for ln in text.splitlines()
+        if ln.startswith("relaygate_requests_total{") and 'status="200"' in ln
+    )  # fmt: skip
+    return float(line.rsplit(" ", 1)[1])

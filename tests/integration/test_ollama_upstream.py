@@ -251,5 +251,5 @@ async def test_discovery_of_absent_server_is_quiet() -> None:
 
 async def _model_ids(gateway: RunningGateway) -> list[str]:
     async with aiohttp.ClientSession() as session:
-        async with session.get(gateway.url + "/v1/models") as response:
+        async with session.get(gateway.url + "/v1/models", headers=gateway.headers) as response:
             return [m["id"] for m in (await response.json())["data"]]

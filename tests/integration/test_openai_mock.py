@@ -99,6 +99,7 @@ async def _raw_embedding(gateway: RunningGateway) -> dict:  # type: ignore[type-
         session.post(
             gateway.url + "/v1/embeddings",
             json={"model": "mock", "input": "a b", "encoding_format": "base64"},
+            headers=gateway.headers,
         ) as response,
     ):
         return await response.json()  # type: ignore[no-any-return]

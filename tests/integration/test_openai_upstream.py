@@ -74,7 +74,9 @@ async def test_stream_is_relayed_as_it_arrives(fake_openai: FakeOpenAI) -> None:
         body = {"model": "m", "messages": USER, "stream": True}
         async with aiohttp.ClientSession() as session:
             started = time.monotonic()
-            async with session.post(gateway.url + "/v1/chat/completions", json=body) as response:
+            async with session.post(
+                gateway.url + "/v1/chat/completions", json=body, headers=gateway.headers
+            ) as response:
                 assert response.headers["content-type"].startswith("text/event-stream")
                 first = await response.content.readline()
                 first_at = time.monotonic() - started
@@ -279,7 +281,9 @@ async def test_client_disconnect_cancels_upstream_stream(fake_openai: FakeOpenAI
     async with running_gateway(make_settings([model("m", fake_openai.base_url)])) as gateway:
         body = {"model": "m", "messages": USER, "stream": True}
         async with aiohttp.ClientSession() as session:
-            response = await session.post(gateway.url + "/v1/chat/completions", json=body)
+            response = await session.post(
+                gateway.url + "/v1/chat/completions", json=body, headers=gateway.headers
+            )
             await response.content.readline()
             response.close()  # the client goes away mid-stream
         await asyncio.wait_for(fake_openai.client_gone.wait(), 2)
@@ -292,7 +296,9 @@ async def test_client_disconnect_cancels_stalled_upstream(fake_openai: FakeOpenA
     async with running_gateway(make_settings([model("m", fake_openai.base_url)])) as gateway:
         body = {"model": "m", "messages": USER, "stream": True}
         async with aiohttp.ClientSession() as session:
-            response = await session.post(gateway.url + "/v1/chat/completions", json=body)
+            response = await session.post(
+                gateway.url + "/v1/chat/completions", json=body, headers=gateway.headers
+            )
             await response.content.readline()
             response.close()
         await asyncio.wait_for(fake_openai.client_gone.wait(), 2)
@@ -312,7 +318,9 @@ async def test_client_leaving_non_streaming_request_cancels_upstream(
         body = {"model": "m", "messages": USER}
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=0.3)) as session:
             with pytest.raises(TimeoutError):
-                await session.post(gateway.url + "/v1/chat/completions", json=body)
+                await session.post(
+                    gateway.url + "/v1/chat/completions", json=body, headers=gateway.headers
+                )
         await asyncio.wait_for(fake_openai.client_gone.wait(), 2)
         metrics = await _text(gateway.url + "/metrics")
     assert 'relaygate_requests_total{api="openai",model="m",status="499"} 1.0' in metrics

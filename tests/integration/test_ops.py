@@ -47,7 +47,9 @@ async def test_metrics_by_model_api_status(fake_openai: FakeOpenAI) -> None:
             pass
         async with aiohttp.ClientSession() as session:
             for body in ({"model": "nope"}, {"model": "x" * 200, "messages": USER}):
-                async with session.post(gateway.url + "/v1/chat/completions", json=body) as r:
+                async with session.post(
+                    gateway.url + "/v1/chat/completions", json=body, headers=gateway.headers
+                ) as r:
                     await r.read()
         status, text = await get(gateway, "/metrics")
     assert status == 200

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -29,7 +30,13 @@ from relaygate.api.http import (
     send_bytes,
     send_error,
 )
-from relaygate.errors import InvalidRequest, NotFound, RelaygateError, UpstreamError
+from relaygate.errors import (
+    InvalidRequest,
+    NotFound,
+    RateLimited,
+    RelaygateError,
+    UpstreamError,
+)
 from relaygate.schema.requests import (
     Call,
     ChatRequest,
@@ -40,7 +47,7 @@ from relaygate.schema.requests import (
 )
 
 if TYPE_CHECKING:
-    from relaygate.app import AppState
+    from relaygate.state import AppState
 
 __all__ = ["OpenAIAPI"]
 
@@ -59,6 +66,15 @@ _SSE_HEADERS = [
 _DONE = b"data: [DONE]\n\n"
 
 
+@dataclass(slots=True)
+class _Outcome:
+    """What the metrics record of one request."""
+
+    model: str = "unknown"
+    status: int = 500
+    ttfb: float | None = None
+
+
 class OpenAIAPI:
     """Handlers for the OpenAI-compatible routes, bound to the app's state."""
 
@@ -75,12 +91,23 @@ class OpenAIAPI:
         await self._inference("embedding", scope, receive, send)
 
     async def models(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send_bytes(send, 200, self.state.models_json, new_request_id())
+        request_id = new_request_id()
+        try:
+            await self.state.auth.authenticate(scope)
+        except RelaygateError as exc:
+            await send_error(send, exc, request_id)
+            return
+        await send_bytes(send, 200, self.state.models_json, request_id)
 
     async def model(self, scope: Scope, receive: Receive, send: Send) -> None:
         name = scope["path"][len("/v1/models/") :]
         entry = self.state.model_entries.get(name)
         request_id = new_request_id()
+        try:
+            await self.state.auth.authenticate(scope)
+        except RelaygateError as exc:
+            await send_error(send, exc, request_id)
+            return
         if entry is None:
             error = NotFound(
                 f"The model {name!r} does not exist on this gateway. "
@@ -96,38 +123,74 @@ class OpenAIAPI:
         state = self.state
         started = time.perf_counter()
         request_id = new_request_id()
-        model_label, status, ttfb = "unknown", 500, None
+        outcome = _Outcome()
         state.metrics.started(API)
         try:
-            call = _parse(kind, await read_body(scope, receive, state.max_body), request_id)
-            model_label = state.router.get(call.model).name
-            watch = DisconnectWatch(receive)
-            try:
-                if call.stream:
-                    status, ttfb = await self._stream(call, send, watch)
-                else:
-                    status = await self._complete(call, send, watch)
-            except asyncio.CancelledError:
-                if not watch.absorb():
-                    raise
-                status = 499
-            finally:
-                watch.close()
+            await self._serve(kind, scope, receive, send, request_id, outcome)
         except RelaygateError as exc:
-            status = exc.status
+            outcome.status = exc.status
+            if isinstance(exc, RateLimited):
+                state.metrics.ratelimited.labels(API).inc()
             await send_error(send, exc, request_id)
         except ClientGone:
-            status = 499
+            outcome.status = 499
         except Exception:
             state.log.exception("unexpected error serving request %s", request_id)
             await send_error(send, _internal_error(request_id), request_id)
         finally:
             elapsed = time.perf_counter() - started
-            state.metrics.finished(model_label, API, status, elapsed, ttfb or elapsed)
+            ttfb = outcome.ttfb or elapsed
+            state.metrics.finished(outcome.model, API, outcome.status, elapsed, ttfb)
+
+    async def _serve(
+        self,
+        kind: Kind,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        request_id: str,
+        outcome: _Outcome,
+    ) -> None:
+        """authenticate -> parse -> admit -> route/call/relay -> settle."""
+        state = self.state
+        principal = await state.auth.authenticate(scope)
+        body = await read_body(scope, receive, state.max_body)
+        call = _parse(kind, body, request_id)
+        outcome.model = state.router.get(call.model).name
+        admitted = await state.admission.admit(
+            principal,
+            request_id,
+            model=call.model,
+            endpoint=scope["path"],
+            body_size=len(body),
+            max_output_tokens=call.max_output_tokens,
+        )
+        call.headers = admitted.headers
+        try:
+            await self._run(call, receive, send, outcome)
+        finally:
+            await state.admission.settle(admitted, call.usage)
+
+    async def _run(self, call: Call, receive: Receive, send: Send, outcome: _Outcome) -> None:
+        """Call and relay; the client leaving cancels the upstream call at once."""
+        watch = DisconnectWatch(receive)
+        try:
+            if call.stream:
+                outcome.status, outcome.ttfb = await self._stream(call, send, watch)
+            else:
+                outcome.status = await self._complete(call, send, watch)
+        except asyncio.CancelledError:
+            if not watch.absorb():
+                raise
+            outcome.status = 499
+        finally:
+            watch.close()
 
     async def _complete(self, call: Call, send: Send, watch: DisconnectWatch) -> int:
         body, _ = await pipeline.complete(self.state, call)
-        await send_bytes(send, 200, _encode(body), call.request_id)
+        usage = body.get("usage")
+        call.usage = usage if isinstance(usage, dict) else None
+        await send_bytes(send, 200, _encode(body), call.request_id, extra=call.headers)
         watch.close()
         return 200
 
@@ -146,7 +209,7 @@ class OpenAIAPI:
         self, upstream: pipeline.UpstreamStream, call: Call, send: Send
     ) -> tuple[int, float | None]:
         started = time.perf_counter()
-        headers = [*_SSE_HEADERS, (b"x-request-id", call.request_id.encode())]
+        headers = [*_SSE_HEADERS, (b"x-request-id", call.request_id.encode()), *call.headers]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         ttfb: float | None = None
         chunk = upstream.first
@@ -177,6 +240,9 @@ async def _end_with_error(send: Send, error: RelaygateError) -> int:
 def _sse(chunk: dict[str, Any], call: Call) -> bytes | None:
     """One SSE event; the usage chunk is dropped unless the client asked for it."""
     chunk["model"] = call.model
+    usage = chunk.get("usage")
+    if usage:
+        call.usage = usage
     if not call.include_usage:
         if not chunk.get("choices") and "usage" in chunk:
             return None

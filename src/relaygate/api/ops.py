@@ -11,7 +11,7 @@ from relaygate.api.http import Receive, Scope, Send, new_request_id, send_bytes
 from relaygate.observability.metrics import CONTENT_TYPE_LATEST
 
 if TYPE_CHECKING:
-    from relaygate.app import AppState
+    from relaygate.state import AppState
 
 __all__ = ["OpsAPI"]
 

@@ -56,6 +56,14 @@ class Metrics:
             "relaygate_in_flight_requests", "Requests being served now.", ["api"],
             registry=r, multiprocess_mode="livesum",
         )  # fmt: skip
+        self.ratelimit_degraded = Gauge(
+            "relaygate_ratelimit_degraded",
+            "1 while the shared limit store (Redis) is unreachable and limits are per process.",
+            registry=r, multiprocess_mode="max",
+        )  # fmt: skip
+        self.ratelimited = Counter(
+            "relaygate_ratelimited", "Requests refused by a limit (429).", ["api"], registry=r,
+        )  # fmt: skip
         self._children: dict[tuple[Any, ...], Any] = {}
 
     def _child(self, metric: Any, *labels: str) -> Any:

@@ -8,7 +8,7 @@ field and what was expected.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -140,6 +140,8 @@ class Call:
     params: ChatRequest | CompletionRequest | EmbeddingRequest
     stream: bool
     request_id: str
+    usage: dict[str, Any] | None = None  # as the upstream reported it, once known
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)  # added to the response
 
     @property
     def include_usage(self) -> bool:

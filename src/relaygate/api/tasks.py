@@ -1,0 +1,37 @@
+"""The seeds' own endpoints, kept working: GET /usage (seed 001)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from relaygate.api.http import Receive, Scope, Send, new_request_id, send_bytes, send_error
+from relaygate.errors import RelaygateError
+
+if TYPE_CHECKING:
+    from relaygate.state import AppState
+
+__all__ = ["TasksAPI"]
+
+
+class TasksAPI:
+    """Seed-compatible routes."""
+
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+
+    async def usage(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The caller's limits: seed 001's hourly figures, then every limit by name.
+
+        ``{"requests_used", "requests_limit", "requests_remaining", "window_reset",
+        "tier", "requests_per_month": {...}, "tokens_per_minute": {...}, ...}``
+        """
+        request_id = new_request_id()
+        try:
+            principal = await self.state.auth.authenticate(scope)
+            report = await self.state.admission.report(principal)
+        except RelaygateError as exc:
+            await send_error(send, exc, request_id)
+            return
+        await send_bytes(send, 200, msgspec.json.encode(report), request_id)

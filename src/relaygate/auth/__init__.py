@@ -1,0 +1,1 @@
+"""Authentication: API keys, JWTs and the Principal they resolve to."""

@@ -1,0 +1,97 @@
+"""Reading a credential out of a request, refusing every ambiguous or unsafe form.
+
+Accepted: ``Authorization: Bearer <token>`` or ``X-API-Key: <token>`` (seed
+000), once. Refused: two credentials that disagree, repeated headers, other
+schemes, tokens over 8 KiB, control characters, and credentials in the query
+string (URLs end up in logs).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+
+from relaygate.api.http import Scope
+from relaygate.errors import AuthenticationError
+
+__all__ = ["client_ip", "read_credential"]
+
+MAX_TOKEN = 8192
+_QUERY_NAMES = (b"api_key", b"apikey", b"key", b"access_token", b"token", b"x-api-key")
+
+
+def read_credential(scope: Scope) -> str | None:
+    """The token the request presents, None when it presents none."""
+    found: list[bytes] = []
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            found.append(_bearer(bytes(value)))
+        elif name == b"x-api-key":
+            found.append(bytes(value).strip())
+    _refuse_query_credentials(scope.get("query_string", b""))
+    if not found:
+        return None
+    if len(found) > 1 and any(token != found[0] for token in found[1:]):
+        raise AuthenticationError(
+            "Send one credential: the request has several Authorization/X-API-Key headers."
+        )
+    token = found[0]
+    if not token or len(token) > MAX_TOKEN:
+        raise AuthenticationError()
+    try:
+        text = token.decode("ascii")
+    except UnicodeDecodeError:
+        raise AuthenticationError() from None
+    if not text.isprintable() or " " in text:
+        raise AuthenticationError()
+    return text
+
+
+def _bearer(value: bytes) -> bytes:
+    scheme, _, token = value.strip().partition(b" ")
+    if scheme.lower() != b"bearer" or not token.strip():
+        raise AuthenticationError("The Authorization header must be 'Bearer <key>'.")
+    return token.strip()
+
+
+def _refuse_query_credentials(query: bytes) -> None:
+    if not query:
+        return
+    for pair in query.split(b"&"):
+        name = pair.split(b"=", 1)[0].lower()
+        if name in _QUERY_NAMES:
+            raise AuthenticationError(
+                "Credentials in the URL are refused (URLs end up in logs). "
+                "Send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'."
+            )
+
+
+def client_ip(
+    scope: Scope, trusted: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]
+) -> str:
+    """The client's address; X-Forwarded-For is believed only from trusted proxies.
+
+    The forwarded chain is read right to left, skipping trusted proxies: the
+    first untrusted address is the client (entries left of it can be forged).
+    """
+    peer = (scope.get("client") or ("unknown", 0))[0]
+    if not trusted or not _is_trusted(peer, trusted):
+        return str(peer)
+    chain: list[str] = []
+    for name, value in scope["headers"]:
+        if name == b"x-forwarded-for":
+            chain += [p.strip() for p in bytes(value).decode("latin-1").split(",") if p.strip()]
+    for address in reversed(chain):
+        if not _is_trusted(address, trusted):
+            return address
+    return chain[0] if chain else str(peer)
+
+
+def _is_trusted(
+    address: str, trusted: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]
+) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in trusted)

@@ -1,0 +1,33 @@
+"""Who is calling: the Principal a credential resolves to."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from relaygate.settings import LimitSet
+
+__all__ = ["Principal"]
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The caller of one request.
+
+    ``subject`` identifies the caller for limits (``key:<id>``, ``jwt:<sub>``,
+    ``ip:<address>``); ``limits`` are a key's own overrides of its tier.
+    """
+
+    subject: str
+    kind: Literal["key", "jwt", "anonymous"]
+    role: Literal["admin", "user"]
+    tier: str
+    key_id: str | None = None
+    tenant_id: str | None = None
+    tenant_tier: str | None = None
+    limits: LimitSet | None = None
+    expires_at: float | None = None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"

@@ -1,0 +1,1 @@
+"""Limits: request rates, quotas, token reservations and concurrency, exact across processes."""

@@ -1,0 +1,145 @@
+"""Admission: the pipeline's ``admit`` and ``settle`` stages.
+
+For each request, the rules that apply to its caller (tier numbers, the key's
+overrides, stricter limits for the model or endpoint, the tenant's limits) are
+checked and consumed in one call to the limiter: one Redis round trip with the
+Redis backend. Token limits reserve ``max_tokens`` plus an estimate of the
+prompt, and ``settle`` charges the real count when the response is done.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from relaygate.auth.principal import Principal
+from relaygate.errors import PermissionDenied
+from relaygate.limits.base import Lease, Limiter, Rule, RuleState
+from relaygate.limits.rules import effective, rate_limit_headers, rate_limited, rules_for
+from relaygate.settings import LimitSet, Settings, TierConfig
+
+__all__ = ["Admission", "Admitted"]
+
+DEFAULT_COMPLETION_RESERVE = 1024  # tokens reserved when the request names no max_tokens
+BYTES_PER_TOKEN = 4  # a cheap, generous estimate of prompt tokens from the body size
+
+
+@dataclass(slots=True)
+class Admitted:
+    """What an admitted request carries to settlement."""
+
+    lease: Lease | None
+    headers: list[tuple[bytes, bytes]]
+    reserved_tokens: int
+
+
+class Admission:
+    """Checks and consumes limits for each request; shared by every request."""
+
+    def __init__(self, settings: Settings, limiter: Limiter) -> None:
+        self.settings = settings
+        self.limiter = limiter
+        self._effective: dict[tuple[str, LimitSet | None], LimitSet] = {}
+
+    def _tier(self, name: str | None) -> TierConfig:
+        tier = self.settings.tiers.get(name or "")
+        if tier is None:
+            raise PermissionDenied(
+                f"This credential's tier {name!r} is not configured on this gateway; "
+                "ask an administrator to fix the key's tier."
+            )
+        return tier
+
+    def _limits(self, principal: Principal, tier: TierConfig) -> LimitSet:
+        key = (principal.tier, principal.limits)
+        limits = self._effective.get(key)
+        if limits is None:
+            limits = self._effective[key] = effective(tier, principal.limits)
+        return limits
+
+    def rules(
+        self,
+        principal: Principal,
+        *,
+        model: str | None = None,
+        endpoint: str | None = None,
+        reserve_tokens: int = 0,
+    ) -> list[Rule]:
+        tier = self._tier(principal.tier)
+        tenant_limits = None
+        if principal.tenant_id and principal.tenant_tier:
+            tenant_limits = self._tier(principal.tenant_tier)
+        return rules_for(
+            principal.subject,
+            self._limits(principal, tier),
+            tier,
+            model=model,
+            endpoint=endpoint,
+            tenant=principal.tenant_id,
+            tenant_limits=tenant_limits,
+            reserve_tokens=reserve_tokens,
+            month_reset_day=self.settings.limits.month_reset_day,
+        )
+
+    async def admit(
+        self,
+        principal: Principal,
+        request_id: str,
+        *,
+        model: str,
+        endpoint: str,
+        body_size: int,
+        max_output_tokens: int | None,
+    ) -> Admitted:
+        """Consume every applicable limit, or raise RateLimited naming the one that is full."""
+        reserve = body_size // BYTES_PER_TOKEN + (max_output_tokens or DEFAULT_COMPLETION_RESERVE)
+        rules = self.rules(principal, model=model, endpoint=endpoint, reserve_tokens=reserve)
+        if not rules:
+            return Admitted(None, [], 0)
+        decision = await self.limiter.acquire(rules, request_id)
+        if not decision.allowed:
+            raise rate_limited(decision)
+        return Admitted(decision.lease, rate_limit_headers(decision.states), reserve)
+
+    async def settle(self, admitted: Admitted, usage: Mapping[str, Any] | None) -> None:
+        """Release leases; charge token rules the real count when the upstream reported it."""
+        lease = admitted.lease
+        if lease is None or lease.settled:
+            return
+        actual: dict[str, int] | None = None
+        total = usage.get("total_tokens") if usage else None
+        if isinstance(total, int):
+            actual = {r.key: total for r in lease.rules if r.name.startswith("tokens_")}
+        await self.limiter.settle(lease, actual)
+
+    async def report(self, principal: Principal) -> dict[str, Any]:
+        """GET /usage: seed 001's figures for the hourly window, plus month and tokens."""
+        states = await self.limiter.peek(self.rules(principal))
+        by_name = {s.rule.name: s for s in states}
+        hourly = by_name.get("requests_per_hour")
+        body: dict[str, Any] = {"tier": principal.tier}
+        body.update(_figures("requests", hourly))
+        for name, state in by_name.items():
+            body[name] = _figures("", state)
+        return body
+
+
+def _figures(prefix: str, state: RuleState | None) -> dict[str, Any]:
+    lead = f"{prefix}_" if prefix else ""
+    if state is None:
+        return {
+            f"{lead}used": 0, f"{lead}limit": None, f"{lead}remaining": None,
+            "window_reset": None,
+        }  # fmt: skip
+    rule = state.rule
+    used = rule.limit - state.remaining
+    reset = datetime.fromtimestamp(time.time() + state.reset_after, UTC)
+    return {
+        f"{lead}used": max(used, 0),
+        f"{lead}limit": rule.limit,
+        f"{lead}remaining": state.remaining,
+        "window_reset": reset.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }

@@ -1,0 +1,271 @@
+"""The shared limiter: every worker and replica, one Redis round trip per call.
+
+One Lua script checks every rule of a request and consumes all of them or none,
+atomically (Redis runs one script at a time). It reads the clock from Redis
+(``TIME``) so replicas with skewed clocks agree; tests pass ``now`` explicitly.
+
+Keys (``prefix + rule.key``): a rate is a string holding its GCRA theoretical
+arrival time; a quota is a hash {n: count, x: expiry time}, since the expiry is
+compared with ``now`` rather than left to the key's TTL alone; concurrency is a
+sorted set of request ids scored by lease expiry. Every key also carries a TTL,
+so idle state leaves Redis by itself. All keys of one call must live on one
+server (no Redis Cluster across slots).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.driver_info import resolve_driver_info
+
+from relaygate.limits.base import Decision, Lease, Rule, RuleState
+
+__all__ = ["RedisLimiter", "connect"]
+
+# redis-py looks its own version up on disk for every new connection unless told; once,
+# at import, keeps that file system call off the event loop.
+_DRIVER_INFO = resolve_driver_info()
+
+# KEYS: one per rule. ARGV: now ('' = Redis TIME), consume ('1' or '0'), request id,
+# then kind, limit, window, cost per rule. Returns {allowed, denied index (0 = none),
+# then remaining, reset_after, retry_after per rule}; times as strings (Lua numbers
+# would be truncated to integers on the way out).
+_CHECK = """
+local EPS, CONC_RETRY = 1e-6, 1.0
+local now = tonumber(ARGV[1])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+end
+local consume, rid, n = ARGV[2] == '1', ARGV[3], #KEYS
+local function fmt(x) return string.format('%.6f', x) end
+local function ttl_ms(t) return math.max(math.ceil((t - now) * 1000), 1) end
+local function clamp(x, limit) return math.max(math.min(x, limit), 0) end
+
+local function rate_read(key, limit, window)
+  local base = math.max(tonumber(redis.call('GET', key)) or now, now)
+  if limit <= 0 then return {base = base, avail = 0} end
+  return {base = base, avail = math.floor((window - (base - now)) * limit / window + EPS)}
+end
+local function rate_take(key, s, limit, window, cost)
+  if limit <= 0 or cost == 0 then return end
+  s.base = s.base + cost * window / limit
+  s.avail = s.avail - cost
+  redis.call('SET', key, fmt(s.base), 'PX', ttl_ms(s.base))
+end
+local function rate_state(s, limit, window, cost, fits)
+  local retry = 0
+  if not fits then
+    retry = window
+    if limit > 0 then retry = math.max(s.base + cost * window / limit - window - now, 0) end
+  end
+  return clamp(s.avail, limit), s.base - now, retry
+end
+
+local function quota_read(key, limit)
+  local v = redis.call('HMGET', key, 'n', 'x')
+  local x = tonumber(v[2])
+  if not x or x <= now then return {count = 0, avail = limit} end
+  local count = tonumber(v[1]) or 0
+  return {count = count, x = x, avail = limit - count}
+end
+local function quota_take(key, s, window, cost)
+  if not s.x then
+    s.x = now + window
+    redis.call('HSET', key, 'n', cost, 'x', fmt(s.x))
+    redis.call('PEXPIRE', key, ttl_ms(s.x))
+  else
+    redis.call('HINCRBY', key, 'n', cost)
+  end
+  s.count, s.avail = s.count + cost, s.avail - cost
+end
+local function quota_state(s, limit, window, fits)
+  local reset = 0
+  if s.count > 0 then reset = s.x - now end
+  local retry = 0
+  if not fits then retry = (s.count > 0) and reset or window end
+  return clamp(s.avail, limit), reset, retry
+end
+
+local function conc_read(key, limit)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+  return {avail = limit - redis.call('ZCARD', key)}
+end
+local function conc_take(key, s, window)
+  redis.call('ZADD', key, now + window, rid)
+  redis.call('PEXPIRE', key, ttl_ms(now + window))
+  s.avail = s.avail - 1
+end
+local function conc_state(key, s, limit, window, fits)
+  local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')[2]
+  if not first then return clamp(s.avail, limit), 0, fits and 0 or window end
+  local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')[2]
+  local retry = 0
+  if not fits then retry = math.min(tonumber(first) - now, CONC_RETRY) end
+  return clamp(s.avail, limit), tonumber(last) - now, retry
+end
+
+local rules, denied = {}, 0
+for i = 1, n do
+  local j = 4 * i
+  local r = {kind = ARGV[j], limit = tonumber(ARGV[j + 1]), window = tonumber(ARGV[j + 2]),
+             cost = tonumber(ARGV[j + 3])}
+  local need = r.cost
+  if r.kind == 'rate' then r.s = rate_read(KEYS[i], r.limit, r.window)
+  elseif r.kind == 'quota' then r.s = quota_read(KEYS[i], r.limit)
+  else r.s = conc_read(KEYS[i], r.limit); need = 1 end
+  r.fits = need <= r.s.avail
+  if not r.fits and denied == 0 then denied = i end
+  rules[i] = r
+end
+if denied == 0 and consume then
+  for i, r in ipairs(rules) do
+    if r.kind == 'rate' then rate_take(KEYS[i], r.s, r.limit, r.window, r.cost)
+    elseif r.kind == 'quota' then quota_take(KEYS[i], r.s, r.window, r.cost)
+    else conc_take(KEYS[i], r.s, r.window) end
+  end
+end
+local out = {denied == 0 and 1 or 0, denied}
+for i, r in ipairs(rules) do
+  local rem, reset, retry
+  if r.kind == 'rate' then rem, reset, retry = rate_state(r.s, r.limit, r.window, r.cost, r.fits)
+  elseif r.kind == 'quota' then rem, reset, retry = quota_state(r.s, r.limit, r.window, r.fits)
+  else rem, reset, retry = conc_state(KEYS[i], r.s, r.limit, r.window, r.fits) end
+  out[#out + 1] = rem
+  out[#out + 1] = fmt(reset)
+  out[#out + 1] = fmt(retry)
+end
+return out
+"""
+
+# KEYS: the lease's rule keys. ARGV: now ('' = Redis TIME), request id, then kind, limit,
+# window and delta (actual - reserved; negative refunds) per rule. Missing keys are fine.
+_SETTLE = """
+local now = tonumber(ARGV[1])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+end
+local rid = ARGV[2]
+for i, key in ipairs(KEYS) do
+  local j = 4 * i - 1
+  local kind, limit, window, delta = ARGV[j], tonumber(ARGV[j + 1]), tonumber(ARGV[j + 2]),
+                                     tonumber(ARGV[j + 3])
+  if kind == 'concurrency' then
+    redis.call('ZREM', key, rid)
+  elseif delta ~= 0 and kind == 'rate' and limit > 0 then
+    local tat = math.max(tonumber(redis.call('GET', key)) or now, now) + delta * window / limit
+    if tat <= now then
+      redis.call('DEL', key)
+    else
+      redis.call('SET', key, string.format('%.6f', tat), 'PX',
+                 math.max(math.ceil((tat - now) * 1000), 1))
+    end
+  elseif delta ~= 0 and kind == 'quota' then
+    local v = redis.call('HMGET', key, 'n', 'x')
+    local x = tonumber(v[2])
+    if x and x > now then
+      redis.call('HSET', key, 'n', math.max((tonumber(v[1]) or 0) + delta, 0))
+    end
+  end
+end
+return 0
+"""
+
+
+def connect(url: str, *, max_connections: int = 64, wait: float = 1.0) -> Redis:
+    """A client fit for limits: its pool waits up to ``wait`` s for a free connection
+    (the default pool fails past its size), and it never retries on its own (the
+    caller bounds each call and has a fallback)."""
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=wait,
+        socket_connect_timeout=wait,
+        driver_info=_DRIVER_INFO,
+    )
+    return Redis.from_pool(pool)
+
+
+class RedisLimiter:
+    """Limits shared by every process that uses the same Redis and ``prefix``."""
+
+    def __init__(self, client: Redis, prefix: str, *, close_client: bool = True) -> None:
+        self._client = client
+        self._prefix = prefix
+        self._close_client = close_client
+        self._check = client.register_script(_CHECK)
+        self._settle = client.register_script(_SETTLE)
+
+    async def acquire(
+        self, rules: Sequence[Rule], request_id: str, now: float | None = None
+    ) -> Decision:
+        """Consume every rule's cost if all fit; otherwise consume nothing (one round trip)."""
+        if not rules:
+            return Decision(True, lease=Lease(request_id, ()))
+        reply = await self._check(
+            keys=self._keys(rules), args=[_now(now), "1", request_id, *_rule_args(rules)]
+        )
+        allowed, denied, states = _parse(rules, reply)
+        if allowed:
+            return Decision(True, states, lease=Lease(request_id, tuple(rules)))
+        return Decision(False, states, denied=states[denied - 1])
+
+    async def settle(
+        self, lease: Lease, actual: Mapping[str, int] | None = None, now: float | None = None
+    ) -> None:
+        """Release the lease and charge actual costs (one round trip). Idempotent; after a
+        failure the lease stays unsettled, so the call can be retried."""
+        if lease.settled or not lease.rules:
+            lease.settled = True
+            return
+        lease.settled = True
+        actual = actual or {}
+        args: list[str | int | float] = [_now(now), lease.request_id]
+        for rule in lease.rules:
+            delta = actual[rule.key] - rule.cost if rule.key in actual else 0
+            args += [rule.kind, rule.limit, rule.window, delta]
+        try:
+            await self._settle(keys=self._keys(lease.rules), args=args)
+        except BaseException:
+            lease.settled = False
+            raise
+
+    async def peek(self, rules: Sequence[Rule], now: float | None = None) -> list[RuleState]:
+        """Where each rule stands, consuming nothing (one round trip)."""
+        if not rules:
+            return []
+        reply = await self._check(
+            keys=self._keys(rules), args=[_now(now), "0", "", *_rule_args(rules)]
+        )
+        return _parse(rules, reply)[2]
+
+    async def aclose(self) -> None:
+        """Close the client's connections (unless it was lent with ``close_client=False``)."""
+        if self._close_client:
+            await self._client.aclose()
+
+    def _keys(self, rules: Sequence[Rule]) -> list[str]:
+        return [self._prefix + rule.key for rule in rules]
+
+
+def _now(now: float | None) -> str:
+    return "" if now is None else f"{now:.6f}"
+
+
+def _rule_args(rules: Sequence[Rule]) -> list[str | int | float]:
+    args: list[str | int | float] = []
+    for rule in rules:
+        args += [rule.kind, rule.limit, rule.window, rule.cost]
+    return args
+
+
+def _parse(rules: Sequence[Rule], reply: Any) -> tuple[bool, int, list[RuleState]]:
+    """Turn the script's flat reply into (allowed, denied index from 1, states)."""
+    states = [
+        RuleState(rule, int(reply[j]), float(reply[j + 1]), float(reply[j + 2]))
+        for rule, j in zip(rules, range(2, len(reply), 3), strict=True)
+    ]
+    return bool(int(reply[0])), int(reply[1]), states

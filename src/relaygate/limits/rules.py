@@ -1,0 +1,233 @@
+"""From tiers to rules, and from rule states to what the client is told.
+
+:func:`rules_for` turns a request's subject (an API key, a user), its tier, the
+key's own overrides, its tenant, model and endpoint into the list of
+:class:`Rule` the limiter checks in one call. Keys put the limit first and the
+subject last, and escape ``:`` in model, endpoint and tenant names, so no two
+subjects, models or tenants can ever share a counter.
+
+:func:`rate_limit_headers` and :func:`describe_denial` render states as the
+``X-RateLimit-*`` headers and the 429 message.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import msgspec
+
+from relaygate.errors import RateLimited
+from relaygate.limits.base import Decision, Rule, RuleKind, RuleState
+from relaygate.settings import LimitSet, TierConfig
+
+__all__ = [
+    "DEFAULT_LEASE_TIMEOUT",
+    "Period",
+    "describe_denial",
+    "effective",
+    "month_period",
+    "rate_limit_headers",
+    "rate_limited",
+    "rules_for",
+]
+
+DEFAULT_LEASE_TIMEOUT = 900.0  # seconds a concurrency slot is held if never released
+_LIMIT_FIELDS = tuple(f.name for f in msgspec.structs.fields(LimitSet))
+
+
+@dataclass(frozen=True, slots=True)
+class Period:
+    """One billing month: from ``start`` (inclusive) to ``end`` (exclusive), in UTC."""
+
+    start: datetime
+    end: datetime
+
+    @property
+    def label(self) -> str:
+        """``YYYY-MM`` of the month the period starts in; part of the quota keys."""
+        return f"{self.start.year:04d}-{self.start.month:02d}"
+
+
+def month_period(now: float, reset_day: int = 1) -> Period:
+    """The month that contains ``now``, starting on ``reset_day`` (1..28) at 00:00 UTC."""
+    if not 1 <= reset_day <= 28:
+        raise ValueError(f"reset_day must be 1..28, not {reset_day}")
+    today = datetime.fromtimestamp(now, UTC)
+    year, month = today.year, today.month
+    if today.day < reset_day:
+        year, month = (year - 1, 12) if month == 1 else (year, month - 1)
+    start = datetime(year, month, reset_day, tzinfo=UTC)
+    end_year, end_month = (year + 1, 1) if month == 12 else (year, month + 1)
+    return Period(start, datetime(end_year, end_month, reset_day, tzinfo=UTC))
+
+
+def effective(tier: TierConfig, overrides: LimitSet | None) -> LimitSet:
+    """The tier's numbers, each replaced by the key's own where the key sets one."""
+    values = {name: getattr(tier, name) for name in _LIMIT_FIELDS}
+    if overrides is not None:
+        for name in _LIMIT_FIELDS:
+            if (value := getattr(overrides, name)) is not None:
+                values[name] = value
+    return LimitSet(**values)
+
+
+def rules_for(
+    subject: str,
+    limits: LimitSet,
+    tier: TierConfig,
+    *,
+    model: str | None = None,
+    endpoint: str | None = None,
+    tenant: str | None = None,
+    tenant_limits: LimitSet | None = None,
+    reserve_tokens: int = 0,
+    now: float | None = None,
+    month_reset_day: int = 1,
+    lease_timeout: float = DEFAULT_LEASE_TIMEOUT,
+) -> list[Rule]:
+    """Every rule one request is checked against: the subject's, then its model's, endpoint's
+    and tenant's, each longest period first.
+
+    ``limits`` is the subject's :func:`effective` set; ``tier`` adds its stricter
+    per-model and per-endpoint limits; ``tenant_limits`` (with ``tenant``) are
+    shared by every key of the tenant. ``reserve_tokens`` is what token limits
+    reserve at admission (settle charges the real count).
+    """
+    now = time.time() if now is None else now
+    period = month_period(now, month_reset_day)
+    ctx = _Context(
+        period.label, max(period.end.timestamp() - now, 1.0), reserve_tokens, lease_timeout
+    )
+    rules = _rules(limits, subject, "", "", ctx)
+    if model is not None and model in tier.models:
+        rules += _rules(
+            tier.models[model], subject, f"m={_escape(model)}:", f" for model {model}", ctx
+        )
+    if endpoint is not None and endpoint in tier.endpoints:
+        scope, suffix = f"e={_escape(endpoint)}:", f" for endpoint {endpoint}"
+        rules += _rules(tier.endpoints[endpoint], subject, scope, suffix, ctx)
+    if tenant is not None and tenant_limits is not None:
+        rules += _rules(tenant_limits, _escape(tenant), "t:", " for tenant", ctx)
+    return rules
+
+
+@dataclass(frozen=True, slots=True)
+class _Context:
+    """What every rule of one request shares."""
+
+    month: str  # the period's YYYY-MM
+    until_month_end: float  # seconds
+    tokens: int  # reserved by token limits
+    lease_timeout: float
+
+
+# Field, key code, kind, window (quotas run to the period end; leases to their timeout).
+_SPECS: tuple[tuple[str, str, RuleKind, float], ...] = (
+    ("requests_per_month", "rpmo", "quota", 0.0),
+    ("tokens_per_month", "tpmo", "quota", 0.0),
+    ("requests_per_hour", "rph", "rate", 3600.0),
+    ("requests_per_minute", "rpm", "rate", 60.0),
+    ("tokens_per_minute", "tpm", "rate", 60.0),
+    ("max_concurrent", "conc", "concurrency", 0.0),
+)
+
+
+def _rules(limits: LimitSet, subject: str, scope: str, suffix: str, ctx: _Context) -> list[Rule]:
+    """``limits`` as rules keyed ``<scope><code>:<subject>`` and named ``<field><suffix>``."""
+    rules = []
+    for field, code, kind, window in _SPECS:
+        limit: int | None = getattr(limits, field)
+        if limit is None:
+            continue
+        if kind == "quota":
+            code, window = f"{code}/{ctx.month}", ctx.until_month_end
+        elif kind == "concurrency":
+            window = ctx.lease_timeout
+        cost = ctx.tokens if field.startswith("tokens_") else 1
+        rules.append(Rule(f"{scope}{code}:{subject}", kind, limit, window, cost, field + suffix))
+    return rules
+
+
+def _escape(part: str) -> str:
+    """Make a name safe to sit between ``:`` separators in a key."""
+    return part.replace("%", "%25").replace(":", "%3A")
+
+
+def _is_request_rule(rule: Rule) -> bool:
+    return rule.name.startswith("requests_")
+
+
+def _is_token_rule(rule: Rule) -> bool:
+    return rule.name.startswith("tokens_")
+
+
+def rate_limit_headers(states: list[RuleState]) -> list[tuple[bytes, bytes]]:
+    """``X-RateLimit-Limit/Remaining/Reset`` for the most constraining request rule.
+
+    The rule with the least remaining wins (the later reset on a tie); token rules are
+    used only when no request rule applies, and concurrency never.
+    """
+    candidates = [s for s in states if _is_request_rule(s.rule)]
+    candidates = candidates or [s for s in states if _is_token_rule(s.rule)]
+    if not candidates:
+        return []
+    state = min(candidates, key=lambda s: (s.remaining, -s.reset_after))
+    return [
+        (b"x-ratelimit-limit", str(state.rule.limit).encode()),
+        (b"x-ratelimit-remaining", str(state.remaining).encode()),
+        (b"x-ratelimit-reset", str(math.ceil(state.reset_after)).encode()),
+    ]
+
+
+def describe_denial(state: RuleState, now: float | None = None) -> str:
+    """The 429 message: which limit, how big, and when the request would fit again."""
+    rule = state.rule
+    field, _, qualifier = rule.name.partition(" for ")
+    whose = _whose(qualifier)
+    if rule.kind == "concurrency":
+        return (
+            f"Concurrency limit exceeded: {field} ({rule.limit}) {whose}; wait for a "
+            f"request in flight to finish and retry in {_seconds(state.retry_after)} s."
+        )
+    if rule.cost > rule.limit:
+        unit = "tokens" if _is_token_rule(rule) else "units"
+        return (
+            f"Request too large for the limit: it reserves {rule.cost} {unit}, more than "
+            f"{field} ({rule.limit}) {whose} allows; lower max_tokens."
+        )
+    kind = "Quota" if rule.kind == "quota" else "Rate limit"
+    at = (time.time() if now is None else now) + state.retry_after
+    stamp = datetime.fromtimestamp(math.ceil(at), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return (
+        f"{kind} exceeded: {field} ({rule.limit}) {whose}; "
+        f"resets in {_seconds(state.retry_after)} s at {stamp}."
+    )
+
+
+def rate_limited(decision: Decision, now: float | None = None) -> RateLimited:
+    """The 429 for a refused decision, named after the rule that keeps it out longest
+    (every rule must have room at once, so that wait is the one that matters)."""
+    waiting = [s for s in decision.states if s.retry_after > 0]
+    state = max(waiting, key=lambda s: s.retry_after, default=decision.denied)
+    if state is None:
+        raise ValueError("rate_limited() needs a refused decision")
+    return RateLimited(
+        describe_denial(state, now),
+        retry_after=state.retry_after,
+        rate_headers=rate_limit_headers(decision.states),
+    )
+
+
+def _whose(qualifier: str) -> str:
+    if not qualifier:
+        return "for this key"
+    if qualifier == "tenant":
+        return "for this tenant"
+    return f"for {qualifier} on this key"
+
+
+def _seconds(seconds: float) -> int:
+    return max(math.ceil(seconds), 1)

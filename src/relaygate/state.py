@@ -1,0 +1,165 @@
+"""AppState: everything requests share, opened at start and closed at shutdown.
+
+Nothing here is a module global: the lifespan builds one AppState and hands it
+to every route.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import redis.asyncio as redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from relaygate.auth.authenticator import Authenticator
+from relaygate.auth.invalidation import KeyEvents
+from relaygate.auth.jwt import JWTVerifier
+from relaygate.auth.principal import Principal
+from relaygate.errors import ConfigError
+from relaygate.limits.admission import Admission
+from relaygate.limits.base import Limiter
+from relaygate.limits.fallback import FallbackLimiter
+from relaygate.limits.memory import MemoryLimiter
+from relaygate.limits.redis import RedisLimiter
+from relaygate.limits.redis import connect as connect_redis
+from relaygate.observability.metrics import Metrics
+from relaygate.routing.catalog import build_router, close_providers, model_entries
+from relaygate.routing.router import Router
+from relaygate.settings import Settings
+from relaygate.store.engine import create_engine, safe_url
+from relaygate.store.identity import IdentityStore
+from relaygate.store.migrate import SCHEMA_REVISION, current_revision
+
+__all__ = ["AppState", "close_state", "open_state"]
+
+
+@dataclass(slots=True, eq=False)
+class AppState:
+    """What every request shares, built once in the lifespan."""
+
+    settings: Settings
+    router: Router
+    metrics: Metrics
+    log: logging.Logger
+    engine: AsyncEngine
+    identity: IdentityStore
+    auth: Authenticator
+    admission: Admission
+    redis: redis.Redis | None = None
+    key_events: KeyEvents | None = None
+    jwt: JWTVerifier | None = None
+    models_json: bytes = b""
+    model_entries: dict[str, bytes] = field(default_factory=dict)
+    draining: bool = False
+
+    @property
+    def max_body(self) -> int:
+        return self.settings.max_body_bytes
+
+    async def keys_changed(self, key_ids: list[str]) -> None:
+        """After a key or tenant changed: drop it here, and tell every other worker."""
+        self.auth.invalidate(key_ids)
+        if self.key_events is not None:
+            await self.key_events.publish(key_ids)
+
+
+async def open_state(settings: Settings, log: logging.Logger) -> AppState:
+    engine = create_engine(settings.database_url)
+    await _check_schema(settings.database_url)
+    identity = IdentityStore(engine)
+    client = connect_redis(settings.redis_url) if settings.redis_url else None
+    jwt = JWTVerifier(settings.auth.jwt) if settings.auth.jwt else None
+    auth = Authenticator(
+        settings.auth, identity, log, jwt=_jwt_check(jwt) if jwt else None, pubsub=bool(client)
+    )
+    router = await build_router(settings, log)
+    metrics = Metrics(settings.prometheus_multiproc_dir)
+    state = AppState(
+        settings=settings,
+        router=router,
+        metrics=metrics,
+        log=log,
+        engine=engine,
+        identity=identity,
+        auth=auth,
+        admission=Admission(settings, _limiter(settings, client, metrics, log)),
+        redis=client,
+        jwt=jwt,
+    )
+    if client is not None:
+        state.key_events = KeyEvents(client, settings.redis_prefix, auth.invalidate, log)
+        state.key_events.start()
+    auth.start()
+    state.models_json, state.model_entries = model_entries(router)
+    return state
+
+
+async def close_state(state: AppState) -> None:
+    state.draining = True
+    await state.auth.aclose()
+    await state.admission.limiter.aclose()
+    if state.key_events is not None:
+        await state.key_events.aclose()
+    if state.jwt is not None:
+        await state.jwt.aclose()
+    await close_providers(state.router)
+    if state.redis is not None:
+        await state.redis.aclose()
+    await state.engine.dispose()
+
+
+def _limiter(
+    settings: Settings, client: redis.Redis | None, metrics: Metrics, log: logging.Logger
+) -> Limiter:
+    """Redis (shared by every worker and replica) when configured, else in-process memory.
+
+    If Redis fails, limits fall back to a bounded in-process limiter and the
+    ``relaygate_ratelimit_degraded`` gauge says so; ``limits.fail_closed`` answers
+    503 instead. Limits are never switched off.
+    """
+    backend = settings.limits.backend
+    if backend == "memory" or (backend == "auto" and client is None):
+        return MemoryLimiter()
+    if client is None:
+        raise ConfigError("limits.backend: 'redis' needs redis_url")
+
+    def degraded(on: bool) -> None:
+        metrics.ratelimit_degraded.set(1 if on else 0)
+        if on:
+            log.warning("Redis unreachable: limits are now enforced per process")
+        else:
+            log.warning("Redis is back: limits are shared again")
+
+    return FallbackLimiter(
+        RedisLimiter(client, settings.redis_prefix + "limits:", close_client=False),
+        MemoryLimiter(),
+        fail_closed=settings.limits.fail_closed,
+        timeout=settings.limits.redis_timeout,
+        on_degraded=degraded,
+    )
+
+
+async def _check_schema(url: str) -> None:
+    """Refuse to serve on a database whose schema is not this version's."""
+    have, want = await current_revision(url), SCHEMA_REVISION
+    if have != want:
+        raise ConfigError(
+            f"the database at {safe_url(url)} is at schema {have or 'none'}, this version "
+            f"needs {want}: run 'relaygate db upgrade' (serve does this at start)."
+        )
+
+
+def _jwt_check(verifier: JWTVerifier):  # type: ignore[no-untyped-def]
+    async def check(token: str) -> Principal:
+        identity = await verifier.verify(token)
+        return Principal(
+            subject=f"jwt:{identity.subject}",
+            kind="jwt",
+            role=identity.role,
+            tier=identity.tier,
+            tenant_id=identity.tenant,
+            expires_at=identity.expires_at,
+        )
+
+    return check

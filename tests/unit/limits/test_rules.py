@@ -1,0 +1,229 @@
+"""Tiers to rules, billing months, and the headers and messages a client sees."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from relaygate.limits.base import Decision, Rule, RuleState
+from relaygate.limits.memory import MemoryLimiter
+from relaygate.limits.rules import (
+    describe_denial,
+    effective,
+    month_period,
+    rate_limit_headers,
+    rate_limited,
+    rules_for,
+)
+from relaygate.settings import LimitSet, TierConfig, default_tiers
+
+
+def ts(*parts: int) -> float:
+    return datetime(*parts, tzinfo=UTC).timestamp()  # type: ignore[misc]
+
+
+NOW = ts(2026, 11, 22, 6, 39, 36)
+
+TIER = TierConfig(
+    requests_per_minute=60,
+    requests_per_hour=1000,
+    requests_per_month=30_000,
+    tokens_per_minute=100_000,
+    tokens_per_month=5_000_000,
+    max_concurrent=8,
+    models={"gpt-4o": LimitSet(requests_per_hour=100, tokens_per_minute=20_000)},
+    endpoints={"/v1/embeddings": LimitSet(requests_per_minute=10)},
+)
+
+
+def by_name(rules: list[Rule]) -> dict[str, Rule]:
+    return {rule.name: rule for rule in rules}
+
+
+def test_effective_overrides_only_what_the_key_sets() -> None:
+    tier = default_tiers()["free"]
+    assert effective(tier, None) == LimitSet(requests_per_hour=100, requests_per_month=3000)
+    mine = effective(tier, LimitSet(requests_per_hour=5, max_concurrent=2))
+    assert mine == LimitSet(requests_per_hour=5, requests_per_month=3000, max_concurrent=2)
+    assert type(mine) is LimitSet  # models/endpoints stay on the tier
+
+
+def test_default_free_tier_rules() -> None:
+    tier = default_tiers()["free"]
+    rules = rules_for("k:abc", effective(tier, None), tier, now=NOW)
+    assert [(r.name, r.kind, r.limit, r.cost) for r in rules] == [
+        ("requests_per_month", "quota", 3000, 1),
+        ("requests_per_hour", "rate", 100, 1),
+    ]
+    month, hour = rules
+    assert month.key == "rpmo/2026-11:k:abc"
+    assert month.window == ts(2026, 12, 1) - NOW
+    assert hour.key == "rph:k:abc" and hour.window == 3600
+
+
+def test_every_kind_of_limit() -> None:
+    rules = by_name(rules_for("k:1", effective(TIER, None), TIER, reserve_tokens=512, now=NOW))
+    assert list(rules) == [
+        "requests_per_month",
+        "tokens_per_month",
+        "requests_per_hour",
+        "requests_per_minute",
+        "tokens_per_minute",
+        "max_concurrent",
+    ]
+    assert rules["tokens_per_month"].kind == "quota" and rules["tokens_per_month"].cost == 512
+    assert rules["tokens_per_minute"] == Rule(
+        "tpm:k:1", "rate", 100_000, 60.0, 512, "tokens_per_minute"
+    )
+    assert rules["requests_per_minute"].window == 60 and rules["requests_per_minute"].cost == 1
+    assert rules["max_concurrent"] == Rule("conc:k:1", "concurrency", 8, 900.0, 1, "max_concurrent")
+    lease = rules_for("k:1", effective(TIER, None), TIER, now=NOW, lease_timeout=30)
+    assert by_name(lease)["max_concurrent"].window == 30
+
+
+def test_model_endpoint_and_tenant_rules_have_their_own_keys() -> None:
+    tenant = LimitSet(requests_per_hour=5000)
+    rules = rules_for(
+        "k:1", effective(TIER, None), TIER, model="gpt-4o", endpoint="/v1/embeddings",
+        tenant="acme", tenant_limits=tenant, reserve_tokens=100, now=NOW,
+    )  # fmt: skip
+    named = by_name(rules)
+    assert named["requests_per_hour for model gpt-4o"].key == "m=gpt-4o:rph:k:1"
+    assert named["requests_per_hour for model gpt-4o"].limit == 100
+    assert named["tokens_per_minute for model gpt-4o"].cost == 100
+    assert (
+        named["requests_per_minute for endpoint /v1/embeddings"].key == "e=/v1/embeddings:rpm:k:1"
+    )
+    assert named["requests_per_hour for tenant"].key == "t:rph:acme"
+    assert len({rule.key for rule in rules}) == len(rules)
+    # another model has no extra rules; a tenant without limits adds none
+    other = rules_for(
+        "k:1", effective(TIER, None), TIER, model="llama3.2:1b", tenant="acme", now=NOW
+    )
+    assert len(other) == 6
+
+
+def test_keys_cannot_collide_across_subjects_models_and_tenants() -> None:
+    tier = TierConfig(requests_per_hour=1, models={"a:rph": LimitSet(requests_per_hour=1)})
+    limits = effective(tier, None)
+    keys = [
+        *(r.key for r in rules_for("k:x", limits, tier, model="a:rph", now=NOW)),
+        *(r.key for r in rules_for("k:x:m=a", limits, tier, now=NOW)),
+        *(
+            r.key
+            for r in rules_for("rph:k:x", limits, tier, tenant="k:x", tenant_limits=limits, now=NOW)
+        ),
+    ]
+    assert len(set(keys)) == len(keys)
+    assert "m=a%3Arph:rph:k:x" in keys
+
+
+def test_the_key_of_a_month_quota_changes_with_the_period() -> None:
+    tier = TierConfig(requests_per_month=10)
+    nov = rules_for("k:1", tier, tier, now=ts(2026, 11, 30, 23, 59, 59))[0]
+    dec = rules_for("k:1", tier, tier, now=ts(2026, 12, 1))[0]
+    assert nov.key == "rpmo/2026-11:k:1" and nov.window == 1.0
+    assert dec.key == "rpmo/2026-12:k:1" and dec.window == ts(2027, 1, 1) - ts(2026, 12, 1)
+
+
+@pytest.mark.parametrize(
+    ("now", "day", "start", "end", "label"),
+    [
+        (ts(2026, 11, 22, 6), 1, (2026, 11, 1), (2026, 12, 1), "2026-11"),
+        (ts(2026, 12, 31, 23, 59), 1, (2026, 12, 1), (2027, 1, 1), "2026-12"),
+        (ts(2027, 1, 1), 1, (2027, 1, 1), (2027, 2, 1), "2027-01"),
+        (ts(2026, 11, 22), 15, (2026, 11, 15), (2026, 12, 15), "2026-11"),
+        (ts(2026, 11, 14, 23, 59, 59), 15, (2026, 10, 15), (2026, 11, 15), "2026-10"),
+        (ts(2027, 1, 10), 15, (2026, 12, 15), (2027, 1, 15), "2026-12"),
+        (ts(2026, 12, 20), 15, (2026, 12, 15), (2027, 1, 15), "2026-12"),
+        (ts(2027, 2, 28), 28, (2027, 2, 28), (2027, 3, 28), "2027-02"),
+        (ts(2027, 3, 1), 28, (2027, 2, 28), (2027, 3, 28), "2027-02"),
+    ],
+)
+def test_month_period(
+    now: float, day: int, start: tuple[int, ...], end: tuple[int, ...], label: str
+) -> None:
+    period = month_period(now, day)
+    assert period.start == datetime(*start, tzinfo=UTC)  # type: ignore[misc]
+    assert period.end == datetime(*end, tzinfo=UTC)  # type: ignore[misc]
+    assert period.label == label
+
+
+def test_month_period_rejects_days_some_months_lack() -> None:
+    with pytest.raises(ValueError, match=r"1\.\.28"):
+        month_period(NOW, 29)
+
+
+def state(
+    name: str, limit: int, remaining: int, reset: float, retry: float = 0.0, **kw: object
+) -> RuleState:
+    kind = kw.get("kind", "rate")
+    rule = Rule(f"key:{name}", kind, limit, 3600.0, int(kw.get("cost", 1)), name)  # type: ignore[arg-type]
+    return RuleState(rule, remaining, reset, retry)
+
+
+def test_headers_show_the_most_constraining_request_rule() -> None:
+    states = [
+        state("requests_per_month", 3000, 2990, 700_000),
+        state("requests_per_hour", 100, 40, 2160.2),
+        state("requests_per_hour for model gpt-4o", 50, 45, 300),
+        state("tokens_per_minute", 1000, 3, 59),
+        state("max_concurrent", 2, 0, 900, kind="concurrency"),
+    ]
+    assert rate_limit_headers(states) == [
+        (b"x-ratelimit-limit", b"100"),
+        (b"x-ratelimit-remaining", b"40"),
+        (b"x-ratelimit-reset", b"2161"),  # rounded up
+    ]
+
+
+def test_headers_fall_back_to_token_rules_and_prefer_the_later_reset_on_a_tie() -> None:
+    tokens = [state("tokens_per_minute", 1000, 0, 30), state("tokens_per_month", 10**6, 0, 9e5)]
+    assert rate_limit_headers(tokens)[0] == (b"x-ratelimit-limit", b"1000000")
+    assert rate_limit_headers([state("max_concurrent", 2, 0, 9, kind="concurrency")]) == []
+    assert rate_limit_headers([]) == []
+
+
+def test_describe_rate_denial() -> None:
+    text = describe_denial(state("requests_per_hour", 100, 0, 3600, 35.2), NOW)
+    assert text == (
+        "Rate limit exceeded: requests_per_hour (100) for this key; "
+        "resets in 36 s at 2026-11-22T06:40:12Z."
+    )
+
+
+def test_describe_quota_model_tenant_and_concurrency_denials() -> None:
+    month = describe_denial(state("requests_per_month", 3000, 0, 10, 10, kind="quota"), NOW)
+    assert month.startswith(
+        "Quota exceeded: requests_per_month (3000) for this key; resets in 10 s"
+    )
+    model = describe_denial(state("requests_per_hour for model gpt-4o", 10, 0, 60, 6), NOW)
+    assert "requests_per_hour (10) for model gpt-4o on this key;" in model
+    tenant = describe_denial(state("requests_per_hour for tenant", 5000, 0, 60, 1), NOW)
+    assert "requests_per_hour (5000) for this tenant;" in tenant
+    slots = describe_denial(state("max_concurrent", 4, 0, 900, 0.2, kind="concurrency"), NOW)
+    assert slots.startswith("Concurrency limit exceeded: max_concurrent (4) for this key;")
+    assert "retry in 1 s" in slots and "900" not in slots
+
+
+def test_describe_a_request_larger_than_its_limit() -> None:
+    text = describe_denial(state("tokens_per_minute", 1000, 1000, 0, 1.0, cost=4096), NOW)
+    assert "reserves 4096 tokens" in text and "tokens_per_minute (1000)" in text
+
+
+async def test_rate_limited_names_the_longest_wait() -> None:
+    limiter = MemoryLimiter()
+    tier = TierConfig(requests_per_hour=1, requests_per_month=1)
+    rules = rules_for("k:1", tier, tier, now=NOW)
+    assert (await limiter.acquire(rules, "r1", NOW)).allowed
+    refused = await limiter.acquire(rules, "r2", NOW + 1)
+    assert isinstance(refused, Decision) and not refused.allowed
+    error = rate_limited(refused, NOW + 1)
+    assert error.status == 429
+    assert error.retry_after == pytest.approx(ts(2026, 12, 1) - NOW - 1)
+    assert error.message.startswith("Quota exceeded: requests_per_month (1) for this key;")
+    assert error.message.endswith("at 2026-12-01T00:00:00Z.")
+    headers = dict(error.headers())
+    assert headers[b"retry-after"] == str(round(error.retry_after)).encode()
+    assert headers[b"x-ratelimit-remaining"] == b"0"
