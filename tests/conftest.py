@@ -61,6 +61,17 @@ def database_url(
         _admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture
+def postgres_database(postgres_template: str) -> Iterator[str]:
+    """The name of a fresh, migrated PostgreSQL database (on 127.0.0.1:5432)."""
+    name = f"rg_test_{uuid.uuid4().hex[:12]}"
+    _admin_sql(f'CREATE DATABASE "{name}" TEMPLATE "{postgres_template}"')
+    try:
+        yield name
+    finally:
+        _admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 def _admin_sql(statement: str) -> None:
     """Run one statement on the server's maintenance database (outside any event loop)."""
     import asyncpg
