@@ -141,3 +141,25 @@ async def test_forwarded_for_ignored_from_untrusted_peer() -> None:
     async with running_gateway(settings) as gateway:
         assert (await call(gateway, {"X-Forwarded-For": "203.0.113.1"}))[0] == 200
         assert (await call(gateway, {"X-Forwarded-For": "203.0.113.2"}))[0] == 429
+
+
+async def test_revocation_reaches_other_gateways_through_redis(tmp_path: Any) -> None:
+    """Two gateways, one database, one Redis: revoked on one, refused by the other at once."""
+    import uuid
+
+    from tests.gateway import make_settings as settings_for
+
+    shared = settings_for(
+        MOCK, redis_url="redis://127.0.0.1:6379/0", redis_prefix=f"rgtest:{uuid.uuid4().hex}:"
+    )
+    async with running_gateway(shared) as a, running_gateway(shared) as b:
+        key_id, secret = await new_key(a)
+        assert (await call(b, {"X-API-Key": secret}))[0] == 200  # b has it cached now
+        await a.state.identity.revoke_key(key_id)
+        await a.state.keys_changed([key_id])  # what the admin API and CLI do
+        for _ in range(20):
+            if (await call(b, {"X-API-Key": secret}))[0] == 401:
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("gateway b still accepts the revoked key after 0.2 s")
