@@ -7,10 +7,12 @@ global. The hot routes are plain ASGI functions looked up in a dict.
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Awaitable, Callable
 
 from relaygate import __version__
+from relaygate.api.admin import build_admin_app
 from relaygate.api.http import Receive, Scope, Send, new_request_id, send_error
 from relaygate.api.openai import OpenAIAPI
 from relaygate.api.ops import OpsAPI
@@ -22,6 +24,9 @@ from relaygate.state import AppState, close_state, open_state
 __all__ = ["AppState", "Gateway", "create_app"]
 
 Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
+# Key management (not the hot path) is a Starlette app: /admin/*, seed 001's
+# /auth/create-key and seed 003's /api/keys.
+ADMIN_PREFIXES = ("/admin/", "/admin", "/auth/", "/api/keys")
 
 
 class Gateway:
@@ -33,6 +38,7 @@ class Gateway:
         self.log = logging.getLogger("relaygate")
         self._routes: dict[str, dict[str, Handler]] = {}
         self._model_route: dict[str, Handler] = {}
+        self._admin: Handler | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -47,6 +53,8 @@ class Gateway:
         if methods is None and path.startswith("/v1/models/"):
             methods = self._model_route
         if methods is None:
+            if self._admin is not None and path.startswith(ADMIN_PREFIXES):
+                return self._admin
             return _not_found
         handler = methods.get(scope["method"])
         if handler is None:
@@ -85,6 +93,11 @@ class Gateway:
             "/usage": {"GET": tasks.usage},
         }
         self._model_route = {"GET": openai.model}
+        self._admin = build_admin_app(state)
+        # Everything built so far lives as long as the process: move it out of the
+        # collector's way, so collections on the request path have less to scan.
+        gc.collect()
+        gc.freeze()
         self.log.info(
             "relaygate %s serving %d models: %s",
             __version__, len(router.models), ", ".join(router.models) or "(none)",

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 from sqlalchemy.exc import SQLAlchemyError
 
 from relaygate import __version__
+from relaygate.cli_admin import add_commands
 from relaygate.errors import ConfigError
 from relaygate.settings import Settings, load_settings
 
@@ -64,6 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     db_upgrade.add_argument("--config", metavar="FILE", help="YAML configuration file")
     db_upgrade.set_defaults(handler=_db_upgrade)
     db.set_defaults(handler=lambda _args: db.print_help())
+
+    add_commands(commands)
 
     config = commands.add_parser("config", help="work with configuration files")
     config_commands = config.add_subparsers(title="config commands", metavar="COMMAND")

@@ -68,7 +68,7 @@ class DeploymentConfig(_Config, kw_only=True):
     api_key: str | None = None
     weight: Positive = 1.0
     timeouts: Timeouts = msgspec.field(default_factory=Timeouts)
-    max_connections: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 256
+    max_connections: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1024
     chunk_delay: NonNegative = 0.01
 
 

@@ -123,7 +123,8 @@ async def test_two_processes_sharing_redis_admit_exactly_the_limit(tmp_path: Pat
         results = await asyncio.gather(*(chat(urls[i % 2], secret) for i in range(40)))
     finally:
         for process in processes:
-            process.send_signal(signal.SIGTERM)
+            if process.returncode is None:
+                process.send_signal(signal.SIGTERM)
         for process in processes:
             await asyncio.wait_for(process.wait(), 15)
     statuses = [status for status, _ in results]

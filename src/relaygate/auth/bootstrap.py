@@ -7,6 +7,7 @@ never both create one.
 from __future__ import annotations
 
 from relaygate.auth.keys import hash_secret
+from relaygate.errors import Conflict
 from relaygate.settings import Settings
 from relaygate.store.engine import create_engine
 from relaygate.store.identity import IdentityStore
@@ -33,15 +34,27 @@ async def ensure_admin_key(settings: Settings) -> str | None:
         await engine.dispose()
 
 
-async def _create(store: IdentityStore, settings: Settings, secret: str | None = None) -> str:
-    tenant = await store.tenant_by_name(ADMIN_TENANT) or await store.create_tenant(ADMIN_TENANT)
-    _, secret = await store.create_key(
-        tenant.id,
-        prefix=settings.auth.key_prefix,
-        role="admin",
-        tier="unlimited",
-        name="admin",
-        description="created at first start",
-        secret=secret,
-    )
-    return secret
+async def _create(
+    store: IdentityStore, settings: Settings, secret: str | None = None
+) -> str | None:
+    """Create the admin key; None when another replica starting at the same time won."""
+    tenant = await store.tenant_by_name(ADMIN_TENANT)
+    if tenant is None:
+        try:
+            tenant = await store.create_tenant(ADMIN_TENANT)
+        except Conflict:  # created by a replica starting at the same moment
+            tenant = await store.tenant_by_name(ADMIN_TENANT)
+            assert tenant is not None
+    try:
+        _, created = await store.create_key(
+            tenant.id,
+            prefix=settings.auth.key_prefix,
+            role="admin",
+            tier="unlimited",
+            name="admin",
+            description="created at first start",
+            secret=secret,
+        )
+    except Conflict:
+        return None
+    return created

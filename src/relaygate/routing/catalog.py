@@ -126,7 +126,7 @@ async def _discover(
     url: str, pools: _Pools, known: set[str], settings: Settings, log: logging.Logger
 ) -> list[Model]:
     """Every model of the Ollama server at ``url``, if it answers within two seconds."""
-    provider = pools.get("ollama", url, 256)
+    provider = pools.get("ollama", url, DeploymentConfig(provider="ollama").max_connections)
     try:
         async with asyncio.timeout(2):
             names = await provider.list_models()
