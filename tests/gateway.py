@@ -33,6 +33,11 @@ def make_settings(models: list[dict[str, Any]] | None = None, **overrides: Any) 
         "discover_ollama": [],
         "models": models or [],
         "database_url": f"sqlite+aiosqlite:///{database}",
+        "usage": {
+            "outbox_dir": str(database.parent / "outbox"),
+            "fsync_window": 0.05,
+            "write_interval": 0.05,
+        },
     }
     values.update(overrides)
     return load_settings(environ={}, overrides=values)

@@ -91,6 +91,7 @@ class Gateway:
             "/ready": {"GET": ops.ready},
             "/metrics": {"GET": ops.metrics},
             "/usage": {"GET": tasks.usage},
+            "/api/stats": {"GET": tasks.stats},
         }
         self._model_route = {"GET": openai.model}
         self._admin = build_admin_app(state)

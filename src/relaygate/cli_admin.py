@@ -35,6 +35,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     """Add the ``keys`` and ``tenants`` command groups to the ``relaygate`` parser."""
     _add_keys(commands)
     _add_tenants(commands)
+    _add_usage(commands)
 
 
 def _add_keys(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -279,3 +280,59 @@ def _table(rows: list[tuple[str, ...]]) -> None:
     for row in rows:
         line = "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
         print(line.rstrip())
+
+
+# usage
+
+
+def _add_usage(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    usage = commands.add_parser(
+        "usage", help="print usage by day and by model (requests, tokens, latency, cost)"
+    )
+    usage.add_argument("--config", metavar="FILE", help="YAML configuration file")
+    usage.add_argument("--tenant", help="a tenant's name or id (default: every tenant)")
+    usage.add_argument("--key", help="a key id")
+    usage.add_argument("--model", help="a model name")
+    usage.add_argument(
+        "--since", default="7d", help="ISO time or a duration ago: 24h, 7d, 4w (default 7d)"
+    )
+    usage.add_argument("--until", help="ISO time or a duration ago (default: now)")
+    usage.set_defaults(handler=lambda args: _run(args, _usage))
+
+
+async def _usage(store: IdentityStore, settings: Settings, args: argparse.Namespace) -> list[str]:
+    from relaygate.api.admin_usage import parse_moment
+    from relaygate.usage.analytics import Filters, report
+
+    tenant = await resolve_tenant(store, args.tenant) if args.tenant else None
+    filters = Filters(
+        tenant_id=tenant.id if tenant else None,
+        key_id=args.key,
+        model=args.model,
+        since=parse_moment(args.since, "--since"),
+        until=parse_moment(args.until, "--until") if args.until else None,
+    )
+    for group in ("day", "model"):
+        rows = await report(store.engine, filters, group)
+        print(f"by {group}:" if rows else f"no usage recorded in that range ({group})")
+        if rows:
+            _table([_USAGE_HEADER[group], *(_usage_row(row, group) for row in rows)])
+            print()
+    return []
+
+
+_USAGE_COLUMNS = ("REQUESTS", "TOKENS", "AVG MS", "CACHED", "ERRORS", "COST $")
+_USAGE_HEADER = {"day": ("DAY", *_USAGE_COLUMNS), "model": ("MODEL", *_USAGE_COLUMNS)}
+
+
+def _usage_row(row: dict[str, object], group: str) -> tuple[str, ...]:
+    average = row["average_response_time_ms"]
+    return (
+        str(row[group]),
+        str(row["requests"]),
+        str(row["total_tokens"]),
+        "-" if average is None else f"{average:.0f}",
+        str(row["cached_requests"]),
+        str(row["errors"]),
+        f"{row['cost']:.4f}",
+    )

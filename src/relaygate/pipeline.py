@@ -33,6 +33,7 @@ async def complete(state: AppState, call: Call) -> tuple[JSON, Deployment]:
     last: UpstreamError | None = None
     for deployment in state.router.plan(call.model):
         provider = deployment.provider
+        call.served_by = (deployment.provider_name, deployment.name)
         method = provider.embed if call.kind == "embedding" else provider.complete
         started = time.monotonic()
         try:
@@ -61,6 +62,7 @@ async def open_stream(state: AppState, call: Call) -> UpstreamStream:
     """
     last: UpstreamError | None = None
     for deployment in state.router.plan(call.model):
+        call.served_by = (deployment.provider_name, deployment.name)
         stream = UpstreamStream(deployment, deployment.provider.stream(deployment, call))
         try:
             first = await stream.next()

@@ -164,6 +164,44 @@ class LimitsConfig(_Config, kw_only=True):
     month_reset_day: Annotated[int, msgspec.Meta(ge=1, le=28)] = 1
 
 
+class Price(_Config, kw_only=True):
+    """US dollars per million tokens."""
+
+    input: NonNegative = 0.0
+    output: NonNegative = 0.0
+
+
+def default_prices() -> dict[str, Price]:
+    """List prices of the cloud models the seeds name (per million tokens, USD).
+
+    Operators should keep these current in their configuration; local models cost 0.
+    """
+    return {
+        "gpt-4o": Price(input=2.5, output=10.0),
+        "gpt-4o-mini": Price(input=0.15, output=0.6),
+        "gpt-4.1": Price(input=2.0, output=8.0),
+        "gpt-4.1-mini": Price(input=0.4, output=1.6),
+        "gemini-1.5-flash": Price(input=0.075, output=0.3),
+        "gemini-1.5-pro": Price(input=1.25, output=5.0),
+        "gemini-2.0-flash": Price(input=0.1, output=0.4),
+        "claude-3-5-sonnet": Price(input=3.0, output=15.0),
+        "claude-3-5-haiku": Price(input=0.8, output=4.0),
+    }
+
+
+class UsageConfig(_Config, kw_only=True):
+    """Usage accounting: the local outbox, the database writer, retention and prices."""
+
+    outbox_dir: str = "./data/outbox"
+    fsync_window: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.2
+    max_outbox_bytes: Annotated[int, msgspec.Meta(ge=1_000_000)] = 10 * 1024**3
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=50_000)] = 2000
+    write_interval: Positive = 0.2
+    retention_days: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    charge_cached_tokens: bool = False
+    prices: dict[str, Price] = msgspec.field(default_factory=default_prices)
+
+
 class Settings(_Config, kw_only=True):
     """Everything relaygate reads at start."""
 
@@ -184,6 +222,7 @@ class Settings(_Config, kw_only=True):
     auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
     tiers: dict[str, TierConfig] = msgspec.field(default_factory=default_tiers)
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
+    usage: UsageConfig = msgspec.field(default_factory=UsageConfig)
     config_path: str | None = None
     prometheus_multiproc_dir: str | None = None
 
@@ -225,8 +264,9 @@ def load_settings(
         settings = msgspec.convert(data, Settings, strict=False)
     except msgspec.ValidationError as exc:
         raise _located(str(exc), lines, source) from None
-    # Configured tiers add to the seeds' defaults (and replace those of the same name).
+    # Configured tiers and prices add to the defaults (and replace those of the same name).
     settings.tiers = {**default_tiers(), **settings.tiers}
+    settings.usage.prices = {**default_prices(), **settings.usage.prices}
     _check(settings, lines, source)
     return settings
 

@@ -6,6 +6,7 @@ to every route.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 
@@ -30,6 +31,10 @@ from relaygate.settings import Settings
 from relaygate.store.engine import create_engine, safe_url
 from relaygate.store.identity import IdentityStore
 from relaygate.store.migrate import SCHEMA_REVISION, current_revision
+from relaygate.usage.accounting import Recorder
+from relaygate.usage.outbox import Outbox
+from relaygate.usage.tokens import load_tokenizer
+from relaygate.usage.writer import UsageWriter
 
 __all__ = ["AppState", "close_state", "open_state"]
 
@@ -46,6 +51,9 @@ class AppState:
     identity: IdentityStore
     auth: Authenticator
     admission: Admission
+    recorder: Recorder
+    outbox: Outbox
+    writer: UsageWriter
     redis: redis.Redis | None = None
     key_events: KeyEvents | None = None
     jwt: JWTVerifier | None = None
@@ -75,6 +83,21 @@ async def open_state(settings: Settings, log: logging.Logger) -> AppState:
     )
     router = await build_router(settings, log)
     metrics = Metrics(settings.prometheus_multiproc_dir)
+    usage = settings.usage
+    outbox = Outbox(
+        usage.outbox_dir,
+        fsync_window=usage.fsync_window,
+        max_bytes=usage.max_outbox_bytes,
+        log=log,
+        metrics=metrics,
+    )
+    await outbox.start()
+    writer = UsageWriter(
+        outbox, engine, batch_size=usage.batch_size, interval=usage.write_interval,
+        log=log, metrics=metrics, retention_days=usage.retention_days,
+    )  # fmt: skip
+    await writer.start()
+    tokenizer = await asyncio.to_thread(load_tokenizer)
     state = AppState(
         settings=settings,
         router=router,
@@ -84,6 +107,9 @@ async def open_state(settings: Settings, log: logging.Logger) -> AppState:
         identity=identity,
         auth=auth,
         admission=Admission(settings, _limiter(settings, client, metrics, log)),
+        recorder=Recorder(usage, outbox.append, tokenizer),
+        outbox=outbox,
+        writer=writer,
         redis=client,
         jwt=jwt,
     )
@@ -104,6 +130,10 @@ async def close_state(state: AppState) -> None:
     if state.jwt is not None:
         await state.jwt.aclose()
     await close_providers(state.router)
+    # Every record appended so far is flushed to the outbox and written if the
+    # database takes it within the drain time; what remains stays durable on disk.
+    await state.writer.aclose(drain_timeout=state.settings.graceful_shutdown_seconds)
+    await state.outbox.aclose()
     if state.redis is not None:
         await state.redis.aclose()
     await state.engine.dispose()

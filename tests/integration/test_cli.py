@@ -213,23 +213,25 @@ async def test_first_start_prints_an_admin_key_once(tmp_path: Path) -> None:
             *RELAYGATE, "serve", "--config", str(config), "--port", str(port),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
         )  # fmt: skip
-        assert process.stdout is not None
-        lines = []
-        while not any("Uvicorn running" in line for line in lines):
-            line = (await asyncio.wait_for(process.stdout.readline(), 15)).decode()
-            assert line, "".join(lines)
-            lines.append(line)
-        outputs.append("".join(lines))
-        key = next((ln.strip() for ln in lines if ln.strip().startswith("rg_")), None)
-        if key:
-            async with aiohttp.ClientSession() as session:
-                body = {"model": "mock", "messages": [{"role": "user", "content": "x"}]}
-                async with session.post(
-                    f"http://127.0.0.1:{port}/v1/chat/completions",
-                    json=body,
-                    headers={"Authorization": f"Bearer {key}"},
-                ) as response:
-                    assert response.status == 200
-        await stop(process)
+        try:
+            assert process.stdout is not None
+            lines = []
+            while not any("Uvicorn running" in line for line in lines):
+                line = (await asyncio.wait_for(process.stdout.readline(), 15)).decode()
+                assert line, "".join(lines)
+                lines.append(line)
+            outputs.append("".join(lines))
+            key = next((ln.strip() for ln in lines if ln.strip().startswith("rg_")), None)
+            if key:
+                async with aiohttp.ClientSession() as session:
+                    body = {"model": "mock", "messages": [{"role": "user", "content": "x"}]}
+                    async with session.post(
+                        f"http://127.0.0.1:{port}/v1/chat/completions",
+                        json=body,
+                        headers={"Authorization": f"Bearer {key}"},
+                    ) as response:
+                        assert response.status == 200
+        finally:
+            await stop(process)
     assert "shown only this once" in outputs[0]
     assert "shown only this once" not in outputs[1] and "rg_" not in outputs[1]

@@ -27,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from relaygate.api.admin_usage import UsageAdminAPI
 from relaygate.api.http import ClientGone, decode_json_object, error_body, new_request_id, read_body
 from relaygate.auth.bootstrap import ADMIN_TENANT
 from relaygate.auth.principal import Principal
@@ -301,7 +302,7 @@ class AdminAPI:
                 return _error(error, request_id)
             except ClientGone:
                 return _error(InvalidRequest("The client closed the connection."), request_id)
-            except (SQLAlchemyError, OSError) as exc:
+            except (SQLAlchemyError, OSError, TimeoutError) as exc:
                 self.state.log.warning("admin %s: key store failed: %r", request_id, exc)
                 unavailable = StoreUnavailable("The key store could not answer; retry shortly.")
                 return _error(unavailable, request_id)
@@ -562,7 +563,7 @@ class AdminAPI:
 
 def build_admin_app(state: AppState) -> Starlette:
     """The Starlette app serving /admin/*, /auth/create-key and /api/keys*."""
-    api = AdminAPI(state)
+    api, usage = AdminAPI(state), UsageAdminAPI(state)
     table: dict[str, dict[str, tuple[Endpoint, bool]]] = {
         "/admin/keys": {"POST": (api.create_key, True), "GET": (api.list_keys, True)},
         "/admin/keys/{key_id}": {
@@ -577,6 +578,8 @@ def build_admin_app(state: AppState) -> Starlette:
             "PATCH": (api.patch_tenant, True),
             "DELETE": (api.delete_tenant, True),
         },
+        "/admin/usage": {"GET": (usage.usage, True)},
+        "/admin/usage/export.csv": {"GET": (usage.export, True)},
         "/auth/create-key": {"POST": (api.seed_create_key, True)},
         "/api/keys": {"GET": (api.seed_list_keys, False), "POST": (api.seed_create_api_key, True)},
         "/api/keys/{key_id}": {

@@ -45,6 +45,7 @@ from relaygate.schema.requests import (
     Kind,
     embedding_inputs,
 )
+from relaygate.usage.accounting import Served
 
 if TYPE_CHECKING:
     from relaygate.state import AppState
@@ -70,9 +71,10 @@ _DONE = b"data: [DONE]\n\n"
 class _Outcome:
     """What the metrics record of one request."""
 
-    model: str = "unknown"
+    model: str = "unknown"  # a configured name: bounded, fit for a metric label
     status: int = 500
     ttfb: float | None = None
+    admitted: bool = False  # authenticated: the request gets a usage record
 
 
 class OpenAIAPI:
@@ -122,25 +124,28 @@ class OpenAIAPI:
     async def _inference(self, kind: Kind, scope: Scope, receive: Receive, send: Send) -> None:
         state = self.state
         started = time.perf_counter()
-        request_id = new_request_id()
+        served = Served(new_request_id(), API, scope["path"])
         outcome = _Outcome()
         state.metrics.started(API)
         try:
-            await self._serve(kind, scope, receive, send, request_id, outcome)
+            await self._serve(kind, scope, receive, send, served, outcome)
         except RelaygateError as exc:
             outcome.status = exc.status
             if isinstance(exc, RateLimited):
                 state.metrics.ratelimited.labels(API).inc()
-            await send_error(send, exc, request_id)
+            await send_error(send, exc, served.request_id)
         except ClientGone:
             outcome.status = 499
         except Exception:
-            state.log.exception("unexpected error serving request %s", request_id)
-            await send_error(send, _internal_error(request_id), request_id)
+            state.log.exception("unexpected error serving request %s", served.request_id)
+            await send_error(send, _internal_error(served.request_id), served.request_id)
         finally:
             elapsed = time.perf_counter() - started
             ttfb = outcome.ttfb or elapsed
             state.metrics.finished(outcome.model, API, outcome.status, elapsed, ttfb)
+            if outcome.admitted:
+                served.http_status, served.ttft = outcome.status, outcome.ttfb
+                state.recorder.record(served)
 
     async def _serve(
         self,
@@ -148,18 +153,22 @@ class OpenAIAPI:
         scope: Scope,
         receive: Receive,
         send: Send,
-        request_id: str,
+        served: Served,
         outcome: _Outcome,
     ) -> None:
         """authenticate -> parse -> admit -> route/call/relay -> settle."""
         state = self.state
         principal = await state.auth.authenticate(scope)
+        outcome.admitted = True  # from here on, the request gets a usage record
+        served.key_id, served.tenant_id = principal.key_id, principal.tenant_id
+        served.client_ip = state.auth.client_ip(scope)
         body = await read_body(scope, receive, state.max_body)
-        call = _parse(kind, body, request_id)
+        call = _parse(kind, body, served.request_id)
+        served.model, served.body = call.model, call.body
         outcome.model = state.router.get(call.model).name
         admitted = await state.admission.admit(
             principal,
-            request_id,
+            served.request_id,
             model=call.model,
             endpoint=scope["path"],
             body_size=len(body),
@@ -169,6 +178,9 @@ class OpenAIAPI:
         try:
             await self._run(call, receive, send, outcome)
         finally:
+            served.usage, served.relayed = call.usage, call.relayed
+            if call.served_by is not None:
+                served.provider, served.deployment = call.served_by
             await state.admission.settle(admitted, call.usage)
 
     async def _run(self, call: Call, receive: Receive, send: Send, outcome: _Outcome) -> None:
@@ -243,11 +255,24 @@ def _sse(chunk: dict[str, Any], call: Call) -> bytes | None:
     usage = chunk.get("usage")
     if usage:
         call.usage = usage
+    elif call.usage is None:
+        _keep_text(chunk, call)
     if not call.include_usage:
         if not chunk.get("choices") and "usage" in chunk:
             return None
         chunk.pop("usage", None)
     return b"data: " + _encode(chunk) + b"\n\n"
+
+
+def _keep_text(chunk: dict[str, Any], call: Call) -> None:
+    """Keep what was relayed, to estimate tokens if the stream ends without usage."""
+    choices = chunk.get("choices")
+    if choices:
+        first = choices[0]
+        delta = first.get("delta")
+        text = delta.get("content") if isinstance(delta, dict) else first.get("text")
+        if isinstance(text, str) and text:
+            call.relayed.append(text)
 
 
 def _parse(kind: Kind, body: bytes, request_id: str) -> Call:

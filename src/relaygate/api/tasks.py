@@ -1,13 +1,15 @@
-"""The seeds' own endpoints, kept working: GET /usage (seed 001)."""
+"""The seeds' own endpoints, kept working: GET /usage (seed 001), GET /api/stats (seed 003)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 import msgspec
+from sqlalchemy.exc import SQLAlchemyError
 
 from relaygate.api.http import Receive, Scope, Send, new_request_id, send_bytes, send_error
-from relaygate.errors import RelaygateError
+from relaygate.errors import InvalidRequest, RelaygateError, StoreUnavailable
+from relaygate.usage.analytics import key_stats
 
 if TYPE_CHECKING:
     from relaygate.state import AppState
@@ -35,3 +37,21 @@ class TasksAPI:
             await send_error(send, exc, request_id)
             return
         await send_bytes(send, 200, msgspec.json.encode(report), request_id)
+
+    async def stats(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """GET /api/stats (seed 003): the calling key's requests, tokens and average
+        response time, in total and by model."""
+        request_id = new_request_id()
+        try:
+            principal = await self.state.auth.authenticate(scope)
+            if principal.key_id is None:
+                raise InvalidRequest("Statistics are kept per API key; send one.")
+            stats = await key_stats(self.state.engine, principal.key_id)
+        except RelaygateError as exc:
+            await send_error(send, exc, request_id)
+            return
+        except (SQLAlchemyError, OSError, TimeoutError):
+            error = StoreUnavailable("Usage statistics are unavailable now; retry shortly.")
+            await send_error(send, error, request_id)
+            return
+        await send_bytes(send, 200, msgspec.json.encode(stats), request_id)

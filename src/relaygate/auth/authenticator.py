@@ -108,6 +108,10 @@ class Authenticator:
         self._used[entry.key_id] = now
         return principal
 
+    def client_ip(self, scope: Scope) -> str:
+        """The client's address, X-Forwarded-For believed only from trusted proxies."""
+        return client_ip(scope, self._trusted)
+
     def _anonymous(self, scope: Scope) -> Principal:
         if not self.config.anonymous:
             raise AuthenticationError()
@@ -127,7 +131,7 @@ class Authenticator:
                 return entry
             try:
                 record = await self.store.find_by_hash(key_hash)
-            except (SQLAlchemyError, OSError) as exc:
+            except (SQLAlchemyError, OSError, TimeoutError) as exc:
                 self.log.warning("key lookup failed, database unreachable: %s", type(exc).__name__)
                 raise StoreUnavailable(
                     "Cannot check this API key now: the key store is unreachable. "
@@ -172,12 +176,16 @@ class Authenticator:
             await self.flush_last_used()
 
     async def _every(self, seconds: float, job: Callable[[], Awaitable[None]]) -> None:
+        """Run ``job`` forever; a failure is logged and retried, never the end of the loop
+        (a dead change poll would mean revoked keys are never noticed again)."""
         while True:
             await asyncio.sleep(seconds)
             try:
                 await job()
-            except (SQLAlchemyError, OSError) as exc:
+            except (SQLAlchemyError, OSError, TimeoutError) as exc:
                 self.log.debug("background auth job failed: %s", type(exc).__name__)
+            except Exception:
+                self.log.exception("background auth job failed")
 
     async def _poll_changes(self) -> None:
         # Look back a little: another replica's clock may lag ours.
@@ -193,7 +201,7 @@ class Authenticator:
             await self.store.record_last_used(
                 {k: datetime.fromtimestamp(t, UTC) for k, t in used.items()}
             )
-        except (SQLAlchemyError, OSError):
+        except (SQLAlchemyError, OSError, TimeoutError):
             for key_id, at in used.items():  # keep them for the next batch
                 self._used.setdefault(key_id, at)
             raise

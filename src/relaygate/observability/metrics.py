@@ -64,6 +64,19 @@ class Metrics:
         self.ratelimited = Counter(
             "relaygate_ratelimited", "Requests refused by a limit (429).", ["api"], registry=r,
         )  # fmt: skip
+        self.outbox_backlog = Gauge(
+            "relaygate_usage_outbox_backlog",
+            "Usage records durable in this process's outbox, not yet in the database.",
+            registry=r, multiprocess_mode="livesum",
+        )  # fmt: skip
+        self.usage_written = Counter(
+            "relaygate_usage_records_written", "Usage records inserted into the database.",
+            registry=r,
+        )  # fmt: skip
+        self.usage_write_errors = Counter(
+            "relaygate_usage_write_errors", "Failed attempts to write usage batches.",
+            registry=r,
+        )  # fmt: skip
         self._children: dict[tuple[Any, ...], Any] = {}
 
     def _child(self, metric: Any, *labels: str) -> Any:

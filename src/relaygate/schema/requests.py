@@ -141,6 +141,8 @@ class Call:
     stream: bool
     request_id: str
     usage: dict[str, Any] | None = None  # as the upstream reported it, once known
+    served_by: tuple[str, str] | None = None  # (provider, deployment) last called
+    relayed: list[str] = field(default_factory=list)  # streamed text while usage is unknown
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)  # added to the response
 
     @property

@@ -21,7 +21,7 @@ __all__ = ["SCHEMA_REVISION", "alembic_config", "current_revision", "head_revisi
 MIGRATIONS = Path(__file__).with_name("migrations")
 # The newest migration; a test checks it against the migration folder, so the
 # server can verify the schema at start without reading files in its event loop.
-SCHEMA_REVISION = "0001"
+SCHEMA_REVISION = "0002"
 
 
 def alembic_config(url: str) -> Config:

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
+    Date,
     DateTime,
+    Float,
     ForeignKey,
     Index,
+    Integer,
     MetaData,
     String,
     Table,
     Text,
 )
 
-__all__ = ["api_keys", "metadata", "tenants"]
+__all__ = ["api_keys", "metadata", "tenants", "usage_daily", "usage_records"]
 
 metadata = MetaData()
 
@@ -50,3 +54,50 @@ api_keys = Table(
 )
 Index("ix_api_keys_tenant_id", api_keys.c.tenant_id)
 Index("ix_api_keys_updated_at", api_keys.c.updated_at)
+
+# One row per admitted request. On PostgreSQL the table is partitioned by month on
+# created_at (see migration 0002), so the key must include created_at; a record
+# always carries the same created_at, so replays still hit the same row.
+usage_records = Table(
+    "usage_records",
+    metadata,
+    Column("request_id", String(40), primary_key=True),
+    Column("created_at", DateTime(timezone=True), primary_key=True),
+    Column("key_id", String(40), nullable=True),
+    Column("tenant_id", String(40), nullable=True),
+    Column("api", String(16), nullable=False),
+    Column("endpoint", String(128), nullable=False),
+    Column("model", String(256), nullable=False),
+    Column("provider", String(16), nullable=True),
+    Column("deployment", String(300), nullable=True),
+    Column("prompt_tokens", Integer, nullable=False),
+    Column("completion_tokens", Integer, nullable=False),
+    Column("tokens_estimated", Boolean, nullable=False),
+    Column("cached", Boolean, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("http_status", Integer, nullable=False),
+    Column("duration_ms", Float, nullable=False),
+    Column("ttft_ms", Float, nullable=True),
+    Column("client_ip", String(64), nullable=True),
+    Column("cost", Float, nullable=False),
+)
+Index("ix_usage_records_tenant_created", usage_records.c.tenant_id, usage_records.c.created_at)
+Index("ix_usage_records_key_created", usage_records.c.key_id, usage_records.c.created_at)
+
+# Daily rollups, maintained incrementally by the writer (never by scanning usage_records).
+usage_daily = Table(
+    "usage_daily",
+    metadata,
+    Column("day", Date, primary_key=True),
+    Column("tenant_id", String(40), primary_key=True),  # "" when none
+    Column("key_id", String(40), primary_key=True),  # "" when none
+    Column("endpoint", String(128), primary_key=True),
+    Column("model", String(256), primary_key=True),
+    Column("request_count", BigInteger, nullable=False),
+    Column("prompt_tokens", BigInteger, nullable=False),
+    Column("completion_tokens", BigInteger, nullable=False),
+    Column("duration_ms_sum", Float, nullable=False),
+    Column("cached_requests", BigInteger, nullable=False),
+    Column("error_requests", BigInteger, nullable=False),
+    Column("cost", Float, nullable=False),
+)

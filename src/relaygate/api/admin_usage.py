@@ -1,0 +1,114 @@
+"""Admin usage routes: GET /admin/usage (filters, grouping, top consumers, cache hit
+rate) and GET /admin/usage/export.csv. Mounted in the admin app (api/admin.py)."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, get_args
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from relaygate.auth.principal import Principal
+from relaygate.errors import InvalidRequest
+from relaygate.usage.analytics import Filters, GroupBy, export_csv, report, top_consumers
+
+if TYPE_CHECKING:
+    from relaygate.state import AppState
+
+__all__ = ["UsageAdminAPI", "parse_moment"]
+
+_RELATIVE = re.compile(r"^(\d{1,5})([mhdw])$")
+_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+_GROUPS: tuple[str, ...] = get_args(GroupBy)
+
+
+def parse_moment(value: str, param: str) -> datetime:
+    """An ISO time (UTC when it has no zone) or a time ago: ``90m``, ``24h``, ``7d``, ``2w``."""
+    match = _RELATIVE.match(value.strip())
+    if match:
+        amount, unit = int(match.group(1)), _UNITS[match.group(2)]
+        return datetime.now(UTC) - timedelta(**{unit: amount})
+    try:
+        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidRequest(
+            f"{param} must be an ISO time (2026-11-01T00:00:00Z) or a duration ago "
+            f"(7d, 24h, 30m), not {value!r}.",
+            param=param,
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def filters_from(request: Request) -> Filters:
+    query = request.query_params
+    for name in query:
+        if name not in ("tenant", "tenant_id", "key", "key_id", "model", "endpoint", "from",
+                        "since", "to", "until", "group_by", "top"):  # fmt: skip
+            raise InvalidRequest(f"Unknown query parameter {name!r}.", param=name)
+    since = query.get("from") or query.get("since")
+    until = query.get("to") or query.get("until")
+    return Filters(
+        tenant_id=query.get("tenant") or query.get("tenant_id"),
+        key_id=query.get("key") or query.get("key_id"),
+        model=query.get("model"),
+        endpoint=query.get("endpoint"),
+        since=parse_moment(since, "from") if since else None,
+        until=parse_moment(until, "to") if until else None,
+    )
+
+
+class UsageAdminAPI:
+    """Handlers for the admin usage routes (admin role checked by the admin app)."""
+
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+
+    async def usage(self, request: Request, principal: Principal) -> Response:
+        filters = filters_from(request)
+        group_by = request.query_params.get("group_by", "day")
+        if group_by not in _GROUPS:
+            raise InvalidRequest(
+                f"group_by must be one of {', '.join(_GROUPS)}, not {group_by!r}.",
+                param="group_by",
+            )
+        engine = self.state.engine
+        rows = await report(engine, filters, group_by)  # type: ignore[arg-type]
+        body: dict[str, Any] = {
+            "group_by": group_by,
+            "data": rows,
+            "totals": _totals(rows),
+            "top_tenants": await top_consumers(engine, filters, "tenant", _top(request)),
+            "top_keys": await top_consumers(engine, filters, "key", _top(request)),
+        }
+        return Response(msgspec.json.encode(body), media_type="application/json")
+
+    async def export(self, request: Request, principal: Principal) -> Response:
+        filters = filters_from(request)
+        return StreamingResponse(
+            export_csv(self.state.engine, filters),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": 'attachment; filename="relaygate-usage.csv"'},
+        )
+
+
+def _top(request: Request) -> int:
+    raw = request.query_params.get("top", "10")
+    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+        raise InvalidRequest("top must be a whole number from 1 to 1000.", param="top")
+    return int(raw)
+
+
+def _totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    requests = sum(r["requests"] for r in rows)
+    cached = sum(r["cached_requests"] for r in rows)
+    return {
+        "requests": requests,
+        "total_tokens": sum(r["total_tokens"] for r in rows),
+        "cached_requests": cached,
+        "cache_hit_rate": round(cached / requests, 4) if requests else None,
+        "errors": sum(r["errors"] for r in rows),
+        "cost": round(sum(r["cost"] for r in rows), 6),
+    }

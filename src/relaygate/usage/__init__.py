@@ -1,0 +1,1 @@
+"""Usage accounting: exactly one record per admitted request, durable before it is written."""

@@ -1,0 +1,346 @@
+"""The usage writer: moves records from the outbox into the database, each exactly once.
+
+A background loop takes a batch from the outbox (and from any adopted orphan
+spool files), inserts it into ``usage_records`` with ``ON CONFLICT DO NOTHING
+RETURNING``, adds only the rows actually inserted to the ``usage_daily`` rollups
+in the same transaction, commits, and only then acknowledges the batch in the
+outbox. A replayed record (a crash between commit and ack, an orphan adopted
+twice) therefore never counts twice. If the database fails, the batch stays in
+the outbox and the loop backs off (0.5 s doubling to 30 s); nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import sqlite3
+import time
+from datetime import UTC, date, datetime
+from typing import Any
+
+import msgspec
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from relaygate.errors import ConfigError
+from relaygate.observability.metrics import Metrics
+from relaygate.store.tables import usage_daily, usage_records
+from relaygate.usage.outbox import Outbox
+from relaygate.usage.partitions import apply_retention, ensure_partitions
+from relaygate.usage.record import UsageRecord
+
+__all__ = ["UsageWriter", "daily_rollups", "record_row"]
+
+_BACKOFF_FIRST, _BACKOFF_MAX = 0.5, 30.0
+_LOG_EVERY = 60.0  # seconds between repeated "still failing" warnings
+_MAINTAIN_EVERY, _MAINTAIN_RETRY = 86_400.0, 60.0
+_ORPHAN_SCAN_EVERY = 60.0
+_INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
+_INTS = ("prompt_tokens", "completion_tokens", "http_status")
+_FLOATS = ("duration_ms", "cost")
+# Column widths: PostgreSQL would refuse the whole batch over one long model name. The key
+# is never cut (two ids could become one): a record whose id does not fit is set aside.
+_WIDTHS = {
+    c.name: c.type.length
+    for c in usage_records.columns
+    if isinstance(c.type, sa.String) and c.type.length and c.name != "request_id"
+}
+_ID_WIDTH = 40  # usage_records.request_id is VARCHAR(40)
+_SUMS = (
+    "request_count", "prompt_tokens", "completion_tokens", "duration_ms_sum",
+    "cached_requests", "error_requests", "cost",
+)  # fmt: skip
+_DAILY_KEY = ("day", "tenant_id", "key_id", "endpoint", "model")
+
+DailyKey = tuple[date, str, str, str, str]
+
+
+class UsageWriter:
+    """Drains an outbox (and adopted orphans) into the database in the background.
+
+    ``start()`` after the outbox has started; ``aclose()`` before the outbox closes.
+    """
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        engine: AsyncEngine,
+        *,
+        batch_size: int,
+        interval: float,
+        log: logging.Logger,
+        metrics: Metrics | None = None,
+        retention_days: int | None = None,
+    ) -> None:
+        self._outbox = outbox
+        self._engine = engine
+        self._batch_size = batch_size
+        self._interval = interval
+        self._log = log
+        self._metrics = metrics
+        self._retention_days = retention_days
+        if engine.dialect.name == "sqlite" and sqlite3.sqlite_version_info < (3, 35):
+            raise ConfigError(
+                f"usage accounting needs SQLite 3.35 or newer (INSERT ... RETURNING); this "
+                f"Python has {sqlite3.sqlite_version}: use PostgreSQL or a newer Python build"
+            )
+        self._insert_records, self._upsert_daily = _statements(engine.dialect.name)
+        self._orphans: list[Outbox] = []
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._failures = 0
+        self._failure_logged_at = -_LOG_EVERY
+        self._next_maintenance = 0.0
+        self._next_orphan_scan = 0.0
+
+    @property
+    def backlog(self) -> int:
+        """Records waiting, in this process's outbox and in adopted orphan files."""
+        return self._outbox.backlog + sum(o.backlog for o in self._orphans)
+
+    async def start(self) -> None:
+        """Adopt orphaned spool files, then write in the background."""
+        await self._scan_orphans()
+        self._task = asyncio.create_task(self._loop(), name="relaygate-usage-writer")
+
+    async def aclose(self, drain_timeout: float = 10.0) -> None:
+        """Flush the outbox and write what the database accepts within ``drain_timeout``.
+
+        Whatever is left stays durable in the spool files for the next start.
+        """
+        deadline = time.monotonic() + drain_timeout
+        self._stopping.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(self._task, max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                pass  # cancelled mid-batch: the batch was not acked, it will be replayed
+            except Exception:
+                self._log.exception("usage writer loop failed")
+        await self._outbox.flush()
+        await self._drain(deadline)
+        left = self.backlog
+        for orphan in self._orphans:
+            await orphan.aclose()
+        self._orphans = []
+        if left:
+            self._log.warning(
+                "%d usage records not written before shutdown; they stay in %s for the next start",
+                left, self._outbox.directory,
+            )  # fmt: skip
+
+    async def _loop(self) -> None:
+        while not self._stopping.is_set():
+            await self._maintain()
+            try:
+                full = await self._write_some()
+            except Exception as exc:  # any failure: keep the records, back off, retry
+                await self._pause(self._failed(exc))
+                continue
+            self._succeeded()
+            if not full:
+                await self._pause(self._interval)
+
+    async def _drain(self, deadline: float) -> None:
+        """Write until every source is empty or the deadline passes (shutdown)."""
+        while any(source.durable for source in self._sources()):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            try:
+                await asyncio.wait_for(self._write_some(), remaining)
+            except Exception as exc:
+                if time.monotonic() >= deadline:
+                    return
+                delay = self._failed(exc)
+                await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            else:
+                self._succeeded()
+
+    def _sources(self) -> list[Outbox]:
+        return [*self._orphans, self._outbox]  # orphans first: their records are older
+
+    async def _write_some(self) -> bool:
+        """One batch from each source that has records; True if any batch was full."""
+        full = False
+        for source in self._sources():
+            batch = await source.take(self._batch_size)
+            if batch:
+                await self._deliver(source, batch)
+                full = full or len(batch) >= self._batch_size
+        await self._release_drained_orphans()
+        return full
+
+    async def _deliver(self, source: Outbox, batch: list[tuple[int, UsageRecord]]) -> None:
+        """Insert one batch and its rollups in one transaction, then ack it."""
+        ids: list[int] = []
+        rows: list[dict[str, Any]] = []
+        invalid: list[int] = []
+        for row_id, record in batch:
+            try:
+                rows.append(record_row(record))
+                ids.append(row_id)
+            except (ValueError, OverflowError, OSError):  # e.g. a timestamp out of range
+                invalid.append(row_id)
+        if invalid:
+            self._log.error("%d usage records are invalid and were set aside", len(invalid))
+            await source.quarantine(invalid, "invalid")
+        if rows:
+            async with self._engine.begin() as conn:
+                inserted = await self._insert(conn, rows)
+            await source.ack(ids)
+            if self._metrics is not None:
+                self._metrics.usage_written.inc(inserted)
+
+    async def _insert(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> int:
+        """Insert the rows not already there; add exactly those to usage_daily."""
+        result = await conn.execute(self._insert_records, rows)
+        inserted = {(request_id, _naive_utc(at)) for request_id, at in result}
+        fresh: list[dict[str, Any]] = []
+        for row in rows:
+            key = (row["request_id"], _naive_utc(row["created_at"]))
+            if key in inserted:
+                inserted.discard(key)  # a record twice in one batch counts once
+                fresh.append(row)
+        if fresh:
+            await conn.execute(self._upsert_daily, daily_rollups(fresh))
+        return len(fresh)
+
+    async def _release_drained_orphans(self) -> None:
+        for orphan in [o for o in self._orphans if o.backlog == 0]:
+            self._orphans.remove(orphan)
+            await orphan.aclose()
+
+    async def _maintain(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_orphan_scan:
+            await self._scan_orphans()
+        if now < self._next_maintenance:
+            return
+        self._next_maintenance = now + _MAINTAIN_RETRY
+        try:
+            created = await ensure_partitions(self._engine, log=self._log)
+            if created:
+                self._log.info("created usage partitions %s", ", ".join(created))
+            if self._retention_days is not None:
+                removed = await apply_retention(self._engine, self._retention_days)
+                if removed.dropped or removed.deleted_rows:
+                    self._log.info("usage retention: dropped %s, deleted %d rows", *removed)
+        except Exception as exc:
+            self._log.warning("usage partition maintenance failed (%s); retrying", _brief(exc))
+            return
+        self._next_maintenance = now + _MAINTAIN_EVERY
+
+    async def _scan_orphans(self) -> None:
+        self._next_orphan_scan = time.monotonic() + _ORPHAN_SCAN_EVERY
+        try:
+            held = [o.path for o in self._orphans if o.path is not None]
+            self._orphans += await self._outbox.adopt_orphans(held)
+        except OSError as exc:
+            self._log.error("cannot scan %s for orphaned outboxes: %s", self._outbox.directory, exc)
+
+    def _failed(self, exc: BaseException) -> float:
+        """Count and (not too often) log a failed attempt; return the back-off delay."""
+        self._failures += 1
+        if self._metrics is not None:
+            self._metrics.usage_write_errors.inc()
+        delay: float = min(_BACKOFF_MAX, _BACKOFF_FIRST * 2.0 ** min(self._failures - 1, 16))
+        now = time.monotonic()
+        if self._failures == 1 or now - self._failure_logged_at >= _LOG_EVERY:
+            self._failure_logged_at = now
+            self._log.warning(
+                "usage records not written (%s); %d wait in the outbox; attempt %d, retrying "
+                "in %.1f s", _brief(exc), self.backlog, self._failures, delay,
+            )  # fmt: skip
+        return delay
+
+    def _succeeded(self) -> None:
+        if self._failures:
+            self._log.warning(
+                "usage records are being written again after %d failed attempts", self._failures
+            )
+            self._failures = 0
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+
+def record_row(record: UsageRecord) -> dict[str, Any]:
+    """The usage_records row for ``record``: timestamps as UTC datetimes, strings cut to
+    their column's width, out-of-range numbers clamped (one bad value must not block
+    a batch forever). Raises ValueError/OverflowError for an impossible timestamp or
+    a request id that is empty or too long for the key."""
+    if not 0 < len(record.request_id) <= _ID_WIDTH:
+        raise ValueError(f"request_id of {len(record.request_id)} characters")
+    row = msgspec.structs.asdict(record)
+    row["created_at"] = datetime.fromtimestamp(record.created_at, UTC)
+    for name, width in _WIDTHS.items():
+        value = row[name]
+        if value is not None and len(value) > width:
+            row[name] = value[:width]
+    for name in _INTS:
+        row[name] = max(_INT_MIN, min(_INT_MAX, row[name]))
+    for name in _FLOATS:
+        if not math.isfinite(row[name]):
+            row[name] = 0.0
+    if row["ttft_ms"] is not None and not math.isfinite(row["ttft_ms"]):
+        row["ttft_ms"] = None
+    return row
+
+
+def daily_rollups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """usage_daily increments for ``rows``: one per (day, tenant, key, endpoint, model),
+    in key order (so concurrent writers lock rollup rows in the same order)."""
+    sums: dict[DailyKey, dict[str, Any]] = {}
+    for row in rows:
+        key = (
+            row["created_at"].date(), row["tenant_id"] or "", row["key_id"] or "",
+            row["endpoint"], row["model"],
+        )  # fmt: skip
+        acc = sums.get(key)
+        if acc is None:
+            acc = sums[key] = {
+                **dict(zip(_DAILY_KEY, key, strict=True)),
+                "request_count": 0, "prompt_tokens": 0, "completion_tokens": 0,
+                "duration_ms_sum": 0.0, "cached_requests": 0, "error_requests": 0, "cost": 0.0,
+            }  # fmt: skip
+        acc["request_count"] += 1
+        acc["prompt_tokens"] += row["prompt_tokens"]
+        acc["completion_tokens"] += row["completion_tokens"]
+        acc["duration_ms_sum"] += row["duration_ms"]
+        acc["cached_requests"] += 1 if row["cached"] else 0
+        acc["error_requests"] += 1 if row["status"] != "ok" else 0
+        acc["cost"] += row["cost"]
+    return [sums[key] for key in sorted(sums)]
+
+
+def _statements(dialect: str) -> tuple[sa.Insert, sa.Insert]:
+    """The idempotent record insert and the rollup upsert, in ``dialect``'s syntax."""
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    records = (
+        insert(usage_records)
+        .on_conflict_do_nothing(index_elements=["request_id", "created_at"])
+        .returning(usage_records.c.request_id, usage_records.c.created_at)
+    )
+    daily = insert(usage_daily)
+    upsert = daily.on_conflict_do_update(
+        index_elements=list(_DAILY_KEY),
+        set_={name: usage_daily.c[name] + daily.excluded[name] for name in _SUMS},
+    )
+    return records, upsert
+
+
+def _naive_utc(moment: datetime) -> datetime:
+    """Compare timestamps whatever the driver returns (SQLite gives naive UTC)."""
+    return moment if moment.tzinfo is None else moment.astimezone(UTC).replace(tzinfo=None)
+
+
+def _brief(exc: BaseException) -> str:
+    """The error without SQL text or bound parameters (they can be megabytes)."""
+    cause = getattr(exc, "orig", None) or exc
+    text = str(cause).splitlines()[0] if str(cause) else ""
+    return f"{type(cause).__name__}: {text[:300]}"

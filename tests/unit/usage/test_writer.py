@@ -1,0 +1,381 @@
+"""The usage writer and partitions against real SQLite and PostgreSQL databases.
+
+Exactly once: N records give N rows and rollups that sum them; replaying the same
+records (a crash between commit and ack) changes neither.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import shutil
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from relaygate.observability.metrics import Metrics
+from relaygate.store.engine import create_engine
+from relaygate.store.tables import usage_daily, usage_records
+from relaygate.usage.outbox import Outbox
+from relaygate.usage.partitions import (
+    apply_retention,
+    ensure_partitions,
+    month_start,
+    partition_name,
+)
+from relaygate.usage.record import UsageRecord
+from relaygate.usage.writer import UsageWriter, record_row
+
+LOG = logging.getLogger("relaygate.tests.writer")
+PG_SERVER = "postgresql+asyncpg://postgres@127.0.0.1:5432"
+STATUSES = ("ok", "ok", "ok", "timeout", "client_aborted", "upstream_error", "rejected")
+
+
+def make_records(
+    n: int, start: float | None = None, prefix: str = "req", *, two_days: bool = True
+) -> list[UsageRecord]:
+    """Records spread over tenants (and none), keys (and none), models, endpoints and (unless
+    ``two_days`` is false) the day of ``start`` and the day before."""
+    start = time.time() - 3600 if start is None else start
+    return [
+        UsageRecord(
+            request_id=f"{prefix}_{i:06d}",
+            created_at=start - (86_400 if two_days and i % 5 == 0 else 0) + i * 0.001,
+            key_id=None if i % 11 == 0 else f"key_{i % 4}",
+            tenant_id=None if i % 7 == 0 else f"ten_{i % 3}",
+            api="openai",
+            endpoint="/v1/embeddings" if i % 6 == 0 else "/v1/chat/completions",
+            model=("gpt-4o-mini", "llama3.2:1b", "mock")[i % 3],
+            prompt_tokens=10 + i,
+            completion_tokens=i % 17,
+            cached=i % 9 == 0,
+            status=STATUSES[i % len(STATUSES)],  # type: ignore[arg-type]
+            http_status=200,
+            duration_ms=1.5 * (i % 13),
+            cost=0.0001 * (i % 5),
+        )
+        for i in range(n)
+    ]
+
+
+def expected_daily(records: list[UsageRecord]) -> dict[tuple[Any, ...], tuple[Any, ...]]:
+    sums: dict[tuple[Any, ...], list[Any]] = {}
+    for r in records:
+        day = datetime.fromtimestamp(r.created_at, UTC).date()
+        key = (day, r.tenant_id or "", r.key_id or "", r.endpoint, r.model)
+        acc = sums.setdefault(key, [0, 0, 0, 0.0, 0, 0, 0.0])
+        acc[0] += 1
+        acc[1] += r.prompt_tokens
+        acc[2] += r.completion_tokens
+        acc[3] += r.duration_ms
+        acc[4] += int(r.cached)
+        acc[5] += int(r.status != "ok")
+        acc[6] += r.cost
+    return {k: tuple(v) for k, v in sums.items()}
+
+
+async def daily_rows(engine: AsyncEngine) -> dict[tuple[Any, ...], tuple[Any, ...]]:
+    async with engine.connect() as conn:
+        rows = (await conn.execute(sa.select(usage_daily))).all()
+    return {tuple(r[:5]): tuple(r[5:]) for r in rows}  # the key columns, then the sums
+
+
+def assert_daily(got: dict[tuple[Any, ...], tuple[Any, ...]], want: dict[Any, Any]) -> None:
+    assert got.keys() == want.keys()
+    for key, values in want.items():
+        assert got[key][:3] == values[:3], key
+        assert got[key][4:6] == values[4:6], key
+        assert math.isclose(got[key][3], values[3], abs_tol=1e-6), key
+        assert math.isclose(got[key][6], values[6], abs_tol=1e-9), key
+
+
+async def count_rows(engine: AsyncEngine, table: str = "usage_records") -> int:
+    async with engine.connect() as conn:
+        return int(await conn.scalar(sa.text(f"SELECT count(*) FROM {table}")) or 0)
+
+
+async def wait_drained(writer: UsageWriter, seconds: float = 15.0) -> None:
+    for _ in range(int(seconds / 0.02)):
+        if writer.backlog == 0:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{writer.backlog} records still waiting after {seconds} s")
+
+
+@pytest.fixture
+def spool_dir(tmp_path: Path) -> Path:
+    return tmp_path / "outbox"  # apart from the SQLite database, which is in tmp_path
+
+
+def spool_files(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.glob("outbox-*.db"))
+
+
+def leftovers(directory: Path) -> list[str]:
+    """Every file left in the outbox directory (spool files, WAL files, anything)."""
+    return sorted(p.name for p in directory.iterdir())
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(database_url)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+class Pipeline:
+    """An outbox and a writer on one directory and database, as the gateway wires them."""
+
+    def __init__(self, directory: Path, engine: AsyncEngine, **options: Any) -> None:
+        self.metrics = Metrics()
+        self.outbox = Outbox(
+            directory, fsync_window=0.02, max_bytes=1 << 30, log=LOG, metrics=self.metrics
+        )
+        settings: dict[str, Any] = {"batch_size": 64, "interval": 0.02} | options
+        self.writer = UsageWriter(self.outbox, engine, log=LOG, metrics=self.metrics, **settings)
+
+    async def __aenter__(self) -> Pipeline:
+        await self.outbox.start()
+        await self.writer.start()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.writer.aclose()
+        await self.outbox.aclose()
+
+    def append(self, records: list[UsageRecord]) -> None:
+        for r in records:
+            self.outbox.append(r)
+
+    def written(self) -> float | None:
+        return self.metrics.registry.get_sample_value("relaygate_usage_records_written_total")
+
+
+async def test_n_records_give_n_rows_and_exact_rollups(
+    engine: AsyncEngine, spool_dir: Path
+) -> None:
+    records = make_records(500)
+    async with Pipeline(spool_dir, engine) as pipeline:  # batches of 64: several per group
+        pipeline.append(records)
+        await wait_drained(pipeline.writer)
+        assert await count_rows(engine) == 500
+        assert pipeline.written() == 500
+    want = expected_daily(records)
+    assert len({k[1] for k in want}) == 4 and len({k[2] for k in want}) == 5  # "" included
+    assert_daily(await daily_rows(engine), want)
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(
+                sa.select(usage_records).where(usage_records.c.request_id == "req_000007")
+            )
+        ).one()
+    assert row.tenant_id is None and row.key_id == "key_3" and row.status == "ok"
+    assert row.created_at.replace(tzinfo=UTC) == datetime.fromtimestamp(records[7].created_at, UTC)
+
+
+async def test_replayed_records_count_once(engine: AsyncEngine, spool_dir: Path) -> None:
+    records = make_records(300)
+    async with Pipeline(spool_dir, engine, batch_size=2000) as pipeline:
+        pipeline.append(records)
+        await wait_drained(pipeline.writer)
+        before = await daily_rows(engine)
+        # The outbox re-fed twice: once as a whole, once twice over inside one batch.
+        pipeline.append(records)
+        await wait_drained(pipeline.writer)
+        pipeline.append(records + records[::-1])
+        await wait_drained(pipeline.writer)
+        assert pipeline.written() == 300
+    assert await count_rows(engine) == 300
+    assert await daily_rows(engine) == before
+    assert_daily(before, expected_daily(records))
+
+
+async def test_an_orphan_spool_is_written_once_and_deleted(
+    engine: AsyncEngine, spool_dir: Path
+) -> None:
+    records = make_records(120)
+    crashed = Outbox(spool_dir, fsync_window=30.0, max_bytes=1 << 30, log=LOG)
+    await crashed.start()
+    for r in records:
+        crashed.append(r)
+    await crashed.aclose()  # leaves its file behind, unlocked, as a dead process would
+    async with Pipeline(spool_dir, engine) as pipeline:
+        pipeline.append(records[:60])  # some also arrive again through the live outbox
+        await wait_drained(pipeline.writer)
+        for _ in range(100):  # the drained orphan's file goes while the writer runs
+            if len(spool_files(spool_dir)) == 1:
+                break
+            await asyncio.sleep(0.02)
+        assert spool_files(spool_dir) == [pipeline.outbox.path.name]  # type: ignore[union-attr]
+    assert await count_rows(engine) == 120
+    assert_daily(await daily_rows(engine), expected_daily(records))
+    assert leftovers(spool_dir) == []
+
+
+async def test_aclose_drains_before_exit(engine: AsyncEngine, spool_dir: Path) -> None:
+    async with Pipeline(spool_dir, engine, interval=60.0, batch_size=50) as pipeline:
+        await asyncio.sleep(0.1)  # the loop has run its first pass and sleeps for a minute
+        pipeline.append(make_records(400))
+    assert await count_rows(engine) == 400
+    assert leftovers(spool_dir) == []
+
+
+async def test_values_the_schema_cannot_hold_do_not_block_the_batch(
+    engine: AsyncEngine, spool_dir: Path
+) -> None:
+    odd = make_records(4)
+    odd[3].request_id = "x" * 41  # never cut: a key must not change
+    odd[0].model = "m" * 300
+    odd[0].endpoint = "/v1/" + "x" * 200
+    odd[1].cost = math.nan
+    odd[1].ttft_ms = math.inf
+    odd[2].prompt_tokens = 10**12
+    async with Pipeline(spool_dir, engine) as pipeline:
+        pipeline.append(odd)
+        await wait_drained(pipeline.writer)
+    async with engine.connect() as conn:
+        rows = {r.request_id: r for r in await conn.execute(sa.select(usage_records))}
+    assert sorted(rows) == ["req_000000", "req_000001", "req_000002"]
+    assert any(name.endswith(".dead") for name in leftovers(spool_dir))  # kept, set aside
+    assert rows["req_000000"].model == "m" * 256
+    assert (rows["req_000001"].cost, rows["req_000001"].ttft_ms) == (0.0, None)
+    assert rows["req_000002"].prompt_tokens == 2**31 - 1
+
+
+def test_record_row_converts_time_to_utc() -> None:
+    moment = datetime(2026, 9, 20, 23, 59, 59, 250000, tzinfo=UTC)
+    (r,) = make_records(1, start=moment.timestamp(), two_days=False)
+    row = record_row(r)
+    assert row["created_at"] == moment and row["created_at"].utcoffset() == timedelta(0)
+    with pytest.raises((ValueError, OverflowError, OSError)):
+        record_row(make_records(1, start=1e20)[0])
+    assert usage_records.c.request_id.type.length == 40  # the writer's _ID_WIDTH
+
+
+# Partitions (PostgreSQL) and retention.
+
+
+@pytest.fixture
+async def pg_engine(postgres_database: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(f"{PG_SERVER}/{postgres_database}")
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+async def partitions(engine: AsyncEngine) -> list[str]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            sa.text(
+                "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                "WHERE i.inhparent = 'usage_records'::regclass ORDER BY 1"
+            )
+        )
+        return [name for (name,) in rows]
+
+
+def months_from(moment: datetime, count: int) -> list[str]:
+    start, names = month_start(moment), []
+    for _ in range(count):
+        names.append(partition_name(start))
+        start = month_start(start + timedelta(days=32))
+    return names
+
+
+async def test_writer_creates_partitions_and_rows_land_in_them(
+    pg_engine: AsyncEngine, spool_dir: Path
+) -> None:
+    now = datetime.now(UTC)
+    records = make_records(50, start=month_start(now).timestamp() + 3600)
+    async with Pipeline(spool_dir, pg_engine) as pipeline:
+        pipeline.append(records)
+        await wait_drained(pipeline.writer)
+    assert await partitions(pg_engine) == sorted([*months_from(now, 3), "usage_records_default"])
+    this_month = partition_name(month_start(now))
+    in_month = sum(1 for r in records if r.created_at >= month_start(now).timestamp())
+    assert await count_rows(pg_engine, this_month) == in_month
+    assert await count_rows(pg_engine, "usage_records_default") == 50 - in_month  # last month
+    assert await ensure_partitions(pg_engine, now) == []  # idempotent
+
+
+async def test_a_new_partition_takes_its_rows_from_the_default(pg_engine: AsyncEngine) -> None:
+    later = month_start(datetime.now(UTC) + timedelta(days=6 * 31))
+    rows = [record_row(r) for r in make_records(30, start=later.timestamp() + 60, two_days=False)]
+    async with pg_engine.begin() as conn:
+        await conn.execute(sa.insert(usage_records), rows)
+    assert await count_rows(pg_engine, "usage_records_default") == 30
+
+    created = await ensure_partitions(pg_engine, later)
+    assert created == months_from(later, 3)
+    assert await count_rows(pg_engine, "usage_records_default") == 0
+    assert await count_rows(pg_engine, partition_name(later)) == 30
+    assert await count_rows(pg_engine) == 30
+    async with pg_engine.connect() as conn:
+        indexes = await conn.scalar(
+            sa.text("SELECT count(*) FROM pg_indexes WHERE tablename = :t"),
+            {"t": partition_name(later)},
+        )
+    assert indexes == 3  # the key and both lookups, as on every partition
+    # The key still refuses a duplicate in the moved partition.
+    async with pg_engine.begin() as conn:
+        with pytest.raises(sa.exc.IntegrityError):
+            await conn.execute(sa.insert(usage_records), rows[:1])
+
+
+async def test_retention_drops_old_months_and_old_rows(pg_engine: AsyncEngine) -> None:
+    now = datetime.now(UTC)
+    old = month_start(now - timedelta(days=400))
+    await ensure_partitions(pg_engine, old)
+    await ensure_partitions(pg_engine, now)
+    old_rows = [
+        record_row(r)
+        for r in make_records(20, start=old.timestamp() + 60, prefix="old", two_days=False)
+    ]
+    stray = [
+        record_row(r) for r in make_records(5, start=old.timestamp() - 86_400 * 40, prefix="stray")
+    ]
+    new_rows = [record_row(r) for r in make_records(10, start=now.timestamp() - 60, prefix="new")]
+    async with pg_engine.begin() as conn:
+        await conn.execute(sa.insert(usage_records), old_rows + stray + new_rows)
+
+    removed = await apply_retention(pg_engine, days=90, now=now)
+    assert removed.dropped == months_from(old, 3)
+    assert removed.deleted_rows == 5  # the strays, from the default partition
+    assert not set(months_from(old, 3)) & set(await partitions(pg_engine))
+    assert await count_rows(pg_engine) == 10
+
+
+async def test_retention_on_sqlite_deletes_old_rows(tmp_path: Path, sqlite_template: Path) -> None:
+    database = tmp_path / "relaygate.db"
+    shutil.copyfile(sqlite_template, database)
+    engine = create_engine(f"sqlite+aiosqlite:///{database}")
+    try:
+        now = datetime.now(UTC)
+        rows = [
+            *(
+                record_row(r)
+                for r in make_records(7, start=(now - timedelta(days=40)).timestamp(), prefix="old")
+            ),
+            *(
+                record_row(r)
+                for r in make_records(4, start=(now - timedelta(days=1)).timestamp(), prefix="new")
+            ),
+        ]
+        async with engine.begin() as conn:
+            await conn.execute(sa.insert(usage_records), rows)
+        removed = await apply_retention(engine, days=30, now=now)
+        assert removed.dropped == [] and removed.deleted_rows == 7
+        assert await count_rows(engine) == 4
+        assert await ensure_partitions(engine, now) == []  # PostgreSQL only
+    finally:
+        await engine.dispose()
