@@ -106,6 +106,7 @@ class LimitSet(
     tokens_per_minute: Count | None = None
     tokens_per_month: Count | None = None
     max_concurrent: Count | None = None
+    budget_per_month: Annotated[float, msgspec.Meta(ge=0)] | None = None  # US dollars
 
 
 class TierConfig(LimitSet, kw_only=True, frozen=True):

@@ -22,6 +22,7 @@ from relaygate.limits.admission import Admission
 from relaygate.limits.base import Limiter
 from relaygate.limits.fallback import FallbackLimiter
 from relaygate.limits.memory import MemoryLimiter
+from relaygate.limits.quotas import QuotaPrimer
 from relaygate.limits.redis import RedisLimiter
 from relaygate.limits.redis import connect as connect_redis
 from relaygate.observability.metrics import Metrics
@@ -106,7 +107,7 @@ async def open_state(settings: Settings, log: logging.Logger) -> AppState:
         engine=engine,
         identity=identity,
         auth=auth,
-        admission=Admission(settings, _limiter(settings, client, metrics, log)),
+        admission=_admission(settings, client, metrics, log, engine),
         recorder=Recorder(usage, outbox.append, tokenizer),
         outbox=outbox,
         writer=writer,
@@ -137,6 +138,19 @@ async def close_state(state: AppState) -> None:
     if state.redis is not None:
         await state.redis.aclose()
     await state.engine.dispose()
+
+
+def _admission(
+    settings: Settings,
+    client: redis.Redis | None,
+    metrics: Metrics,
+    log: logging.Logger,
+    engine: AsyncEngine,
+) -> Admission:
+    limiter = _limiter(settings, client, metrics, log)
+    # A memory limiter starts empty: monthly quotas are primed from the usage records.
+    primer = QuotaPrimer(engine, limiter, log) if isinstance(limiter, MemoryLimiter) else None
+    return Admission(settings, limiter, primer)
 
 
 def _limiter(

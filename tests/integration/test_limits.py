@@ -10,6 +10,7 @@ import openai
 import pytest
 
 from tests.conftest import MOCK
+from tests.fakes.openai_server import FakeOpenAI
 from tests.gateway import make_settings, running_gateway
 from tests.keys import new_key
 
@@ -156,3 +157,75 @@ async def test_exact_under_concurrency() -> None:
         async with aiohttp.ClientSession() as session:
             statuses = await asyncio.gather(*(one(session) for _ in range(40)))
     assert statuses.count(200) == 10 and statuses.count(429) == 30
+
+
+async def test_monthly_money_budget_reserves_then_charges_real_cost(
+    fake_openai: FakeOpenAI,
+) -> None:
+    """gpt-4o-mini at $0.15/$0.60 per million tokens; a budget of $0.0001 (100 micro-dollars)."""
+    models = [{"name": "gpt-4o-mini", "deployments": [
+        {"provider": "openai", "base_url": fake_openai.base_url}
+    ]}]  # fmt: skip
+    tiers = {"thrifty": {"budget_per_month": 0.0001}}
+    async with running_gateway(make_settings(models, tiers=tiers)) as gateway:
+        _, secret = await new_key(gateway, tier="thrifty")
+        async with gateway.client(api_key=secret) as client:
+            await client.chat.completions.create(
+                model="gpt-4o-mini",
+                messages=USER,
+                max_tokens=50,  # type: ignore[arg-type]
+            )
+            with pytest.raises(openai.RateLimitError) as error:
+                await client.chat.completions.create(
+                    model="gpt-4o-mini",
+                    messages=USER,
+                    max_tokens=1000,  # type: ignore[arg-type]
+                )
+        async with aiohttp.ClientSession() as session:
+            usage = await (
+                await session.get(
+                    gateway.url + "/usage", headers={"Authorization": f"Bearer {secret}"}
+                )
+            ).json()
+    assert "Budget exceeded: budget_per_month ($0.000100)" in error.value.message
+    assert "lower max_tokens" in error.value.message
+    assert len(fake_openai.requests) == 1  # refused before the upstream
+    sent = fake_openai.requests[0].json
+    assert sent["max_tokens"] == 50
+    spent = usage["budget_per_month"]["used"]
+    assert 0 < spent < 0.00002  # a few micro-dollars, not the ~30 reserved
+    assert usage["budget_per_month"]["limit"] == 0.0001
+
+
+async def test_monthly_quota_survives_a_restart_of_a_memory_limited_gateway() -> None:
+    """The memory limiter forgets on restart; the month's use is primed from usage records."""
+    settings = make_settings(MOCK, tiers={"five": {"requests_per_month": 5}})
+    async with running_gateway(settings) as gateway:
+        key_id, secret = await new_key(gateway, tier="five")
+        async with gateway.client(api_key=secret) as client:
+            for _ in range(3):
+                await client.chat.completions.create(model="mock", messages=USER)  # type: ignore[arg-type]
+        await _written(gateway, key_id, 3)
+    async with running_gateway(settings) as restarted:  # same database, empty limiter
+        async with restarted.client(api_key=secret) as client:
+            for _ in range(2):
+                await client.chat.completions.create(model="mock", messages=USER)  # type: ignore[arg-type]
+            with pytest.raises(openai.RateLimitError) as error:
+                await client.chat.completions.create(model="mock", messages=USER)  # type: ignore[arg-type]
+    assert "requests_per_month (5)" in error.value.message
+
+
+async def _written(gateway: Any, key_id: str, count: int) -> None:
+    import sqlalchemy as sa
+
+    from relaygate.store.tables import usage_daily
+
+    query = sa.select(sa.func.sum(usage_daily.c.request_count)).where(
+        usage_daily.c.key_id == key_id
+    )
+    for _ in range(100):
+        async with gateway.state.engine.connect() as conn:
+            if (await conn.scalar(query) or 0) >= count:
+                return
+        await asyncio.sleep(0.05)
+    raise AssertionError("usage records were not written")

@@ -181,7 +181,7 @@ class OpenAIAPI:
             served.usage, served.relayed = call.usage, call.relayed
             if call.served_by is not None:
                 served.provider, served.deployment = call.served_by
-            await state.admission.settle(admitted, call.usage)
+            await state.admission.settle(admitted, call.usage, served.provider)
 
     async def _run(self, call: Call, receive: Receive, send: Send, outcome: _Outcome) -> None:
         """Call and relay; the client leaving cancels the upstream call at once."""

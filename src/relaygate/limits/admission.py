@@ -18,8 +18,17 @@ from typing import Any
 from relaygate.auth.principal import Principal
 from relaygate.errors import PermissionDenied
 from relaygate.limits.base import Lease, Limiter, Rule, RuleState
-from relaygate.limits.rules import effective, rate_limit_headers, rate_limited, rules_for
+from relaygate.limits.quotas import QuotaPrimer
+from relaygate.limits.rules import (
+    MICROS,
+    effective,
+    month_period,
+    rate_limit_headers,
+    rate_limited,
+    rules_for,
+)
 from relaygate.settings import LimitSet, Settings, TierConfig
+from relaygate.usage.accounting import cost_usd
 
 __all__ = ["Admission", "Admitted"]
 
@@ -34,14 +43,18 @@ class Admitted:
     lease: Lease | None
     headers: list[tuple[bytes, bytes]]
     reserved_tokens: int
+    model: str = ""
 
 
 class Admission:
     """Checks and consumes limits for each request; shared by every request."""
 
-    def __init__(self, settings: Settings, limiter: Limiter) -> None:
+    def __init__(
+        self, settings: Settings, limiter: Limiter, primer: QuotaPrimer | None = None
+    ) -> None:
         self.settings = settings
         self.limiter = limiter
+        self.primer = primer
         self._effective: dict[tuple[str, LimitSet | None], LimitSet] = {}
 
     def _tier(self, name: str | None) -> TierConfig:
@@ -67,6 +80,7 @@ class Admission:
         model: str | None = None,
         endpoint: str | None = None,
         reserve_tokens: int = 0,
+        reserve_micros: int = 0,
     ) -> list[Rule]:
         tier = self._tier(principal.tier)
         tenant_limits = None
@@ -81,6 +95,7 @@ class Admission:
             tenant=principal.tenant_id,
             tenant_limits=tenant_limits,
             reserve_tokens=reserve_tokens,
+            reserve_micros=reserve_micros,
             month_reset_day=self.settings.limits.month_reset_day,
         )
 
@@ -95,24 +110,44 @@ class Admission:
         max_output_tokens: int | None,
     ) -> Admitted:
         """Consume every applicable limit, or raise RateLimited naming the one that is full."""
-        reserve = body_size // BYTES_PER_TOKEN + (max_output_tokens or DEFAULT_COMPLETION_RESERVE)
-        rules = self.rules(principal, model=model, endpoint=endpoint, reserve_tokens=reserve)
+        prompt = body_size // BYTES_PER_TOKEN
+        completion = max_output_tokens or DEFAULT_COMPLETION_RESERVE
+        # The worst case of a priced model; settle charges what it really cost.
+        micros = round(cost_usd(self.settings.usage, model, None, prompt, completion) * MICROS)
+        rules = self.rules(
+            principal, model=model, endpoint=endpoint,
+            reserve_tokens=prompt + completion, reserve_micros=micros,
+        )  # fmt: skip
         if not rules:
-            return Admitted(None, [], 0)
+            return Admitted(None, [], 0, model)
+        if self.primer is not None:
+            since = month_period(time.time(), self.settings.limits.month_reset_day).start
+            await self.primer.prime(rules, principal.key_id, principal.tenant_id, since)
         decision = await self.limiter.acquire(rules, request_id)
         if not decision.allowed:
             raise rate_limited(decision)
-        return Admitted(decision.lease, rate_limit_headers(decision.states), reserve)
+        headers = rate_limit_headers(decision.states)
+        return Admitted(decision.lease, headers, prompt + completion, model)
 
-    async def settle(self, admitted: Admitted, usage: Mapping[str, Any] | None) -> None:
-        """Release leases; charge token rules the real count when the upstream reported it."""
+    async def settle(
+        self, admitted: Admitted, usage: Mapping[str, Any] | None, provider: str | None = None
+    ) -> None:
+        """Release leases; charge token and money rules the real figures when the upstream
+        reported usage (otherwise the reservation stands)."""
         lease = admitted.lease
         if lease is None or lease.settled:
             return
         actual: dict[str, int] | None = None
-        total = usage.get("total_tokens") if usage else None
-        if isinstance(total, int):
-            actual = {r.key: total for r in lease.rules if r.name.startswith("tokens_")}
+        prompt = usage.get("prompt_tokens") if usage else None
+        completion = usage.get("completion_tokens") if usage else None
+        if isinstance(prompt, int) and isinstance(completion, int):
+            cost = cost_usd(self.settings.usage, admitted.model, provider, prompt, completion)
+            actual = {}
+            for rule in lease.rules:
+                if rule.name.startswith("tokens_"):
+                    actual[rule.key] = prompt + completion
+                elif rule.name.startswith("budget_"):
+                    actual[rule.key] = round(cost * MICROS)
         await self.limiter.settle(lease, actual)
 
     async def report(self, principal: Principal) -> dict[str, Any]:
@@ -135,11 +170,15 @@ def _figures(prefix: str, state: RuleState | None) -> dict[str, Any]:
             "window_reset": None,
         }  # fmt: skip
     rule = state.rule
-    used = rule.limit - state.remaining
+    used: float = max(rule.limit - state.remaining, 0)
+    limit: float = rule.limit
+    remaining: float = state.remaining
+    if rule.name.startswith("budget_"):  # kept in micro-dollars, shown in dollars
+        used, limit, remaining = used / MICROS, limit / MICROS, remaining / MICROS
     reset = datetime.fromtimestamp(time.time() + state.reset_after, UTC)
     return {
-        f"{lead}used": max(used, 0),
-        f"{lead}limit": rule.limit,
-        f"{lead}remaining": state.remaining,
+        f"{lead}used": used,
+        f"{lead}limit": limit,
+        f"{lead}remaining": remaining,
         "window_reset": reset.strftime("%Y-%m-%dT%H:%M:%SZ"),
     }

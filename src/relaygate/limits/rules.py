@@ -84,6 +84,7 @@ def rules_for(
     tenant: str | None = None,
     tenant_limits: LimitSet | None = None,
     reserve_tokens: int = 0,
+    reserve_micros: int = 0,
     now: float | None = None,
     month_reset_day: int = 1,
     lease_timeout: float = DEFAULT_LEASE_TIMEOUT,
@@ -99,7 +100,11 @@ def rules_for(
     now = time.time() if now is None else now
     period = month_period(now, month_reset_day)
     ctx = _Context(
-        period.label, max(period.end.timestamp() - now, 1.0), reserve_tokens, lease_timeout
+        period.label,
+        max(period.end.timestamp() - now, 1.0),
+        reserve_tokens,
+        lease_timeout,
+        reserve_micros,
     )
     rules = _rules(limits, subject, "", "", ctx)
     if model is not None and model in tier.models:
@@ -122,6 +127,7 @@ class _Context:
     until_month_end: float  # seconds
     tokens: int  # reserved by token limits
     lease_timeout: float
+    micros: int = 0  # reserved by money budgets, in micro-dollars
 
 
 # Field, key code, kind, window (quotas run to the period end; leases to their timeout).
@@ -132,21 +138,26 @@ _SPECS: tuple[tuple[str, str, RuleKind, float], ...] = (
     ("requests_per_minute", "rpm", "rate", 60.0),
     ("tokens_per_minute", "tpm", "rate", 60.0),
     ("max_concurrent", "conc", "concurrency", 0.0),
+    ("budget_per_month", "usdmo", "quota", 0.0),  # counted in micro-dollars
 )
+MICROS = 1_000_000
 
 
 def _rules(limits: LimitSet, subject: str, scope: str, suffix: str, ctx: _Context) -> list[Rule]:
     """``limits`` as rules keyed ``<scope><code>:<subject>`` and named ``<field><suffix>``."""
     rules = []
     for field, code, kind, window in _SPECS:
-        limit: int | None = getattr(limits, field)
-        if limit is None:
+        value: float | None = getattr(limits, field)
+        if value is None:
             continue
+        limit = round(value * MICROS) if field == "budget_per_month" else int(value)
         if kind == "quota":
             code, window = f"{code}/{ctx.month}", ctx.until_month_end
         elif kind == "concurrency":
             window = ctx.lease_timeout
         cost = ctx.tokens if field.startswith("tokens_") else 1
+        if field == "budget_per_month":
+            cost = ctx.micros
         rules.append(Rule(f"{scope}{code}:{subject}", kind, limit, window, cost, field + suffix))
     return rules
 
@@ -192,6 +203,8 @@ def describe_denial(state: RuleState, now: float | None = None) -> str:
             f"Concurrency limit exceeded: {field} ({rule.limit}) {whose}; wait for a "
             f"request in flight to finish and retry in {_seconds(state.retry_after)} s."
         )
+    if field == "budget_per_month":
+        return _budget_denial(state, whose, now)
     if rule.cost > rule.limit:
         unit = "tokens" if _is_token_rule(rule) else "units"
         return (
@@ -219,6 +232,22 @@ def rate_limited(decision: Decision, now: float | None = None) -> RateLimited:
         retry_after=state.retry_after,
         rate_headers=rate_limit_headers(decision.states),
     )
+
+
+def _budget_denial(state: RuleState, whose: str, now: float | None) -> str:
+    rule = state.rule
+    budget, left = rule.limit / MICROS, state.remaining / MICROS
+    at = (time.time() if now is None else now) + state.retry_after
+    stamp = datetime.fromtimestamp(math.ceil(at), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return (
+        f"Budget exceeded: budget_per_month ({_dollars(budget)}) {whose}; {_dollars(left)} "
+        f"left, this request may cost up to {_dollars(rule.cost / MICROS)} "
+        f"(lower max_tokens); resets at {stamp}."
+    )
+
+
+def _dollars(amount: float) -> str:
+    return f"${amount:,.2f}" if amount >= 1 else f"${amount:.6f}"
 
 
 def _whose(qualifier: str) -> str:

@@ -19,7 +19,9 @@ from relaygate.settings import Price, UsageConfig
 from relaygate.usage.record import Status, UsageRecord
 from relaygate.usage.tokens import Tokenizer, prompt_text
 
-__all__ = ["Recorder", "Served", "status_for"]
+__all__ = ["LOCAL_PROVIDERS", "Recorder", "Served", "cost_usd", "status_for"]
+
+LOCAL_PROVIDERS = ("ollama", "mock")
 
 
 @dataclass(slots=True)
@@ -109,7 +111,14 @@ class Recorder:
     def _cost(self, served: Served, prompt: int, completion: int) -> float:
         if served.cached and not self.config.charge_cached_tokens:
             return 0.0
-        price: Price | None = self.config.prices.get(served.model)
-        if price is None or served.provider in ("ollama", "mock"):
-            return 0.0
-        return (prompt * price.input + completion * price.output) / 1_000_000
+        return cost_usd(self.config, served.model, served.provider, prompt, completion)
+
+
+def cost_usd(
+    config: UsageConfig, model: str, provider: str | None, prompt: int, completion: int
+) -> float:
+    """US dollars, from the price table; local providers (Ollama, mock) cost nothing."""
+    price: Price | None = config.prices.get(model)
+    if price is None or provider in LOCAL_PROVIDERS:
+        return 0.0
+    return (prompt * price.input + completion * price.output) / 1_000_000
