@@ -32,6 +32,7 @@ from relaygate.api.http import (
 )
 from relaygate.errors import (
     InvalidRequest,
+    NoHealthyDeployment,
     NotFound,
     RateLimited,
     RelaygateError,
@@ -131,6 +132,7 @@ class OpenAIAPI:
             await self._serve(kind, scope, receive, send, served, outcome)
         except RelaygateError as exc:
             outcome.status = exc.status
+            served.rejected = not isinstance(exc, UpstreamError | NoHealthyDeployment)
             if isinstance(exc, RateLimited):
                 state.metrics.ratelimited.labels(API).inc()
             await send_error(send, exc, served.request_id)

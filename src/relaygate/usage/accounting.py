@@ -42,6 +42,7 @@ class Served:
     usage: dict[str, Any] | None = None
     relayed: list[str] = field(default_factory=list)  # streamed text, when usage is unknown
     cached: bool = False
+    rejected: bool = False  # refused by the gateway itself (input, limits), not upstream
     http_status: int = 500
     ttft: float | None = None
 
@@ -84,7 +85,7 @@ class Recorder:
             completion_tokens=completion,
             tokens_estimated=estimated,
             cached=served.cached,
-            status=status_for(served.http_status),
+            status="rejected" if served.rejected else status_for(served.http_status),
             http_status=served.http_status,
             duration_ms=(time.time() - served.started) * 1000,
             ttft_ms=None if served.ttft is None else served.ttft * 1000,
@@ -102,7 +103,7 @@ class Recorder:
                 return prompt, completion or 0, False
         if served.body is None or served.http_status in (400, 404, 413, 415):
             return 0, 0, False  # never reached a model: nothing was used
-        if served.http_status == 429 or served.http_status == 403:
+        if served.rejected:
             return 0, 0, False
         prompt = self.tokenizer.count(prompt_text(served.body))
         completion = self.tokenizer.count("".join(served.relayed))
