@@ -23,7 +23,7 @@ from relaygate.errors import ClientError, ConfigError, Conflict, NotFound
 from relaygate.settings import Settings, load_settings
 from relaygate.store.engine import create_engine, safe_url
 from relaygate.store.identity import IdentityStore, KeyRecord
-from relaygate.store.migrate import SCHEMA_REVISION, current_revision
+from relaygate.store.schema import SCHEMA_REVISION, current_revision
 
 __all__ = ["add_commands"]
 

@@ -6,36 +6,37 @@ to every route.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-import redis.asyncio as redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relaygate.auth.authenticator import Authenticator
-from relaygate.auth.invalidation import KeyEvents
-from relaygate.auth.jwt import JWTVerifier
 from relaygate.auth.principal import Principal
 from relaygate.errors import ConfigError
 from relaygate.limits.admission import Admission
 from relaygate.limits.base import Limiter
-from relaygate.limits.fallback import FallbackLimiter
 from relaygate.limits.memory import MemoryLimiter
 from relaygate.limits.quotas import QuotaPrimer
-from relaygate.limits.redis import RedisLimiter
-from relaygate.limits.redis import connect as connect_redis
 from relaygate.observability.metrics import Metrics
 from relaygate.routing.catalog import build_router, close_providers, model_entries
 from relaygate.routing.router import Router
 from relaygate.settings import Settings
 from relaygate.store.engine import create_engine, safe_url
 from relaygate.store.identity import IdentityStore
-from relaygate.store.migrate import SCHEMA_REVISION, current_revision
+from relaygate.store.schema import SCHEMA_REVISION, current_revision
 from relaygate.usage.accounting import Recorder
 from relaygate.usage.outbox import Outbox
-from relaygate.usage.tokens import load_tokenizer
+from relaygate.usage.tokens import LazyTokenizer
 from relaygate.usage.writer import UsageWriter
+
+if TYPE_CHECKING:
+    import redis.asyncio as redis
+
+    from relaygate.auth.invalidation import KeyEvents
+    from relaygate.auth.jwt import JWTVerifier
 
 __all__ = ["AppState", "close_state", "open_state"]
 
@@ -77,8 +78,16 @@ async def open_state(settings: Settings, log: logging.Logger) -> AppState:
     engine = create_engine(settings.database_url)
     await _check_schema(settings.database_url)
     identity = IdentityStore(engine)
-    client = connect_redis(settings.redis_url) if settings.redis_url else None
-    jwt = JWTVerifier(settings.auth.jwt) if settings.auth.jwt else None
+    client = None
+    if settings.redis_url:  # redis-py only when Redis is used (it costs ~6 MiB a worker)
+        from relaygate.limits.redis import connect as connect_redis
+
+        client = connect_redis(settings.redis_url)
+    jwt = None
+    if settings.auth.jwt is not None:  # PyJWT and cryptography only when JWTs are used
+        from relaygate.auth.jwt import JWTVerifier
+
+        jwt = JWTVerifier(settings.auth.jwt)
     auth = Authenticator(
         settings.auth, identity, log, jwt=_jwt_check(jwt) if jwt else None, pubsub=bool(client)
     )
@@ -98,7 +107,7 @@ async def open_state(settings: Settings, log: logging.Logger) -> AppState:
         log=log, metrics=metrics, retention_days=usage.retention_days,
     )  # fmt: skip
     await writer.start()
-    tokenizer = await asyncio.to_thread(load_tokenizer)
+    tokenizer = LazyTokenizer(Path(usage.outbox_dir).parent / "tiktoken", log)
     state = AppState(
         settings=settings,
         router=router,
@@ -115,6 +124,8 @@ async def open_state(settings: Settings, log: logging.Logger) -> AppState:
         jwt=jwt,
     )
     if client is not None:
+        from relaygate.auth.invalidation import KeyEvents
+
         state.key_events = KeyEvents(client, settings.redis_prefix, auth.invalidate, log)
         state.key_events.start()
     auth.start()
@@ -167,6 +178,8 @@ def _limiter(
         return MemoryLimiter()
     if client is None:
         raise ConfigError("limits.backend: 'redis' needs redis_url")
+    from relaygate.limits.fallback import FallbackLimiter
+    from relaygate.limits.redis import RedisLimiter
 
     def degraded(on: bool) -> None:
         metrics.ratelimit_degraded.set(1 if on else 0)

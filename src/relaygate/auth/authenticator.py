@@ -32,8 +32,7 @@ import msgspec
 from sqlalchemy.exc import SQLAlchemyError
 
 from relaygate.api.http import Scope
-from relaygate.auth.credentials import client_ip, read_credential
-from relaygate.auth.jwt import JWTVerifier
+from relaygate.auth.credentials import client_ip, looks_like_jwt, read_credential
 from relaygate.auth.keys import MAX_KEY_LENGTH, hash_secret
 from relaygate.auth.principal import Principal
 from relaygate.errors import AuthenticationError, StoreUnavailable
@@ -90,7 +89,7 @@ class Authenticator:
         token = read_credential(scope)
         if token is None:
             return self._anonymous(scope)
-        if self.jwt is not None and JWTVerifier.looks_like_jwt(token):
+        if self.jwt is not None and looks_like_jwt(token):
             return await self.jwt(token)
         return await self._api_key(token)
 

@@ -9,15 +9,24 @@ string (URLs end up in logs).
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Sequence
 
 from relaygate.api.http import Scope
 from relaygate.errors import AuthenticationError
 
-__all__ = ["client_ip", "read_credential"]
+__all__ = ["client_ip", "looks_like_jwt", "read_credential"]
 
 MAX_TOKEN = 8192
 _QUERY_NAMES = (b"api_key", b"apikey", b"key", b"access_token", b"token", b"x-api-key")
+
+
+_JWT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+
+
+def looks_like_jwt(token: str) -> bool:
+    """Three base64url segments: a JWT's shape (nothing verified). API keys never have dots."""
+    return len(token) <= MAX_TOKEN and _JWT.fullmatch(token) is not None
 
 
 def read_credential(scope: Scope) -> str | None:

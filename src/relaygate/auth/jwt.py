@@ -29,7 +29,6 @@ import base64
 import hashlib
 import json
 import logging
-import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -41,6 +40,7 @@ import aiohttp
 import jwt
 from jwt.algorithms import get_default_algorithms
 
+from relaygate.auth.credentials import looks_like_jwt
 from relaygate.errors import AuthenticationError, ConfigError
 from relaygate.settings import JWTConfig
 
@@ -54,13 +54,11 @@ PUBLIC_KEY_ALGORITHMS = frozenset(
 )
 DEFAULT_SECRET_ALGORITHMS = ("HS256",)
 DEFAULT_JWKS_ALGORITHMS = ("RS256", "ES256")
-MAX_TOKEN_LENGTH = 16 * 1024
 MAX_JWKS_BYTES = 1024 * 1024
 TOKEN_CACHE_SIZE = 10_000
 MIN_REFRESH_INTERVAL = 10.0
 JWKS_TIMEOUT = 5.0
 
-_JWT_SHAPE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 
 # PyJWT's errors, most specific first, and what the client is told about each.
 _REASONS: tuple[tuple[type[Exception], str], ...] = (
@@ -180,7 +178,7 @@ class JWTVerifier:
     @staticmethod
     def looks_like_jwt(token: str) -> bool:
         """Whether ``token`` has a JWT's shape (three base64url segments); nothing is verified."""
-        return len(token) <= MAX_TOKEN_LENGTH and _JWT_SHAPE.fullmatch(token) is not None
+        return looks_like_jwt(token)
 
     async def verify(self, token: str) -> JWTIdentity:
         """The identity ``token`` carries, or :class:`AuthenticationError` saying why not."""

@@ -10,18 +10,13 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy.engine import Connection
 
-from relaygate.store.engine import create_engine, ensure_sqlite_folder
+from relaygate.store.engine import ensure_sqlite_folder
 
-__all__ = ["SCHEMA_REVISION", "alembic_config", "current_revision", "head_revision", "upgrade"]
+__all__ = ["alembic_config", "head_revision", "upgrade"]
 
 MIGRATIONS = Path(__file__).with_name("migrations")
-# The newest migration; a test checks it against the migration folder, so the
-# server can verify the schema at start without reading files in its event loop.
-SCHEMA_REVISION = "0002"
 
 
 def alembic_config(url: str) -> Config:
@@ -39,16 +34,3 @@ def upgrade(url: str, revision: str = "head") -> None:
 
 def head_revision() -> str | None:
     return ScriptDirectory.from_config(alembic_config("")).get_current_head()
-
-
-async def current_revision(url: str) -> str | None:
-    engine = create_engine(url)
-    try:
-        async with engine.connect() as connection:
-            return await connection.run_sync(_revision)
-    finally:
-        await engine.dispose()
-
-
-def _revision(connection: Connection) -> str | None:
-    return MigrationContext.configure(connection).get_current_revision()

@@ -17,7 +17,7 @@ from typing import Any
 
 from relaygate.settings import Price, UsageConfig
 from relaygate.usage.record import Status, UsageRecord
-from relaygate.usage.tokens import Tokenizer, prompt_text
+from relaygate.usage.tokens import LazyTokenizer, prompt_text
 
 __all__ = ["LOCAL_PROVIDERS", "Recorder", "Served", "cost_usd", "status_for"]
 
@@ -63,7 +63,10 @@ class Recorder:
     """Builds usage records and appends them to the outbox."""
 
     def __init__(
-        self, config: UsageConfig, append: Callable[[UsageRecord], None], tokenizer: Tokenizer
+        self,
+        config: UsageConfig,
+        append: Callable[[UsageRecord], None],
+        tokenizer: LazyTokenizer,
     ) -> None:
         self.config = config
         self.append = append
@@ -105,9 +108,8 @@ class Recorder:
             return 0, 0, False  # never reached a model: nothing was used
         if served.rejected:
             return 0, 0, False
-        prompt = self.tokenizer.count(prompt_text(served.body))
-        completion = self.tokenizer.count("".join(served.relayed))
-        return prompt, completion, True
+        prompt = self.tokenizer.prompt(prompt_text(served.body))
+        return prompt, self.tokenizer.completion(served.relayed), True
 
     def _cost(self, served: Served, prompt: int, completion: int) -> float:
         if served.cached and not self.config.charge_cached_tokens:

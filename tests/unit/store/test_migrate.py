@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from relaygate.store.migrate import SCHEMA_REVISION, head_revision
+from relaygate.store.migrate import head_revision
+from relaygate.store.schema import SCHEMA_REVISION
 
 
 def test_schema_revision_is_the_newest_migration() -> None:
