@@ -229,3 +229,33 @@ async def _written(gateway: Any, key_id: str, count: int) -> None:
                 return
         await asyncio.sleep(0.05)
     raise AssertionError("usage records were not written")
+
+
+async def test_one_redis_round_trip_for_request_limits() -> None:
+    """Request counts are consumed at admission; nothing is left to settle afterwards."""
+    import uuid
+
+    import redis.asyncio as redis
+
+    settings = make_settings(
+        MOCK, redis_url="redis://127.0.0.1:6379/0", redis_prefix=f"rgtest:{uuid.uuid4().hex}:",
+        tiers={"counted": {"requests_per_hour": 100, "requests_per_month": 1000}},
+    )  # fmt: skip
+    probe = redis.Redis()
+    try:
+        async with running_gateway(settings) as gateway:
+            _, secret = await new_key(gateway, tier="counted")
+            async with gateway.client(api_key=secret) as client:
+                await client.chat.completions.create(model="mock", messages=USER)  # type: ignore[arg-type]
+                before = await _evalsha_calls(probe)
+                for _ in range(10):
+                    await client.chat.completions.create(model="mock", messages=USER)  # type: ignore[arg-type]
+                after = await _evalsha_calls(probe)
+    finally:
+        await probe.aclose()
+    assert after - before == 10
+
+
+async def _evalsha_calls(client: Any) -> int:
+    stats = await client.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))

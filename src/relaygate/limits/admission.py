@@ -137,6 +137,9 @@ class Admission:
         lease = admitted.lease
         if lease is None or lease.settled:
             return
+        if not any(_needs_settling(rule) for rule in lease.rules):
+            lease.settled = True  # request counts only: no second round trip
+            return
         actual: dict[str, int] | None = None
         prompt = usage.get("prompt_tokens") if usage else None
         completion = usage.get("completion_tokens") if usage else None
@@ -160,6 +163,11 @@ class Admission:
         for name, state in by_name.items():
             body[name] = _figures("", state)
         return body
+
+
+def _needs_settling(rule: Rule) -> bool:
+    """Leases are released, reservations replaced by the real figure; request counts stay."""
+    return rule.kind == "concurrency" or rule.name.startswith(("tokens_", "budget_"))
 
 
 def _figures(prefix: str, state: RuleState | None) -> dict[str, Any]:
