@@ -12,6 +12,13 @@ from pathlib import Path
 import pytest
 from blockbuster import BlockBuster, blockbuster_ctx
 
+# Modules the gateway imports only when configured (Redis, JWT) are imported once
+# at start-up, inside the event loop; import them here, outside any loop, so that
+# blockbuster keeps flagging what matters: blocking calls while requests are served.
+import relaygate.auth.invalidation
+import relaygate.auth.jwt
+import relaygate.limits.fallback
+import relaygate.limits.redis  # noqa: F401
 from relaygate.store.migrate import upgrade
 from tests.fakes.ollama_server import FakeOllama
 from tests.fakes.openai_server import FakeOpenAI
