@@ -16,6 +16,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.processes import free_port, wait_ready
+
 RELAYGATE = [sys.executable, "-m", "relaygate"]
 ADMIN_KEY = "rg_test-admin-key-0123456789abcdefghijklmnopqrstuvwxyz"
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -34,12 +36,6 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
         [*RELAYGATE, *args], capture_output=True, text=True, timeout=30,
         env={**os.environ, **(env or {})},
     )  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_version() -> None:
@@ -115,16 +111,7 @@ async def serving(
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        async with aiohttp.ClientSession() as session:
-            for _ in range(200):
-                try:
-                    async with session.get(url + "/health") as response:
-                        if response.status == 200:
-                            break
-                except aiohttp.ClientConnectionError:
-                    await asyncio.sleep(0.05)
-            else:
-                raise AssertionError("gateway did not start")
+        await wait_ready(url)
         yield process, url
     finally:
         await stop(process)

@@ -6,7 +6,6 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -23,6 +22,7 @@ from tests.fakes.redis_server import RedisServer
 from tests.fakes.tcp_proxy import TcpProxy
 from tests.gateway import RunningGateway, Templates, make_settings, running_gateway
 from tests.keys import new_key
+from tests.processes import free_port, wait_ready
 
 BODY = {"model": "mock", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -135,10 +135,10 @@ async def test_two_processes_sharing_redis_admit_exactly_the_limit(tmp_path: Pat
         "tiers: {ten: {requests_per_hour: 10}}\n"
     )
     env = {**os.environ, "RELAYGATE_DATABASE_URL": url, "RELAYGATE_ADMIN_KEY": "rg_" + "a" * 43}
-    ports = [_free_port(), _free_port()]
+    ports = [free_port(), free_port()]
     processes = [await _serve(config, port, env) for port in ports]
     try:
-        await asyncio.gather(*(_ready(port) for port in ports))
+        await asyncio.gather(*(wait_ready(f"http://127.0.0.1:{port}") for port in ports))
         urls = [f"http://127.0.0.1:{port}" for port in ports]
         results = await asyncio.gather(*(chat(urls[i % 2], secret) for i in range(40)))
     finally:
@@ -162,26 +162,8 @@ async def _limited_key(url: str) -> str:
         await engine.dispose()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def _serve(config: Path, port: int, env: dict[str, str]) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "relaygate", "serve", "--config", str(config), "--port", str(port),
         env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
-
-
-async def _ready(port: int) -> None:
-    async with aiohttp.ClientSession() as session:
-        for _ in range(300):
-            try:
-                async with session.get(f"http://127.0.0.1:{port}/health") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientConnectionError:
-                await asyncio.sleep(0.05)
-    raise AssertionError(f"gateway on {port} did not start")

@@ -10,7 +10,6 @@ import asyncio
 import os
 import random
 import signal
-import socket
 import sys
 import uuid
 from pathlib import Path
@@ -22,16 +21,11 @@ import msgspec
 import pytest
 
 from tests.fakes.tcp_proxy import TcpProxy
+from tests.processes import free_port, wait_ready
 
 ADMIN = "rg_" + "n" * 43
 TOTAL = 500
 MESSAGES = [{"role": "user", "content": "please count these tokens"}]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def _gateway(config: Path, port: int, env: dict[str, str]) -> asyncio.subprocess.Process:
@@ -43,17 +37,6 @@ async def _gateway(config: Path, port: int, env: dict[str, str]) -> asyncio.subp
         )  # fmt: skip
     finally:
         log.close()
-
-
-async def _ready(session: aiohttp.ClientSession, url: str) -> None:
-    for _ in range(300):
-        try:
-            async with session.get(url + "/health") as response:
-                if response.status == 200:
-                    return
-        except aiohttp.ClientConnectionError:
-            await asyncio.sleep(0.05)
-    raise AssertionError(f"{url} did not start")
 
 
 async def _one(session: aiohttp.ClientSession, url: str, mode: str) -> tuple[str, int]:
@@ -101,7 +84,7 @@ async def test_500_requests_two_processes_database_cut_and_sigterm(
         f"redis_url: redis://127.0.0.1:6379/0\nredis_prefix: 'rgtest:{uuid.uuid4().hex}:'\n"
         "usage: {fsync_window: 0.1}\n"
     )
-    ports = [_free_port(), _free_port()]
+    ports = [free_port(), free_port()]
     processes = []
     for index, port in enumerate(ports):
         env = {
@@ -115,7 +98,7 @@ async def test_500_requests_two_processes_database_cut_and_sigterm(
     try:
         connector = aiohttp.TCPConnector(limit=200)
         async with aiohttp.ClientSession(connector=connector) as session:
-            await asyncio.gather(*(_ready(session, url) for url in urls))
+            await asyncio.gather(*(wait_ready(url) for url in urls))
             warm = [await _one(session, url, "plain") for url in urls]  # keys cached before the cut
             tasks = [
                 asyncio.ensure_future(_one(session, urls[i % 2], mode))

@@ -32,8 +32,8 @@ from relaygate.api.http import (
 )
 from relaygate.errors import (
     InvalidRequest,
+    ModelNotFound,
     NoHealthyDeployment,
-    NotFound,
     RateLimited,
     RelaygateError,
     UpstreamError,
@@ -94,33 +94,26 @@ class OpenAIAPI:
         await self._inference("embedding", scope, receive, send)
 
     async def models(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request_id = new_request_id()
-        try:
-            await self.state.auth.authenticate(scope)
-        except RelaygateError as exc:
-            await send_error(send, exc, request_id)
-            return
-        await send_bytes(send, 200, self.state.models_json, request_id)
+        await self._model_listing(scope, send, None)
 
     async def model(self, scope: Scope, receive: Receive, send: Send) -> None:
-        name = scope["path"][len("/v1/models/") :]
-        entry = self.state.model_entries.get(name)
+        await self._model_listing(scope, send, scope["path"][len("/v1/models/") :])
+
+    async def _model_listing(self, scope: Scope, send: Send, name: str | None) -> None:
+        """GET /v1/models (``name`` None) or /v1/models/{name}: pre-rendered at start."""
         request_id = new_request_id()
         try:
             await self.state.auth.authenticate(scope)
+            if name is None:
+                body = self.state.models_json
+            elif (entry := self.state.model_entries.get(name)) is not None:
+                body = entry
+            else:
+                raise ModelNotFound(name)
         except RelaygateError as exc:
             await send_error(send, exc, request_id)
             return
-        if entry is None:
-            error = NotFound(
-                f"The model {name!r} does not exist on this gateway. "
-                "List the models it serves with GET /v1/models.",
-                param="model",
-            )
-            error.code = "model_not_found"
-            await send_error(send, error, request_id)
-            return
-        await send_bytes(send, 200, entry, request_id)
+        await send_bytes(send, 200, body, request_id)
 
     async def _inference(self, kind: Kind, scope: Scope, receive: Receive, send: Send) -> None:
         state = self.state
