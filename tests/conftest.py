@@ -22,6 +22,7 @@ import relaygate.limits.redis  # noqa: F401
 from relaygate.store.migrate import upgrade
 from tests.fakes.ollama_server import FakeOllama
 from tests.fakes.openai_server import FakeOpenAI
+from tests.fakes.redis_server import RedisServer
 from tests.gateway import RunningGateway, Templates, make_settings, running_gateway
 
 PG_DSN = "postgresql://postgres@127.0.0.1:5432"
@@ -129,6 +130,17 @@ async def fake_ollama() -> AsyncIterator[FakeOllama]:
     """A real Ollama-native server on a free port, scripted per test."""
     async with FakeOllama(models=["llama3.2:1b", "qwen2.5:0.5b"]) as fake:
         yield fake
+
+
+@pytest.fixture
+async def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
+    """A private redis-server on a free port, which the test may kill (or count on)."""
+    server = RedisServer(tmp_path)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.kill()
 
 
 def closed_port_url(path: str = "/v1") -> str:

@@ -8,7 +8,6 @@ import shutil
 import signal
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -35,16 +34,6 @@ async def chat(gateway_url: str, secret: str) -> tuple[int, dict[str, Any]]:
             headers={"Authorization": f"Bearer {secret}"},
         ) as response:
             return response.status, await response.json()
-
-
-@pytest.fixture
-async def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.kill()
 
 
 async def test_database_outage_keeps_cached_keys_working(postgres_database: str) -> None:

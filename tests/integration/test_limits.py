@@ -11,6 +11,7 @@ import pytest
 
 from tests.conftest import MOCK
 from tests.fakes.openai_server import FakeOpenAI
+from tests.fakes.redis_server import RedisServer
 from tests.gateway import make_settings, running_gateway
 from tests.keys import new_key
 
@@ -231,17 +232,17 @@ async def _written(gateway: Any, key_id: str, count: int) -> None:
     raise AssertionError("usage records were not written")
 
 
-async def test_one_redis_round_trip_for_request_limits() -> None:
-    """Request counts are consumed at admission; nothing is left to settle afterwards."""
-    import uuid
+async def test_one_redis_round_trip_for_request_limits(redis_server: RedisServer) -> None:
+    """Request counts are consumed at admission; nothing is left to settle afterwards.
 
+    A private Redis, so that the EVALSHA count is this gateway's alone."""
     import redis.asyncio as redis
 
     settings = make_settings(
-        MOCK, redis_url="redis://127.0.0.1:6379/0", redis_prefix=f"rgtest:{uuid.uuid4().hex}:",
+        MOCK, redis_url=redis_server.url,
         tiers={"counted": {"requests_per_hour": 100, "requests_per_month": 1000}},
     )  # fmt: skip
-    probe = redis.Redis()
+    probe = redis.Redis.from_url(redis_server.url)
     try:
         async with running_gateway(settings) as gateway:
             _, secret = await new_key(gateway, tier="counted")
