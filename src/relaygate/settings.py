@@ -160,7 +160,7 @@ class LimitsConfig(_Config, kw_only=True):
 
     backend: Literal["auto", "memory", "redis"] = "auto"
     fail_closed: bool = False
-    redis_timeout: Positive = 0.05
+    redis_timeout: Positive = 0.25
     allow_per_worker_limits: bool = False
     month_reset_day: Annotated[int, msgspec.Meta(ge=1, le=28)] = 1
 

@@ -163,3 +163,32 @@ async def test_revocation_reaches_other_gateways_through_redis(tmp_path: Any) ->
             await asyncio.sleep(0.01)
         else:
             raise AssertionError("gateway b still accepts the revoked key after 0.2 s")
+
+
+async def test_cached_key_is_not_read_again_and_first_reads_are_shared(
+    mock_gateway: RunningGateway,
+) -> None:
+    """The database sees one lookup per key: not one per poll, not one per concurrent request."""
+    from sqlalchemy import event
+
+    lookups: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if "key_hash" in statement and statement.lstrip().upper().startswith("SELECT"):
+            lookups.append(statement)
+
+    engine = mock_gateway.state.engine.sync_engine
+    _, secret = await new_key(mock_gateway)
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        statuses = await asyncio.gather(
+            *(call(mock_gateway, {"X-API-Key": secret}) for _ in range(20))
+        )
+        assert [s for s, _, _ in statuses] == [200] * 20
+        assert len(lookups) == 1  # twenty first requests, one read
+        await asyncio.sleep(1.3)  # two change polls
+        for _ in range(5):
+            assert (await call(mock_gateway, {"X-API-Key": secret}))[0] == 200
+        assert len(lookups) == 1  # unchanged key: never read again
+    finally:
+        event.remove(engine, "before_cursor_execute", count)

@@ -56,6 +56,7 @@ class _Entry:
     key_id: str
     principal: Principal | None  # None: known, but not usable (disabled, revoked)
     expires_at: float | None
+    updated_at: datetime  # the record's change time when it was loaded
 
 
 class Authenticator:
@@ -81,6 +82,7 @@ class Authenticator:
         self._lookups = asyncio.Semaphore(LOOKUPS_AT_ONCE)
         self._tasks: list[asyncio.Task[None]] = []
         self._since = datetime.now(UTC) - timedelta(seconds=5)
+        self._loading: dict[str, asyncio.Future[_Entry]] = {}
         self._trusted = [ipaddress.ip_network(p, strict=False) for p in config.trusted_proxies]
 
     # the hot path
@@ -120,10 +122,29 @@ class Authenticator:
         )
 
     async def _load(self, key_hash: str) -> _Entry:
-        """First use of a key in this worker: one database read, bounded in concurrency."""
+        """First use of a key in this worker: one database read, shared by every request
+        that arrives for the same key meanwhile, and bounded in concurrency overall."""
         expiry = self._unknown.get(key_hash)
         if expiry is not None and expiry > time.monotonic():
             raise AuthenticationError()
+        pending = self._loading.get(key_hash)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[_Entry] = asyncio.get_running_loop().create_future()
+        self._loading[key_hash] = future
+        try:
+            entry = await self._read(key_hash)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: no "never retrieved" warning when nobody waited
+            raise
+        else:
+            future.set_result(entry)
+            return entry
+        finally:
+            del self._loading[key_hash]
+
+    async def _read(self, key_hash: str) -> _Entry:
         async with self._lookups:
             entry = self._by_hash.get(key_hash)  # another request may have loaded it
             if entry is not None:
@@ -187,10 +208,19 @@ class Authenticator:
                 self.log.exception("background auth job failed")
 
     async def _poll_changes(self) -> None:
-        # Look back a little: another replica's clock may lag ours.
-        changed, latest = await self.store.changed_since(self._since - timedelta(seconds=2))
-        self._since = max(self._since, latest)
-        self.invalidate(changed)
+        """Drop cached keys changed since they were loaded. The look reaches back 2 s
+        (another replica's clock may lag ours), so a change already acted on comes back;
+        a key is dropped only when its change time differs from the one it was loaded with."""
+        changed = await self.store.changed_since(self._since - timedelta(seconds=2))
+        if changed:
+            self._since = max(self._since, max(changed.values()))
+        stale = []
+        for key_id, at in changed.items():
+            key_hash = self._hash_by_id.get(key_id)
+            entry = self._by_hash.get(key_hash) if key_hash else None
+            if entry is not None and entry.updated_at != at:
+                stale.append(key_id)
+        self.invalidate(stale)
 
     async def flush_last_used(self) -> None:
         used, self._used = self._used, {}
@@ -223,4 +253,4 @@ def _entry(record: KeyRecord) -> _Entry:
             limits=msgspec.convert(record.limits, LimitSet) if record.limits else None,
             expires_at=expires,
         )
-    return _Entry(record.id, principal, expires)
+    return _Entry(record.id, principal, expires, record.updated_at)

@@ -146,7 +146,9 @@ class FallbackLimiter:
 
     async def _replay(self) -> None:
         """Settle, on the primary, a few of the leases it could not settle while down."""
-        for _ in range(min(_REPLAY_BATCH, len(self._pending))):
+        for _ in range(_REPLAY_BATCH):
+            if not self._pending:  # others replaying at the same time may have emptied it
+                return
             pending = self._pending.popleft()
             if not await self._settle_primary(*pending):
                 self._pending.appendleft(pending)

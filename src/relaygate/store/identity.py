@@ -279,15 +279,14 @@ class IdentityStore:
             raise NotFound(f"No key {key_id!r} (or it was revoked).")
         return await self.get_key(key_id), secret
 
-    async def changed_since(self, since: datetime) -> tuple[list[str], datetime]:
-        """Ids of keys changed after ``since``, and the time to ask from next."""
+    async def changed_since(self, since: datetime) -> dict[str, datetime]:
+        """Keys changed after ``since``: id -> when."""
         async with self.engine.connect() as conn:
             rows = (await conn.execute(
                 sa.select(api_keys.c.id, api_keys.c.updated_at)
                 .where(api_keys.c.updated_at > since)
             )).all()  # fmt: skip
-        latest = max((_aware(r.updated_at) or since for r in rows), default=since)
-        return [r.id for r in rows], latest
+        return {r.id: _aware(r.updated_at) or since for r in rows}
 
     async def record_last_used(self, used: Mapping[str, datetime]) -> None:
         """Batched last_used_at updates (one statement, many rows)."""

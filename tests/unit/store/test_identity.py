@@ -252,19 +252,21 @@ async def test_changed_since_picks_up_updates(store: IdentityStore) -> None:
     b, _ = await store.create_key(tenant.id, prefix=PREFIX)
     c, _ = await store.create_key(tenant.id, prefix=PREFIX)
 
-    ids, since = await store.changed_since(utcnow() - timedelta(minutes=1))
-    assert set(ids) == {a.id, b.id, c.id}
-    assert await store.changed_since(since) == ([], since)
+    changed = await store.changed_since(utcnow() - timedelta(minutes=1))
+    assert set(changed) == {a.id, b.id, c.id}
+    since = max(changed.values())
+    assert await store.changed_since(since) == {}
 
     await store.update_key(a.id, {"enabled": False})
     await store.revoke_key(b.id)
-    ids, later = await store.changed_since(since)
-    assert set(ids) == {a.id, b.id}
+    changed = await store.changed_since(since)
+    assert set(changed) == {a.id, b.id}
+    later = max(changed.values())
     assert later > since
 
     await store.rotate_key(c.id, PREFIX)
-    ids, latest = await store.changed_since(later)
-    assert ids == [c.id] and latest > later
+    changed = await store.changed_since(later)
+    assert list(changed) == [c.id] and changed[c.id] > later
 
 
 async def test_tenant_change_marks_its_keys_changed(store: IdentityStore) -> None:
@@ -272,10 +274,9 @@ async def test_tenant_change_marks_its_keys_changed(store: IdentityStore) -> Non
     beta = await store.create_tenant("beta")
     a, _ = await store.create_key(acme.id, prefix=PREFIX)
     await store.create_key(beta.id, prefix=PREFIX)
-    _, since = await store.changed_since(utcnow() - timedelta(minutes=1))
+    since = max((await store.changed_since(utcnow() - timedelta(minutes=1))).values())
     await store.update_tenant(acme.id, {"tier": "enterprise"})
-    ids, _ = await store.changed_since(since)
-    assert ids == [a.id]
+    assert list(await store.changed_since(since)) == [a.id]
     assert (await store.get_key(a.id)).tenant_tier == "enterprise"
 
 
