@@ -19,7 +19,7 @@ import time
 import traceback
 from pathlib import Path
 
-from benchkit import gateway, procs, report, upstream
+from benchkit import gateway, keys, procs, redis_store, report, source, upstream
 from benchkit.common import (
     BENCH_DIR,
     GATEWAY_PORT,
@@ -34,7 +34,8 @@ from benchkit.common import (
 )
 from benchkit.sections import SECTIONS
 
-APT_PACKAGES = ["nginx-light", "libnginx-mod-http-echo", "wrk", "hey"]
+REDIS_SECTIONS = {"throughput", "idle", "auth"}  # sections that start gateways with Redis
+APT_PACKAGES = ["nginx-light", "libnginx-mod-http-echo", "wrk", "hey", "redis-server"]
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -47,7 +48,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--direct-only", action="store_true", help="skip all gateway runs")
     parser.add_argument("--out", type=Path, help="default: bench/RESULTS.md for a full run")
     parser.add_argument(
-        "--quiet-wait", type=float, default=120, help="max seconds to wait for an idle CPU"
+        "--ref", help="measure src/relaygate of this git commit, not the working tree"
+    )
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=120,
+        help="max seconds to wait for idle CPUs, at start and before each section",
     )
     args = parser.parse_args(argv)
     args.keys = [k.strip() for k in args.only.split(",") if k.strip()] or list(SECTIONS)
@@ -66,18 +73,21 @@ def raise_nofile() -> int:
     return target
 
 
-def _missing_tools() -> list[str]:
+def _missing_tools(redis: bool) -> list[str]:
     missing = [tool for tool in ("wrk", "hey") if shutil.which(tool) is None]
     if shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists():
         missing.append("nginx")
     if not upstream.ECHO_MODULE.exists():
         missing.append("nginx echo module")
+    if redis and shutil.which("redis-server") is None and not redis_store.answers():
+        missing.append("redis-server (no Redis answers at 127.0.0.1:6379)")
     return missing
 
 
-def ensure_tools() -> None:
-    """Install nginx/echo module/wrk/hey with apt-get when missing and we are root."""
-    if not _missing_tools():
+def ensure_tools(redis: bool) -> None:
+    """Install nginx/echo module/wrk/hey (and redis-server, when ``redis`` is needed and none
+    answers) with apt-get when missing and we are root."""
+    if not _missing_tools(redis):
         return
     install = ["apt-get", "install", "-y", *APT_PACKAGES]
     if os.geteuid() == 0 and shutil.which("apt-get"):
@@ -85,7 +95,7 @@ def ensure_tools() -> None:
         if subprocess.run(install, capture_output=True, check=False, timeout=600).returncode:
             subprocess.run(["apt-get", "update"], capture_output=True, check=False, timeout=600)
             subprocess.run(install, capture_output=True, check=False, timeout=600)
-    if missing := _missing_tools():
+    if missing := _missing_tools(redis):
         raise BenchError(f"missing {', '.join(missing)}; install with: {cmdline(install)}")
 
 
@@ -93,6 +103,8 @@ def run_section(key: str, opts: Options) -> Section:
     title, func = SECTIONS[key]
     section = Section(key, title)
     print(f"== {title}", flush=True)
+    if (busy := procs.wait_for_quiet(opts.quiet_wait)) > 0.10:
+        print(f"   WARNING: CPUs still {busy:.0%} busy after {opts.quiet_wait:.0f} s", flush=True)
     started, ticks = time.monotonic(), procs.cpu_ticks()
     try:
         func(section, opts)
@@ -158,8 +170,14 @@ def write_results(path: Path, sections: list[Section], started: dt.datetime, t0:
 def preflight(args: argparse.Namespace) -> Options:
     procs.install_cleanup()
     WORK_DIR.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(keys.DB_DIR, ignore_errors=True)  # databases, outboxes, logs of earlier runs
+    shutil.rmtree(keys.OUTBOX_DIR, ignore_errors=True)
+    for old in WORK_DIR.glob("gateway-*.log"):
+        old.unlink()
+    if args.ref:
+        source.use_ref(args.ref)  # before anything starts or imports relaygate
     nofile = raise_nofile()
-    ensure_tools()
+    ensure_tools(redis=not args.direct_only and bool(set(args.keys) & REDIS_SECTIONS))
     if not args.direct_only and gateway.version() is None:
         raise BenchError(
             f"the gateway is not usable: `{gateway.EXE} --version` failed. "
@@ -175,15 +193,17 @@ def preflight(args: argparse.Namespace) -> Options:
     report.NOTES.append(f"CPU busy just before the first section: {busy:.0%} of all CPUs.")
     if busy > 0.10:
         print(f"WARNING: CPUs still {busy:.0%} busy after {args.quiet_wait:.0f} s", flush=True)
-    key = os.environ.get("RELAYGATE_BENCH_API_KEY")
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    key = keys.new_secret()  # the run's admin key; nginx ignores the header
+    report.SECRETS[key] = "<admin key>"
     return Options(
         seconds=args.seconds,
         streams=args.streams,
         rounds=args.rounds,
         held=args.held,
-        headers=headers,
+        api_key=key,
+        headers=keys.bearer(key),
         direct_only=args.direct_only,
+        quiet_wait=args.quiet_wait,
     )
 
 

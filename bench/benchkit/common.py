@@ -128,8 +128,10 @@ class Options:
     streams: int = 2000  # sequential streams for time-to-first-chunk, per round
     rounds: int = 3  # latency and streaming alternate direct/gateway this many times
     held: int = 1000  # streams held open at once
-    headers: dict[str, str] = field(default_factory=dict)  # e.g. Authorization
+    api_key: str = ""  # the run's admin key: RELAYGATE_ADMIN_KEY of every gateway start
+    headers: dict[str, str] = field(default_factory=dict)  # Authorization: Bearer <api_key>
     direct_only: bool = False  # skip every gateway run (no gateway installed yet)
+    quiet_wait: float = 120.0  # max seconds to wait for idle CPUs before each section
     gateway_down: str = ""  # set once the gateway failed to start
     nginx_pid: int = 0
 

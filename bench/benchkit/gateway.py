@@ -6,13 +6,14 @@ import itertools
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from . import procs
+from . import keys, procs, redis_store
 from .common import (
     BENCH_DIR,
     CHAT,
@@ -62,13 +63,30 @@ def serve_argv(workers: int, port: int = GATEWAY_PORT) -> list[str]:
 
 
 class Gateway:
-    """`relaygate serve` with N workers; ready once GET /health answers 200."""
+    """`relaygate serve` with N workers; ready once GET /health answers 200.
 
-    def __init__(self, workers: int, port: int = GATEWAY_PORT) -> None:
+    Each start has its own fresh SQLite database and the run's admin key
+    (``opts.api_key``); ``redis`` shares limits through Redis under a prefix of its own;
+    ``user_keys`` (secret -> tier) are stored in its database once it is up, so that, like
+    the admin key, they are the newest keys there."""
+
+    def __init__(
+        self,
+        opts: Options,
+        workers: int = 1,
+        *,
+        port: int = GATEWAY_PORT,
+        redis: bool = False,
+        user_keys: dict[str, str] | None = None,
+    ) -> None:
         self.workers = workers
         self.port = port
-        self.log_path: Path = WORK_DIR / f"gateway-{next(_STARTS):02d}-w{workers}.log"
+        self.name = f"gateway-{next(_STARTS):02d}-w{workers}"
+        self.log_path: Path = WORK_DIR / f"{self.name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.user_keys = user_keys or {}
+        self.redis_prefix = redis_store.new_prefix() if redis else ""
+        self.env = {"RELAYGATE_DATABASE_URL": "", "RELAYGATE_ADMIN_KEY": opts.api_key}
 
     @property
     def pid(self) -> int:
@@ -76,10 +94,13 @@ class Gateway:
             raise BenchError("gateway is not running")
         return self.proc.pid
 
+    @property
+    def base(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
     def healthy(self) -> bool:
         try:
-            url = f"http://{HOST}:{self.port}/health"
-            with urllib.request.urlopen(url, timeout=1) as resp:
+            with urllib.request.urlopen(self.base + "/health", timeout=1) as resp:
                 return bool(resp.status == 200)
         except OSError:
             return False
@@ -90,34 +111,67 @@ class Gateway:
         except OSError:
             return "(no log)"
 
+    def _prepare(self) -> None:
+        """A fresh database and usage outbox, and Redis when asked for."""
+        self.env["RELAYGATE_DATABASE_URL"] = keys.fresh_db(self.name)
+        if outbox := keys.fresh_outbox(self.name):
+            self.env["RELAYGATE_USAGE__OUTBOX_DIR"] = outbox
+        if self.redis_prefix:
+            self.env["RELAYGATE_REDIS_URL"] = redis_store.url()
+            self.env["RELAYGATE_REDIS_PREFIX"] = self.redis_prefix
+
+    def _environ(self) -> dict[str, str]:
+        """This process's environment without any RELAYGATE_* variable (the gateway reads
+        them all as settings, and refuses unknown ones such as RELAYGATE_BENCH_EXE), plus
+        the bench's own settings for this start."""
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("RELAYGATE_")}
+        return {**inherited, **self.env}
+
+    def line(self) -> str:
+        """'Gateway: `ENV=... relaygate serve ...`' for the report, the admin key left out."""
+        shown = {**self.env, "RELAYGATE_ADMIN_KEY": "<admin key>"}
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in shown.items())
+        return f"Gateway: `{env} {cmdline(serve_argv(self.workers, self.port))}`"
+
     def __enter__(self) -> Gateway:
         if not EXE.exists():
             raise BenchError(f"{EXE} not found: install the gateway (make install) first")
         if not port_is_free(self.port):
             raise BenchError(f"port {self.port} is already in use; stop whatever listens there")
-        proc = self.proc = procs.spawn(
-            serve_argv(self.workers, self.port), self.log_path, cwd=REPO_DIR
-        )
-        up = wait_for(lambda: proc.poll() is not None or self.healthy(), START_TIMEOUT_S, 0.1)
-        if proc.poll() is not None or not up:
-            why = (
-                f"it exited with code {proc.returncode}"
-                if proc.poll() is not None
-                else f"GET /health gave no 200 within {START_TIMEOUT_S:.0f} s"
-            )
+        self._prepare()
+        try:
+            self._start()
+            if self.user_keys:
+                keys.add_keys(self.env["RELAYGATE_DATABASE_URL"], self.user_keys)
+        except BaseException:
             self.__exit__()
-            raise GatewayDown(
-                f"the gateway did not come up: {why}"
-                f"\ncommand: {' '.join(serve_argv(self.workers, self.port))}"
-                f"\nlog {self.log_path}:\n{self._log_tail()}"
-            )
+            raise
         return self
+
+    def _start(self) -> None:
+        """Spawn `relaygate serve` and wait for GET /health; GatewayDown when it fails."""
+        argv = serve_argv(self.workers, self.port)
+        proc = self.proc = procs.spawn(argv, self.log_path, cwd=REPO_DIR, env=self._environ())
+        up = wait_for(lambda: proc.poll() is not None or self.healthy(), START_TIMEOUT_S, 0.1)
+        if proc.poll() is None and up:
+            return
+        why = (
+            f"it exited with code {proc.returncode}"
+            if proc.poll() is not None
+            else f"GET /health gave no 200 within {START_TIMEOUT_S:.0f} s"
+        )
+        raise GatewayDown(
+            f"the gateway did not come up: {why}\n{self.line()}"
+            f"\nlog {self.log_path}:\n{self._log_tail()}"
+        )
 
     def __exit__(self, *_exc: object) -> None:
         if self.proc is not None:
             procs.stop(self.proc, sig=signal.SIGTERM, grace=15)
             self.proc = None
             self._collect_problems()
+            if self.redis_prefix:
+                redis_store.forget(self.redis_prefix)
 
     def _collect_problems(self) -> None:
         try:
@@ -137,21 +191,23 @@ def take_log_problems() -> list[str]:
     return taken
 
 
-def gateway_line(workers: int) -> str:
-    return f"Gateway: `{cmdline(serve_argv(workers))}`"
-
-
-def check_gateway(opts: Options) -> None:
-    """One request through the gateway must give a chat.completion; else stop with its answer."""
-    headers = {"Content-Type": "application/json", **opts.headers}
-    req = urllib.request.Request(VIA + CHAT, CHAT_BODY.encode(), headers, method="POST")
+def check(base: str, headers: dict[str, str]) -> None:
+    """One request must give a chat.completion; else stop with the gateway's answer."""
+    req = urllib.request.Request(
+        base + CHAT, CHAT_BODY.encode(), {"Content-Type": "application/json", **headers}
+    )
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             status, body = resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         status, body = exc.code, exc.read()
     except OSError as exc:
-        raise BenchError(f"POST {VIA + CHAT} failed: {exc}") from exc
+        raise BenchError(f"POST {base + CHAT} failed: {exc}") from exc
     if status != 200 or b'"choices"' not in body:
-        raise BenchError(f"POST {VIA + CHAT} gave {status}: {body[:500]!r}")
+        raise BenchError(f"POST {base + CHAT} gave {status}: {body[:500]!r}")
     json.loads(body)
+
+
+def check_gateway(opts: Options, gw: Gateway | None = None) -> None:
+    """The run's admin key works for a chat completion through ``gw`` (default port)."""
+    check(gw.base if gw else VIA, opts.headers)

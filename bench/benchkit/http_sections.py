@@ -6,7 +6,7 @@ from pathlib import Path
 
 from . import loadgen
 from .common import CHAT, CHAT_BODY, DIRECT, VIA, Options, Section, Target, added, fmt_ms
-from .gateway import Gateway, check_gateway, gateway_line
+from .gateway import Gateway, check_gateway
 from .loadgen import LoadResult
 
 
@@ -60,13 +60,14 @@ def latency(sec: Section, opts: Options) -> None:
         f"the gateway, after a {opts.warmup_s} s warm-up of each. Targets: the median round.",
         "",
     ]
+    lines: list[str] = []
     if opts.direct_only:
         rows = _latency_rounds(opts, [DIRECT])
     else:
-        with Gateway(1):
-            check_gateway(opts)
-            rows = _latency_rounds(opts, [DIRECT, VIA])
-    sec.details += [*load_table(rows), "", gateway_line(1)]
+        with Gateway(opts, 1) as gw:
+            check_gateway(opts, gw)
+            rows, lines = _latency_rounds(opts, [DIRECT, VIA]), ["", gw.line()]
+    sec.details += [*load_table(rows), *lines]
     sec.data = {label: vars(r) for label, r in rows}
     if not opts.direct_only:
         pairs = [(d, v) for (_, d), (_, v) in zip(rows[0::2], rows[1::2], strict=True)]
@@ -82,14 +83,22 @@ def latency(sec: Section, opts: Options) -> None:
 
 def throughput(sec: Section, opts: Options) -> None:
     """2. Closed-loop throughput at concurrency 32; 2 workers (target) and 1 worker (reference)."""
-    sec.details += [f"wrk -t1 -c32 for {opts.seconds} s after a {opts.warmup_s} s warm-up.", ""]
+    sec.details += [
+        f"wrk -t1 -c32 for {opts.seconds} s after a {opts.warmup_s} s warm-up. 1 worker keeps",
+        "its limits in process (memory backend). 2 workers share theirs through Redis (the",
+        "gateway refuses several workers without it), with a redis_prefix of their own.",
+        "",
+    ]
+    lines: list[str] = []
     rows = [("direct → nginx", _wrk(opts, DIRECT, 32))]
     for workers in () if opts.direct_only else (1, 2):
-        with Gateway(workers):
-            check_gateway(opts)
+        with Gateway(opts, workers, redis=workers > 1) as gw:
+            check_gateway(opts, gw)
             label = f"via relaygate, {workers} worker{'s' if workers > 1 else ''}"
+            label += ", Redis limits" if workers > 1 else ", memory limits"
             rows.append((label, _wrk(opts, VIA, 32)))
-    sec.details += [*load_table(rows), "", gateway_line(1), "", gateway_line(2)]
+            lines += ["", gw.line()]
+    sec.details += [*load_table(rows), *lines]
     sec.data = {label: vars(r) for label, r in rows}
     if len(rows) == 3:
         via = rows[2][1]
@@ -130,13 +139,15 @@ def open_loop(sec: Section, opts: Options) -> None:
     sec.details += [line.format(seconds=opts.seconds) for line in OPEN_LOOP_NOTES]
     direct = _open_loop_runs(opts, DIRECT)
     rows = [("direct → nginx, wrk paced", direct[0]), ("direct → nginx, hey", direct[1])]
+    lines: list[str] = []
     if not opts.direct_only:
-        with Gateway(1):
-            check_gateway(opts)
+        with Gateway(opts, 1) as gw:
+            check_gateway(opts, gw)
             via = _open_loop_runs(opts, VIA)
         rows += [("via relaygate 1 worker, wrk paced", via[0])]
         rows += [("via relaygate 1 worker, hey", via[1])]
-    sec.details += [*load_table(rows), "", gateway_line(1)]
+        lines = ["", gw.line()]
+    sec.details += [*load_table(rows), *lines]
     sec.data = {label: vars(r) for label, r in rows}
     if len(rows) == 4:
         d, v = rows[0][1], rows[2][1]

@@ -8,15 +8,24 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 
 _LIVE: list[subprocess.Popen[bytes]] = []
+# Services the bench uses but did not start (a Redis already running): their CPU is part of
+# the bench's own load, not "other programs".
+HELPERS: set[int] = set()
 
 
-def spawn(argv: Sequence[str], log_path: Path, cwd: Path | None = None) -> subprocess.Popen[bytes]:
-    """Start ``argv`` in a new session (its children die with it), output to ``log_path``."""
+def spawn(
+    argv: Sequence[str],
+    log_path: Path,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start ``argv`` in a new session (its children die with it), output to ``log_path``,
+    with the environment ``env`` (default: this process's)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
@@ -26,6 +35,7 @@ def spawn(argv: Sequence[str], log_path: Path, cwd: Path | None = None) -> subpr
             stderr=subprocess.STDOUT,
             start_new_session=True,
             cwd=cwd,
+            env=dict(env) if env is not None else None,
         )
     _LIVE.append(proc)
     return proc
@@ -154,11 +164,12 @@ def cpu_ticks() -> dict[int, int]:
 
 
 def foreign_cpu_seconds(before: dict[int, int]) -> float:
-    """CPU time used since ``before`` by live processes that are not ours (nor our children).
+    """CPU time used since ``before`` by live processes that are not ours (nor our children,
+    nor HELPERS).
 
     Short-lived processes that came and went in between are missed: this is an indicator of
     a busy machine, not an account."""
-    own = set(process_tree(os.getpid()))
+    own = set(process_tree(os.getpid())) | HELPERS
     after = cpu_ticks()
     used = sum(t - before.get(pid, 0) for pid, t in after.items() if pid not in own)
     return max(0, used) / os.sysconf("SC_CLK_TCK")

@@ -9,10 +9,10 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from . import gateway, loadgen, upstream
+from . import gateway, loadgen, redis_store, source, upstream
 from .common import REPO_DIR, Section
 
-PACKAGES = ("relaygate", "uvicorn", "uvloop", "httptools", "aiohttp", "msgspec")
+PACKAGES = ("relaygate", "uvicorn", "uvloop", "httptools", "aiohttp", "msgspec", "redis")
 
 
 def _first_line_with(path: str, prefix: str) -> str:
@@ -41,16 +41,21 @@ def machine() -> dict[str, str]:
         "RAM": f"{mem_kib / 1024 / 1024:.1f} GiB",
         "OS": _first_line_with("/etc/os-release", "PRETTY_NAME").strip('"'),
         "Kernel": platform.release(),
-        "Python": sys.version.split()[0] + f" ({sys.executable})",
+        "Python": sys.version.split()[0] + f" ({_relative(sys.executable)})",
         "relaygate --version": gateway.version() or "not available",
+        "relaygate source": source.describe(),
     }
     info.update({f"{name} (pip)": _package_version(name) for name in PACKAGES})
     info["nginx"] = upstream.nginx_version()
+    info["Redis server"] = redis_store.used() or "not used"
     info.update({name: loadgen.tool_version(name) for name in ("wrk", "hey")})
     return info
 
 
 def _rel(text: str) -> str:
+    """Paths relative to the repository, and no secret (SECRETS) in the report."""
+    for secret, placeholder in SECRETS.items():
+        text = text.replace(secret, placeholder)
     return text.replace(str(REPO_DIR) + "/", "")
 
 
@@ -68,7 +73,7 @@ def _targets_table(sections: list[Section]) -> list[str]:
 def _section_block(section: Section) -> list[str]:
     lines = [f"## {section.title}", ""]
     if section.error:
-        lines += ["**Error:**", "", "```", section.error.strip(), "```", ""]
+        lines += ["**Error:**", "", "```", _rel(section.error.strip()), "```", ""]
     return lines + [_rel(line) for line in section.details] + [""]
 
 
@@ -106,3 +111,13 @@ def render(sections: list[Section], started: dt.datetime, elapsed_s: float, argv
 
 LOAD_AT_IMPORT = load_average()  # run.py imports this module before starting anything
 NOTES: list[str] = []  # lines for the header, added by run.py
+SECRETS: dict[str, str] = {}  # API keys of this run -> what the report shows instead
+
+
+def _relative(path: str) -> str:
+    """A path inside the checkout, shown relative to it (no machine paths in the report)."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return Path(path).name

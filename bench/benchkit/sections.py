@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from .auth_sections import auth_cost
 from .common import Options, Section
 from .http_sections import latency, open_loop, throughput
 from .stream_sections import held_streams, idle_rss, streaming
+from .usage_sections import usage_cost
 
 SECTIONS: dict[str, tuple[str, Callable[[Section, Options], None]]] = {
     "latency": ("1. Added latency at concurrency 1 (non-streaming)", latency),
@@ -15,4 +17,6 @@ SECTIONS: dict[str, tuple[str, Callable[[Section, Options], None]]] = {
     "streaming": ("4. Streaming: time to first chunk", streaming),
     "held": ("5. 1,000 concurrent open streams", held_streams),
     "idle": ("6. Idle RSS right after start", idle_rss),
+    "auth": ("7. Auth + limits cost", auth_cost),
+    "usage": ("8. Usage accounting cost and durability", usage_cost),
 }

@@ -1,7 +1,8 @@
 """A minimal raw-socket HTTP/1.1 client for SSE streams: time to first chunk, total time.
 
 Same code for direct-to-nginx and through-the-gateway runs, so its own overhead cancels out
-in the "added" figures. Alone: cd bench && ../.venv/bin/python -m benchkit.sse_client -n 100
+in the "added" figures. Alone:
+cd bench && ../.venv/bin/python -m benchkit.sse_client -n 100 -H "Authorization: Bearer $KEY"
 """
 
 from __future__ import annotations
@@ -189,9 +190,14 @@ def main() -> None:
     parser.add_argument("--body", default=STREAM_BODY)
     parser.add_argument("-n", type=int, default=100)
     parser.add_argument("--concurrent", action="store_true")
+    parser.add_argument(
+        "-H", "--header", action="append", default=[], help="'Name: value', e.g. Authorization"
+    )
     args = parser.parse_args()
+    headers = dict(h.split(":", 1) for h in args.header)
+    headers = {name.strip(): value.strip() for name, value in headers.items()}
     runner = concurrent if args.concurrent else sequential
-    samples = run_async(runner(args.port, args.path, args.body, args.n))
+    samples = run_async(runner(args.port, args.path, args.body, args.n, headers=headers))
     ttfc = [s.ttfc_s * 1000 for s in samples if s.ok]
     total = [s.total_s * 1000 for s in samples if s.ok]
     print(f"ok {len(ttfc)}/{len(samples)}; errors: {[s.error for s in samples if s.error][:3]}")

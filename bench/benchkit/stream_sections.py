@@ -24,7 +24,7 @@ from .common import (
     fmt_ms,
     percentile,
 )
-from .gateway import Gateway, check_gateway, gateway_line
+from .gateway import Gateway, check_gateway
 from .procs import pss_kib, rss_kib, tree_rss_kib
 
 
@@ -74,11 +74,16 @@ def _stream_rounds(opts: Options, which: list[str]) -> list[tuple[str, Samples]]
     return runs
 
 
-def client_commands(count: int, body: str, paths: tuple[str, str], concurrent: bool) -> list[str]:
+def client_commands(
+    opts: Options, body: str, paths: tuple[str, str], concurrent: bool
+) -> list[str]:
     """The same runs by hand with the standalone client (from bench/)."""
+    count = opts.held if concurrent else opts.streams
     base = ["../.venv/bin/python", "-m", "benchkit.sse_client", "-n", str(count)]
     base += ["--concurrent"] if concurrent else []
     base += ["--body", body]
+    for name, value in opts.headers.items():
+        base += ["-H", f"{name}: {value}"]
     direct = cmdline([*base, "--port", str(UPSTREAM_PORT), "--path", paths[0]])
     via = cmdline([*base, "--port", str(GATEWAY_PORT), "--path", paths[1]])
     return ["", "By hand, from bench/:", "", "```", direct, via, "```"]
@@ -110,15 +115,17 @@ def streaming(sec: Section, opts: Options) -> None:
         "TTFC = request written → first body bytes holding `data:`; total = → end of body.",
         "",
     ]
+    lines: list[str] = []
     if opts.direct_only:
         runs = _stream_rounds(opts, ["direct"])
     else:
-        with Gateway(1):
-            check_gateway(opts)
+        with Gateway(opts, 1) as gw:
+            check_gateway(opts, gw)
             runs = _stream_rounds(opts, ["direct", "via"])
+        lines = ["", gw.line()]
     rows = [(label, _stream_stats(samples)) for label, samples in runs]
-    sec.details += [*stream_table(rows), "", gateway_line(1)]
-    sec.details += client_commands(opts.streams, STREAM_BODY, (DIRECT_STREAM, CHAT), False)
+    sec.details += [*stream_table(rows), *lines]
+    sec.details += client_commands(opts, STREAM_BODY, (DIRECT_STREAM, CHAT), False)
     sec.details += [f"\n{label}: {e}" for label, s in runs if (e := _first_error(s))]
     sec.data = dict(rows)
     if not opts.direct_only:
@@ -178,9 +185,9 @@ def held_table(rows: list[tuple[str, dict[str, float]]]) -> list[str]:
     return lines
 
 
-def _held_via(opts: Options) -> tuple[dict[str, float], dict[str, float]]:
-    with Gateway(1) as gw:
-        check_gateway(opts)
+def _held_via(opts: Options) -> tuple[dict[str, float], dict[str, float], str]:
+    with Gateway(opts, 1) as gw:
+        check_gateway(opts, gw)
         sse_client.run_async(
             sse_client.sequential(GATEWAY_PORT, CHAT, STREAM_BODY, 50, headers=opts.headers)
         )
@@ -191,7 +198,7 @@ def _held_via(opts: Options) -> tuple[dict[str, float], dict[str, float]]:
     rss = {"before_mib": before / MIB, "peak_mib": trace.peak_kib / MIB}
     rss.update(all_open_mib=trace.at_full_kib / MIB, after_mib=after / MIB)
     rss["growth_mib"] = rss["peak_mib"] - rss["before_mib"]
-    return stats, rss
+    return stats, rss, gw.line()
 
 
 RSS_LABELS = {
@@ -214,10 +221,10 @@ def held_streams(sec: Section, opts: Options) -> None:
     ]
     rows = [("direct → nginx /slow/v1", _hold(opts, UPSTREAM_PORT, DIRECT_SLOW, None))]
     if not opts.direct_only:
-        stats, rss = _held_via(opts)
+        stats, rss, line = _held_via(opts)
         rows.append(("via relaygate, 1 worker", stats))
-        sec.details += [*held_table(rows), "", gateway_line(1)]
-        sec.details += client_commands(opts.held, SLOW_STREAM_BODY, (DIRECT_SLOW, CHAT), True)
+        sec.details += [*held_table(rows), "", line]
+        sec.details += client_commands(opts, SLOW_STREAM_BODY, (DIRECT_SLOW, CHAT), True)
         sec.details.append("")
         sec.details += [f"- Gateway RSS {RSS_LABELS[k]}: {v:.1f} MiB" for k, v in rss.items()]
         sec.data = {"rss": rss}
@@ -243,9 +250,10 @@ def _wait_workers(root: int, workers: int, timeout: float = 15.0) -> list[int]:
     return procs.process_tree(root)
 
 
-def _idle_rows(workers: int) -> list[tuple[str, int, str, int, int]]:
-    """(role, pid, cmdline, rss KiB, pss KiB) for each gateway process, right after start."""
-    with Gateway(workers) as gw:
+def _idle_rows(opts: Options, workers: int) -> list[tuple[str, int, str, int, int]]:
+    """(role, pid, cmdline, rss KiB, pss KiB) for each gateway process, right after start.
+    Several workers share limits through Redis (the gateway requires it)."""
+    with Gateway(opts, workers, redis=workers > 1) as gw:
         pids = _wait_workers(gw.pid, workers)
         rows = []
         for pid in pids:
@@ -265,7 +273,7 @@ def idle_rss(sec: Section, opts: Options) -> None:
     lines = ["| Workers | Role | PID | RSS | PSS | Command |", "|---|---|---|---|---|---|"]
     worst = 0.0
     for workers in (1, 2):
-        for role, pid, cmd, rss, pss in _idle_rows(workers):
+        for role, pid, cmd, rss, pss in _idle_rows(opts, workers):
             sizes = f"{rss / MIB:.1f} MiB | {pss / MIB:.1f} MiB"
             lines.append(f"| {workers} | {role} | {pid} | {sizes} | `{cmd}` |")
             worst = max(worst, rss / MIB) if role == "worker" else worst
@@ -273,7 +281,9 @@ def idle_rss(sec: Section, opts: Options) -> None:
     sec.details += [
         *lines,
         "",
-        "RSS counts shared pages (libraries) in each process; PSS splits them.",
+        "RSS counts shared pages (libraries) in each process; PSS splits them. With 2",
+        "workers the gateway keeps its limits in Redis (it requires it); 1 worker keeps them",
+        "in process.",
     ]
     sec.targets.append(
         Target("Idle RSS per worker", "≤ 80 MiB", f"{worst:.1f} MiB (largest worker)", worst <= 80)
