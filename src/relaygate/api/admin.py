@@ -329,20 +329,26 @@ class AdminAPI:
         tier = None if body.tier is None else check_tier(self.settings, body.tier)
         expires_at = expiry(body.expires_at, body.expires_in_days)
         tenant = await resolve_tenant(self.store, body.tenant_id)
+        record, secret = await self._issue(
+            principal, tenant, tier, role=body.role, name=body.name,
+            description=body.description, limits=limits_dict(body.limits),
+            expires_at=expires_at, metadata=body.metadata,
+        )  # fmt: skip
+        return _json({"key": _public(record), "api_key": secret}, 201)
+
+    async def _issue(
+        self, principal: Principal, tenant: Tenant, tier: str | None, **fields: Any
+    ) -> tuple[KeyRecord, str]:
+        """Every route that issues a key: create it, tell every cache, audit it."""
         record, secret = await self.store.create_key(
             tenant.id,
             prefix=self.settings.auth.key_prefix,
-            role=body.role,
             tier=tier or default_tier(self.settings, tenant),
-            name=body.name,
-            description=body.description,
-            limits=limits_dict(body.limits),
-            expires_at=expires_at,
-            metadata=body.metadata,
+            **fields,
         )
         await self.state.keys_changed([record.id])
         self._audit(principal, "created key", record.id)
-        return _json({"key": _public(record), "api_key": secret}, 201)
+        return record, secret
 
     async def list_keys(self, request: Request, principal: Principal) -> Response:
         ref = request.query_params.get("tenant_id")
@@ -448,16 +454,10 @@ class AdminAPI:
         body = await self._body(request, SeedCreateKey)
         tier = None if body.tier is None else check_tier(self.settings, body.tier)
         tenant = await resolve_tenant(self.store, body.tenant_id, create=True)
-        record, secret = await self.store.create_key(
-            tenant.id,
-            prefix=self.settings.auth.key_prefix,
-            tier=tier or default_tier(self.settings, tenant),
-            name=body.name,
-            description=body.description,
+        record, secret = await self._issue(
+            principal, tenant, tier, name=body.name, description=body.description,
             expires_at=expiry(None, body.expires_in_days),
-        )
-        await self.state.keys_changed([record.id])
-        self._audit(principal, "created key", record.id)
+        )  # fmt: skip
         return _json({
             "api_key": secret,
             "key_id": record.id,
@@ -524,18 +524,11 @@ class AdminAPI:
         tier = None if body.tier is None else check_tier(self.settings, body.tier)
         tenant = await self._seed_tenant(body.tenant_id, principal)
         limits = None if body.rate_limit is None else {"requests_per_hour": body.rate_limit}
-        record, secret = await self.store.create_key(
-            tenant.id,
-            prefix=self.settings.auth.key_prefix,
-            role=body.role,
-            tier=tier or default_tier(self.settings, tenant),
-            name=body.name,
-            description=body.description,
-            limits=limits,
+        record, secret = await self._issue(
+            principal, tenant, tier, role=body.role, name=body.name,
+            description=body.description, limits=limits,
             expires_at=expiry(None, body.expires_in_days),
-        )
-        await self.state.keys_changed([record.id])
-        self._audit(principal, "created key", record.id)
+        )  # fmt: skip
         return _json({**self._seed_key(record), "api_key": secret, "key_id": record.id})
 
     async def _seed_tenant(self, ref: str | None, principal: Principal) -> Tenant:
