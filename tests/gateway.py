@@ -26,7 +26,8 @@ from relaygate.state import AppState
 def make_settings(models: list[dict[str, Any]] | None = None, **overrides: Any) -> Settings:
     """Settings as the file would give them; no Ollama discovery unless asked for.
 
-    Each call gets its own SQLite database file unless ``database_url`` is given.
+    Each call gets its own SQLite database file unless ``database_url`` is given. The
+    response cache is off unless ``cache`` is given: other tests count upstream calls.
     """
     database = Path(tempfile.mkdtemp(prefix="relaygate-test-")) / "relaygate.db"
     values: dict[str, Any] = {
@@ -38,6 +39,7 @@ def make_settings(models: list[dict[str, Any]] | None = None, **overrides: Any) 
             "fsync_window": 0.05,
             "write_interval": 0.05,
         },
+        "cache": {"enabled": False},
     }
     values.update(overrides)
     return load_settings(environ={}, overrides=values)

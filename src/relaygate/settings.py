@@ -24,7 +24,9 @@ import yaml
 from relaygate.errors import ConfigError
 
 __all__ = [
+    "CacheConfig",
     "DeploymentConfig",
+    "KeyCache",
     "ModelConfig",
     "RoutingConfig",
     "Settings",
@@ -72,12 +74,28 @@ class DeploymentConfig(_Config, kw_only=True):
     chunk_delay: NonNegative = 0.01
 
 
+Seconds = Annotated[int, msgspec.Meta(ge=1, le=10 * 365 * 86400)]
+
+
+class ModelCacheConfig(_Config, kw_only=True):
+    """A model's own cache settings; unset fields follow the ``cache`` section.
+
+    ``shared``: one entry serves every tenant (for public, non-personal prompts);
+    by default each tenant has its own entries.
+    """
+
+    enabled: bool | None = None
+    ttl: Seconds | None = None
+    shared: bool = False
+
+
 class ModelConfig(_Config, kw_only=True):
     """A public model name and the deployments that serve it."""
 
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
     deployments: Annotated[list[DeploymentConfig], msgspec.Meta(min_length=1)]
     fallbacks: list[str] = msgspec.field(default_factory=list)
+    cache: ModelCacheConfig | None = None
 
 
 class RoutingConfig(_Config, kw_only=True):
@@ -107,6 +125,15 @@ class LimitSet(
     tokens_per_month: Count | None = None
     max_concurrent: Count | None = None
     budget_per_month: Annotated[float, msgspec.Meta(ge=0)] | None = None  # US dollars
+
+
+class KeyCache(
+    msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True, frozen=True
+):
+    """A key's own cache settings (stored with the key): off for this key, or another TTL."""
+
+    enabled: bool | None = None
+    ttl: Seconds | None = None
 
 
 class TierConfig(LimitSet, kw_only=True, frozen=True):
@@ -205,6 +232,51 @@ class UsageConfig(_Config, kw_only=True):
     prices: dict[str, Price] = msgspec.field(default_factory=default_prices)
 
 
+class MemoryCacheConfig(_Config, kw_only=True):
+    """Tier 1: each worker's own LRU, bounded by the bytes of its entries."""
+
+    enabled: bool = True
+    max_bytes: Annotated[int, msgspec.Meta(ge=0)] = 64 * 1024**2
+
+
+class RedisCacheConfig(_Config, kw_only=True):
+    """Tier 2: Redis, shared by every worker and replica (used when ``redis_url`` is set).
+
+    A lookup that takes longer than ``timeout`` is skipped (the request goes
+    upstream); after a failure Redis is left alone for ``retry_after`` seconds.
+    """
+
+    enabled: bool = True
+    timeout: Positive = 0.1
+    retry_after: Positive = 1.0
+
+
+class DatabaseCacheConfig(_Config, kw_only=True):
+    """Tier 3 (off by default): popular answers kept long in the database.
+
+    An entry is copied there once it has been served ``min_hits`` times from
+    the tiers above, and lives ``ttl`` seconds there.
+    """
+
+    enabled: bool = False
+    ttl: Seconds = 7 * 86400
+    min_hits: Annotated[int, msgspec.Meta(ge=0)] = 2
+    timeout: Positive = 0.25
+
+
+class CacheConfig(_Config, kw_only=True):
+    """The response cache: exact match on the request, scoped per tenant."""
+
+    enabled: bool = True
+    ttl: Seconds = 3600
+    max_entry_bytes: Annotated[int, msgspec.Meta(ge=1)] = 1024**2
+    single_flight: bool = True
+    single_flight_timeout: Positive = 120.0
+    memory: MemoryCacheConfig = msgspec.field(default_factory=MemoryCacheConfig)
+    redis: RedisCacheConfig = msgspec.field(default_factory=RedisCacheConfig)
+    database: DatabaseCacheConfig = msgspec.field(default_factory=DatabaseCacheConfig)
+
+
 class Settings(_Config, kw_only=True):
     """Everything relaygate reads at start."""
 
@@ -226,6 +298,7 @@ class Settings(_Config, kw_only=True):
     tiers: dict[str, TierConfig] = msgspec.field(default_factory=default_tiers)
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
     usage: UsageConfig = msgspec.field(default_factory=UsageConfig)
+    cache: CacheConfig = msgspec.field(default_factory=CacheConfig)
     config_path: str | None = None
     prometheus_multiproc_dir: str | None = None
 

@@ -15,6 +15,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relaygate.auth.authenticator import Authenticator
 from relaygate.auth.principal import Principal
+from relaygate.cache.database import DatabaseTier
+from relaygate.cache.memory import MemoryTier
+from relaygate.cache.response import ResponseCache
 from relaygate.errors import ConfigError
 from relaygate.limits.admission import Admission
 from relaygate.limits.base import Limiter
@@ -35,7 +38,7 @@ from relaygate.usage.writer import UsageWriter
 if TYPE_CHECKING:
     import redis.asyncio as redis
 
-    from relaygate.auth.invalidation import KeyEvents
+    from relaygate.auth.invalidation import Events, KeyEvents
     from relaygate.auth.jwt import JWTVerifier
 
 __all__ = ["AppState", "close_state", "open_state"]
@@ -56,8 +59,10 @@ class AppState:
     recorder: Recorder
     outbox: Outbox
     writer: UsageWriter
+    cache: ResponseCache
     redis: redis.Redis | None = None
     key_events: KeyEvents | None = None
+    cache_events: Events | None = None
     jwt: JWTVerifier | None = None
     models_json: bytes = b""
     model_entries: dict[str, bytes] = field(default_factory=dict)
@@ -120,14 +125,21 @@ async def open_state(settings: Settings, log: logging.Logger) -> AppState:
         recorder=Recorder(usage, outbox.append, tokenizer),
         outbox=outbox,
         writer=writer,
+        cache=_cache(settings, client, engine, metrics, log),
         redis=client,
         jwt=jwt,
     )
     if client is not None:
-        from relaygate.auth.invalidation import KeyEvents
+        from relaygate.auth.invalidation import Events, KeyEvents
 
         state.key_events = KeyEvents(client, settings.redis_prefix, auth.invalidate, log)
         state.key_events.start()
+        if state.cache.memory is not None:  # other workers' memory tiers hear invalidations
+            state.cache_events = Events(
+                client, settings.redis_prefix, "cache", state.cache.on_invalidation, log
+            )
+            state.cache.publish = state.cache_events.publish_text
+            state.cache_events.start()
     auth.start()
     state.models_json, state.model_entries = model_entries(router)
     return state
@@ -139,6 +151,9 @@ async def close_state(state: AppState) -> None:
     await state.admission.limiter.aclose()
     if state.key_events is not None:
         await state.key_events.aclose()
+    if state.cache_events is not None:
+        await state.cache_events.aclose()
+    await state.cache.aclose()
     if state.jwt is not None:
         await state.jwt.aclose()
     await close_providers(state.router)
@@ -149,6 +164,37 @@ async def close_state(state: AppState) -> None:
     if state.redis is not None:
         await state.redis.aclose()
     await state.engine.dispose()
+
+
+def _cache(
+    settings: Settings,
+    client: redis.Redis | None,
+    engine: AsyncEngine,
+    metrics: Metrics,
+    log: logging.Logger,
+) -> ResponseCache:
+    """The tiers the configuration switches on: memory, Redis (with redis_url), database."""
+    config = settings.cache
+    memory = MemoryTier(config.memory.max_bytes) if config.memory.enabled else None
+    shared = None
+    if client is not None and config.redis.enabled:
+        from relaygate.cache.redis import RedisTier
+
+        shared = RedisTier(
+            client, settings.redis_prefix, timeout=config.redis.timeout,
+            retry_after=config.redis.retry_after,
+            on_error=lambda kind: metrics.cache_error("redis", kind),
+        )  # fmt: skip
+    database = None
+    if config.database.enabled:
+        database = DatabaseTier(
+            engine, timeout=config.database.timeout,
+            on_error=lambda kind: metrics.cache_error("database", kind),
+        )  # fmt: skip
+    models = {m.name: m.cache for m in settings.models if m.cache is not None}
+    return ResponseCache(
+        config, models, memory=memory, redis=shared, database=database, metrics=metrics, log=log
+    )
 
 
 def _admission(

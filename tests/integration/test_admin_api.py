@@ -21,7 +21,7 @@ from tests.keys import new_key
 USER = [{"role": "user", "content": "hi"}]
 PUBLIC_FIELDS = {
     "id", "tenant_id", "tenant_name", "prefix", "name", "description", "role", "tier", "limits",
-    "enabled", "expires_at", "last_used_at", "metadata", "created_at", "revoked",
+    "enabled", "expires_at", "last_used_at", "metadata", "created_at", "revoked", "cache",
 }  # fmt: skip
 ADMIN_ROUTES = [
     ("GET", "/admin/keys"),

@@ -40,7 +40,7 @@ from relaygate.errors import (
     RelaygateError,
     StoreUnavailable,
 )
-from relaygate.settings import LimitSet, Settings
+from relaygate.settings import KeyCache, LimitSet, Settings
 from relaygate.store.identity import IdentityStore, KeyRecord, Tenant, utcnow
 
 if TYPE_CHECKING:
@@ -80,6 +80,7 @@ class KeyCreate(_Body):
     expires_at: datetime | None = None
     expires_in_days: Days | None = None
     metadata: Metadata | None = None
+    cache: KeyCache | None = None
 
 
 class KeyPatch(_Body):
@@ -91,6 +92,7 @@ class KeyPatch(_Body):
     description: Description | Unset = _UNSET
     role: Role | Unset = _UNSET
     metadata: Metadata | Unset | None = _UNSET
+    cache: KeyCache | Unset | None = _UNSET
 
 
 class TenantCreate(_Body):
@@ -203,6 +205,10 @@ def limits_dict(limits: LimitSet | None) -> dict[str, int] | None:
 
 
 # request plumbing
+
+
+def _cache_dict(cache: KeyCache | None) -> dict[str, Any] | None:
+    return msgspec.to_builtins(cache) or None if cache is not None else None
 
 
 def _parse(body: bytes, schema: type[S]) -> S:
@@ -332,7 +338,7 @@ class AdminAPI:
         record, secret = await self._issue(
             principal, tenant, tier, role=body.role, name=body.name,
             description=body.description, limits=limits_dict(body.limits),
-            expires_at=expires_at, metadata=body.metadata,
+            expires_at=expires_at, metadata=body.metadata, cache=_cache_dict(body.cache),
         )  # fmt: skip
         return _json({"key": _public(record), "api_key": secret}, 201)
 
@@ -386,6 +392,8 @@ class AdminAPI:
             check_tier(self.settings, changes["tier"])
         if "limits" in changes:
             changes["limits"] = limits_dict(changes["limits"])
+        if "cache" in changes:
+            changes["cache"] = _cache_dict(changes["cache"])
         if changes.get("expires_at") is not None:
             changes["expires_at"] = _utc(changes["expires_at"])  # may be past: expires it now
         return changes
@@ -573,6 +581,7 @@ def build_admin_app(state: AppState) -> Starlette:
         },
         "/admin/usage": {"GET": (usage.usage, True)},
         "/admin/usage/export.csv": {"GET": (usage.export, True)},
+        "/admin/cache": {"GET": (usage.cache_stats, True), "DELETE": (usage.cache_clear, True)},
         "/auth/create-key": {"POST": (api.seed_create_key, True)},
         "/api/keys": {"GET": (api.seed_list_keys, False), "POST": (api.seed_create_api_key, True)},
         "/api/keys/{key_id}": {
@@ -614,7 +623,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     elif status == 404:
         error = NotFound(
             f"Unknown endpoint {request.method} {request.url.path}. The admin API is "
-            "/admin/keys and /admin/tenants; the seed routes are /auth/create-key and /api/keys."
+            "/admin/keys, /admin/tenants, /admin/usage and /admin/cache; the seed routes are "
+            "/auth/create-key and /api/keys."
         )
     else:
         error = InvalidRequest(str(getattr(exc, "detail", "Bad request.")))

@@ -1,5 +1,7 @@
 """Admin usage routes: GET /admin/usage (filters, grouping, top consumers, cache hit
-rate) and GET /admin/usage/export.csv. Mounted in the admin app (api/admin.py)."""
+rate and this worker's cache figures), GET /admin/usage/export.csv, and the cache
+itself: GET /admin/cache (figures) and DELETE /admin/cache (all, or by model or
+tenant). Mounted in the admin app (api/admin.py)."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ __all__ = ["UsageAdminAPI", "parse_moment"]
 _RELATIVE = re.compile(r"^(\d{1,5})([mhdw])$")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _GROUPS: tuple[str, ...] = get_args(GroupBy)
+_JSON = "application/json"
 
 
 def parse_moment(value: str, param: str) -> datetime:
@@ -82,8 +85,34 @@ class UsageAdminAPI:
             "totals": _totals(rows),
             "top_tenants": await top_consumers(engine, filters, "tenant", _top(request)),
             "top_keys": await top_consumers(engine, filters, "key", _top(request)),
+            "cache": self.state.cache.stats(),
         }
         return Response(msgspec.json.encode(body), media_type="application/json")
+
+    async def cache_stats(self, request: Request, principal: Principal) -> Response:
+        """This worker's cache figures; /metrics has every worker's."""
+        return Response(msgspec.json.encode(self.state.cache.stats()), media_type=_JSON)
+
+    async def cache_clear(self, request: Request, principal: Principal) -> Response:
+        """DELETE /admin/cache[?model=NAME][&tenant=ID]: drop entries in every tier."""
+        query = request.query_params
+        for name in query:
+            if name not in ("model", "tenant", "tenant_id"):
+                raise InvalidRequest(f"Unknown query parameter {name!r}.", param=name)
+        model = query.get("model")  # not checked: a model removed from the config may have entries
+        tenant_ref = query.get("tenant") or query.get("tenant_id")
+        tenant = None
+        if tenant_ref is not None:
+            from relaygate.api.admin import resolve_tenant
+
+            tenant = (await resolve_tenant(self.state.identity, tenant_ref)).id
+        removed = await self.state.cache.invalidate(model=model, tenant=tenant)
+        self.state.log.info(
+            "cache cleared by %s (model=%s, tenant=%s): %s", principal.subject, model, tenant,
+            removed,
+        )  # fmt: skip
+        body = {"cleared": True, "model": model, "tenant": tenant, "removed": removed}
+        return Response(msgspec.json.encode(body), media_type=_JSON)
 
     async def export(self, request: Request, principal: Principal) -> Response:
         filters = filters_from(request)

@@ -25,11 +25,13 @@ from relaygate.api.http import (
     Send,
     decode_json_object,
     error_body,
+    header,
     new_request_id,
     read_body,
     send_bytes,
     send_error,
 )
+from relaygate.cache.response import Hit, Plan
 from relaygate.errors import (
     InvalidRequest,
     ModelNotFound,
@@ -66,6 +68,7 @@ _SSE_HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 _DONE = b"data: [DONE]\n\n"
+_NOTHING_USED = {"prompt_tokens": 0, "completion_tokens": 0}
 
 
 @dataclass(slots=True)
@@ -76,6 +79,7 @@ class _Outcome:
     status: int = 500
     ttfb: float | None = None
     admitted: bool = False  # authenticated: the request gets a usage record
+    hit: Hit | None = None  # answered from the cache
 
 
 class OpenAIAPI:
@@ -161,6 +165,10 @@ class OpenAIAPI:
         call = _parse(kind, body, served.request_id)
         served.model, served.body = call.model, call.body
         outcome.model = state.router.get(call.model).name
+        control = header(scope, b"cache-control")
+        plan = state.cache.plan(
+            kind, call.model, call.body, principal, control.decode("latin-1") if control else None
+        )
         admitted = await state.admission.admit(
             principal,
             served.request_id,
@@ -171,21 +179,36 @@ class OpenAIAPI:
         )
         call.headers = admitted.headers
         try:
-            await self._run(call, receive, send, outcome)
+            await self._run(call, plan, receive, send, outcome)
         finally:
+            if plan.leader:  # failed or incomplete: identical requests go upstream themselves
+                state.cache.release(plan, None)
             served.usage, served.relayed = call.usage, call.relayed
-            if call.served_by is not None:
+            charged = call.usage
+            if outcome.hit is not None:
+                served.cached, served.provider = True, outcome.hit.entry.provider
+                if not state.settings.usage.charge_cached_tokens:
+                    charged = _NOTHING_USED
+            elif call.served_by is not None:
                 served.provider, served.deployment = call.served_by
-            await state.admission.settle(admitted, call.usage, served.provider)
+            await state.admission.settle(admitted, charged, served.provider)
 
-    async def _run(self, call: Call, receive: Receive, send: Send, outcome: _Outcome) -> None:
-        """Call and relay; the client leaving cancels the upstream call at once."""
+    async def _run(
+        self, call: Call, plan: Plan, receive: Receive, send: Send, outcome: _Outcome
+    ) -> None:
+        """Look up, or call and relay; the client leaving cancels the upstream call at once."""
         watch = DisconnectWatch(receive)
         try:
-            if call.stream:
-                outcome.status, outcome.ttfb = await self._stream(call, send, watch)
+            hit = await self.state.cache.fetch(plan) if plan.used else None
+            call.headers += plan.headers()
+            if hit is not None:
+                outcome.hit = hit
+                outcome.status = await self._replay(call, hit, send)
+                outcome.ttfb = None
+            elif call.stream:
+                outcome.status, outcome.ttfb = await self._stream(call, plan, send, watch)
             else:
-                outcome.status = await self._complete(call, send, watch)
+                outcome.status = await self._complete(call, plan, send, watch)
         except asyncio.CancelledError:
             if not watch.absorb():
                 raise
@@ -193,36 +216,55 @@ class OpenAIAPI:
         finally:
             watch.close()
 
-    async def _complete(self, call: Call, send: Send, watch: DisconnectWatch) -> int:
-        body, _ = await pipeline.complete(self.state, call)
+    async def _replay(self, call: Call, hit: Hit, send: Send) -> int:
+        """A cached answer, in the form this request asked for."""
+        entry = hit.entry
+        call.usage = entry.usage
+        if not call.stream:
+            body = _encode(entry.response())
+            await send_bytes(send, 200, body, call.request_id, extra=call.headers)
+            return 200
+        events = [e for chunk in entry.stream_chunks() if (e := _replayed(chunk, call))]
+        events.append(_DONE)
+        headers = [*_SSE_HEADERS, (b"x-request-id", call.request_id.encode()), *call.headers]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"".join(events), "more_body": False})
+        return 200
+
+    async def _complete(self, call: Call, plan: Plan, send: Send, watch: DisconnectWatch) -> int:
+        body, deployment = await pipeline.complete(self.state, call)
         usage = body.get("usage")
         call.usage = usage if isinstance(usage, dict) else None
         await send_bytes(send, 200, _encode(body), call.request_id, extra=call.headers)
         watch.close()
+        if (plan.store or plan.leader) and (body.get("choices") or body.get("data")):
+            cache = self.state.cache
+            cache.release(plan, cache.entry(plan, deployment.provider_name, call.usage, body=body))
         return 200
 
     async def _stream(
-        self, call: Call, send: Send, watch: DisconnectWatch
+        self, call: Call, plan: Plan, send: Send, watch: DisconnectWatch
     ) -> tuple[int, float | None]:
         """Relay a stream; the client going away cancels the upstream call at once."""
         upstream = await pipeline.open_stream(self.state, call)
         try:
-            return await self._relay(upstream, call, send)
+            return await self._relay(upstream, call, plan, send)
         finally:
             watch.close()
             await upstream.aclose()
 
     async def _relay(
-        self, upstream: pipeline.UpstreamStream, call: Call, send: Send
+        self, upstream: pipeline.UpstreamStream, call: Call, plan: Plan, send: Send
     ) -> tuple[int, float | None]:
         started = time.perf_counter()
         headers = [*_SSE_HEADERS, (b"x-request-id", call.request_id.encode()), *call.headers]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         ttfb: float | None = None
+        kept: list[dict[str, Any]] | None = [] if plan.store or plan.leader else None
         chunk = upstream.first
         try:
             while chunk is not None:
-                data = _sse(chunk, call)
+                data = _sse(chunk, call, kept)
                 if data:
                     await send({"type": "http.response.body", "body": data, "more_body": True})
                     if ttfb is None:
@@ -234,6 +276,10 @@ class OpenAIAPI:
             self.state.log.exception("unexpected error relaying stream %s", call.request_id)
             return await _end_with_error(send, _internal_error(call.request_id)), ttfb
         await send({"type": "http.response.body", "body": _DONE, "more_body": False})
+        if kept and _finished(kept):  # complete: a truncated stream is never stored
+            cache = self.state.cache
+            provider = upstream.deployment.provider_name
+            cache.release(plan, cache.entry(plan, provider, call.usage, chunks=kept))
         return 200, ttfb
 
 
@@ -244,19 +290,47 @@ async def _end_with_error(send: Send, error: RelaygateError) -> int:
     return error.status
 
 
-def _sse(chunk: dict[str, Any], call: Call) -> bytes | None:
-    """One SSE event; the usage chunk is dropped unless the client asked for it."""
+def _sse(chunk: dict[str, Any], call: Call, kept: list[dict[str, Any]] | None) -> bytes | None:
+    """One SSE event; the usage chunk is dropped unless the client asked for it.
+
+    ``kept``, when given, receives the chunk whole (usage included), for the cache.
+    """
     chunk["model"] = call.model
     usage = chunk.get("usage")
     if usage:
         call.usage = usage
     elif call.usage is None:
         _keep_text(chunk, call)
+    if kept is not None:
+        kept.append(chunk)
+        return _replayed(chunk, call)
     if not call.include_usage:
         if not chunk.get("choices") and "usage" in chunk:
             return None
         chunk.pop("usage", None)
     return b"data: " + _encode(chunk) + b"\n\n"
+
+
+def _replayed(chunk: dict[str, Any], call: Call) -> bytes | None:
+    """One SSE event from a chunk that must stay as it is (it is, or will be, cached)."""
+    if not call.include_usage and "usage" in chunk:
+        if not chunk.get("choices"):
+            return None
+        chunk = {k: v for k, v in chunk.items() if k != "usage"}
+    return b"data: " + _encode(chunk) + b"\n\n"
+
+
+def _finished(chunks: list[dict[str, Any]]) -> bool:
+    """Whether every choice of a stream reached a finish_reason (else it was cut short)."""
+    started: set[int] = set()
+    finished: set[int] = set()
+    for chunk in chunks:
+        for choice in chunk.get("choices") or ():
+            index = choice.get("index", 0)
+            started.add(index)
+            if choice.get("finish_reason") is not None:
+                finished.add(index)
+    return bool(started) and started == finished
 
 
 def _keep_text(chunk: dict[str, Any], call: Call) -> None:

@@ -36,7 +36,7 @@ from relaygate.auth.credentials import client_ip, looks_like_jwt, read_credentia
 from relaygate.auth.keys import MAX_KEY_LENGTH, hash_secret
 from relaygate.auth.principal import Principal
 from relaygate.errors import AuthenticationError, StoreUnavailable
-from relaygate.settings import AuthConfig, LimitSet
+from relaygate.settings import AuthConfig, KeyCache, LimitSet
 from relaygate.store.identity import IdentityStore, KeyRecord
 
 __all__ = ["Authenticator", "JWTCheck"]
@@ -251,6 +251,7 @@ def _entry(record: KeyRecord) -> _Entry:
             tenant_id=record.tenant_id,
             tenant_tier=record.tenant_tier,
             limits=msgspec.convert(record.limits, LimitSet) if record.limits else None,
+            cache=msgspec.convert(record.cache, KeyCache) if record.cache else None,
             expires_at=expires,
         )
     return _Entry(record.id, principal, expires, record.updated_at)

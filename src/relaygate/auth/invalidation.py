@@ -1,7 +1,8 @@
-"""Telling every worker and replica that keys changed, through Redis pub/sub.
+"""Telling every worker and replica that something changed, through Redis pub/sub.
 
-Without Redis, workers find changes by polling the database (see
-authenticator.py); this only makes it immediate.
+Keys: without Redis, workers find changes by polling the database (see
+authenticator.py); this only makes it immediate. Cache invalidations use the
+same mechanism on their own channel.
 """
 
 from __future__ import annotations
@@ -14,33 +15,33 @@ from collections.abc import Callable
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
-__all__ = ["KeyEvents"]
+__all__ = ["Events", "KeyEvents"]
 
 
-class KeyEvents:
-    """Publishes changed key ids, and calls ``on_change`` with ids others published."""
+class Events:
+    """Publishes messages on ``<prefix><topic>``; calls ``on_message`` with each one
+    published by anyone (this process included)."""
 
     def __init__(
         self,
         client: redis.Redis,
         prefix: str,
-        on_change: Callable[[list[str]], None],
+        topic: str,
+        on_message: Callable[[str], None],
         log: logging.Logger,
     ) -> None:
         self.client = client
-        self.channel = f"{prefix}keys"
-        self.on_change = on_change
+        self.channel = f"{prefix}{topic}"
+        self.on_message = on_message
         self.log = log
         self._task: asyncio.Task[None] | None = None
 
-    async def publish(self, key_ids: list[str]) -> None:
-        """Best effort: a lost message is caught by the database poll within seconds."""
-        if not key_ids:
-            return
+    async def publish_text(self, message: str) -> None:
+        """Best effort: a lost message is logged, never raised."""
         try:
-            await self.client.publish(self.channel, ",".join(key_ids))
+            await self.client.publish(self.channel, message)
         except (RedisError, OSError) as exc:
-            self.log.warning("could not publish key change: %s", type(exc).__name__)
+            self.log.warning("could not publish on %s: %s", self.channel, type(exc).__name__)
 
     def start(self) -> None:
         self._task = asyncio.ensure_future(self._listen_forever())
@@ -56,7 +57,7 @@ class KeyEvents:
             try:
                 await self._listen()
             except (RedisError, OSError) as exc:
-                self.log.warning("key change channel lost (%s); retrying", type(exc).__name__)
+                self.log.warning("%s channel lost (%s); retrying", self.channel, type(exc).__name__)
             await asyncio.sleep(1)
 
     async def _listen(self) -> None:
@@ -65,5 +66,24 @@ class KeyEvents:
             async for message in pubsub.listen():
                 data = message.get("data")
                 if isinstance(data, bytes | str):
-                    text = data.decode() if isinstance(data, bytes) else data
-                    self.on_change([k for k in text.split(",") if k])
+                    self.on_message(data.decode() if isinstance(data, bytes) else data)
+
+
+class KeyEvents(Events):
+    """Publishes changed key ids, and calls ``on_change`` with ids others published."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        prefix: str,
+        on_change: Callable[[list[str]], None],
+        log: logging.Logger,
+    ) -> None:
+        super().__init__(
+            client, prefix, "keys", lambda text: on_change([k for k in text.split(",") if k]), log
+        )
+
+    async def publish(self, key_ids: list[str]) -> None:
+        """Best effort: a lost message is caught by the database poll within seconds."""
+        if key_ids:
+            await self.publish_text(",".join(key_ids))

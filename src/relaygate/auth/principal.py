@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from relaygate.settings import LimitSet
+from relaygate.settings import KeyCache, LimitSet
 
 __all__ = ["Principal"]
 
@@ -26,6 +26,7 @@ class Principal:
     tenant_id: str | None = None
     tenant_tier: str | None = None
     limits: LimitSet | None = None
+    cache: KeyCache | None = None  # the key's own cache settings
     expires_at: float | None = None
 
     @property

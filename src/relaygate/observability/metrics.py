@@ -77,6 +77,28 @@ class Metrics:
             "relaygate_usage_write_errors", "Failed attempts to write usage batches.",
             registry=r,
         )  # fmt: skip
+        self.cache_requests = Counter(
+            "relaygate_cache_requests",
+            "Cache lookups by model and result (hit, miss); tier says where a hit came from.",
+            ["model", "result", "tier"], registry=r,
+        )  # fmt: skip
+        self.cache_errors = Counter(
+            "relaygate_cache_errors",
+            "Cache tier failures (timeout, error) and dropped corrupt entries (corrupt).",
+            ["tier", "kind"], registry=r,
+        )  # fmt: skip
+        self.cache_not_stored = Counter(
+            "relaygate_cache_not_stored", "Complete answers not stored, by reason.",
+            ["reason"], registry=r,
+        )  # fmt: skip
+        self.cache_memory_bytes = Gauge(
+            "relaygate_cache_memory_bytes", "Bytes held by the in-process cache tier.",
+            registry=r, multiprocess_mode="livesum",
+        )  # fmt: skip
+        self.cache_memory_entries = Gauge(
+            "relaygate_cache_memory_entries", "Entries held by the in-process cache tier.",
+            registry=r, multiprocess_mode="livesum",
+        )  # fmt: skip
         self._children: dict[tuple[Any, ...], Any] = {}
 
     def _child(self, metric: Any, *labels: str) -> Any:
@@ -100,6 +122,19 @@ class Metrics:
 
     def upstream_error(self, deployment: str, kind: str) -> None:
         self._child(self.upstream_errors, deployment, kind).inc()
+
+    def cache_result(self, model: str, result: str, tier: str = "") -> None:
+        self._child(self.cache_requests, model, result, tier).inc()
+
+    def cache_error(self, tier: str, kind: str) -> None:
+        self._child(self.cache_errors, tier, kind).inc()
+
+    def cache_skipped(self, reason: str) -> None:
+        self._child(self.cache_not_stored, reason).inc()
+
+    def cache_memory(self, size: int, entries: int) -> None:
+        self.cache_memory_bytes.set(size)
+        self.cache_memory_entries.set(entries)
 
     def render(self) -> bytes:
         """The exposition text, every worker's figures included."""

@@ -68,6 +68,7 @@ class KeyRecord:
     created_at: datetime
     updated_at: datetime
     revoked_at: datetime | None
+    cache: dict[str, Any] | None = None  # the key's own cache settings (settings.KeyCache)
 
     def usable(self, now: datetime) -> bool:
         """Enabled, not revoked, not expired."""
@@ -87,7 +88,7 @@ class KeyRecord:
             "tier": self.tier, "limits": self.limits, "enabled": self.enabled,
             "expires_at": iso(self.expires_at), "last_used_at": iso(self.last_used_at),
             "metadata": self.metadata, "created_at": iso(self.created_at),
-            "revoked": self.revoked_at is not None,
+            "revoked": self.revoked_at is not None, "cache": self.cache,
         }  # fmt: skip
 
 
@@ -96,9 +97,12 @@ _KEY_COLUMNS = (
     api_keys.c.name, api_keys.c.description, api_keys.c.role, api_keys.c.tier,
     api_keys.c.limits, api_keys.c.enabled, api_keys.c.expires_at, api_keys.c.last_used_at,
     api_keys.c.meta, api_keys.c.created_at, api_keys.c.updated_at, api_keys.c.revoked_at,
+    api_keys.c.cache,
 )  # fmt: skip
 _KEY_SELECT = sa.select(*_KEY_COLUMNS).join(tenants, tenants.c.id == api_keys.c.tenant_id)
-_EDITABLE = {"name", "description", "role", "tier", "limits", "enabled", "expires_at", "metadata"}
+_EDITABLE = {
+    "name", "description", "role", "tier", "limits", "enabled", "expires_at", "metadata", "cache",
+}  # fmt: skip
 
 
 def _key(row: Sequence[Any]) -> KeyRecord:
@@ -199,6 +203,7 @@ class IdentityStore:
         limits: dict[str, int] | None = None,
         expires_at: datetime | None = None,
         metadata: dict[str, Any] | None = None,
+        cache: dict[str, Any] | None = None,
         secret: str | None = None,
     ) -> tuple[KeyRecord, str]:
         """A new key; returns the record and the secret, which is never shown again."""
@@ -212,7 +217,7 @@ class IdentityStore:
                     id=key_id, tenant_id=tenant_id, key_hash=hash_secret(secret),
                     prefix=display_prefix(secret, prefix), name=name, description=description,
                     role=role, tier=tier, limits=limits, enabled=True, expires_at=expires_at,
-                    meta=metadata, created_at=now, updated_at=now,
+                    meta=metadata, cache=cache, created_at=now, updated_at=now,
                 ))  # fmt: skip
         except IntegrityError:
             raise Conflict("That key already exists.") from None

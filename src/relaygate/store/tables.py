@@ -13,13 +13,14 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
     Text,
 )
 
-__all__ = ["api_keys", "metadata", "tenants", "usage_daily", "usage_records"]
+__all__ = ["api_keys", "metadata", "response_cache", "tenants", "usage_daily", "usage_records"]
 
 metadata = MetaData()
 
@@ -51,6 +52,7 @@ api_keys = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("revoked_at", DateTime(timezone=True), nullable=True),
+    Column("cache", JSON, nullable=True),  # the key's cache settings (settings.KeyCache)
 )
 Index("ix_api_keys_tenant_id", api_keys.c.tenant_id)
 Index("ix_api_keys_updated_at", api_keys.c.updated_at)
@@ -101,3 +103,16 @@ usage_daily = Table(
     Column("error_requests", BigInteger, nullable=False),
     Column("cost", Float, nullable=False),
 )
+
+# The response cache's third tier: popular answers kept long (cache/database.py).
+# ``scope`` and ``model`` are kept so an administrator can drop a tenant's or a model's.
+response_cache = Table(
+    "response_cache",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("scope", String(300), nullable=False),
+    Column("model", String(256), nullable=False),
+    Column("expires_at", Float, nullable=False),  # seconds since the epoch
+    Column("entry", LargeBinary, nullable=False),
+)
+Index("ix_response_cache_expires_at", response_cache.c.expires_at)

@@ -337,7 +337,7 @@ async def test_public_never_contains_hash_or_secret(store: IdentityStore) -> Non
         assert hash_secret(sec) not in text and sec not in text
         assert set(public) == {
             "id", "tenant_id", "prefix", "name", "description", "role", "tier", "limits",
-            "enabled", "expires_at", "last_used_at", "metadata", "created_at", "revoked",
+            "enabled", "expires_at", "last_used_at", "metadata", "created_at", "revoked", "cache",
         }  # fmt: skip
     assert tenant.public() == {
         "id": tenant.id, "name": "acme", "tier": None, "created_at": tenant.created_at.isoformat(),

@@ -1,0 +1,1 @@
+"""The response cache: exact-match keys, memory, Redis and database tiers, replay."""
