@@ -16,6 +16,7 @@ from relaygate.api.admin import build_admin_app
 from relaygate.api.http import Receive, Scope, Send, new_request_id, send_error
 from relaygate.api.openai import OpenAIAPI
 from relaygate.api.ops import OpsAPI
+from relaygate.api.seed import GenerateAPI, SeedChatAPI
 from relaygate.api.tasks import TasksAPI
 from relaygate.errors import MethodNotAllowed, NotFound
 from relaygate.settings import Settings, load_settings
@@ -82,6 +83,7 @@ class Gateway:
         router = state.router
         self.state = state
         openai, ops, tasks = OpenAIAPI(state), OpsAPI(state), TasksAPI(state)
+        generate, seed_chat = GenerateAPI(state), SeedChatAPI(state)
         self._routes = {
             "/v1/chat/completions": {"POST": openai.chat},
             "/v1/completions": {"POST": openai.completions},
@@ -92,6 +94,8 @@ class Gateway:
             "/metrics": {"GET": ops.metrics},
             "/usage": {"GET": tasks.usage},
             "/api/stats": {"GET": tasks.stats},
+            "/ai/generate": {"POST": generate.chat},
+            "/chat": {"POST": seed_chat.chat},
         }
         self._model_route = {"GET": openai.model}
         self._admin = build_admin_app(state)

@@ -53,7 +53,7 @@ from relaygate.usage.accounting import Served
 if TYPE_CHECKING:
     from relaygate.state import AppState
 
-__all__ = ["OpenAIAPI"]
+__all__ = ["OpenAIAPI", "observe"]
 
 API = "openai"
 _encode = msgspec.json.encode
@@ -62,11 +62,11 @@ _SCHEMAS: dict[Kind, type[ChatRequest | CompletionRequest | EmbeddingRequest]] =
     "completion": CompletionRequest,
     "embedding": EmbeddingRequest,
 }
-_SSE_HEADERS = [
+_SSE_HEADERS = (
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
-]
+)
 _DONE = b"data: [DONE]\n\n"
 _NOTHING_USED = {"prompt_tokens": 0, "completion_tokens": 0}
 
@@ -83,10 +83,46 @@ class _Outcome:
 
 
 class OpenAIAPI:
-    """Handlers for the OpenAI-compatible routes, bound to the app's state."""
+    """Handlers for the OpenAI-compatible routes, bound to the app's state.
+
+    The pipeline (authenticate, parse, admit, cache, call, relay, settle) lives
+    here once; an API with another wire format (the seed endpoints in
+    api/seed.py) overrides the hooks ``parse``, ``render``, ``event``,
+    ``replayed`` and ``end``.
+    """
+
+    api = API
+    stream_headers: tuple[tuple[bytes, bytes], ...] = _SSE_HEADERS
 
     def __init__(self, state: AppState) -> None:
         self.state = state
+
+    # -- the wire format: hooks ------------------------------------------------
+
+    def parse(self, kind: Kind, body: bytes, request_id: str) -> Call:
+        return _parse(kind, body, request_id)
+
+    def render(self, call: Call, body: dict[str, Any], provider: str | None, cached: bool) -> bytes:
+        """A complete answer's body."""
+        return _encode(body)
+
+    def event(
+        self, call: Call, chunk: dict[str, Any], kept: list[dict[str, Any]] | None
+    ) -> bytes | None:
+        """One relayed chunk (``kept``, when given, receives it whole, for the cache)."""
+        return _sse(chunk, call, kept)
+
+    def replayed(self, call: Call, chunk: dict[str, Any]) -> bytes | None:
+        """One cached chunk, which must not be changed."""
+        return _replayed(chunk, call)
+
+    def end(self, call: Call, provider: str | None, cached: bool) -> bytes:
+        """What closes a complete stream."""
+        return _DONE
+
+    def error_event(self, error: RelaygateError) -> bytes:
+        """What closes a stream that failed after it started."""
+        return b"data: " + error_body(error) + b"\n\n"
 
     async def chat(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._inference("chat", scope, receive, send)
@@ -122,16 +158,16 @@ class OpenAIAPI:
     async def _inference(self, kind: Kind, scope: Scope, receive: Receive, send: Send) -> None:
         state = self.state
         started = time.perf_counter()
-        served = Served(new_request_id(), API, scope["path"])
+        served = Served(new_request_id(), self.api, scope["path"])
         outcome = _Outcome()
-        state.metrics.started(API)
+        state.metrics.started(self.api)
         try:
             await self._serve(kind, scope, receive, send, served, outcome)
         except RelaygateError as exc:
             outcome.status = exc.status
             served.rejected = not isinstance(exc, UpstreamError | NoHealthyDeployment)
             if isinstance(exc, RateLimited):
-                state.metrics.ratelimited.labels(API).inc()
+                state.metrics.ratelimited.labels(self.api).inc()
             await send_error(send, exc, served.request_id)
         except ClientGone:
             outcome.status = 499
@@ -141,7 +177,7 @@ class OpenAIAPI:
         finally:
             elapsed = time.perf_counter() - started
             ttfb = outcome.ttfb or elapsed
-            state.metrics.finished(outcome.model, API, outcome.status, elapsed, ttfb)
+            state.metrics.finished(outcome.model, self.api, outcome.status, elapsed, ttfb)
             if outcome.admitted:
                 served.http_status, served.ttft = outcome.status, outcome.ttfb
                 state.recorder.record(served)
@@ -162,7 +198,7 @@ class OpenAIAPI:
         served.key_id, served.tenant_id = principal.key_id, principal.tenant_id
         served.client_ip = state.auth.client_ip(scope)
         body = await read_body(scope, receive, state.max_body)
-        call = _parse(kind, body, served.request_id)
+        call = self.parse(kind, body, served.request_id)
         served.model, served.body = call.model, call.body
         outcome.model = state.router.get(call.model).name
         control = header(scope, b"cache-control")
@@ -221,12 +257,12 @@ class OpenAIAPI:
         entry = hit.entry
         call.usage = entry.usage
         if not call.stream:
-            body = _encode(entry.response())
+            body = self.render(call, entry.response(), entry.provider, True)
             await send_bytes(send, 200, body, call.request_id, extra=call.headers)
             return 200
-        events = [e for chunk in entry.stream_chunks() if (e := _replayed(chunk, call))]
-        events.append(_DONE)
-        headers = [*_SSE_HEADERS, (b"x-request-id", call.request_id.encode()), *call.headers]
+        events = [e for chunk in entry.stream_chunks() if (e := self.replayed(call, chunk))]
+        events.append(self.end(call, entry.provider, True))
+        headers = [*self.stream_headers, (b"x-request-id", call.request_id.encode()), *call.headers]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": b"".join(events), "more_body": False})
         return 200
@@ -235,7 +271,8 @@ class OpenAIAPI:
         body, deployment = await pipeline.complete(self.state, call)
         usage = body.get("usage")
         call.usage = usage if isinstance(usage, dict) else None
-        await send_bytes(send, 200, _encode(body), call.request_id, extra=call.headers)
+        rendered = self.render(call, body, deployment.provider_name, False)
+        await send_bytes(send, 200, rendered, call.request_id, extra=call.headers)
         watch.close()
         if (plan.store or plan.leader) and (body.get("choices") or body.get("data")):
             cache = self.state.cache
@@ -257,44 +294,42 @@ class OpenAIAPI:
         self, upstream: pipeline.UpstreamStream, call: Call, plan: Plan, send: Send
     ) -> tuple[int, float | None]:
         started = time.perf_counter()
-        headers = [*_SSE_HEADERS, (b"x-request-id", call.request_id.encode()), *call.headers]
+        headers = [*self.stream_headers, (b"x-request-id", call.request_id.encode()), *call.headers]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         ttfb: float | None = None
         kept: list[dict[str, Any]] | None = [] if plan.store or plan.leader else None
         chunk = upstream.first
         try:
             while chunk is not None:
-                data = _sse(chunk, call, kept)
+                data = self.event(call, chunk, kept)
                 if data:
                     await send({"type": "http.response.body", "body": data, "more_body": True})
                     if ttfb is None:
                         ttfb = time.perf_counter() - started
                 chunk = await upstream.next()
         except UpstreamError as exc:
-            return await _end_with_error(send, exc), ttfb
+            return await self._end_with_error(send, exc), ttfb
         except Exception:
             self.state.log.exception("unexpected error relaying stream %s", call.request_id)
-            return await _end_with_error(send, _internal_error(call.request_id)), ttfb
-        await send({"type": "http.response.body", "body": _DONE, "more_body": False})
+            return await self._end_with_error(send, _internal_error(call.request_id)), ttfb
+        provider = upstream.deployment.provider_name
+        last = self.end(call, provider, False)
+        await send({"type": "http.response.body", "body": last, "more_body": False})
         if kept and _finished(kept):  # complete: a truncated stream is never stored
             cache = self.state.cache
-            provider = upstream.deployment.provider_name
             cache.release(plan, cache.entry(plan, provider, call.usage, chunks=kept))
         return 200, ttfb
 
+    async def _end_with_error(self, send: Send, error: RelaygateError) -> int:
+        """A stream that already started ends with an error event and a clean close."""
+        body = self.error_event(error)
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+        return error.status
 
-async def _end_with_error(send: Send, error: RelaygateError) -> int:
-    """A stream that already started ends with an error event and a clean close."""
-    body = b"data: " + error_body(error) + b"\n\n"
-    await send({"type": "http.response.body", "body": body, "more_body": False})
-    return error.status
 
-
-def _sse(chunk: dict[str, Any], call: Call, kept: list[dict[str, Any]] | None) -> bytes | None:
-    """One SSE event; the usage chunk is dropped unless the client asked for it.
-
-    ``kept``, when given, receives the chunk whole (usage included), for the cache.
-    """
+def observe(chunk: dict[str, Any], call: Call, kept: list[dict[str, Any]] | None) -> None:
+    """Every relayed chunk: the client's model name, usage (or the text, to estimate it),
+    and the chunk kept whole (usage included) when the cache will store the stream."""
     chunk["model"] = call.model
     usage = chunk.get("usage")
     if usage:
@@ -303,6 +338,12 @@ def _sse(chunk: dict[str, Any], call: Call, kept: list[dict[str, Any]] | None) -
         _keep_text(chunk, call)
     if kept is not None:
         kept.append(chunk)
+
+
+def _sse(chunk: dict[str, Any], call: Call, kept: list[dict[str, Any]] | None) -> bytes | None:
+    """One SSE event; the usage chunk is dropped unless the client asked for it."""
+    observe(chunk, call, kept)
+    if kept is not None:
         return _replayed(chunk, call)
     if not call.include_usage:
         if not chunk.get("choices") and "usage" in chunk:

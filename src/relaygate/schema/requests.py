@@ -8,6 +8,7 @@ field and what was expected.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -144,6 +145,7 @@ class Call:
     served_by: tuple[str, str] | None = None  # (provider, deployment) last called
     relayed: list[str] = field(default_factory=list)  # streamed text while usage is unknown
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)  # added to the response
+    started: float = field(default_factory=time.perf_counter)
 
     @property
     def include_usage(self) -> bool:

@@ -1,0 +1,118 @@
+"""The seeds' inference endpoints, kept working: POST /ai/generate (seeds 000 and 001)
+and POST /chat (seed 002).
+
+Both run the same pipeline as /v1/chat/completions (keys, limits, cache, routing,
+usage) and differ only in their wire format:
+
+- ``/ai/generate`` takes ``{"prompt", "model", "stream", "use_cache", "temperature",
+  "max_tokens", "system"}`` and answers ``{"response", "model", "cached", "done",
+  "done_reason", "prompt_eval_count", "eval_count", "total_duration_ms"}``; with
+  ``"stream": true`` it answers Ollama-style NDJSON lines, the last one with
+  ``"done": true``, ``cached`` and the counts. Without ``model``, the first
+  configured model is used.
+- ``/chat`` takes and answers OpenAI's chat shape, plus ``backend`` (the
+  provider that answered) and ``cached``.
+
+Errors keep OpenAI's shape (``{"error": {"message", ...}}``).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+import msgspec
+
+from relaygate.api.http import decode_json_object
+from relaygate.api.openai import OpenAIAPI, _invalid, _parse, observe
+from relaygate.errors import InvalidRequest, RelaygateError
+from relaygate.schema.requests import Call, Kind, ModelName, Temperature, Tokens
+
+__all__ = ["GenerateAPI", "SeedChatAPI"]
+
+_encode = msgspec.json.encode
+JSON = dict[str, Any]
+
+
+class GenerateRequest(msgspec.Struct, kw_only=True):
+    prompt: Annotated[str, msgspec.Meta(min_length=1)]
+    model: ModelName | None = None
+    stream: bool = False
+    use_cache: bool = True
+    temperature: Temperature | None = None
+    max_tokens: Tokens | None = None
+    system: str | None = None
+
+
+class GenerateAPI(OpenAIAPI):
+    """POST /ai/generate."""
+
+    api = "seed"
+    stream_headers = (
+        (b"content-type", b"application/x-ndjson"),
+        (b"cache-control", b"no-cache"),
+        (b"x-accel-buffering", b"no"),
+    )
+
+    def parse(self, kind: Kind, body: bytes, request_id: str) -> Call:
+        try:
+            params = msgspec.convert(decode_json_object(body), GenerateRequest)
+        except msgspec.ValidationError as exc:
+            raise _invalid(str(exc)) from None
+        model = params.model or next(iter(self.state.router.models), None)
+        if model is None:
+            raise InvalidRequest("No model is configured on this gateway.", param="model")
+        messages = [{"role": "user", "content": params.prompt}]
+        if params.system:
+            messages.insert(0, {"role": "system", "content": params.system})
+        chat: JSON = {"model": model, "messages": messages, "stream": params.stream}
+        chat["use_cache"] = params.use_cache
+        if params.temperature is not None:
+            chat["temperature"] = params.temperature
+        if params.max_tokens is not None:
+            chat["max_tokens"] = params.max_tokens
+        return _parse("chat", _encode(chat), request_id)
+
+    def render(self, call: Call, body: JSON, provider: str | None, cached: bool) -> bytes:
+        choice = (body.get("choices") or [{}])[0]
+        text = (choice.get("message") or {}).get("content") or ""
+        reply = {"response": text, "model": call.model, "cached": cached, "done": True}
+        reply["done_reason"] = choice.get("finish_reason")
+        return _encode({**reply, **_counts(call, body.get("usage"))})
+
+    def event(self, call: Call, chunk: JSON, kept: list[JSON] | None) -> bytes | None:
+        observe(chunk, call, kept)
+        return self.replayed(call, chunk)
+
+    def replayed(self, call: Call, chunk: JSON) -> bytes | None:
+        choices = chunk.get("choices")
+        delta = (choices[0].get("delta") or {}) if choices else {}
+        text = delta.get("content")
+        if not text:
+            return None
+        return _encode({"model": call.model, "response": text, "done": False}) + b"\n"
+
+    def end(self, call: Call, provider: str | None, cached: bool) -> bytes:
+        last = {"model": call.model, "response": "", "done": True, "cached": cached}
+        return _encode({**last, **_counts(call, call.usage)}) + b"\n"
+
+    def error_event(self, error: RelaygateError) -> bytes:
+        return _encode({"error": error.message, "done": True}) + b"\n"
+
+
+class SeedChatAPI(OpenAIAPI):
+    """POST /chat: OpenAI's chat shape plus ``backend`` and ``cached``."""
+
+    api = "seed"
+
+    def render(self, call: Call, body: JSON, provider: str | None, cached: bool) -> bytes:
+        return _encode({**body, "backend": provider, "cached": cached})
+
+
+def _counts(call: Call, usage: JSON | None) -> JSON:
+    usage = usage or {}
+    return {
+        "prompt_eval_count": usage.get("prompt_tokens"),
+        "eval_count": usage.get("completion_tokens"),
+        "total_duration_ms": round((time.perf_counter() - call.started) * 1000, 2),
+    }
