@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from relaygate import __version__
 from relaygate.api.admin import build_admin_app
 from relaygate.api.http import Receive, Scope, Send, new_request_id, send_error
+from relaygate.api.ollama import OllamaChatAPI, OllamaGenerateAPI, OllamaTags
 from relaygate.api.openai import OpenAIAPI
 from relaygate.api.ops import OpsAPI
 from relaygate.api.seed import GenerateAPI, SeedChatAPI
@@ -84,6 +85,7 @@ class Gateway:
         self.state = state
         openai, ops, tasks = OpenAIAPI(state), OpsAPI(state), TasksAPI(state)
         generate, seed_chat = GenerateAPI(state), SeedChatAPI(state)
+        ollama_chat, ollama_generate = OllamaChatAPI(state), OllamaGenerateAPI(state)
         self._routes = {
             "/v1/chat/completions": {"POST": openai.chat},
             "/v1/completions": {"POST": openai.completions},
@@ -96,6 +98,9 @@ class Gateway:
             "/api/stats": {"GET": tasks.stats},
             "/ai/generate": {"POST": generate.chat},
             "/chat": {"POST": seed_chat.chat},
+            "/api/chat": {"POST": ollama_chat.chat},
+            "/api/generate": {"POST": ollama_generate.chat},
+            "/api/tags": {"GET": OllamaTags(openai).tags},
         }
         self._model_route = {"GET": openai.model}
         self._admin = build_admin_app(state)

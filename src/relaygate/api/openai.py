@@ -120,6 +120,10 @@ class OpenAIAPI:
         """What closes a complete stream."""
         return _DONE
 
+    async def send_error(self, send: Send, error: RelaygateError, request_id: str) -> None:
+        """An error answer, in this API's error shape."""
+        await send_error(send, error, request_id)
+
     def error_event(self, error: RelaygateError) -> bytes:
         """What closes a stream that failed after it started."""
         return b"data: " + error_body(error) + b"\n\n"
@@ -168,12 +172,12 @@ class OpenAIAPI:
             served.rejected = not isinstance(exc, UpstreamError | NoHealthyDeployment)
             if isinstance(exc, RateLimited):
                 state.metrics.ratelimited.labels(self.api).inc()
-            await send_error(send, exc, served.request_id)
+            await self.send_error(send, exc, served.request_id)
         except ClientGone:
             outcome.status = 499
         except Exception:
             state.log.exception("unexpected error serving request %s", served.request_id)
-            await send_error(send, _internal_error(served.request_id), served.request_id)
+            await self.send_error(send, _internal_error(served.request_id), served.request_id)
         finally:
             elapsed = time.perf_counter() - started
             ttfb = outcome.ttfb or elapsed

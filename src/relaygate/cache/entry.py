@@ -17,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["FORMAT", "Entry", "decode_entry", "encode_entry"]
+__all__ = ["FORMAT", "Entry", "assemble", "decode_entry", "encode_entry", "merge_delta", "split"]
 
 FORMAT = 1
 JSON = dict[str, Any]
@@ -86,7 +86,7 @@ def assemble(chunks: list[JSON], kind: str) -> JSON:
             if slot is None:
                 slot = choices[index] = _empty_choice(index, chat)
             if chat:
-                _merge_delta(slot["message"], part.get("delta") or {})
+                merge_delta(slot["message"], part.get("delta") or {})
             else:
                 slot["text"] += part.get("text") or ""
             if part.get("finish_reason") is not None:
@@ -113,7 +113,7 @@ def _empty_choice(index: int, chat: bool) -> JSON:
     return {"index": index, "text": "", "finish_reason": None}
 
 
-def _merge_delta(message: JSON, delta: JSON) -> None:
+def merge_delta(message: JSON, delta: JSON) -> None:
     if delta.get("role"):
         message["role"] = delta["role"]
     for field in ("content", "refusal"):

@@ -146,6 +146,7 @@ class Call:
     relayed: list[str] = field(default_factory=list)  # streamed text while usage is unknown
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)  # added to the response
     started: float = field(default_factory=time.perf_counter)
+    wire: dict[str, Any] = field(default_factory=dict)  # an inbound API's own state
 
     @property
     def include_usage(self) -> bool:

@@ -1,0 +1,321 @@
+"""The inbound Ollama API: POST /api/chat, POST /api/generate, GET /api/tags.
+
+Ollama's client libraries (ollama-python, ollama-js) and seed 003's clients can
+use relaygate as if it were an Ollama server, and reach every model it serves,
+Ollama or not, with keys, limits, the cache and usage accounting. Requests are
+turned into the canonical (OpenAI) chat request: ``options`` to sampling fields
+(``num_predict`` to ``max_tokens``; ``top_k`` and ``min_p`` passed on), ``format``
+to ``response_format``, base64 ``images`` to image parts, tool calls with
+arguments as JSON. Answers are Ollama's: one JSON body, or NDJSON lines (with
+``"stream": true``; an absent ``stream`` means false, as on seed 003's /api/chat)
+ending with ``"done": true``, the ``done_reason`` and the token counts. Errors
+are ``{"error": "..."}``. Ollama-only options that are a server's own settings
+(``num_ctx``, ``keep_alive``, ...) are ignored.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import msgspec
+
+from relaygate.api.http import (
+    Receive,
+    Scope,
+    Send,
+    decode_json_object,
+    new_request_id,
+    send_bytes,
+)
+from relaygate.api.openai import OpenAIAPI, _invalid, _parse, observe
+from relaygate.cache.entry import merge_delta
+from relaygate.errors import InvalidRequest, RelaygateError
+from relaygate.schema.requests import Call, Kind, ModelName
+
+__all__ = ["OllamaChatAPI", "OllamaGenerateAPI"]
+
+JSON = dict[str, Any]
+_encode = msgspec.json.encode
+_decode = msgspec.json.decode
+_SAMPLING = ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty")
+_PASSED_ON = ("top_k", "min_p")
+_IMAGE_TYPES = {
+    "/9j/": "image/jpeg",
+    "iVBOR": "image/png",
+    "R0lG": "image/gif",
+    "UklG": "image/webp",
+}
+
+
+class _OllamaBody(msgspec.Struct, kw_only=True):
+    model: ModelName
+    # Ollama streams when "stream" is absent; seed 003's /api/chat answered one JSON body,
+    # and its clients call response.json(). Ollama's own clients always send the field.
+    stream: bool = False
+    format: str | dict[str, Any] | None = None
+    options: dict[str, Any] | None = None
+    # seed 003 sends these at the top level
+    temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
+    max_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    use_cache: bool | None = None
+
+
+class OllamaMessage(msgspec.Struct, kw_only=True):
+    role: str
+    content: str = ""
+    images: list[str] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_name: str | None = None
+
+
+class OllamaChat(_OllamaBody, kw_only=True):
+    messages: Annotated[list[OllamaMessage], msgspec.Meta(min_length=1)]
+    tools: list[dict[str, Any]] | None = None
+
+
+class OllamaGenerate(_OllamaBody, kw_only=True):
+    prompt: Annotated[str, msgspec.Meta(min_length=1)]
+    system: str | None = None
+    images: list[str] | None = None
+
+
+class _OllamaAPI(OpenAIAPI):
+    """What /api/chat and /api/generate share: NDJSON, counts, the error shape."""
+
+    api = "ollama"
+    stream_headers = ((b"content-type", b"application/x-ndjson"),)
+    schema: type[OllamaChat | OllamaGenerate] = OllamaChat
+
+    def parse(self, kind: Kind, body: bytes, request_id: str) -> Call:
+        try:
+            params = msgspec.convert(decode_json_object(body), self.schema)
+        except msgspec.ValidationError as exc:
+            raise _invalid(str(exc)) from None
+        chat: JSON = {"model": params.model, "messages": self.messages(params)}
+        chat["stream"] = params.stream
+        if params.use_cache is not None:
+            chat["use_cache"] = params.use_cache
+        if isinstance(params, OllamaChat) and params.tools:
+            chat["tools"] = params.tools
+        chat.update(_sampling(params))
+        if params.format == "json":
+            chat["response_format"] = {"type": "json_object"}
+        elif isinstance(params.format, dict):
+            schema = {"name": "response", "schema": params.format}
+            chat["response_format"] = {"type": "json_schema", "json_schema": schema}
+        elif params.format not in (None, ""):
+            raise InvalidRequest('format must be "json" or a JSON schema.', param="format")
+        return _parse("chat", _encode(chat), request_id)
+
+    def messages(self, params: Any) -> list[JSON]:
+        raise NotImplementedError
+
+    async def send_error(self, send: Send, error: RelaygateError, request_id: str) -> None:
+        body = _encode({"error": error.message})
+        await send_bytes(send, error.status, body, request_id, extra=error.headers())
+
+    def error_event(self, error: RelaygateError) -> bytes:
+        return _encode({"error": error.message}) + b"\n"
+
+    def event(self, call: Call, chunk: JSON, kept: list[JSON] | None) -> bytes | None:
+        observe(chunk, call, kept)
+        return self.replayed(call, chunk)
+
+    def replayed(self, call: Call, chunk: JSON) -> bytes | None:
+        choices = chunk.get("choices")
+        if not choices:
+            return None
+        choice = choices[0]
+        delta = choice.get("delta") or {}
+        if delta.get("tool_calls"):
+            merge_delta(call.wire.setdefault("message", {}), delta)
+        if choice.get("finish_reason") is not None:
+            call.wire["done_reason"] = choice["finish_reason"]
+            calls = call.wire.get("message", {}).get("tool_calls")
+            if calls:
+                return self.line(call, "", _tool_calls(calls))
+        text = delta.get("content")
+        return self.line(call, text) if text else None
+
+    def line(self, call: Call, text: str, tool_calls: list[JSON] | None = None) -> bytes:
+        raise NotImplementedError
+
+    def end(self, call: Call, provider: str | None, cached: bool) -> bytes:
+        last = self.reply(call, "", call.wire.get("done_reason"), call.usage)
+        return _encode(last) + b"\n"
+
+    def render(self, call: Call, body: JSON, provider: str | None, cached: bool) -> bytes:
+        choice = (body.get("choices") or [{}])[0]
+        message = choice.get("message") or {}
+        calls = _tool_calls(message.get("tool_calls") or [])
+        reply = self.reply(
+            call, message.get("content") or "", choice.get("finish_reason"), body.get("usage"),
+            calls,
+        )  # fmt: skip
+        return _encode(reply)
+
+    def reply(
+        self,
+        call: Call,
+        text: str,
+        finish: str | None,
+        usage: JSON | None,
+        tool_calls: list[JSON] | None = None,
+    ) -> JSON:
+        raise NotImplementedError
+
+
+class OllamaChatAPI(_OllamaAPI):
+    """POST /api/chat."""
+
+    schema = OllamaChat
+
+    def messages(self, params: OllamaChat) -> list[JSON]:
+        return [_message(m, i) for i, m in enumerate(params.messages)]
+
+    def line(self, call: Call, text: str, tool_calls: list[JSON] | None = None) -> bytes:
+        message: JSON = {"role": "assistant", "content": text}
+        if tool_calls:
+            message["tool_calls"] = tool_calls
+        out = {"model": call.model, "created_at": _now(), "message": message, "done": False}
+        return _encode(out) + b"\n"
+
+    def reply(
+        self,
+        call: Call,
+        text: str,
+        finish: str | None,
+        usage: JSON | None,
+        tool_calls: list[JSON] | None = None,
+    ) -> JSON:
+        message: JSON = {"role": "assistant", "content": text}
+        if tool_calls:
+            message["tool_calls"] = tool_calls
+        out = {"model": call.model, "created_at": _now(), "message": message, "done": True}
+        return {**out, **_done(call, finish, usage)}
+
+
+class OllamaGenerateAPI(_OllamaAPI):
+    """POST /api/generate."""
+
+    schema = OllamaGenerate
+
+    def messages(self, params: OllamaGenerate) -> list[JSON]:
+        user = OllamaMessage(role="user", content=params.prompt, images=params.images)
+        messages = [_message(user, 0)]
+        if params.system:
+            messages.insert(0, {"role": "system", "content": params.system})
+        return messages
+
+    def line(self, call: Call, text: str, tool_calls: list[JSON] | None = None) -> bytes:
+        out = {"model": call.model, "created_at": _now(), "response": text, "done": False}
+        return _encode(out) + b"\n"
+
+    def reply(
+        self,
+        call: Call,
+        text: str,
+        finish: str | None,
+        usage: JSON | None,
+        tool_calls: list[JSON] | None = None,
+    ) -> JSON:
+        out = {"model": call.model, "created_at": _now(), "response": text, "done": True}
+        return {**out, **_done(call, finish, usage)}
+
+
+class OllamaTags:
+    """GET /api/tags: the models this gateway serves, in Ollama's listing shape."""
+
+    def __init__(self, api: OpenAIAPI) -> None:
+        self.api = api
+
+    async def tags(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state, request_id = self.api.state, new_request_id()
+        try:
+            await state.auth.authenticate(scope)
+        except RelaygateError as exc:
+            body = _encode({"error": exc.message})
+            await send_bytes(send, exc.status, body, request_id, extra=exc.headers())
+            return
+        now = _now()
+        models = [
+            {
+                "name": name,
+                "model": name,
+                "modified_at": now,
+                "size": 0,
+                "digest": "",
+                "details": {},
+            }
+            for name in state.router.models
+        ]
+        await send_bytes(send, 200, _encode({"models": models}), request_id)
+
+
+def _message(message: OllamaMessage, index: int) -> JSON:
+    out: JSON = {"role": message.role, "content": message.content}
+    if message.images:
+        parts: list[JSON] = [{"type": "text", "text": message.content}]
+        parts += [{"type": "image_url", "image_url": {"url": _data_url(i)}} for i in message.images]
+        out["content"] = parts
+    if message.tool_calls:
+        out["tool_calls"] = [
+            {
+                "id": f"call_{index}_{n}",
+                "type": "function",
+                "function": {
+                    "name": (c.get("function") or {}).get("name", ""),
+                    "arguments": _encode((c.get("function") or {}).get("arguments") or {}).decode(),
+                },
+            }
+            for n, c in enumerate(message.tool_calls)
+        ]
+    if message.tool_name:
+        out["name"] = message.tool_name
+    return out
+
+
+def _data_url(image: str) -> str:
+    kind = next((t for prefix, t in _IMAGE_TYPES.items() if image.startswith(prefix)), "image/png")
+    return f"data:{kind};base64,{image}"
+
+
+def _sampling(params: OllamaChat | OllamaGenerate) -> JSON:
+    options = params.options or {}
+    out: JSON = {name: options[name] for name in (*_SAMPLING, *_PASSED_ON) if name in options}
+    if params.temperature is not None:
+        out.setdefault("temperature", params.temperature)
+    predict = options.get("num_predict", params.max_tokens)
+    if isinstance(predict, int) and predict > 0:
+        out["max_tokens"] = predict
+    if options.get("stop"):
+        out["stop"] = options["stop"]
+    return out
+
+
+def _tool_calls(calls: list[JSON]) -> list[JSON]:
+    out = []
+    for call in calls:
+        function = call.get("function") or {}
+        try:
+            arguments = _decode(function.get("arguments") or "{}")
+        except msgspec.DecodeError:
+            arguments = {}
+        out.append({"function": {"name": function.get("name", ""), "arguments": arguments}})
+    return out
+
+
+def _done(call: Call, finish: str | None, usage: JSON | None) -> JSON:
+    usage = usage or {}
+    return {
+        "done_reason": "length" if finish == "length" else "stop",
+        "total_duration": int((time.perf_counter() - call.started) * 1e9),
+        "prompt_eval_count": usage.get("prompt_tokens", 0),
+        "eval_count": usage.get("completion_tokens", 0),
+    }
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
