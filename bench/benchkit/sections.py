@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .auth_sections import auth_cost
+from .cache_sections import cache_cost
 from .common import Options, Section
 from .http_sections import latency, open_loop, throughput
 from .stream_sections import held_streams, idle_rss, streaming
@@ -19,4 +20,5 @@ SECTIONS: dict[str, tuple[str, Callable[[Section, Options], None]]] = {
     "idle": ("6. Idle RSS right after start", idle_rss),
     "auth": ("7. Auth + limits cost", auth_cost),
     "usage": ("8. Usage accounting cost and durability", usage_cost),
+    "cache": ("9. Response cache: hit latency and warm-cache throughput", cache_cost),
 }
