@@ -14,11 +14,12 @@ import sqlalchemy as sa
 from multidict import CIMultiDict
 
 from relaygate.settings import Price
-from relaygate.store.tables import response_cache, usage_records
+from relaygate.store.tables import response_cache
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.redis_server import RedisServer
 from tests.fakes.script import Script
 from tests.gateway import RunningGateway, make_settings, running_gateway
+from tests.integration.test_usage import rows
 from tests.keys import new_key
 
 USER = [{"role": "user", "content": "what is a cache"}]
@@ -69,17 +70,6 @@ async def chat(gateway: RunningGateway, key: str | None = None, **kwargs: Any) -
     return raw.headers.get("x-cache", ""), raw.parse()
 
 
-async def usage_rows(gateway: RunningGateway, expected: int) -> list[Any]:
-    query = sa.select(usage_records).order_by(usage_records.c.created_at)
-    for _ in range(100):
-        async with gateway.state.engine.connect() as conn:
-            found = (await conn.execute(query)).all()
-        if len(found) >= expected:
-            return found
-        await asyncio.sleep(0.05)
-    return found
-
-
 def calls(fake: FakeOpenAI) -> int:
     return sum(1 for r in fake.requests if r.path.endswith(("/completions", "/embeddings")))
 
@@ -89,7 +79,7 @@ async def test_hit_after_miss_with_the_official_client(fake_openai: FakeOpenAI) 
         first_status, first = await chat(gateway, temperature=0.2, max_tokens=50)
         second_status, second = await chat(gateway, temperature=0.2, max_tokens=50)
         other_status, _ = await chat(gateway, temperature=0.3, max_tokens=50)
-        records = await usage_rows(gateway, 3)
+        records = await rows(gateway, 3)
     assert (first_status, second_status, other_status) == ("MISS", "HIT", "MISS")
     assert calls(fake_openai) == 2
     assert second.model_dump() == first.model_dump()  # the same answer, id included
@@ -275,7 +265,7 @@ async def test_single_flight_one_upstream_call_for_identical_requests(
             *(post_raw(gateway, {"model": "m", "messages": USER, "seed": 1, "stream": True})
               for _ in range(5))
         )  # fmt: skip
-        records = await usage_rows(gateway, 15)
+        records = await rows(gateway, 15)
     assert calls(fake_openai) == 2
     statuses = sorted(status for status, _ in results)
     assert statuses == ["HIT"] * 9 + ["MISS"]
@@ -334,7 +324,7 @@ async def test_cached_tokens_are_not_charged_unless_configured(fake_openai: Fake
         async with running_gateway(settings) as gateway:
             await chat(gateway)
             await chat(gateway)
-            records = await usage_rows(gateway, 2)
+            records = await rows(gateway, 2)
         assert records[0].cost > 0
         assert records[1].cached and (records[1].cost > 0) is charge
 

@@ -139,8 +139,13 @@ class _OllamaAPI(OpenAIAPI):
         text = delta.get("content")
         return self.line(call, text) if text else None
 
-    def line(self, call: Call, text: str, tool_calls: list[JSON] | None = None) -> bytes:
+    def content(self, text: str, tool_calls: list[JSON] | None) -> JSON:
+        """The answer's text: ``{"message": {...}}`` (chat) or ``{"response": ...}``."""
         raise NotImplementedError
+
+    def line(self, call: Call, text: str, tool_calls: list[JSON] | None = None) -> bytes:
+        out = {"model": call.model, "created_at": _now(), **self.content(text, tool_calls)}
+        return _encode({**out, "done": False}) + b"\n"
 
     def end(self, call: Call, provider: str | None, cached: bool) -> bytes:
         last = self.reply(call, "", call.wire.get("done_reason"), call.usage)
@@ -164,7 +169,8 @@ class _OllamaAPI(OpenAIAPI):
         usage: JSON | None,
         tool_calls: list[JSON] | None = None,
     ) -> JSON:
-        raise NotImplementedError
+        out = {"model": call.model, "created_at": _now(), **self.content(text, tool_calls)}
+        return {**out, "done": True, **_done(call, finish, usage)}
 
 
 class OllamaChatAPI(_OllamaAPI):
@@ -175,26 +181,11 @@ class OllamaChatAPI(_OllamaAPI):
     def messages(self, params: OllamaChat) -> list[JSON]:
         return [_message(m, i) for i, m in enumerate(params.messages)]
 
-    def line(self, call: Call, text: str, tool_calls: list[JSON] | None = None) -> bytes:
+    def content(self, text: str, tool_calls: list[JSON] | None) -> JSON:
         message: JSON = {"role": "assistant", "content": text}
         if tool_calls:
             message["tool_calls"] = tool_calls
-        out = {"model": call.model, "created_at": _now(), "message": message, "done": False}
-        return _encode(out) + b"\n"
-
-    def reply(
-        self,
-        call: Call,
-        text: str,
-        finish: str | None,
-        usage: JSON | None,
-        tool_calls: list[JSON] | None = None,
-    ) -> JSON:
-        message: JSON = {"role": "assistant", "content": text}
-        if tool_calls:
-            message["tool_calls"] = tool_calls
-        out = {"model": call.model, "created_at": _now(), "message": message, "done": True}
-        return {**out, **_done(call, finish, usage)}
+        return {"message": message}
 
 
 class OllamaGenerateAPI(_OllamaAPI):
@@ -209,20 +200,8 @@ class OllamaGenerateAPI(_OllamaAPI):
             messages.insert(0, {"role": "system", "content": params.system})
         return messages
 
-    def line(self, call: Call, text: str, tool_calls: list[JSON] | None = None) -> bytes:
-        out = {"model": call.model, "created_at": _now(), "response": text, "done": False}
-        return _encode(out) + b"\n"
-
-    def reply(
-        self,
-        call: Call,
-        text: str,
-        finish: str | None,
-        usage: JSON | None,
-        tool_calls: list[JSON] | None = None,
-    ) -> JSON:
-        out = {"model": call.model, "created_at": _now(), "response": text, "done": True}
-        return {**out, **_done(call, finish, usage)}
+    def content(self, text: str, tool_calls: list[JSON] | None) -> JSON:
+        return {"response": text}
 
 
 class OllamaTags:

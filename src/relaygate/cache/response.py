@@ -156,11 +156,13 @@ class ResponseCache:
         key_config = principal.cache
         if key_config is not None and key_config.enabled is False:
             enabled = False
+        if not enabled or use_cache is False:
+            return BYPASS  # the common case when the cache is off: nothing more to read
         no_cache, no_store, max_age = (
             parse_cache_control(cache_control) if cache_control else (False, False, None)
         )
         lookup, store = not no_cache, not no_store
-        if not enabled or use_cache is False or not (lookup or store):
+        if not (lookup or store):
             return BYPASS
         ttl = (
             (key_config.ttl if key_config is not None else None)
