@@ -142,3 +142,18 @@ async def test_seed_003_request_gets_one_json_body(fake_openai: FakeOpenAI) -> N
     assert response.status == 200 and reply["done"] is True
     assert reply["message"]["content"] == "Echo: why is the sky blue"
     assert fake_openai.requests[-1].json["temperature"] == 0.7
+
+
+async def test_ollama_style_curl_without_json_content_type(fake_openai: FakeOpenAI) -> None:
+    body = b'{"model": "llama3.2:1b", "messages": [{"role": "user", "content": "hi"}]}'
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}  # what `curl -d` sends
+    async with running_gateway(settings(fake_openai)) as gateway:
+        async with aiohttp.ClientSession(headers=gateway.headers) as session:
+            async with session.post(gateway.url + "/api/chat", data=body, headers=headers) as r:
+                reply = await r.json(content_type=None)
+            async with session.post(
+                gateway.url + "/api/chat", data=b"model=x", headers=headers
+            ) as r:
+                bad = (r.status, await r.json(content_type=None))
+    assert reply["message"]["content"] == "Echo: hi"
+    assert bad[0] == 400 and "JSON" in bad[1]["error"]

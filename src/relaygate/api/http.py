@@ -66,8 +66,14 @@ def header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
-async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    """The whole request body, refusing more than ``limit`` bytes before reading them."""
+async def read_body(
+    scope: Scope, receive: Receive, limit: int, *, json_type_required: bool = True
+) -> bytes:
+    """The whole request body, refusing more than ``limit`` bytes before reading them.
+
+    ``json_type_required=False`` accepts any Content-Type (Ollama's API does: its
+    documented ``curl -d`` examples send a form type); the body must be JSON anyway.
+    """
     declared = header(scope, b"content-length")
     if declared is not None:
         try:
@@ -75,7 +81,8 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
                 raise PayloadTooLarge(limit)
         except ValueError:
             raise InvalidRequest("Content-Length is not a number.") from None
-    _check_content_type(header(scope, b"content-type"))
+    if json_type_required:
+        _check_content_type(header(scope, b"content-type"))
     chunks: list[bytes] = []
     size = 0
     while True:

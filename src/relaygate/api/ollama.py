@@ -85,6 +85,7 @@ class _OllamaAPI(OpenAIAPI):
     """What /api/chat and /api/generate share: NDJSON, counts, the error shape."""
 
     api = "ollama"
+    json_type_required = False  # `curl URL -d '{...}'`, as Ollama's docs show, works
     stream_headers = ((b"content-type", b"application/x-ndjson"),)
     schema: type[OllamaChat | OllamaGenerate] = OllamaChat
 

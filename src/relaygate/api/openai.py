@@ -92,6 +92,7 @@ class OpenAIAPI:
     """
 
     api = API
+    json_type_required = True  # Content-Type must say JSON (Ollama's API does not ask it)
     stream_headers: tuple[tuple[bytes, bytes], ...] = _SSE_HEADERS
 
     def __init__(self, state: AppState) -> None:
@@ -201,7 +202,9 @@ class OpenAIAPI:
         outcome.admitted = True  # from here on, the request gets a usage record
         served.key_id, served.tenant_id = principal.key_id, principal.tenant_id
         served.client_ip = state.auth.client_ip(scope)
-        body = await read_body(scope, receive, state.max_body)
+        body = await read_body(
+            scope, receive, state.max_body, json_type_required=self.json_type_required
+        )
         call = self.parse(kind, body, served.request_id)
         served.model, served.body = call.model, call.body
         outcome.model = state.router.get(call.model).name
