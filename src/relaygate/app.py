@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 
 from relaygate import __version__
 from relaygate.api.admin import build_admin_app
+from relaygate.api.cors import CORS
 from relaygate.api.http import Receive, Scope, Send, new_request_id, send_error
 from relaygate.api.ollama import OllamaChatAPI, OllamaGenerateAPI, OllamaTags
 from relaygate.api.openai import OpenAIAPI
@@ -29,6 +30,7 @@ Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
 # Key management (not the hot path) is a Starlette app: /admin/*, seed 001's
 # /auth/create-key and seed 003's /api/keys.
 ADMIN_PREFIXES = ("/admin/", "/admin", "/auth/", "/api/keys")
+MODEL_ROUTE = "/v1/models/{model}"
 
 
 class Gateway:
@@ -41,13 +43,20 @@ class Gateway:
         self._routes: dict[str, dict[str, Handler]] = {}
         self._model_route: dict[str, Handler] = {}
         self._admin: Handler | None = None
+        # The one place requests enter: CORS (when origins are configured) covers every route.
+        self._cors = CORS(settings.cors, self._serve) if settings.cors.allow_origins else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            handler = self._route(scope)
-            await handler(scope, receive, send)
+            if self._cors is None:
+                await self._route(scope)(scope, receive, send)
+            else:
+                await self._cors(scope, receive, send)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._route(scope)(scope, receive, send)
 
     def _route(self, scope: Scope) -> Handler:
         path: str = scope["path"]
@@ -62,6 +71,20 @@ class Gateway:
         if handler is None:
             return _method_not_allowed(sorted(methods))
         return handler
+
+    def served_routes(self) -> dict[str, list[str]]:
+        """Every route this gateway answers, as path template -> methods (once started).
+
+        Read from the routing tables themselves, so the OpenAPI document and its tests
+        cannot miss a route.
+        """
+        table = {path: sorted(methods) for path, methods in self._routes.items()}
+        if self._model_route:
+            table[MODEL_ROUTE] = sorted(self._model_route)
+        for route in getattr(self._admin, "routes", ()):
+            methods = getattr(route, "methods", None) or ()
+            table[route.path] = sorted(set(methods) - {"HEAD"})
+        return table
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

@@ -25,6 +25,7 @@ from relaygate.errors import ConfigError
 
 __all__ = [
     "CacheConfig",
+    "CorsConfig",
     "DeploymentConfig",
     "KeyCache",
     "ModelConfig",
@@ -277,6 +278,26 @@ class CacheConfig(_Config, kw_only=True):
     database: DatabaseCacheConfig = msgspec.field(default_factory=DatabaseCacheConfig)
 
 
+HeaderName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")]
+
+
+class CorsConfig(_Config, kw_only=True):
+    """Browsers on other origins (CORS). Closed unless ``allow_origins`` lists some.
+
+    ``allow_origins``: ``scheme://host[:port]`` of the web pages allowed to call the
+    API, or ``*`` for any page (refused with ``allow_credentials``).
+    ``allow_credentials``: let pages send cookies with ``credentials: "include"``
+    (relaygate needs none: keys travel in Authorization / X-API-Key).
+    ``allow_headers``: request headers allowed in addition to the built-in list.
+    ``max_age``: how long a browser may cache a preflight's answer, in seconds.
+    """
+
+    allow_origins: list[str] = msgspec.field(default_factory=list)
+    allow_credentials: bool = False
+    allow_headers: list[HeaderName] = msgspec.field(default_factory=list)
+    max_age: Annotated[int, msgspec.Meta(ge=0, le=86400)] = 600
+
+
 class Settings(_Config, kw_only=True):
     """Everything relaygate reads at start."""
 
@@ -299,6 +320,7 @@ class Settings(_Config, kw_only=True):
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
     usage: UsageConfig = msgspec.field(default_factory=UsageConfig)
     cache: CacheConfig = msgspec.field(default_factory=CacheConfig)
+    cors: CorsConfig = msgspec.field(default_factory=CorsConfig)
     config_path: str | None = None
     prometheus_multiproc_dir: str | None = None
 
@@ -433,7 +455,7 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
             if not isinstance(target, dict):
                 raise ConfigError(f"{key}: {part} is not a section of settings")
         name = parts[-1]
-        if name in ("discover_ollama",):
+        if name in ("discover_ollama", "allow_origins", "allow_headers"):
             target[name] = [u.strip() for u in raw.split(",") if u.strip()]
         elif name == "models":
             raise ConfigError(f"{key}: models can only be set in the configuration file")
@@ -462,6 +484,7 @@ def _check(settings: Settings, lines: Lines, source: str | None) -> None:
                 msg = f"{_dotted(path)}: fallback {fallback!r} is not another configured model"
                 raise ConfigError(msg, source=source, line=_line_of(path, lines))
     _check_access(settings, lines, source)
+    _check_cors(settings.cors, lines, source)
     for k, url in enumerate(settings.discover_ollama or []):
         error = _url_problem(url)
         if error:
@@ -495,6 +518,55 @@ def _check_access(settings: Settings, lines: Lines, source: str | None) -> None:
             source=source,
             line=_line_of(("workers",), lines),
         )
+
+
+def _check_cors(cors: CorsConfig, lines: Lines, source: str | None) -> None:
+    """Origins as browsers send them (``https://app.example.com``); ``*`` only without
+    credentials, as browsers refuse a wildcard on credentialed requests."""
+    origins: list[str] = []
+    for k, origin in enumerate(cors.allow_origins):
+        path: tuple[str | int, ...] = ("cors", "allow_origins", k)
+        if origin == "*" and cors.allow_credentials:
+            raise ConfigError(
+                f"{_dotted(path)}: '*' (any origin) cannot be combined with "
+                "cors.allow_credentials: true; list the origins, or turn credentials off.",
+                source=source,
+                line=_line_of(path, lines),
+            )
+        normal, problem = _origin(origin)
+        if problem:
+            raise ConfigError(
+                f"{_dotted(path)}: {problem}", source=source, line=_line_of(path, lines)
+            )
+        if normal not in origins:
+            origins.append(normal)
+    cors.allow_origins = origins
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin(origin: str) -> tuple[str, str | None]:
+    """An origin as a browser serialises it (lower case, no default port), or a problem."""
+    if origin == "*":
+        return origin, None
+    shape = "an origin is scheme://host[:port], such as https://app.example.com"
+    try:
+        parts = urlsplit(origin.strip())
+        port = parts.port
+    except ValueError as exc:
+        return "", f"not a valid origin ({exc}); {shape}"
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS or not parts.hostname or "@" in parts.netloc:
+        return "", f"not a valid origin: {origin!r}; {shape}"
+    if parts.path not in ("", "/") or parts.query or parts.fragment or "*" in parts.netloc:
+        return "", f"{origin!r} has more than an origin; {shape}"
+    host = parts.hostname  # lower case, IPv6 without brackets
+    if ":" in host:
+        host = f"[{host}]"
+    if port is None or port == _DEFAULT_PORTS[scheme]:
+        return f"{scheme}://{host}", None
+    return f"{scheme}://{host}:{port}", None
 
 
 def _check_deployment(
