@@ -17,6 +17,7 @@ from relaygate.api.cors import CORS
 from relaygate.api.http import Receive, Scope, Send, new_request_id, send_error
 from relaygate.api.ollama import OllamaChatAPI, OllamaGenerateAPI, OllamaTags
 from relaygate.api.openai import OpenAIAPI
+from relaygate.api.openapi import DocsAPI
 from relaygate.api.ops import OpsAPI
 from relaygate.api.seed import GenerateAPI, SeedChatAPI
 from relaygate.api.tasks import TasksAPI
@@ -125,6 +126,7 @@ class Gateway:
             "/api/generate": {"POST": ollama_generate.chat},
             "/api/tags": {"GET": OllamaTags(openai).tags},
         }
+        self._routes.update(DocsAPI(self.served_routes).routes())  # /openapi.json, /docs
         self._model_route = {"GET": openai.model}
         self._admin = build_admin_app(state)
         # Everything built so far lives as long as the process: move it out of the

@@ -1,0 +1,577 @@
+"""The OpenAPI 3.1 document (``GET /openapi.json``) and its reference page (``GET /docs``).
+
+The document cannot drift from the code: its routes are the gateway's own
+routing tables (``Gateway.served_routes``), and its request bodies are the
+msgspec structs that validate requests (``msgspec.json.schema_components``).
+This module adds only what the code does not say: a summary, who may call a
+route, and the errors it answers with. A route with no entry here is still
+documented (as a generic operation), and a test fails until it has one.
+
+Both need no key: they show the routes and schemas, which are the same on
+every gateway, and nothing about its configuration (no models, no secrets).
+The page is Swagger UI, served from files in the package (no CDN).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, Literal
+
+import msgspec
+
+from relaygate import __version__
+from relaygate.api.admin import (
+    KeyCreate,
+    KeyPatch,
+    SeedApiKeyCreate,
+    SeedCreateKey,
+    TenantCreate,
+    TenantPatch,
+)
+from relaygate.api.http import ASGIApp, Receive, Scope, Send, new_request_id, send_bytes
+from relaygate.api.ollama import OllamaChat, OllamaGenerate
+from relaygate.api.seed import GenerateRequest
+from relaygate.schema.requests import ChatRequest, CompletionRequest, EmbeddingRequest
+
+__all__ = ["OPERATIONS", "DocsAPI", "ErrorBody", "OllamaError", "Operation", "build_document"]
+
+OPENAPI_PATH = "/openapi.json"
+DOCS_PATH = "/docs"
+Auth = Literal["none", "key", "admin"]
+JSON = dict[str, Any]
+
+
+class ErrorDetail(msgspec.Struct, kw_only=True):
+    """What went wrong: ``type`` and ``code`` are stable; ``param`` names the field."""
+
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorBody(msgspec.Struct, kw_only=True):
+    """OpenAI's error shape, used by every route but the Ollama ones."""
+
+    error: ErrorDetail
+
+
+class OllamaError(msgspec.Struct, kw_only=True):
+    """Ollama's error shape (/api/chat, /api/generate, /api/tags)."""
+
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """What the code does not say about a route: its summary, caller, body and errors."""
+
+    summary: str
+    tag: str
+    auth: Auth = "key"
+    body: type[msgspec.Struct] | None = None
+    answer: str = "A JSON object."
+    media: str = "application/json"
+    stream: str | None = None  # the media type of a streamed answer
+    errors: tuple[int, ...] = (401,)
+    query: tuple[tuple[str, str], ...] = ()
+    ollama: bool = False  # errors in Ollama's shape
+    description: str = ""
+    created: bool = False  # 201 rather than 200
+
+
+_INFERENCE = (400, 401, 403, 404, 413, 415, 429, 502, 503, 504)
+_ADMIN = (400, 401, 403, 404, 503)
+_SSE = "text/event-stream"
+_NDJSON = "application/x-ndjson"
+_FILTERS = (
+    ("tenant", "A tenant id (also `tenant_id`)."),
+    ("key", "A key id (also `key_id`)."),
+    ("model", "A model name."),
+    ("endpoint", "A route, such as /v1/chat/completions."),
+    ("from", "An ISO time or a duration ago (7d, 24h, 30m); also `since`."),
+    ("to", "An ISO time or a duration ago; also `until`."),
+)
+_KEY = "The key, with the secret (`api_key`) shown this once."
+_CHAT_ANSWER = "A chat completion, or with `stream: true` server-sent events ending `data: [DONE]`."
+
+OPERATIONS: dict[tuple[str, str], Operation] = {
+    ("POST", "/v1/chat/completions"): Operation(
+        "Create a chat completion",
+        "OpenAI",
+        body=ChatRequest,
+        answer=_CHAT_ANSWER,
+        stream=_SSE,
+        errors=_INFERENCE,
+    ),
+    ("POST", "/v1/completions"): Operation(
+        "Create a text completion",
+        "OpenAI",
+        body=CompletionRequest,
+        stream=_SSE,
+        answer="A completion, or server-sent events with `stream: true`.",
+        errors=_INFERENCE,
+    ),
+    ("POST", "/v1/embeddings"): Operation(
+        "Create embeddings",
+        "OpenAI",
+        body=EmbeddingRequest,
+        errors=_INFERENCE,
+        answer='`{"object": "list", "data": [{"embedding", "index"}], "model", "usage"}`.',
+    ),
+    ("GET", "/v1/models"): Operation(
+        "List the models this gateway serves",
+        "OpenAI",
+        answer='`{"object": "list", "data": [{"id", "object": "model", "owned_by"}]}`.',
+    ),
+    ("GET", "/v1/models/{model}"): Operation(
+        "Describe one model",
+        "OpenAI",
+        errors=(401, 404),
+        answer='`{"id", "object": "model", "owned_by"}`.',
+        description="The model name may contain slashes (`/v1/models/Qwen/Qwen2.5-7B`).",
+    ),
+    ("POST", "/api/chat"): Operation(
+        "Chat (Ollama API)",
+        "Ollama",
+        body=OllamaChat,
+        stream=_NDJSON,
+        ollama=True,
+        errors=_INFERENCE,
+        answer="Ollama's chat answer, or NDJSON lines with `stream: true`.",
+    ),
+    ("POST", "/api/generate"): Operation(
+        "Generate (Ollama API)",
+        "Ollama",
+        body=OllamaGenerate,
+        stream=_NDJSON,
+        ollama=True,
+        errors=_INFERENCE,
+        answer="Ollama's generate answer, or NDJSON lines.",
+    ),
+    ("GET", "/api/tags"): Operation(
+        "List models (Ollama API)",
+        "Ollama",
+        ollama=True,
+        answer='`{"models": [{"name", "model", "modified_at", "size", "digest"}]}`.',
+    ),
+    ("POST", "/ai/generate"): Operation(
+        "Generate from a prompt (seeds 000/001)",
+        "Seed routes",
+        body=GenerateRequest,
+        stream=_NDJSON,
+        errors=_INFERENCE,
+        answer='`{"response", "model", "cached", "done", "done_reason", "prompt_eval_count", '
+        '"eval_count", "total_duration_ms"}`, or NDJSON lines with `stream: true`.',
+    ),
+    ("POST", "/chat"): Operation(
+        "Chat, with backend and cached (seed 002)",
+        "Seed routes",
+        body=ChatRequest,
+        stream=_SSE,
+        errors=_INFERENCE,
+        answer="OpenAI's chat completion plus `backend` (the provider) and `cached`.",
+    ),
+    ("GET", "/usage"): Operation(
+        "The calling key's limits and use (seed 001)",
+        "Seed routes",
+        answer='`{"requests_used", "requests_limit", "requests_remaining", "window_reset", '
+        '"tier", ...}` and every limit by name.',
+    ),
+    ("GET", "/api/stats"): Operation(
+        "The calling key's statistics (seed 003)",
+        "Seed routes",
+        errors=(400, 401, 503),
+        answer="Requests, tokens and average response time, in total and by model.",
+    ),
+    ("POST", "/auth/create-key"): Operation(
+        "Create a key for a tenant (seed 001)",
+        "Seed routes",
+        auth="admin",
+        body=SeedCreateKey,
+        errors=_ADMIN,
+        answer='`{"api_key", "key_id", "tenant_id", "tier", "rate_limit", "expires_at", '
+        '"created_at"}`.',
+    ),
+    ("GET", "/api/keys"): Operation(
+        "List keys (seed 003): all for an admin, its own for a user",
+        "Seed routes",
+        errors=(401, 503),
+        answer='`{"api_keys": [...], "total"}`.',
+    ),
+    ("POST", "/api/keys"): Operation(
+        "Create a key (seed 003)",
+        "Seed routes",
+        auth="admin",
+        body=SeedApiKeyCreate,
+        errors=_ADMIN,
+        answer="The key in seed 003's shape, with `api_key` shown once.",
+    ),
+    ("GET", "/api/keys/{key_id}"): Operation(
+        "Read a key (seed 003); a user only its own",
+        "Seed routes",
+        errors=(401, 404, 503),
+    ),
+    ("DELETE", "/api/keys/{key_id}"): Operation(
+        "Revoke a key (seed 003)",
+        "Seed routes",
+        auth="admin",
+        errors=_ADMIN,
+        answer='`{"message", "id"}`.',
+    ),
+    ("POST", "/admin/keys"): Operation(
+        "Create a key",
+        "Admin",
+        auth="admin",
+        body=KeyCreate,
+        errors=(*_ADMIN, 409),
+        answer=_KEY,
+        created=True,
+    ),
+    ("GET", "/admin/keys"): Operation(
+        "List keys",
+        "Admin",
+        auth="admin",
+        errors=_ADMIN,
+        answer='`{"data": [key, ...]}`.',
+        query=(("tenant_id", "A tenant id or name."), ("include_revoked", "true or false.")),
+    ),
+    ("GET", "/admin/keys/{key_id}"): Operation(
+        "Read a key (never its secret)", "Admin", auth="admin", errors=_ADMIN
+    ),
+    ("PATCH", "/admin/keys/{key_id}"): Operation(
+        "Change a key",
+        "Admin",
+        auth="admin",
+        body=KeyPatch,
+        errors=(*_ADMIN, 409),
+    ),
+    ("DELETE", "/admin/keys/{key_id}"): Operation(
+        "Revoke a key", "Admin", auth="admin", errors=_ADMIN
+    ),
+    ("POST", "/admin/keys/{key_id}/rotate"): Operation(
+        "Rotate a key's secret", "Admin", auth="admin", errors=(*_ADMIN, 409), answer=_KEY
+    ),
+    ("POST", "/admin/tenants"): Operation(
+        "Create a tenant",
+        "Admin",
+        auth="admin",
+        body=TenantCreate,
+        errors=(*_ADMIN, 409),
+        created=True,
+    ),
+    ("GET", "/admin/tenants"): Operation(
+        "List tenants", "Admin", auth="admin", errors=_ADMIN, answer='`{"data": [...]}`.'
+    ),
+    ("GET", "/admin/tenants/{tenant_id}"): Operation(
+        "Read a tenant", "Admin", auth="admin", errors=_ADMIN
+    ),
+    ("PATCH", "/admin/tenants/{tenant_id}"): Operation(
+        "Change a tenant", "Admin", auth="admin", body=TenantPatch, errors=(*_ADMIN, 409)
+    ),
+    ("DELETE", "/admin/tenants/{tenant_id}"): Operation(
+        "Delete a tenant whose keys are all revoked",
+        "Admin",
+        auth="admin",
+        errors=(*_ADMIN, 409),
+        description="A tenant that still has live keys is a 409: revoke them first.",
+    ),
+    ("GET", "/admin/usage"): Operation(
+        "Usage report",
+        "Admin",
+        auth="admin",
+        errors=_ADMIN,
+        query=(
+            *_FILTERS,
+            ("group_by", "day, hour, model, tenant, key, ..."),
+            ("top", "How many top consumers (1-1000)."),
+        ),
+        answer='`{"group_by", "data", "totals", "top_tenants", "top_keys", "cache"}`.',
+    ),
+    ("GET", "/admin/usage/export.csv"): Operation(
+        "Usage records as CSV",
+        "Admin",
+        auth="admin",
+        errors=_ADMIN,
+        query=_FILTERS,
+        media="text/csv",
+        answer="One line per usage record.",
+    ),
+    ("GET", "/admin/cache"): Operation(
+        "This worker's cache figures", "Admin", auth="admin", errors=_ADMIN
+    ),
+    ("DELETE", "/admin/cache"): Operation(
+        "Drop cache entries: all, one model's or one tenant's",
+        "Admin",
+        auth="admin",
+        errors=_ADMIN,
+        query=(("model", "A model name."), ("tenant", "A tenant id or name.")),
+        answer='`{"cleared": true, "model", "tenant", "removed"}`.',
+    ),
+    ("GET", "/health"): Operation(
+        "Liveness", "Operations", auth="none", errors=(), answer='`{"status": "ok"}`.'
+    ),
+    ("GET", "/ready"): Operation(
+        "Readiness: each deployment's state; 503 when no model can be served",
+        "Operations",
+        auth="none",
+        errors=(503,),
+    ),
+    ("GET", "/metrics"): Operation(
+        "Prometheus metrics",
+        "Operations",
+        auth="none",
+        errors=(),
+        media="text/plain",
+        answer="Prometheus' text format.",
+    ),
+    ("GET", OPENAPI_PATH): Operation(
+        "This document", "Reference", auth="none", errors=(), answer="OpenAPI 3.1."
+    ),
+    ("GET", DOCS_PATH): Operation(
+        "This reference, rendered (Swagger UI)",
+        "Reference",
+        auth="none",
+        errors=(),
+        media="text/html",
+        answer="An HTML page; its assets are served under /docs/.",
+    ),
+}
+_ASSET = Operation(
+    "A file of the reference page",
+    "Reference",
+    auth="none",
+    errors=(404,),
+    media="application/octet-stream",
+    answer="The file.",
+)
+_REASONS = {
+    400: "The request is invalid; `param` names the field.",
+    401: "Missing or invalid credentials.",
+    403: "The credential may not do this.",
+    404: "Not found.",
+    409: "Conflicts with the current state.",
+    413: "The body is larger than max_body_bytes.",
+    415: "The Content-Type is not JSON.",
+    429: "A limit was reached; Retry-After and X-RateLimit-* say when it resets.",
+    502: "The upstream failed or answered badly.",
+    503: "No deployment, or a store the request needs, is available now.",
+    504: "The upstream did not answer in time.",
+}
+_HEADER_DOCS = {
+    "X-Request-Id": "This request's id, also in the gateway's log.",
+    "X-RateLimit-Limit": "The tightest limit that applies.",
+    "X-RateLimit-Remaining": "What is left of it.",
+    "X-RateLimit-Reset": "Seconds until it is whole again.",
+    "Retry-After": "Seconds to wait before retrying.",
+}
+_TAGS = [
+    ("OpenAI", "The OpenAI-compatible API, for the official SDKs."),
+    ("Ollama", "Ollama's native API, for Ollama's clients."),
+    ("Seed routes", "The routes of the systems relaygate replaces, kept working."),
+    ("Admin", "Keys, tenants, usage and cache (admin keys)."),
+    ("Operations", "Liveness, readiness, metrics (no key)."),
+    ("Reference", "This document and its page (no key)."),
+]
+_PARAM = re.compile(r"\{([^}]+)\}")
+
+
+def operation_for(method: str, path: str) -> Operation | None:
+    """The description of a served route; None when there is none (a test fails then)."""
+    found = OPERATIONS.get((method, path))
+    if found is None and method == "GET" and path.startswith(DOCS_PATH + "/"):
+        return _ASSET
+    return found
+
+
+def build_document(routes: dict[str, list[str]]) -> JSON:
+    """The OpenAPI 3.1 document of ``routes`` (path template -> methods)."""
+    bodies = sorted(
+        {op.body for op in OPERATIONS.values() if op.body is not None}, key=lambda t: t.__name__
+    )
+    refs, schemas = msgspec.json.schema_components(
+        [*bodies, ErrorBody, OllamaError], ref_template="#/components/schemas/{name}"
+    )
+    ref = dict(zip([*bodies, ErrorBody, OllamaError], refs, strict=True))
+    paths: JSON = {}
+    for path in sorted(routes):
+        item = paths.setdefault(path, {})
+        for method in routes[path]:
+            op = operation_for(method, path) or Operation(f"{method} {path}", "Other")
+            item[method.lower()] = _operation(method, path, op, ref)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "relaygate",
+            "version": __version__,
+            "summary": "A self-hosted AI gateway: one metered endpoint in front of your models.",
+            "description": (
+                "Send a key as `Authorization: Bearer <key>` or `X-API-Key: <key>`. "
+                "Admin routes need an admin key. Every answer carries `X-Request-Id`."
+            ),
+            "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"},
+        },
+        "tags": [{"name": name, "description": text} for name, text in _TAGS],
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "A relaygate key (or a JWT, when configured).",
+                },
+                "apiKey": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "X-API-Key",
+                    "description": "The same key in the X-API-Key header (seed 000).",
+                },
+            },
+        },
+    }
+
+
+def _operation(method: str, path: str, op: Operation, ref: dict[Any, JSON]) -> JSON:
+    out: JSON = {
+        "operationId": _operation_id(method, path),
+        "summary": op.summary,
+        "tags": [op.tag],
+    }
+    if op.description:
+        out["description"] = op.description
+    out["security"] = [] if op.auth == "none" else [{"bearer": []}, {"apiKey": []}]
+    if op.auth == "admin":
+        out["description"] = (op.description + " Needs an admin key.").strip()
+    parameters = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for name in _PARAM.findall(path)
+    ]
+    parameters += [
+        {"name": name, "in": "query", "required": False, "description": text,
+         "schema": {"type": "string"}}
+        for name, text in op.query
+    ]  # fmt: skip
+    if parameters:
+        out["parameters"] = parameters
+    if op.body is not None:
+        out["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": ref[op.body]}},
+        }
+    out["responses"] = _responses(op, ref)
+    return out
+
+
+def _responses(op: Operation, ref: dict[Any, JSON]) -> JSON:
+    content: JSON = {op.media: {"schema": _answer_schema(op)}}
+    if op.stream:
+        content[op.stream] = {"schema": {"type": "string", "description": "The stream."}}
+    success = "201" if op.created else "200"
+    responses: JSON = {
+        success: {
+            "description": op.answer,
+            "headers": _headers("X-Request-Id", *(() if op.auth == "none" else _RATE)),
+            "content": content,
+        }
+    }
+    error_schema = ref[OllamaError] if op.ollama else ref[ErrorBody]
+    for status in op.errors:
+        response: JSON = {
+            "description": _REASONS[status],
+            "content": {"application/json": {"schema": error_schema}},
+        }
+        if status == 429:
+            response["headers"] = _headers("Retry-After", *_RATE)
+        elif status == 401:
+            response["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
+        responses[str(status)] = response
+    return responses
+
+
+_RATE = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
+
+
+def _answer_schema(op: Operation) -> JSON:
+    if op.media == "application/json":
+        return {"type": "object", "description": op.answer}
+    return {"type": "string", "description": op.answer}
+
+
+def _headers(*names: str) -> JSON:
+    return {n: {"description": _HEADER_DOCS[n], "schema": {"type": "string"}} for n in names}
+
+
+def _operation_id(method: str, path: str) -> str:
+    words = re.sub(r"[^A-Za-z0-9]+", "_", path.replace("{", "by_")).strip("_")
+    return f"{method.lower()}_{words or 'root'}"
+
+
+# The reference page: Swagger UI from the package, its URLs relative to /docs, so the
+# page also works behind a reverse proxy that adds a path prefix.
+_PAGE = b"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>relaygate API reference</title>
+<link rel="stylesheet" href="docs/swagger-ui.css">
+</head>
+<body>
+<div id="swagger-ui"></div>
+<script src="docs/swagger-ui-bundle.js"></script>
+<script src="docs/init.js"></script>
+</body>
+</html>
+"""
+ASSETS = {
+    "swagger-ui.css": b"text/css; charset=utf-8",
+    "swagger-ui-bundle.js": b"text/javascript; charset=utf-8",
+    "init.js": b"text/javascript; charset=utf-8",
+    "LICENSE": b"text/plain; charset=utf-8",
+    "NOTICE": b"text/plain; charset=utf-8",
+    "swagger-ui-bundle.js.LICENSE.txt": b"text/plain; charset=utf-8",
+}
+_HTML = b"text/html; charset=utf-8"
+_CACHE = [(b"cache-control", b"public, max-age=3600")]
+
+
+@dataclass(slots=True)
+class DocsAPI:
+    """Serves the document (built once, on first use) and the page with its assets."""
+
+    served_routes: Callable[[], dict[str, list[str]]]
+    _document: bytes | None = None
+    _files: dict[str, bytes] = field(default_factory=dict)
+
+    def routes(self) -> dict[str, dict[str, ASGIApp]]:
+        table: dict[str, dict[str, ASGIApp]] = {
+            OPENAPI_PATH: {"GET": self.openapi},
+            DOCS_PATH: {"GET": self.page},
+        }
+        for name in ASSETS:
+            table[f"{DOCS_PATH}/{name}"] = {"GET": self.asset}
+        return table
+
+    async def openapi(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._document is None:
+            self._document = msgspec.json.encode(build_document(self.served_routes()))
+        await send_bytes(send, 200, self._document, new_request_id())
+
+    async def page(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send_bytes(send, 200, _PAGE, new_request_id(), content_type=_HTML)
+
+    async def asset(self, scope: Scope, receive: Receive, send: Send) -> None:
+        name = scope["path"][len(DOCS_PATH) + 1 :]
+        body = self._files.get(name)
+        if body is None:  # read once, off the event loop
+            body = self._files[name] = await asyncio.to_thread(_read_asset, name)
+        await send_bytes(send, 200, body, new_request_id(), content_type=ASSETS[name], extra=_CACHE)
+
+
+def _read_asset(name: str) -> bytes:
+    return resources.files("relaygate.api").joinpath("static", "swagger-ui", name).read_bytes()

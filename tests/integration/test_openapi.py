@@ -1,0 +1,215 @@
+"""GET /openapi.json and GET /docs: valid OpenAPI 3.1, every served route documented and
+every documented route answering, request schemas that agree with the validators, and
+a reference page whose assets all come from the gateway itself."""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import AsyncIterator
+from html.parser import HTMLParser
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import aiohttp
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jsonschema import Draft202012Validator
+from openapi_spec_validator import validate
+
+from relaygate.api.openapi import ASSETS, ErrorBody, OllamaError, build_document, operation_for
+from relaygate.schema.requests import ChatRequest
+from tests.conftest import MOCK
+from tests.gateway import RunningGateway, make_settings, running_gateway
+from tests.keys import new_key
+
+_ids = itertools.count()
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[RunningGateway]:
+    async with running_gateway(make_settings(MOCK)) as running:
+        yield running
+
+
+async def get_json(url: str, **kwargs: Any) -> tuple[int, Any]:
+    async with aiohttp.ClientSession() as session, session.get(url, **kwargs) as r:
+        return r.status, await r.json(content_type=None)
+
+
+async def test_document_is_valid_openapi_31_and_needs_no_key(gateway: RunningGateway) -> None:
+    status, document = await get_json(gateway.url + "/openapi.json")
+    assert status == 200
+    assert document["openapi"] == "3.1.0"
+    validate(document)  # raises on any violation of the OpenAPI 3.1 schema
+    schemes = document["components"]["securitySchemes"]
+    assert schemes["bearer"] == {**schemes["bearer"], "type": "http", "scheme": "bearer"}
+    assert schemes["apiKey"] == {**schemes["apiKey"], "in": "header", "name": "X-API-Key"}
+    chat = document["paths"]["/v1/chat/completions"]["post"]
+    assert chat["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ChatRequest"
+    }
+    assert {"400", "401", "429", "503"} <= set(chat["responses"])
+    assert "Retry-After" in chat["responses"]["429"]["headers"]
+    assert document["paths"]["/health"]["get"]["security"] == []
+    assert document["paths"]["/admin/keys"]["post"]["security"] == [{"bearer": []}, {"apiKey": []}]
+    # no secret and nothing of this gateway's configuration (its models) is shown
+    text = msgspec.json.encode(document).decode()
+    assert gateway.admin_key not in text and '"mock"' not in text
+
+
+async def test_every_served_route_is_documented(gateway: RunningGateway) -> None:
+    served = gateway.app.served_routes()
+    _, document = await get_json(gateway.url + "/openapi.json")
+    documented = {
+        (method.upper(), path) for path, item in document["paths"].items() for method in item
+    }
+    assert documented == {(m, p) for p, methods in served.items() for m in methods}
+    # ...each with its own description, not the generic one given to a forgotten route
+    assert [(m, p) for m, p in sorted(documented) if operation_for(m, p) is None] == []
+    for path in ("/v1/chat/completions", "/api/chat", "/ai/generate", "/admin/keys/{key_id}",
+                 "/api/keys/{key_id}", "/auth/create-key", "/openapi.json", "/docs"):  # fmt: skip
+        assert path in served
+
+
+async def test_every_documented_route_answers(gateway: RunningGateway) -> None:
+    """A real request to each documented operation gets one of its documented statuses,
+    never the router's 404 or 405."""
+    _, document = await get_json(gateway.url + "/openapi.json")
+    async with aiohttp.ClientSession() as session:
+        for path, item in document["paths"].items():
+            for method, operation in item.items():
+                url = gateway.url + await concrete(gateway, path)
+                kwargs: dict[str, Any] = {"headers": gateway.headers}
+                if "requestBody" in operation:
+                    kwargs["json"] = {}
+                async with session.request(method, url, **kwargs) as r:
+                    await r.read()
+                    assert r.status not in (404, 405), (method, path, r.status)
+                    assert str(r.status) in operation["responses"], (method, path, r.status)
+
+
+async def concrete(gateway: RunningGateway, path: str) -> str:
+    """The template with real ids: a fresh key and tenant each time (a DELETE may revoke)."""
+    if "{" not in path:
+        return path
+    n = next(_ids)
+    key_id, _ = await new_key(gateway, tenant=f"docs-{n}")
+    tenant = await gateway.state.identity.tenant_by_name(f"docs-{n}")
+    assert tenant is not None
+    values = {"key_id": key_id, "tenant_id": tenant.id, "model": "mock"}
+    return re.sub(r"\{([^}]+)\}", lambda m: values[m.group(1)], path)
+
+
+async def test_documented_error_shapes_are_the_real_ones(gateway: RunningGateway) -> None:
+    async with aiohttp.ClientSession() as session:
+        for path, shape in (
+            ("/v1/models", ErrorBody),
+            ("/admin/keys", ErrorBody),
+            ("/api/tags", OllamaError),
+        ):
+            async with session.get(gateway.url + path) as r:
+                assert r.status == 401
+                msgspec.json.decode(await r.read(), type=shape)  # raises if it does not fit
+
+
+class _Assets(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+        self.inline_scripts = 0
+        self._in_script = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found = dict(attrs)
+        if tag == "script":
+            self._in_script = True
+            if found.get("src"):
+                self.urls.append(found["src"] or "")
+        elif tag == "link" and found.get("href"):
+            self.urls.append(found["href"] or "")
+
+    def handle_endtag(self, tag: str) -> None:
+        self._in_script = self._in_script and tag != "script"
+
+    def handle_data(self, data: str) -> None:
+        self.inline_scripts += self._in_script and bool(data.strip())
+
+
+async def test_docs_page_uses_only_its_own_assets(gateway: RunningGateway) -> None:
+    page_url = gateway.url + "/docs"
+    async with aiohttp.ClientSession() as session:
+        async with session.get(page_url) as r:
+            assert r.status == 200 and r.headers["Content-Type"].startswith("text/html")
+            page = await r.text()
+        parser = _Assets()
+        parser.feed(page)
+        assert len(parser.urls) == 3 and parser.inline_scripts == 0
+        for url in parser.urls:
+            assert not urlsplit(url).scheme and not url.startswith("//"), url  # no CDN
+            async with session.get(urljoin(page_url, url)) as r:
+                assert r.status == 200, url
+                assert len(await r.read()) > 100
+                assert r.headers["Content-Type"] == ASSETS[url.rsplit("/", 1)[1]].decode()
+        async with session.get(gateway.url + "/docs/init.js") as r:
+            init = await r.text()
+        # the document the page loads, resolved as the browser resolves it
+        assert re.search(r'url: "([^"]+)"', init).group(1) == "openapi.json"  # type: ignore[union-attr]
+        assert urljoin(page_url, "openapi.json") == gateway.url + "/openapi.json"
+        assert "validatorUrl: null" in init  # Swagger UI would call validator.swagger.io
+        for name, says in (("LICENSE", "Apache License"), ("NOTICE", "SmartBear")):
+            async with session.get(gateway.url + "/docs/" + name) as r:
+                assert r.status == 200 and says in await r.text()
+        async with session.get(gateway.url + "/docs/pyproject.toml") as r:
+            assert r.status == 404
+
+
+# The document's request schemas and the validators the routes run agree on what is
+# valid: generated bodies are accepted by both or refused by both.
+
+_DOCUMENT = build_document({"/v1/chat/completions": ["POST"]})
+
+
+def _validator(name: str) -> Draft202012Validator:
+    root = {"$ref": f"#/components/schemas/{name}", "components": _DOCUMENT["components"]}
+    return Draft202012Validator(root)
+
+
+_CHAT = _validator("ChatRequest")
+_anything = st.none() | st.booleans() | st.integers(-5, 5) | st.text(max_size=3)
+_messages = st.lists(
+    st.fixed_dictionaries(
+        {"role": st.sampled_from(["user", "system", "assistant", "tool", "robot"])},
+        optional={"content": st.text(max_size=5) | st.none() | st.integers(), "name": _anything},
+    ),
+    max_size=3,
+)
+_chat_bodies = st.fixed_dictionaries(
+    {},
+    optional={
+        "model": st.text(max_size=3) | st.integers() | st.just("m" * 257),
+        "messages": _messages | _anything,
+        "temperature": st.floats(-1, 3, allow_nan=False) | _anything,
+        "top_p": st.floats(-0.5, 1.5, allow_nan=False),
+        "n": st.integers(-1, 130),
+        "max_tokens": st.integers(-1, 3) | st.text(max_size=2),
+        "stop": st.text(max_size=3) | st.lists(st.text(max_size=2), max_size=17) | st.integers(),
+        "stream": _anything,
+        "seed": st.integers(-(2**64), 2**64),
+        "top_logprobs": st.integers(-1, 21),
+        "extra_field": _anything,  # passed through to upstreams: allowed by both
+    },
+)
+
+
+@settings(max_examples=200)
+@given(body=_chat_bodies)
+def test_chat_schema_agrees_with_the_validator(body: dict[str, Any]) -> None:
+    try:
+        msgspec.convert(body, ChatRequest)
+        accepted = True
+    except msgspec.ValidationError:
+        accepted = False
+    assert _CHAT.is_valid(body) == accepted, body
