@@ -397,6 +397,8 @@ def build_document(routes: dict[str, list[str]]) -> JSON:
         [*bodies, ErrorBody, OllamaError], ref_template="#/components/schemas/{name}"
     )
     ref = dict(zip([*bodies, ErrorBody, OllamaError], refs, strict=True))
+    for info in msgspec.inspect.multi_type_info(bodies):
+        _time_formats(info, schemas)
     paths: JSON = {}
     for path in sorted(routes):
         item = paths.setdefault(path, {})
@@ -434,6 +436,24 @@ def build_document(routes: dict[str, list[str]]) -> JSON:
             },
         },
     }
+
+
+def _time_formats(info: msgspec.inspect.Type, schemas: JSON) -> None:
+    """msgspec describes a datetime as a plain string: say it is an RFC 3339 time."""
+    if not isinstance(info, msgspec.inspect.StructType):
+        return
+    properties = schemas.get(info.cls.__name__, {}).get("properties", {})
+    for field_info in info.fields:
+        kind = field_info.type
+        members = kind.types if isinstance(kind, msgspec.inspect.UnionType) else (kind,)
+        for member in members:
+            _time_formats(member, schemas)
+        if any(isinstance(m, msgspec.inspect.DateTimeType) for m in members):
+            prop = properties[field_info.encode_name]
+            for alternative in prop.get("anyOf", [prop]):
+                if alternative.get("type") == "string":
+                    alternative["format"] = "date-time"
+                    alternative["description"] = "An RFC 3339 time; UTC when it has no offset."
 
 
 def _operation(method: str, path: str, op: Operation, ref: dict[Any, JSON]) -> JSON:
