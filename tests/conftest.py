@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from blockbuster import BlockBuster, blockbuster_ctx
+from hypothesis import HealthCheck, settings
 
 # Modules the gateway imports only when configured (Redis, JWT) are imported once
 # at start-up, inside the event loop; import them here, outside any loop, so that
@@ -24,6 +25,13 @@ from tests.fakes.ollama_server import FakeOllama
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.redis_server import RedisServer
 from tests.gateway import RunningGateway, Templates, make_settings, running_gateway
+
+# Generated-input tests bound what they check, never how long an example takes: the
+# CI machine has two cores shared with real servers, so no per-example deadline.
+settings.register_profile(
+    "relaygate", deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
+)
+settings.load_profile("relaygate")
 
 PG_DSN = "postgresql://postgres@127.0.0.1:5432"
 PG_SERVER = "postgresql+asyncpg://postgres@127.0.0.1:5432"
