@@ -49,6 +49,7 @@ __all__ = [
     "from_canonical",
     "message_id_from",
     "parse",
+    "render",
     "sse",
     "stop_reason",
     "to_canonical",
@@ -331,6 +332,17 @@ def from_canonical(
         "stop_sequence": sequence,
         "usage": usage(body.get("usage") if isinstance(body, dict) else None),
     }
+
+
+def render(call: Call, body: JSON) -> bytes:
+    """A complete answer's body for a request that ``parse`` made (live or from the cache)."""
+    message = from_canonical(
+        body,
+        call.model,
+        message_id=message_id_from(call.request_id),
+        stop_sequences=call.wire.get("stop_sequences", ()),
+    )
+    return _encode(message)
 
 
 def message_id_from(source: Any) -> str:

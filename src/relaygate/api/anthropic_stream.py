@@ -17,8 +17,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from relaygate.api.anthropic import error_event, sse, stop_reason, usage
+from relaygate.api.anthropic import error_event, message_id_from, sse, stop_reason, usage
 from relaygate.errors import RelaygateError
+from relaygate.schema.requests import Call
 
 __all__ = ["AnthropicStream"]
 
@@ -61,6 +62,19 @@ class AnthropicStream:
         self._finish: Any = None
         self._matched: Any = None  # vLLM's stop_reason: the stop string that matched
         self._usage: JSON | None = None
+
+    @classmethod
+    def of(cls, call: Call) -> AnthropicStream:
+        """The stream of a request that ``anthropic.parse`` made, kept on ``call.wire``."""
+        stream = call.wire.get("anthropic_stream")
+        if not isinstance(stream, cls):
+            stream = cls(
+                call.model,
+                message_id_from(call.request_id),
+                stop_sequences=call.wire.get("stop_sequences", ()),
+            )
+            call.wire["anthropic_stream"] = stream
+        return stream
 
     def event(self, chunk: JSON) -> bytes:
         """The events one OpenAI chunk calls for (often one, sometimes none)."""

@@ -21,6 +21,7 @@ from relaygate.api.anthropic import (
     error_type,
     from_canonical,
     parse,
+    render,
     to_canonical,
 )
 from relaygate.errors import (
@@ -444,6 +445,18 @@ def test_parse_gives_a_canonical_chat_call() -> None:
 
 
 # -- responses -----------------------------------------------------------------
+
+
+def test_render_answers_with_the_clients_model_and_the_request_id() -> None:
+    call = parse(
+        b'{"model": "fast", "max_tokens": 9, "stop_sequences": ["END"], "messages": [{"role": "user", "content": "count"}]}',
+        "0a1b2c",
+    )
+    body = completion({"content": "1 2 3"})  # the upstream's own model name is "llama3"
+    body["choices"][0]["stop_reason"] = "END"
+    message = json.loads(render(call, body))
+    assert (message["id"], message["model"]) == ("msg_0a1b2c", "fast")
+    assert (message["stop_reason"], message["stop_sequence"]) == ("stop_sequence", "END")
 
 
 def test_text_answer_as_the_sdk_reads_it(canned: CannedAnthropic) -> None:

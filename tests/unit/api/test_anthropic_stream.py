@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import TypeAdapter
 
-from relaygate.api.anthropic import from_canonical
+from relaygate.api.anthropic import from_canonical, parse
 from relaygate.api.anthropic_stream import AnthropicStream
 from relaygate.cache.entry import split
 from relaygate.errors import UpstreamConnectError
@@ -238,6 +238,24 @@ def test_an_error_after_the_start_reaches_the_client_as_an_error_event() -> None
         "type": "error",
         "error": {"type": "overloaded_error", "message": "upstream went away"},
     }
+
+
+def test_one_stream_per_call_kept_on_the_call() -> None:
+    call = parse(
+        b'{"model": "fast", "max_tokens": 9, "stream": true, "stop_sequences": ["Z"], "messages": [{"role": "user", "content": "hi"}]}',
+        "r9",
+    )
+    stream = AnthropicStream.of(call)
+    assert AnthropicStream.of(call) is stream
+    finish = chunk(finish="stop")
+    finish["choices"][0]["stop_reason"] = "Z"
+    body = (
+        stream.event(chunk({"content": "x"}))
+        + AnthropicStream.of(call).event(finish)
+        + stream.end()
+    )
+    final = sdk_final(body)
+    assert (final["id"], final["model"], final["stop_sequence"]) == ("msg_r9", "fast", "Z")
 
 
 def test_chunks_are_read_never_changed() -> None:
