@@ -320,7 +320,7 @@ def from_canonical(
         choice.get("finish_reason"),
         choice.get("stop_reason"),
         stop_sequences,
-        used_tools=len(content) > bool(text),
+        used_tools=any(block["type"] == "tool_use" for block in content),
     )
     return {
         "id": mid,

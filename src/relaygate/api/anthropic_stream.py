@@ -87,7 +87,7 @@ class AnthropicStream:
         choice = _first_choice(chunk.get("choices"))
         delta = choice.get("delta")
         delta = delta if isinstance(delta, dict) else {}
-        text = delta.get("content")
+        text = delta.get("content") or delta.get("refusal")  # as from_canonical reads them
         if isinstance(text, str) and text:
             events += self._text(text)
         calls = delta.get("tool_calls")
@@ -172,7 +172,7 @@ class AnthropicStream:
         events = self._close()
         block = {
             "type": "tool_use",
-            "id": tool.id or f"toolu_{self.message_id.removeprefix('msg_')}_{self._blocks}",
+            "id": tool.id or f"toolu_{self.message_id.removeprefix('msg_')}_{index}",
             "name": tool.name,
             "input": {},
         }

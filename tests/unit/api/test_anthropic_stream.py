@@ -284,21 +284,23 @@ ARGUMENTS = st.dictionaries(
 )
 CALLS = st.lists(
     st.builds(
-        lambda i, name, args: {"id": f"call_{i}", "type": "function", "function": {"name": name, "arguments": json.dumps(args)}},
-        st.integers(0, 10**6), st.text(alphabet="abcdefgh_", min_size=1, max_size=10), ARGUMENTS,
+        lambda i, name, args: {"id": i and f"call_{i}", "type": "function", "function": {"name": name, "arguments": json.dumps(args)}},
+        st.none() | st.integers(1, 10**6),  # some upstreams give no id
+        st.text(alphabet="abcdefgh_", min_size=1, max_size=10),
+        ARGUMENTS,
     ),
     max_size=3,
 )  # fmt: skip
 COMPLETIONS = st.builds(
-    lambda text, calls, finish, prompt, out: {
+    lambda text, refusal, calls, finish, prompt, out: {
         "id": "chatcmpl-9",
         "object": "chat.completion",
         "created": 1,
         "model": "llama3",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text, **({"tool_calls": calls} if calls else {})}, "finish_reason": finish}],
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": refusal, **({"tool_calls": calls} if calls else {})}, "finish_reason": finish}],
         "usage": {"prompt_tokens": prompt, "completion_tokens": out, "total_tokens": prompt + out},
     },
-    st.none() | st.text(max_size=20), CALLS, st.sampled_from(["stop", "length", "tool_calls", "content_filter"]),
+    st.none() | st.text(max_size=20), st.none() | st.text(max_size=9), CALLS, st.sampled_from(["stop", "length", "tool_calls", "content_filter"]),
     st.integers(0, 10**6), st.integers(0, 10**6),
 )  # fmt: skip
 
