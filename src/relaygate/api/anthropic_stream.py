@@ -162,7 +162,7 @@ class AnthropicStream:
         if isinstance(call.get("id"), str):
             pending.id = call["id"]
         if isinstance(function.get("name"), str):
-            pending.name += function["name"]
+            pending.name = function["name"]
         pending.arguments.append(arguments)
         if not pending.name:
             return []
