@@ -36,8 +36,9 @@ services:
 test: $(STAMP) services lint
 	$(BIN)/pytest
 
+# Missing load tools stop the bench with the apt-get command to run; INSTALL=1 runs it (as root).
 bench: $(STAMP)
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py $(if $(INSTALL),--install)
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache

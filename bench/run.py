@@ -51,6 +51,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--ref", help="measure src/relaygate of this git commit, not the working tree"
     )
     parser.add_argument(
+        "--install",
+        action="store_true",
+        help="install missing load tools with apt-get (as root); without it, say what to run",
+    )
+    parser.add_argument(
         "--quiet-wait",
         type=float,
         default=120,
@@ -84,19 +89,26 @@ def _missing_tools(redis: bool) -> list[str]:
     return missing
 
 
-def ensure_tools(redis: bool) -> None:
-    """Install nginx/echo module/wrk/hey (and redis-server, when ``redis`` is needed and none
-    answers) with apt-get when missing and we are root."""
-    if not _missing_tools(redis):
+def ensure_tools(redis: bool, install: bool = False) -> None:
+    """Stop, saying the exact apt-get command, when nginx/echo module/wrk/hey (or redis-server,
+    when ``redis`` is needed and none answers) are missing. With ``install`` (``make bench
+    INSTALL=1``), run that command here instead, as root: system packages change only when
+    the user asked for it."""
+    if not (missing := _missing_tools(redis)):
         return
-    install = ["apt-get", "install", "-y", *APT_PACKAGES]
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        print(f"installing: {cmdline(install)}", flush=True)
-        if subprocess.run(install, capture_output=True, check=False, timeout=600).returncode:
+    command = ["apt-get", "install", "-y", *APT_PACKAGES]
+    if install and os.geteuid() == 0 and shutil.which("apt-get"):
+        print(f"installing (asked for by --install): {cmdline(command)}", flush=True)
+        if subprocess.run(command, capture_output=True, check=False, timeout=600).returncode:
             subprocess.run(["apt-get", "update"], capture_output=True, check=False, timeout=600)
-            subprocess.run(install, capture_output=True, check=False, timeout=600)
-    if missing := _missing_tools(redis):
-        raise BenchError(f"missing {', '.join(missing)}; install with: {cmdline(install)}")
+            subprocess.run(command, capture_output=True, check=False, timeout=600)
+        missing = _missing_tools(redis)
+    if missing:
+        sudo = "" if os.geteuid() == 0 else "sudo "
+        raise BenchError(
+            f"missing {', '.join(missing)}; install with: {sudo}{cmdline(command)} "
+            "(or, as root, `make bench INSTALL=1` runs that itself)"
+        )
 
 
 def run_section(key: str, opts: Options) -> Section:
@@ -177,7 +189,8 @@ def preflight(args: argparse.Namespace) -> Options:
     if args.ref:
         source.use_ref(args.ref)  # before anything starts or imports relaygate
     nofile = raise_nofile()
-    ensure_tools(redis=not args.direct_only and bool(set(args.keys) & REDIS_SECTIONS))
+    redis = not args.direct_only and bool(set(args.keys) & REDIS_SECTIONS)
+    ensure_tools(redis=redis, install=args.install)
     if not args.direct_only and gateway.version() is None:
         raise BenchError(
             f"the gateway is not usable: `{gateway.EXE} --version` failed. "

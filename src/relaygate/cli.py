@@ -1,4 +1,4 @@
-"""The ``relaygate`` command: ``serve``, ``config check``, ``--version``.
+"""The ``relaygate`` command: ``serve``, ``config check``, ``doctor``, ``--version``.
 
 A wrong configuration stops every command with exit code 2 and one message
 naming the field and the file line, before anything listens on a port.
@@ -68,6 +68,19 @@ def _parser() -> argparse.ArgumentParser:
 
     add_commands(commands)
 
+    doctor = commands.add_parser(
+        "doctor",
+        help="check the configuration, database, Redis, upstreams, clock and usage outbox",
+        description="Check a set-up end to end: one line per finding (OK, WARN, FAIL) with "
+        "its fix. Exits 1 when something failed. Changes nothing.",
+    )
+    doctor.add_argument("--config", metavar="FILE", help="YAML configuration file")
+    doctor.add_argument(
+        "--timeout", type=float, default=3.0, metavar="SECONDS",
+        help="how long each check may take (default 3)",
+    )  # fmt: skip
+    doctor.set_defaults(handler=_doctor)
+
     config = commands.add_parser("config", help="work with configuration files")
     config_commands = config.add_subparsers(title="config commands", metavar="COMMAND")
     check = config_commands.add_parser(
@@ -132,6 +145,12 @@ def prepare_database(settings: Settings) -> None:
             "with 'relaygate keys create' or POST /admin/keys.\n",
             flush=True,
         )
+
+
+def _doctor(args: argparse.Namespace) -> None:
+    from relaygate.doctor import run
+
+    raise SystemExit(run(args.config, args.timeout))
 
 
 def _db_upgrade(args: argparse.Namespace) -> None:

@@ -325,10 +325,15 @@ _USAGE_COLUMNS = ("REQUESTS", "TOKENS", "AVG MS", "CACHED", "ERRORS", "COST $")
 _USAGE_HEADER = {"day": ("DAY", *_USAGE_COLUMNS), "model": ("MODEL", *_USAGE_COLUMNS)}
 
 
+# Requests refused before a model was known (bad JSON, a wrong key) are recorded
+# with no model; the reports' JSON says null, the table says this.
+NO_MODEL = "(no model)"
+
+
 def _usage_row(row: dict[str, object], group: str) -> tuple[str, ...]:
     average = row["average_response_time_ms"]
     return (
-        str(row[group]),
+        NO_MODEL if row[group] is None else str(row[group]),
         str(row["requests"]),
         str(row["total_tokens"]),
         "-" if average is None else f"{average:.0f}",

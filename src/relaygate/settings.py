@@ -6,13 +6,16 @@ with a double underscore: ``RELAYGATE_ROUTING__MAX_ATTEMPTS=2``). String values
 may use ``${VAR}`` or ``${VAR:-default}`` to take secrets from the environment.
 
 This module is the only one that reads ``os.environ``. Any mistake raises
-:class:`ConfigError` naming the field and, when it came from the file, its line.
+:class:`ConfigError` naming the field and where it came from: the file and its
+line, or the ``RELAYGATE_*`` variable that set it.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -352,20 +355,25 @@ def load_settings(
     if path:
         data, lines = _read_yaml(Path(path))
     data = _interpolate(data, env, lines, source)
-    _apply_env(data, env)
-    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    from_env = _apply_env(data, env)
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    data.update(given)
+    from_env = {path: var for path, var in from_env.items() if path[0] not in given}
     if source:
         data["config_path"] = source
     if env.get("PROMETHEUS_MULTIPROC_DIR"):
         data["prometheus_multiproc_dir"] = env["PROMETHEUS_MULTIPROC_DIR"]
     try:
-        settings = msgspec.convert(data, Settings, strict=False)
-    except msgspec.ValidationError as exc:
-        raise _located(str(exc), lines, source) from None
-    # Configured tiers and prices add to the defaults (and replace those of the same name).
-    settings.tiers = {**default_tiers(), **settings.tiers}
-    settings.usage.prices = {**default_prices(), **settings.usage.prices}
-    _check(settings, lines, source)
+        try:
+            settings = msgspec.convert(data, Settings, strict=False)
+        except msgspec.ValidationError as exc:
+            raise _located(str(exc), lines, source) from None
+        # Configured tiers and prices add to the defaults (and replace those of the same name).
+        settings.tiers = {**default_tiers(), **settings.tiers}
+        settings.usage.prices = {**default_prices(), **settings.usage.prices}
+        _check(settings, lines, source)
+    except ConfigError as exc:
+        raise _blame_environment(exc, from_env) from None
     return settings
 
 
@@ -443,24 +451,102 @@ def _interpolate(
     return _VAR.sub(substitute, value)
 
 
-def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
-    """Overlay ``RELAYGATE_*`` variables onto the file's settings."""
+_SETTING_NAME = re.compile(r"[a-z_][a-z0-9_]*\Z")
+
+
+def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[tuple[str, ...], str]:
+    """Overlay ``RELAYGATE_*`` variables onto the file's settings.
+
+    Returns which variable set each setting's path, so that an error in a value
+    from the environment names its variable (:func:`_blame_environment`).
+    """
+    origins: dict[tuple[str, ...], str] = {}
     for key, raw in env.items():
         if not key.startswith(ENV_PREFIX) or key in _NOT_SETTINGS:
             continue
         parts = key[len(ENV_PREFIX) :].lower().split("__")
+        if not all(_SETTING_NAME.match(part) for part in parts):
+            raise ConfigError(
+                "not a setting name: RELAYGATE_ is followed by a setting's name, with __ "
+                "between nested names (RELAYGATE_ROUTING__MAX_ATTEMPTS)",
+                source=_variable(key),
+            )
         target = data
         for part in parts[:-1]:
             target = target.setdefault(part, {})
             if not isinstance(target, dict):
-                raise ConfigError(f"{key}: {part} is not a section of settings")
+                raise ConfigError(f"{part} is not a section of settings", source=_variable(key))
         name = parts[-1]
         if name in ("discover_ollama", "allow_origins", "allow_headers"):
             target[name] = [u.strip() for u in raw.split(",") if u.strip()]
         elif name == "models":
-            raise ConfigError(f"{key}: models can only be set in the configuration file")
+            raise ConfigError(
+                "models can only be set in the configuration file", source=_variable(key)
+            )
         else:
             target[name] = raw
+        origins[tuple(parts)] = key
+    return origins
+
+
+def _variable(name: str) -> str:
+    return f"environment variable {name}"
+
+
+# "<field path>: <problem>", the shape of every message below; "[...]" is msgspec's
+# name for one key of a dict (it does not say which).
+_FIELD_MESSAGE = re.compile(r"([A-Za-z_]\w*(?:\.[A-Za-z_]\w*|\[\d+\]|\[\.\.\.\])*): (.*)\Z", re.S)
+_PATH_ITEM = re.compile(r"\.?([A-Za-z_]\w*)|\[(\d+)\]|\[(\.\.\.)\]")
+
+
+def _blame_environment(exc: ConfigError, from_env: Mapping[tuple[str, ...], str]) -> ConfigError:
+    """Re-address a settings error to the ``RELAYGATE_*`` variable that set the field.
+
+    The field is the path the message starts with; the variable is the one that set
+    that field, a section around it, or a field inside it (an unknown nested name).
+    """
+    match = _FIELD_MESSAGE.match(exc.message) if from_env else None
+    if match is None:
+        return exc
+    path = tuple(
+        m.group(1) or (int(m.group(2)) if m.group(2) else _ANY_KEY)
+        for m in _PATH_ITEM.finditer(match.group(1))
+    )
+    best: tuple[int, tuple[str, ...], str] | None = None
+    for origin, variable in from_env.items():
+        common = min(len(origin), len(path))
+        if all(p in (o, _ANY_KEY) for p, o in zip(path, origin, strict=False)) and (
+            best is None or common > best[0]
+        ):
+            best = (common, origin, variable)
+    if best is None:
+        return exc
+    _, origin, variable = best
+    known = tuple(o if p == _ANY_KEY else p for p, o in zip(path, origin, strict=False))
+    field = known + path[len(origin) :]
+    text = match.group(2)
+    if text == "unknown setting":
+        text += _suggestion(field)
+    return ConfigError(f"{_dotted(field)}: {text}", source=_variable(variable))
+
+
+_ANY_KEY = "[...]"
+
+
+def _suggestion(path: tuple[str | int, ...]) -> str:
+    """'; did you mean RELAYGATE_PORT?' for a misspelt name, when one is close."""
+    owner: Any = Settings
+    for part in path[:-1]:
+        hints = typing.get_type_hints(owner) if isinstance(owner, type) else {}
+        owner = hints.get(str(part))
+    if not (isinstance(owner, type) and issubclass(owner, msgspec.Struct)):
+        return ""
+    names = [f.name for f in msgspec.structs.fields(owner)]
+    close = difflib.get_close_matches(str(path[-1]), names, n=1)
+    if not close:
+        return ""
+    name = "__".join(str(part) for part in (*path[:-1], close[0])).upper()
+    return f"; did you mean {ENV_PREFIX}{name}?"
 
 
 Lines = dict[tuple[str | int, ...], int]
@@ -601,7 +687,7 @@ def _url_problem(url: str) -> str | None:
     return None
 
 
-_PATH_PART = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]")
+_PATH_PART = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]|\[(\.\.\.)\]")
 
 
 def _located(
@@ -610,7 +696,8 @@ def _located(
     """Turn msgspec's ``... - at `$.models[0].port``` into a field name and file line."""
     text, _, where = message.partition(" - at `")
     path: tuple[str | int, ...] = tuple(
-        m.group(1) if m.group(1) else int(m.group(2)) for m in _PATH_PART.finditer(where)
+        m.group(1) or (int(m.group(2)) if m.group(2) else _ANY_KEY)
+        for m in _PATH_PART.finditer(where)
     )
     unknown = re.search(r"unknown field `([^`]+)`", text)
     if unknown:
@@ -634,5 +721,8 @@ def _line_of(path: tuple[str | int, ...], lines: dict[tuple[str | int, ...], int
 def _dotted(path: tuple[str | int, ...]) -> str:
     out = ""
     for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+        if isinstance(part, int) or part == _ANY_KEY:
+            out += f"[{part}]" if isinstance(part, int) else part
+        else:
+            out += f".{part}" if out else part
     return out

@@ -45,7 +45,7 @@ async def test_hourly_limit_gives_429_naming_limit_and_reset() -> None:
     assert int(headers["retry-after"]) >= 1100  # one request refills every 20 minutes
     assert headers["x-ratelimit-remaining"] == "0"
     message = error.value.message
-    assert "requests_per_hour (3)" in message and "resets in" in message and "Z." in message
+    assert "requests_per_hour (3)" in message and "retry in" in message and "Z." in message
 
 
 async def test_usage_reports_seed_shape() -> None:

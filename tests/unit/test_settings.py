@@ -40,6 +40,13 @@ def test_readme_example(tmp_path: Path) -> None:
     assert settings.ollama_discovery_urls == [] and not settings.serves_mock
 
 
+def test_readme_example_serves_several_workers(tmp_path: Path) -> None:
+    """The README runs its example with --workers 2, which needs redis_url."""
+    path = write(tmp_path, README_EXAMPLE)
+    settings = load_settings(path, environ={"OPENAI_API_KEY": "sk-x"}, overrides={"workers": 2})
+    assert settings.workers == 2 and settings.redis_url == "redis://127.0.0.1:6379/0"
+
+
 def test_no_configuration_serves_mock_and_local_ollama() -> None:
     settings = load_settings(environ={})
     assert settings.serves_mock
@@ -51,7 +58,7 @@ def test_missing_secret_names_variable_and_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as error:
         load_settings(path, environ={})
     assert str(error.value) == (
-        f"{path}:13: models[1].deployments[0].api_key: "
+        f"{path}:15: models[1].deployments[0].api_key: "
         "missing secret: environment variable OPENAI_API_KEY is not set"
     )
 

@@ -175,17 +175,28 @@ def _is_token_rule(rule: Rule) -> bool:
     return rule.name.startswith("tokens_")
 
 
-def rate_limit_headers(states: list[RuleState]) -> list[tuple[bytes, bytes]]:
-    """``X-RateLimit-Limit/Remaining/Reset`` for the most constraining request rule.
+def rate_limit_headers(
+    states: list[RuleState], refused: RuleState | None = None
+) -> list[tuple[bytes, bytes]]:
+    """``X-RateLimit-Limit/Remaining/Reset`` for one request or token rule.
 
-    The rule with the least remaining wins (the later reset on a tie); token rules are
-    used only when no request rule applies, and concurrency never.
+    On a 429 that rule is ``refused``, the one the message names and ``Retry-After``
+    is computed from. Otherwise it is the most constraining request rule: the least
+    remaining wins (the later reset on a tie); token rules are used only when no
+    request rule applies, and concurrency and money never. ``Reset`` is the seconds
+    until the rule is back to its full limit, which for a rate (GCRA, refilling
+    continuously) is later than the moment one more request fits (``Retry-After``).
     """
+    if refused is not None and (_is_request_rule(refused.rule) or _is_token_rule(refused.rule)):
+        return _headers(refused)
     candidates = [s for s in states if _is_request_rule(s.rule)]
     candidates = candidates or [s for s in states if _is_token_rule(s.rule)]
     if not candidates:
         return []
-    state = min(candidates, key=lambda s: (s.remaining, -s.reset_after))
+    return _headers(min(candidates, key=lambda s: (s.remaining, -s.reset_after)))
+
+
+def _headers(state: RuleState) -> list[tuple[bytes, bytes]]:
     return [
         (b"x-ratelimit-limit", str(state.rule.limit).encode()),
         (b"x-ratelimit-remaining", str(state.remaining).encode()),
@@ -211,26 +222,35 @@ def describe_denial(state: RuleState, now: float | None = None) -> str:
             f"Request too large for the limit: it reserves {rule.cost} {unit}, more than "
             f"{field} ({rule.limit}) {whose} allows; lower max_tokens."
         )
-    kind = "Quota" if rule.kind == "quota" else "Rate limit"
     at = (time.time() if now is None else now) + state.retry_after
     stamp = datetime.fromtimestamp(math.ceil(at), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if rule.kind == "quota":  # a quota resets all at once: the wait is the reset
+        return (
+            f"Quota exceeded: {field} ({rule.limit}) {whose}; "
+            f"resets in {_seconds(state.retry_after)} s at {stamp}."
+        )
+    # A rate refills continuously: one more request fits long before it is full again.
     return (
-        f"{kind} exceeded: {field} ({rule.limit}) {whose}; "
-        f"resets in {_seconds(state.retry_after)} s at {stamp}."
+        f"Rate limit exceeded: {field} ({rule.limit}) {whose}; "
+        f"retry in {_seconds(state.retry_after)} s, at {stamp}."
     )
 
 
 def rate_limited(decision: Decision, now: float | None = None) -> RateLimited:
     """The 429 for a refused decision, named after the rule that keeps it out longest
-    (every rule must have room at once, so that wait is the one that matters)."""
+    (every rule must have room at once, so that wait is the one that matters).
+
+    ``Retry-After`` and the message say when this request would be admitted; the
+    ``X-RateLimit-*`` headers describe that same rule."""
     waiting = [s for s in decision.states if s.retry_after > 0]
     state = max(waiting, key=lambda s: s.retry_after, default=decision.denied)
     if state is None:
         raise ValueError("rate_limited() needs a refused decision")
     return RateLimited(
         describe_denial(state, now),
-        retry_after=state.retry_after,
-        rate_headers=rate_limit_headers(decision.states),
+        # Whole seconds, rounded up: a client that waits this long is admitted.
+        retry_after=_seconds(state.retry_after),
+        rate_headers=rate_limit_headers(decision.states, refused=state),
     )
 
 

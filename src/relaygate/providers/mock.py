@@ -2,8 +2,10 @@
 
 The reply is derived from the prompt, so the same request always gets the same
 answer; it is streamed word by word with the deployment's ``chunk_delay``, and
-usage counts words. It lets ``make run`` work on a machine with no model, and
-it is listed in /v1/models as a development model.
+usage counts words. With ``n``, each choice gets its own reply (the index is part
+of what it is derived from), and usage counts the words of all of them. It lets
+``make run`` work on a machine with no model, and it is listed in /v1/models as
+a development model.
 """
 
 from __future__ import annotations
@@ -34,25 +36,29 @@ class MockProvider:
     base_url = "mock://"
 
     async def complete(self, deployment: Deployment, call: Call) -> JSON:
-        prompt, words, reason = _reply(call)
-        text = "".join(words)
+        prompt, replies = _replies(call)
         chat = call.kind == "chat"
-        choice: JSON = {"index": 0, "logprobs": None, "finish_reason": reason}
-        if chat:
-            choice["message"] = {"role": "assistant", "content": text}
-        else:
-            choice["text"] = text
+        choices = []
+        for index, (words, reason) in enumerate(replies):
+            text = "".join(words)
+            choice: JSON = {"index": index, "logprobs": None, "finish_reason": reason}
+            if chat:
+                choice["message"] = {"role": "assistant", "content": text}
+            else:
+                choice["text"] = text
+            choices.append(choice)
         return {
             "id": ("chatcmpl-" if chat else "cmpl-") + call.request_id,
             "object": "chat.completion" if chat else "text_completion",
             "created": int(time.time()),
             "model": call.model,
-            "choices": [choice],
-            "usage": usage(_count(prompt), len(words)),
+            "choices": choices,
+            "usage": usage(_count(prompt), sum(len(words) for words, _ in replies)),
         }
 
     async def stream(self, deployment: Deployment, call: Call) -> AsyncIterator[JSON]:
-        prompt, words, reason = _reply(call)
+        """Word ``i`` of every choice, then word ``i + 1``...; each choice ends on its own."""
+        prompt, replies = _replies(call)
         chat = call.kind == "chat"
         base: JSON = {
             "id": ("chatcmpl-" if chat else "cmpl-") + call.request_id,
@@ -60,14 +66,20 @@ class MockProvider:
             "created": int(time.time()),
             "model": call.model,
         }
-        for index, word in enumerate(words):
-            if index and deployment.chunk_delay:
+        longest = max(len(words) for words, _ in replies)
+        for position in range(longest):
+            if position and deployment.chunk_delay:
                 await asyncio.sleep(deployment.chunk_delay)
-            yield {**base, "choices": [_piece(chat, word, first=index == 0)]}
-        end = _piece(chat, "", first=not words)
-        end["finish_reason"] = reason
-        yield {**base, "choices": [end]}
-        yield {**base, "choices": [], "usage": usage(_count(prompt), len(words))}
+            for index, (words, _) in enumerate(replies):
+                if position < len(words):
+                    piece = _piece(chat, words[position], index, first=position == 0)
+                    yield {**base, "choices": [piece]}
+        for index, (words, reason) in enumerate(replies):
+            end = _piece(chat, "", index, first=not words)
+            end["finish_reason"] = reason
+            yield {**base, "choices": [end]}
+        completion = sum(len(words) for words, _ in replies)
+        yield {**base, "choices": [], "usage": usage(_count(prompt), completion)}
 
     async def embed(self, deployment: Deployment, call: Call) -> JSON:
         params = call.params
@@ -110,27 +122,34 @@ def _last_user_text(call: Call) -> str:
     return _prompt(call)
 
 
-def _reply(call: Call) -> tuple[str, list[str], str]:
-    """The prompt, the reply split into word pieces, and the finish reason."""
+def _replies(call: Call) -> tuple[str, list[tuple[list[str], str]]]:
+    """The prompt, and for each of the ``n`` choices its reply split into word pieces and
+    its finish reason. Choice 0 is the reply a request without ``n`` gets."""
     prompt = _prompt(call)
     said = " ".join(_last_user_text(call).split())[:200] or "nothing"
-    digest = hashlib.sha256(prompt.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    count = getattr(call.params, "n", None) or 1
+    return prompt, [_reply(call, prompt, said, index) for index in range(count)]
+
+
+def _reply(call: Call, prompt: str, said: str, index: int) -> tuple[list[str], str]:
+    seed = prompt if index == 0 else f"{prompt}\x00choice {index}"
+    digest = hashlib.sha256(seed.encode("utf-8", "surrogatepass")).hexdigest()[:8]
     text = f"This is the mock development model (reply {digest}). You said: {said}"
     words = [w + " " for w in text.split(" ")]
     words[-1] = words[-1].rstrip()
     limit = call.max_output_tokens
     if limit is not None and limit < len(words):
-        return prompt, words[:limit], "length"
-    return prompt, words, "stop"
+        return words[:limit], "length"
+    return words, "stop"
 
 
-def _piece(chat: bool, text: str, first: bool) -> JSON:
+def _piece(chat: bool, text: str, index: int, first: bool) -> JSON:
     if not chat:
-        return {"index": 0, "text": text, "logprobs": None, "finish_reason": None}
+        return {"index": index, "text": text, "logprobs": None, "finish_reason": None}
     delta: JSON = {"role": "assistant", "content": text} if first else {"content": text}
     if not text and not first:
         delta = {}
-    return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
+    return {"index": index, "delta": delta, "logprobs": None, "finish_reason": None}
 
 
 def _count(text: str) -> int:

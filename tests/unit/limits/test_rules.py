@@ -189,7 +189,7 @@ def test_describe_rate_denial() -> None:
     text = describe_denial(state("requests_per_hour", 100, 0, 3600, 35.2), NOW)
     assert text == (
         "Rate limit exceeded: requests_per_hour (100) for this key; "
-        "resets in 36 s at 2026-11-22T06:40:12Z."
+        "retry in 36 s, at 2026-11-22T06:40:12Z."
     )
 
 
