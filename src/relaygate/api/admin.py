@@ -28,7 +28,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from relaygate.api.admin_usage import UsageAdminAPI
-from relaygate.api.http import ClientGone, decode_json_object, error_body, new_request_id, read_body
+from relaygate.api.http import decode_json_object, error_body
+from relaygate.asgi import ClientGone, new_request_id, read_body
 from relaygate.auth.bootstrap import ADMIN_TENANT
 from relaygate.auth.principal import Principal
 from relaygate.errors import (

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 import msgspec
 from sqlalchemy.exc import SQLAlchemyError
 
-from relaygate.api.http import Receive, Scope, Send, new_request_id, send_bytes, send_error
+from relaygate.api.http import send_error
+from relaygate.asgi import Receive, Scope, Send, new_request_id, send_bytes
 from relaygate.errors import InvalidRequest, RelaygateError, StoreUnavailable
 from relaygate.usage.analytics import key_stats
 
