@@ -19,7 +19,7 @@ from relaygate.schema.requests import ChatRequest, CompletionRequest, EmbeddingR
 from relaygate.schema.responses import embedding_list, usage
 
 if TYPE_CHECKING:
-    from relaygate.routing.router import Deployment
+    from relaygate.providers.base import Upstream
     from relaygate.schema.requests import Call
 
 __all__ = ["MockProvider"]
@@ -33,7 +33,7 @@ class MockProvider:
 
     base_url = "mock://"
 
-    async def complete(self, deployment: Deployment, call: Call) -> JSON:
+    async def complete(self, deployment: Upstream, call: Call) -> JSON:
         prompt, words, reason = _reply(call)
         text = "".join(words)
         chat = call.kind == "chat"
@@ -51,7 +51,7 @@ class MockProvider:
             "usage": usage(_count(prompt), len(words)),
         }
 
-    async def stream(self, deployment: Deployment, call: Call) -> AsyncIterator[JSON]:
+    async def stream(self, deployment: Upstream, call: Call) -> AsyncIterator[JSON]:
         prompt, words, reason = _reply(call)
         chat = call.kind == "chat"
         base: JSON = {
@@ -69,7 +69,7 @@ class MockProvider:
         yield {**base, "choices": [end]}
         yield {**base, "choices": [], "usage": usage(_count(prompt), len(words))}
 
-    async def embed(self, deployment: Deployment, call: Call) -> JSON:
+    async def embed(self, deployment: Upstream, call: Call) -> JSON:
         params = call.params
         assert isinstance(params, EmbeddingRequest)
         inputs = [params.input] if isinstance(params.input, str) else params.input
