@@ -21,6 +21,7 @@ from relaygate.api.seed import GenerateFormat, SeedChatFormat
 from relaygate.api.tasks import TasksAPI
 from relaygate.asgi import Receive, Scope, Send, new_request_id
 from relaygate.errors import MethodNotAllowed, NotFound
+from relaygate.observability.logging import configure_logging
 from relaygate.pipeline import Pipeline
 from relaygate.settings import Settings, load_settings
 from relaygate.state import AppState, close_state, open_state
@@ -142,8 +143,6 @@ def _method_not_allowed(allowed: list[str]) -> Handler:
 def create_app(settings: Settings | None = None) -> Gateway:
     """The ASGI app; without settings they are loaded from the file and environment."""
     if settings is None:
-        from relaygate.cli import configure_logging
-
         settings = load_settings()
         configure_logging(settings)
     return Gateway(settings)
