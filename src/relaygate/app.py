@@ -89,6 +89,7 @@ class Gateway:
         # Each inference route is the one pipeline, given its API's wire format.
         pipeline, openai = Pipeline(state), OpenAIFormat()
         models, ops, tasks = OpenAIModels(state), OpsAPI(state), TasksAPI(state)
+        tags = OllamaTags(state)
         self._routes = {
             "/v1/chat/completions": {"POST": pipeline.route(openai, "chat")},
             "/v1/completions": {"POST": pipeline.route(openai, "completion")},
@@ -99,11 +100,13 @@ class Gateway:
             "/metrics": {"GET": ops.metrics},
             "/usage": {"GET": tasks.usage},
             "/api/stats": {"GET": tasks.stats},
+            "/ai/models": {"GET": tasks.models},
             "/ai/generate": {"POST": pipeline.route(GenerateFormat(router.models), "chat")},
             "/chat": {"POST": pipeline.route(SeedChatFormat(), "chat")},
             "/api/chat": {"POST": pipeline.route(OllamaChatFormat(), "chat")},
             "/api/generate": {"POST": pipeline.route(OllamaGenerateFormat(), "chat")},
-            "/api/tags": {"GET": OllamaTags(state).tags},
+            "/api/tags": {"GET": tags.tags},
+            "/api/models": {"GET": tags.tags},
         }
         self._model_route = {"GET": models.model}
         self._admin = build_admin_app(state)

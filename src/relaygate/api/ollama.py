@@ -201,7 +201,8 @@ class OllamaGenerateFormat(_OllamaFormat):
 
 
 class OllamaTags:
-    """GET /api/tags: the models this gateway serves, in Ollama's listing shape."""
+    """GET /api/tags (and seed 003's GET /api/models): the models the caller's key may
+    use, in Ollama's listing shape. Sizes and digests are unknown (0 and "")."""
 
     def __init__(self, state: AppState) -> None:
         self.state = state
@@ -209,22 +210,21 @@ class OllamaTags:
     async def tags(self, scope: Scope, receive: Receive, send: Send) -> None:
         state, request_id = self.state, new_request_id()
         try:
-            await state.auth.authenticate(scope)
+            principal = await state.auth.authenticate(scope)
         except RelaygateError as exc:
             body = _encode({"error": exc.message})
             await send_bytes(send, exc.status, body, request_id, extra=exc.headers())
             return
-        now = _now()
         models = [
             {
-                "name": name,
-                "model": name,
-                "modified_at": now,
+                "name": model.name,
+                "model": model.name,
+                "modified_at": _timestamp(model.created),
                 "size": 0,
                 "digest": "",
                 "details": {},
             }
-            for name in state.router.models
+            for model in state.models_for(principal)
         ]
         await send_bytes(send, 200, _encode({"models": models}), request_id)
 
@@ -294,3 +294,7 @@ def _done(call: Call, finish: str | None, usage: JSON | None) -> JSON:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _timestamp(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")

@@ -21,6 +21,7 @@ from relaygate.errors import ModelNotFound, RelaygateError
 from relaygate.schema.requests import Call, Kind
 
 if TYPE_CHECKING:
+    from relaygate.routing.router import Model
     from relaygate.state import AppState
 
 __all__ = ["OpenAIFormat", "OpenAIModels"]
@@ -64,7 +65,7 @@ class OpenAIFormat:
 
 
 class OpenAIModels:
-    """GET /v1/models and /v1/models/{name}: pre-rendered at start."""
+    """GET /v1/models and /v1/models/{name}: the models the caller's key may use."""
 
     def __init__(self, state: AppState) -> None:
         self.state = state
@@ -79,17 +80,30 @@ class OpenAIModels:
         """GET /v1/models (``name`` None) or /v1/models/{name}."""
         request_id = new_request_id()
         try:
-            await self.state.auth.authenticate(scope)
+            principal = await self.state.auth.authenticate(scope)
+            models = self.state.models_for(principal)
             if name is None:
-                body = self.state.models_json
-            elif (entry := self.state.model_entries.get(name)) is not None:
-                body = entry
+                body = _encode({"object": "list", "data": [_model_entry(m) for m in models]})
+            elif (model := next((m for m in models if m.name == name), None)) is not None:
+                body = _encode(_model_entry(model))
             else:
                 raise ModelNotFound(name)
         except RelaygateError as exc:
             await send_error(send, exc, request_id)
             return
         await send_bytes(send, 200, body, request_id)
+
+
+def _model_entry(model: Model) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "id": model.name,
+        "object": "model",
+        "created": model.created,
+        "owned_by": model.owned_by,
+    }
+    if model.description:
+        entry["description"] = model.description
+    return entry
 
 
 def _sse(chunk: dict[str, Any], call: Call) -> bytes | None:
