@@ -82,7 +82,7 @@ def _scope(secret: str) -> dict[str, Any]:
 
 async def _round(state: AppState, scope: dict[str, Any], n: int) -> list[tuple[int, int, int]]:
     """``n`` requests' worth of authenticate/admit/settle; ns per stage for each."""
-    from relaygate.api.http import new_request_id
+    from relaygate.asgi import new_request_id
 
     auth, admission, clock = state.auth, state.admission, time.perf_counter_ns
     out = []
@@ -162,7 +162,7 @@ async def _trips_by_stage(
     state: AppState, scope: dict[str, Any], sent: _Sent, n: int = 100
 ) -> dict[str, float]:
     """Redis commands sent per request in each stage, over ``n`` more requests."""
-    from relaygate.api.http import new_request_id
+    from relaygate.asgi import new_request_id
 
     counts = dict.fromkeys(STAGES, 0)
     for _ in range(n):

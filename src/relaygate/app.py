@@ -14,14 +14,17 @@ from collections.abc import Awaitable, Callable
 from relaygate import __version__
 from relaygate.api.admin import build_admin_app
 from relaygate.api.cors import CORS
-from relaygate.api.http import Receive, Scope, Send, new_request_id, send_error
-from relaygate.api.ollama import OllamaChatAPI, OllamaGenerateAPI, OllamaTags
-from relaygate.api.openai import OpenAIAPI
+from relaygate.api.http import send_error
+from relaygate.api.ollama import OllamaChatFormat, OllamaGenerateFormat, OllamaTags
+from relaygate.api.openai import OpenAIFormat, OpenAIModels
 from relaygate.api.openapi import DocsAPI
 from relaygate.api.ops import OpsAPI
-from relaygate.api.seed import GenerateAPI, SeedChatAPI
+from relaygate.api.seed import GenerateFormat, SeedChatFormat
 from relaygate.api.tasks import TasksAPI
+from relaygate.asgi import Receive, Scope, Send, new_request_id
 from relaygate.errors import MethodNotAllowed, NotFound
+from relaygate.observability.logging import configure_logging
+from relaygate.pipeline import Pipeline
 from relaygate.settings import Settings, load_settings
 from relaygate.state import AppState, close_state, open_state
 
@@ -107,27 +110,30 @@ class Gateway:
         state = await open_state(self.settings, self.log)
         router = state.router
         self.state = state
-        openai, ops, tasks = OpenAIAPI(state), OpsAPI(state), TasksAPI(state)
-        generate, seed_chat = GenerateAPI(state), SeedChatAPI(state)
-        ollama_chat, ollama_generate = OllamaChatAPI(state), OllamaGenerateAPI(state)
+        # Each inference route is the one pipeline, given its API's wire format.
+        pipeline, openai = Pipeline(state), OpenAIFormat()
+        models, ops, tasks = OpenAIModels(state), OpsAPI(state), TasksAPI(state)
+        tags = OllamaTags(state)
         self._routes = {
-            "/v1/chat/completions": {"POST": openai.chat},
-            "/v1/completions": {"POST": openai.completions},
-            "/v1/embeddings": {"POST": openai.embeddings},
-            "/v1/models": {"GET": openai.models},
+            "/v1/chat/completions": {"POST": pipeline.route(openai, "chat")},
+            "/v1/completions": {"POST": pipeline.route(openai, "completion")},
+            "/v1/embeddings": {"POST": pipeline.route(openai, "embedding")},
+            "/v1/models": {"GET": models.models},
             "/health": {"GET": ops.health},
             "/ready": {"GET": ops.ready},
             "/metrics": {"GET": ops.metrics},
             "/usage": {"GET": tasks.usage},
             "/api/stats": {"GET": tasks.stats},
-            "/ai/generate": {"POST": generate.chat},
-            "/chat": {"POST": seed_chat.chat},
-            "/api/chat": {"POST": ollama_chat.chat},
-            "/api/generate": {"POST": ollama_generate.chat},
-            "/api/tags": {"GET": OllamaTags(openai).tags},
+            "/ai/models": {"GET": tasks.models},
+            "/ai/generate": {"POST": pipeline.route(GenerateFormat(router.models), "chat")},
+            "/chat": {"POST": pipeline.route(SeedChatFormat(), "chat")},
+            "/api/chat": {"POST": pipeline.route(OllamaChatFormat(), "chat")},
+            "/api/generate": {"POST": pipeline.route(OllamaGenerateFormat(), "chat")},
+            "/api/tags": {"GET": tags.tags},
+            "/api/models": {"GET": tags.tags},
         }
         self._routes.update(DocsAPI(self.served_routes).routes())  # /openapi.json, /docs
-        self._model_route = {"GET": openai.model}
+        self._model_route = {"GET": models.model}
         self._admin = build_admin_app(state)
         # Everything built so far lives as long as the process: move it out of the
         # collector's way, so collections on the request path have less to scan.
@@ -165,8 +171,6 @@ def _method_not_allowed(allowed: list[str]) -> Handler:
 def create_app(settings: Settings | None = None) -> Gateway:
     """The ASGI app; without settings they are loaded from the file and environment."""
     if settings is None:
-        from relaygate.cli import configure_logging
-
         settings = load_settings()
         configure_logging(settings)
     return Gateway(settings)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 import tempfile
@@ -21,6 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from relaygate import __version__
 from relaygate.cli_admin import add_commands
 from relaygate.errors import ConfigError
+from relaygate.observability.logging import configure_logging
 from relaygate.settings import Settings, load_settings
 
 __all__ = ["main"]
@@ -178,15 +178,6 @@ def _export_for_workers(args: argparse.Namespace, settings: Settings) -> None:
 
 def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
-
-
-def configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # Alembic announces each of its plugins at INFO on every start; keep its migrations.
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 
 def _config_check(args: argparse.Namespace) -> None:

@@ -18,11 +18,11 @@ from datetime import UTC, datetime
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from relaygate.api.admin import check_tier, default_tier, expiry, resolve_tenant
+from relaygate.api.admin import check_tier, default_tier, expiry
 from relaygate.errors import ClientError, ConfigError, Conflict, NotFound
 from relaygate.settings import Settings, load_settings
 from relaygate.store.engine import create_engine, safe_url
-from relaygate.store.identity import IdentityStore, KeyRecord
+from relaygate.store.identity import IdentityStore, KeyRecord, resolve_tenant
 from relaygate.store.schema import SCHEMA_REVISION, current_revision
 
 __all__ = ["add_commands"]

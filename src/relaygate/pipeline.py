@@ -2,10 +2,12 @@
 
     parse -> authenticate -> admit -> cache -> route -> call -> relay -> settle
 
-Parsing happens in the inbound API module (``api/``); authentication, admission,
-caching and settlement slot in here as later stages. This module routes and
-calls: it tries deployments in the router's order, retrying on another one only
-while nothing has reached the client, and applies each deployment's timeouts.
+:meth:`Pipeline.serve` runs one inference request through every stage, in
+order. It knows no wire format: each inbound API (``api/``) hands it a
+:class:`WireFormat` that parses the request into a :class:`Call` and renders
+answers, stream events and errors in that API's shape. Routing and calling,
+below, try deployments in the router's order, retrying on another one only
+while nothing has reached the client, and apply each deployment's timeouts.
 """
 
 from __future__ import annotations
@@ -14,18 +16,344 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import TYPE_CHECKING, Any, Protocol
 
-from relaygate.errors import UpstreamError, UpstreamStatusError, UpstreamTimeout
+from relaygate.asgi import (
+    ASGIApp,
+    ClientGone,
+    DisconnectWatch,
+    Receive,
+    Scope,
+    Send,
+    header,
+    new_request_id,
+    read_body,
+    send_bytes,
+)
+from relaygate.errors import (
+    NoHealthyDeployment,
+    RateLimited,
+    RelaygateError,
+    UpstreamError,
+    UpstreamStatusError,
+    UpstreamTimeout,
+)
+from relaygate.usage.accounting import Served
 
 if TYPE_CHECKING:
+    from relaygate.cache.response import Hit, Plan
     from relaygate.routing.router import Deployment
-    from relaygate.schema.requests import Call
+    from relaygate.schema.requests import Call, Kind
     from relaygate.state import AppState
 
-__all__ = ["UpstreamStream", "complete", "open_stream"]
+__all__ = ["Pipeline", "UpstreamStream", "WireFormat", "complete", "observe", "open_stream"]
 
 JSON = dict[str, Any]
+Headers = tuple[tuple[bytes, bytes], ...]
+_NOTHING_USED = {"prompt_tokens": 0, "completion_tokens": 0}
+
+
+class WireFormat(Protocol):
+    """An inbound API's wire format: how it reads a request and writes answers.
+
+    The pipeline is given one per route. Chunks and bodies it is given are
+    canonical (OpenAI-shaped); the model name in them is already the client's.
+    A format that needs state across one request's events keeps it in
+    ``call.wire``.
+    """
+
+    @property
+    def name(self) -> str:
+        """The API's name in metrics and usage records."""
+
+    @property
+    def json_type_required(self) -> bool:
+        """Whether the request's Content-Type must say JSON."""
+
+    @property
+    def stream_headers(self) -> Headers:
+        """The response headers of a stream (its content type first)."""
+
+    def parse(self, kind: Kind, body: bytes, request_id: str) -> Call:
+        """The request body as a canonical call; bad input raises InvalidRequest."""
+
+    def render(self, call: Call, body: JSON, provider: str | None, cached: bool) -> bytes:
+        """A complete answer's body."""
+
+    def event(self, call: Call, chunk: JSON) -> bytes | None:
+        """One relayed chunk as an event (None: nothing to send); may change ``chunk``."""
+
+    def replayed(self, call: Call, chunk: JSON) -> bytes | None:
+        """One chunk that is, or will be, cached, as an event; must not change it."""
+
+    def end(self, call: Call, provider: str | None, cached: bool) -> bytes:
+        """What closes a complete stream."""
+
+    def error(self, error: RelaygateError) -> bytes:
+        """An error answer's body, in this API's error shape."""
+
+    def error_event(self, error: RelaygateError) -> bytes:
+        """What closes a stream that failed after it started."""
+
+
+@dataclass(slots=True)
+class _Outcome:
+    """What the metrics record of one request."""
+
+    model: str = "unknown"  # a configured name: bounded, fit for a metric label
+    status: int = 500
+    ttfb: float | None = None
+    admitted: bool = False  # authenticated: the request gets a usage record
+    hit: Hit | None = None  # answered from the cache
+
+
+class Pipeline:
+    """Every inference request's stages, bound to the app's state."""
+
+    __slots__ = ("state",)
+
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+
+    def route(self, fmt: WireFormat, kind: Kind) -> ASGIApp:
+        """The ASGI handler of one inference route: this pipeline, in ``fmt``."""
+        return partial(self.serve, fmt, kind)
+
+    async def serve(
+        self, fmt: WireFormat, kind: Kind, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """One request, start to end: every error answered in ``fmt``'s shape,
+        metrics always, and exactly one usage record once it is authenticated."""
+        state = self.state
+        started = time.perf_counter()
+        served = Served(new_request_id(), fmt.name, scope["path"])
+        outcome = _Outcome()
+        state.metrics.started(fmt.name)
+        try:
+            await self._serve(fmt, kind, scope, receive, send, served, outcome)
+        except RelaygateError as exc:
+            outcome.status = exc.status
+            served.rejected = not isinstance(exc, UpstreamError | NoHealthyDeployment)
+            if isinstance(exc, RateLimited):
+                state.metrics.ratelimited.labels(fmt.name).inc()
+            await _send_error(send, fmt, exc, served.request_id)
+        except ClientGone:
+            outcome.status = 499
+        except Exception:
+            state.log.exception("unexpected error serving request %s", served.request_id)
+            await _send_error(send, fmt, _internal_error(served.request_id), served.request_id)
+        finally:
+            elapsed = time.perf_counter() - started
+            ttfb = outcome.ttfb or elapsed
+            state.metrics.finished(outcome.model, fmt.name, outcome.status, elapsed, ttfb)
+            if outcome.admitted:
+                served.http_status, served.ttft = outcome.status, outcome.ttfb
+                state.recorder.record(served)
+
+    async def _serve(
+        self,
+        fmt: WireFormat,
+        kind: Kind,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        served: Served,
+        outcome: _Outcome,
+    ) -> None:
+        """authenticate -> parse -> admit -> route/call/relay -> settle."""
+        state = self.state
+        principal = await state.auth.authenticate(scope)
+        outcome.admitted = True  # from here on, the request gets a usage record
+        served.key_id, served.tenant_id = principal.key_id, principal.tenant_id
+        served.client_ip = state.auth.client_ip(scope)
+        body = await read_body(
+            scope, receive, state.max_body, json_type_required=fmt.json_type_required
+        )
+        call = fmt.parse(kind, body, served.request_id)
+        served.model, served.body = call.model, call.body
+        outcome.model = state.router.get(call.model).name
+        control = header(scope, b"cache-control")
+        plan = state.cache.plan(
+            kind, call.model, call.body, principal, control.decode("latin-1") if control else None
+        )
+        admitted = await state.admission.admit(
+            principal,
+            served.request_id,
+            model=call.model,
+            endpoint=scope["path"],
+            body_size=len(body),
+            max_output_tokens=call.max_output_tokens,
+        )
+        call.headers = admitted.headers
+        try:
+            await self._run(fmt, call, plan, receive, send, outcome)
+        finally:
+            if plan.leader:  # failed or incomplete: identical requests go upstream themselves
+                state.cache.release(plan, None)
+            served.usage, served.relayed = call.usage, call.relayed
+            charged = call.usage
+            if outcome.hit is not None:
+                served.cached, served.provider = True, outcome.hit.entry.provider
+                if not state.settings.usage.charge_cached_tokens:
+                    charged = _NOTHING_USED
+            elif call.served_by is not None:
+                served.provider, served.deployment = call.served_by
+            await state.admission.settle(admitted, charged, served.provider)
+
+    async def _run(
+        self,
+        fmt: WireFormat,
+        call: Call,
+        plan: Plan,
+        receive: Receive,
+        send: Send,
+        outcome: _Outcome,
+    ) -> None:
+        """Look up, or call and relay; the client leaving cancels the upstream call at once."""
+        watch = DisconnectWatch(receive)
+        try:
+            hit = await self.state.cache.fetch(plan) if plan.used else None
+            call.headers += plan.headers()
+            if hit is not None:
+                outcome.hit = hit
+                outcome.status = await _replay(fmt, call, hit, send)
+                outcome.ttfb = None
+            elif call.stream:
+                outcome.status, outcome.ttfb = await self._stream(fmt, call, plan, send, watch)
+            else:
+                outcome.status = await self._complete(fmt, call, plan, send, watch)
+        except asyncio.CancelledError:
+            if not watch.absorb():
+                raise
+            outcome.status = 499
+        finally:
+            watch.close()
+
+    async def _complete(
+        self, fmt: WireFormat, call: Call, plan: Plan, send: Send, watch: DisconnectWatch
+    ) -> int:
+        body, deployment = await complete(self.state, call)
+        usage = body.get("usage")
+        call.usage = usage if isinstance(usage, dict) else None
+        rendered = fmt.render(call, body, deployment.provider_name, False)
+        await send_bytes(send, 200, rendered, call.request_id, extra=call.headers)
+        watch.close()
+        if (plan.store or plan.leader) and (body.get("choices") or body.get("data")):
+            cache = self.state.cache
+            cache.release(plan, cache.entry(plan, deployment.provider_name, call.usage, body=body))
+        return 200
+
+    async def _stream(
+        self, fmt: WireFormat, call: Call, plan: Plan, send: Send, watch: DisconnectWatch
+    ) -> tuple[int, float | None]:
+        """Relay a stream; the client going away cancels the upstream call at once."""
+        upstream = await open_stream(self.state, call)
+        try:
+            return await self._relay(fmt, upstream, call, plan, send)
+        finally:
+            watch.close()
+            await upstream.aclose()
+
+    async def _relay(
+        self, fmt: WireFormat, upstream: UpstreamStream, call: Call, plan: Plan, send: Send
+    ) -> tuple[int, float | None]:
+        started = time.perf_counter()
+        headers = [*fmt.stream_headers, (b"x-request-id", call.request_id.encode()), *call.headers]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        ttfb: float | None = None
+        kept: list[JSON] | None = [] if plan.store or plan.leader else None
+        chunk = upstream.first
+        try:
+            while chunk is not None:
+                observe(chunk, call, kept)
+                data = fmt.event(call, chunk) if kept is None else fmt.replayed(call, chunk)
+                if data:
+                    await send({"type": "http.response.body", "body": data, "more_body": True})
+                    if ttfb is None:
+                        ttfb = time.perf_counter() - started
+                chunk = await upstream.next()
+        except UpstreamError as exc:
+            return await _end_with_error(fmt, send, exc), ttfb
+        except Exception:
+            self.state.log.exception("unexpected error relaying stream %s", call.request_id)
+            return await _end_with_error(fmt, send, _internal_error(call.request_id)), ttfb
+        provider = upstream.deployment.provider_name
+        last = fmt.end(call, provider, False)
+        await send({"type": "http.response.body", "body": last, "more_body": False})
+        if kept and _finished(kept):  # complete: a truncated stream is never stored
+            cache = self.state.cache
+            cache.release(plan, cache.entry(plan, provider, call.usage, chunks=kept))
+        return 200, ttfb
+
+
+async def _replay(fmt: WireFormat, call: Call, hit: Hit, send: Send) -> int:
+    """A cached answer, in the form this request asked for."""
+    entry = hit.entry
+    call.usage = entry.usage
+    if not call.stream:
+        body = fmt.render(call, entry.response(), entry.provider, True)
+        await send_bytes(send, 200, body, call.request_id, extra=call.headers)
+        return 200
+    events = [e for chunk in entry.stream_chunks() if (e := fmt.replayed(call, chunk))]
+    events.append(fmt.end(call, entry.provider, True))
+    headers = [*fmt.stream_headers, (b"x-request-id", call.request_id.encode()), *call.headers]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": b"".join(events), "more_body": False})
+    return 200
+
+
+async def _send_error(send: Send, fmt: WireFormat, error: RelaygateError, request_id: str) -> None:
+    """An error answer, in the API's error shape."""
+    await send_bytes(send, error.status, fmt.error(error), request_id, extra=error.headers())
+
+
+async def _end_with_error(fmt: WireFormat, send: Send, error: RelaygateError) -> int:
+    """A stream that already started ends with an error event and a clean close."""
+    body = fmt.error_event(error)
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+    return error.status
+
+
+def observe(chunk: JSON, call: Call, kept: list[JSON] | None) -> None:
+    """Every relayed chunk: the client's model name, usage (or the text, to estimate it),
+    and the chunk kept whole (usage included) when the cache will store the stream."""
+    chunk["model"] = call.model
+    usage = chunk.get("usage")
+    if usage:
+        call.usage = usage
+    elif call.usage is None:
+        _keep_text(chunk, call)
+    if kept is not None:
+        kept.append(chunk)
+
+
+def _finished(chunks: list[JSON]) -> bool:
+    """Whether every choice of a stream reached a finish_reason (else it was cut short)."""
+    started: set[int] = set()
+    finished: set[int] = set()
+    for chunk in chunks:
+        for choice in chunk.get("choices") or ():
+            index = choice.get("index", 0)
+            started.add(index)
+            if choice.get("finish_reason") is not None:
+                finished.add(index)
+    return bool(started) and started == finished
+
+
+def _keep_text(chunk: JSON, call: Call) -> None:
+    """Keep what was relayed, to estimate tokens if the stream ends without usage."""
+    choices = chunk.get("choices")
+    if choices:
+        first = choices[0]
+        delta = first.get("delta")
+        text = delta.get("content") if isinstance(delta, dict) else first.get("text")
+        if isinstance(text, str) and text:
+            call.relayed.append(text)
+
+
+def _internal_error(request_id: str) -> RelaygateError:
+    return RelaygateError(f"Internal error; the gateway's log has details under {request_id}.")
 
 
 async def complete(state: AppState, call: Call) -> tuple[JSON, Deployment]:

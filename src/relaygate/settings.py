@@ -157,6 +157,15 @@ def default_tiers() -> dict[str, TierConfig]:
     }
 
 
+HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+PUBLIC_KEY_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+DEFAULT_SECRET_ALGORITHMS = ("HS256",)
+DEFAULT_JWKS_ALGORITHMS = ("RS256", "ES256")
+_HMAC_KEY_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}  # the hash's size (RFC 7518 §3.2)
+
+
 class JWTConfig(_Config, kw_only=True):
     """JSON Web Tokens accepted as credentials: HS256 with a secret, or RS256/ES256 via JWKS."""
 
@@ -173,6 +182,45 @@ class JWTConfig(_Config, kw_only=True):
     tier_claim: str = "tier"
     default_role: Literal["admin", "user"] = "user"
     default_tier: str = "free"
+
+    @property
+    def accepted_algorithms(self) -> tuple[str, ...]:
+        """The configured algorithms, else the mode's defaults."""
+        if self.algorithms is not None:
+            return tuple(dict.fromkeys(self.algorithms))
+        return DEFAULT_SECRET_ALGORITHMS if self.secret is not None else DEFAULT_JWKS_ALGORITHMS
+
+
+def jwt_config_problem(config: JWTConfig) -> str | None:
+    """What is wrong with ``config`` (for settings validation), or None when it is usable."""
+    if (config.secret is None) == (config.jwks_url is None):
+        return "set exactly one of auth.jwt.secret and auth.jwt.jwks_url"
+    algorithms = config.accepted_algorithms
+    if not algorithms:
+        return "auth.jwt.algorithms must not be empty"
+    family, mode = (
+        (HMAC_ALGORITHMS, "secret")
+        if config.secret is not None
+        else (PUBLIC_KEY_ALGORITHMS, "jwks_url")
+    )
+    wrong = sorted(set(algorithms) - family)
+    if wrong:
+        return (
+            f"auth.jwt.algorithms {wrong} cannot be used with auth.jwt.{mode}; "
+            f"allowed: {sorted(family)}"
+        )
+    if config.secret is not None:
+        needed = max(_HMAC_KEY_BYTES[alg] for alg in algorithms)
+        if len(config.secret.encode()) < needed:
+            return f"auth.jwt.secret must be at least {needed} bytes long (RFC 7518 §3.2)"
+    elif not _is_http_url(config.jwks_url or ""):
+        return "auth.jwt.jwks_url must be an http:// or https:// URL"
+    return None
+
+
+def _is_http_url(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 class AuthConfig(_Config, kw_only=True):
@@ -583,8 +631,6 @@ def _check(settings: Settings, lines: Lines, source: str | None) -> None:
 def _check_access(settings: Settings, lines: Lines, source: str | None) -> None:
     """JWT settings, tier names, and workers that would not share limits."""
     if settings.auth.jwt is not None:
-        from relaygate.auth.jwt import jwt_config_problem
-
         problem = jwt_config_problem(settings.auth.jwt)
         if problem:
             line = _line_of(("auth", "jwt"), lines)

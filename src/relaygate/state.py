@@ -7,7 +7,7 @@ to every route.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,8 +24,8 @@ from relaygate.limits.base import Limiter
 from relaygate.limits.memory import MemoryLimiter
 from relaygate.limits.quotas import QuotaPrimer
 from relaygate.observability.metrics import Metrics
-from relaygate.routing.catalog import build_router, close_providers, model_entries
-from relaygate.routing.router import Router
+from relaygate.routing.catalog import build_router, close_providers
+from relaygate.routing.router import Model, Router
 from relaygate.settings import Settings
 from relaygate.store.engine import create_engine, safe_url
 from relaygate.store.identity import IdentityStore
@@ -64,13 +64,20 @@ class AppState:
     key_events: KeyEvents | None = None
     cache_events: Events | None = None
     jwt: JWTVerifier | None = None
-    models_json: bytes = b""
-    model_entries: dict[str, bytes] = field(default_factory=dict)
     draining: bool = False
 
     @property
     def max_body(self) -> int:
         return self.settings.max_body_bytes
+
+    def models_for(self, principal: Principal) -> list[Model]:
+        """The models ``principal`` may use, in configuration order: what every model
+        listing (/v1/models, /api/tags, /api/models, /ai/models) shows.
+
+        Keys and tiers do not restrict models, so this is every configured model; a
+        restriction, when one exists, goes here and every listing follows it.
+        """
+        return list(self.router.models.values())
 
     async def keys_changed(self, key_ids: list[str]) -> None:
         """After a key or tenant changed: drop it here, and tell every other worker."""
@@ -141,7 +148,6 @@ async def open_state(settings: Settings, log: logging.Logger) -> AppState:
             state.cache.publish = state.cache_events.publish_text
             state.cache_events.start()
     auth.start()
-    state.models_json, state.model_entries = model_entries(router)
     return state
 
 

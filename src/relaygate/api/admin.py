@@ -28,7 +28,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from relaygate.api.admin_usage import UsageAdminAPI
-from relaygate.api.http import ClientGone, decode_json_object, error_body, new_request_id, read_body
+from relaygate.api.http import decode_json_object, error_body
+from relaygate.asgi import ClientGone, new_request_id, read_body
 from relaygate.auth.bootstrap import ADMIN_TENANT
 from relaygate.auth.principal import Principal
 from relaygate.errors import (
@@ -41,7 +42,7 @@ from relaygate.errors import (
     StoreUnavailable,
 )
 from relaygate.settings import KeyCache, LimitSet, Settings
-from relaygate.store.identity import IdentityStore, KeyRecord, Tenant, utcnow
+from relaygate.store.identity import KeyRecord, Tenant, resolve_tenant, utcnow
 
 if TYPE_CHECKING:
     from relaygate.state import AppState
@@ -51,7 +52,6 @@ __all__ = [
     "check_tier",
     "default_tier",
     "expiry",
-    "resolve_tenant",
 ]
 
 _UNSET = msgspec.UNSET
@@ -128,28 +128,6 @@ class SeedApiKeyCreate(_Body):
 
 
 # shared with the CLI
-
-
-async def resolve_tenant(
-    store: IdentityStore, ref: str, *, create: bool = False, param: str = "tenant_id"
-) -> Tenant:
-    """The tenant with this id, else this name; with ``create``, a new tenant of that name."""
-    try:
-        return await store.get_tenant(ref)
-    except NotFound:
-        pass
-    tenant = await store.tenant_by_name(ref)
-    if tenant is not None:
-        return tenant
-    if not create:
-        raise NotFound(f"No tenant with the id or name {ref!r}.", param=param)
-    try:
-        return await store.create_tenant(ref)
-    except Conflict:  # created by a concurrent request
-        tenant = await store.tenant_by_name(ref)
-        if tenant is None:
-            raise
-        return tenant
 
 
 def check_tier(settings: Settings, tier: str, param: str = "tier") -> str:

@@ -15,6 +15,7 @@ from starlette.responses import Response, StreamingResponse
 
 from relaygate.auth.principal import Principal
 from relaygate.errors import InvalidRequest
+from relaygate.store.identity import resolve_tenant
 from relaygate.usage.analytics import Filters, GroupBy, export_csv, report, top_consumers
 
 if TYPE_CHECKING:
@@ -103,8 +104,6 @@ class UsageAdminAPI:
         tenant_ref = query.get("tenant") or query.get("tenant_id")
         tenant = None
         if tenant_ref is not None:
-            from relaygate.api.admin import resolve_tenant
-
             tenant = (await resolve_tenant(self.state.identity, tenant_ref)).id
         removed = await self.state.cache.invalidate(model=model, tenant=tenant)
         self.state.log.info(

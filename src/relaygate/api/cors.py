@@ -25,15 +25,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from relaygate.api.http import (
-    ASGIApp,
-    Message,
-    Receive,
-    Scope,
-    Send,
-    error_body,
-    new_request_id,
-)
+from relaygate.api.http import error_body
+from relaygate.asgi import ASGIApp, Message, Receive, Scope, Send, new_request_id
 from relaygate.errors import PermissionDenied
 
 if TYPE_CHECKING:

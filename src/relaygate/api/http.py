@@ -1,116 +1,22 @@
-"""Plain ASGI helpers for the hot path: read a bounded body, send JSON, send errors.
+"""JSON request bodies and OpenAI's error shape, for the inbound APIs.
 
-The inference routes are plain ASGI functions rather than a framework's
-handlers: on this path a framework costs 25-80% more CPU per request
-(see bench/RESULTS.md), and the helpers needed are few.
+The ASGI plumbing they share with the pipeline (reading a bounded body, sending
+a response) is in :mod:`relaygate.asgi`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import os
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import msgspec
 
-from relaygate.errors import (
-    InvalidRequest,
-    PayloadTooLarge,
-    RelaygateError,
-    UnsupportedMediaType,
-)
+from relaygate.asgi import Send, send_bytes
+from relaygate.errors import InvalidRequest, RelaygateError
 
-__all__ = [
-    "ASGIApp",
-    "ClientGone",
-    "DisconnectWatch",
-    "Receive",
-    "Scope",
-    "Send",
-    "decode_json_object",
-    "error_body",
-    "header",
-    "new_request_id",
-    "read_body",
-    "send_bytes",
-    "send_error",
-    "wait_for_disconnect",
-]
+__all__ = ["decode_json_object", "error_body", "send_error"]
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-JSON_TYPE = b"application/json"
 _decode = msgspec.json.decode
 _encode = msgspec.json.encode
-
-
-class ClientGone(Exception):
-    """The client closed the connection before the response was complete."""
-
-
-def new_request_id() -> str:
-    """A random, URL-safe request id (also sent back as X-Request-Id)."""
-    return os.urandom(12).hex()
-
-
-def header(scope: Scope, name: bytes) -> bytes | None:
-    """The first value of a request header (``name`` in lower case)."""
-    for key, value in scope["headers"]:
-        if key == name:
-            return bytes(value)
-    return None
-
-
-async def read_body(
-    scope: Scope, receive: Receive, limit: int, *, json_type_required: bool = True
-) -> bytes:
-    """The whole request body, refusing more than ``limit`` bytes before reading them.
-
-    ``json_type_required=False`` accepts any Content-Type (Ollama's API does: its
-    documented ``curl -d`` examples send a form type); the body must be JSON anyway.
-    """
-    declared = header(scope, b"content-length")
-    if declared is not None:
-        try:
-            if int(declared) > limit:
-                raise PayloadTooLarge(limit)
-        except ValueError:
-            raise InvalidRequest("Content-Length is not a number.") from None
-    if json_type_required:
-        _check_content_type(header(scope, b"content-type"))
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone
-        chunk = message.get("body", b"")
-        if chunk:
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(limit)
-            chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-def _check_content_type(value: bytes | None) -> None:
-    if value is None:
-        return  # curl -d without -H sends a form type; no header at all is accepted
-    media = value.split(b";", 1)[0].strip().lower()
-    if media == JSON_TYPE or media.endswith(b"+json"):
-        return
-    shown = media.decode("latin-1")[:100]
-    raise UnsupportedMediaType(
-        f"Content-Type must be application/json, not {shown!r}. "
-        'Send the header "Content-Type: application/json".'
-    )
 
 
 def decode_json_object(body: bytes) -> dict[str, Any]:
@@ -132,25 +38,6 @@ def decode_json_object(body: bytes) -> dict[str, Any]:
     return data
 
 
-async def send_bytes(
-    send: Send,
-    status: int,
-    body: bytes,
-    request_id: str,
-    content_type: bytes = JSON_TYPE,
-    extra: list[tuple[bytes, bytes]] | None = None,
-) -> None:
-    headers = [
-        (b"content-type", content_type),
-        (b"content-length", str(len(body)).encode()),
-        (b"x-request-id", request_id.encode()),
-    ]
-    if extra:
-        headers.extend(extra)
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
-
-
 def error_body(error: RelaygateError) -> bytes:
     """OpenAI's error shape: ``{"error": {"message", "type", "param", "code"}}``."""
     return _encode(
@@ -167,47 +54,3 @@ def error_body(error: RelaygateError) -> bytes:
 
 async def send_error(send: Send, error: RelaygateError, request_id: str) -> None:
     await send_bytes(send, error.status, error_body(error), request_id, extra=error.headers())
-
-
-async def wait_for_disconnect(receive: Receive) -> None:
-    """Return when the client has gone (after the body has been read)."""
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return
-
-
-class DisconnectWatch:
-    """Cancels the current task the moment the client goes away.
-
-    The upstream call is then abandoned at once (its connection closed), so an
-    abandoned generation does not keep a GPU busy. One small task per request;
-    ``close()`` must be called as soon as the response is complete, before
-    anything else is awaited (after that, ``receive()`` also reports a
-    disconnect).
-    """
-
-    __slots__ = ("_task", "_watcher", "client_gone")
-
-    def __init__(self, receive: Receive) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._task = task
-        self.client_gone = False
-        self._watcher = asyncio.ensure_future(wait_for_disconnect(receive))
-        self._watcher.add_done_callback(self._gone)
-
-    def _gone(self, watcher: asyncio.Future[None]) -> None:
-        if not watcher.cancelled():
-            self.client_gone = True
-            self._task.cancel()
-
-    def close(self) -> None:
-        self._watcher.remove_done_callback(self._gone)
-        self._watcher.cancel()
-
-    def absorb(self) -> bool:
-        """After a CancelledError: True (and the cancellation undone) if the client left."""
-        if self.client_gone:
-            self._task.uncancel()
-        return self.client_gone

@@ -17,24 +17,21 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 
-from relaygate.api.http import (
-    Receive,
-    Scope,
-    Send,
-    decode_json_object,
-    new_request_id,
-    send_bytes,
-)
-from relaygate.api.openai import OpenAIAPI, _invalid, _parse, observe
+from relaygate.api.http import decode_json_object
+from relaygate.api.parsing import invalid_request, parse_call
+from relaygate.asgi import Receive, Scope, Send, new_request_id, send_bytes
 from relaygate.cache.entry import merge_delta
 from relaygate.errors import InvalidRequest, RelaygateError
 from relaygate.schema.requests import Call, Kind, ModelName
 
-__all__ = ["OllamaChatAPI", "OllamaGenerateAPI"]
+if TYPE_CHECKING:
+    from relaygate.state import AppState
+
+__all__ = ["OllamaChatFormat", "OllamaGenerateFormat", "OllamaTags"]
 
 JSON = dict[str, Any]
 _encode = msgspec.json.encode
@@ -81,10 +78,10 @@ class OllamaGenerate(_OllamaBody, kw_only=True):
     images: list[str] | None = None
 
 
-class _OllamaAPI(OpenAIAPI):
+class _OllamaFormat:
     """What /api/chat and /api/generate share: NDJSON, counts, the error shape."""
 
-    api = "ollama"
+    name = "ollama"
     json_type_required = False  # `curl URL -d '{...}'`, as Ollama's docs show, works
     stream_headers = ((b"content-type", b"application/x-ndjson"),)
     schema: type[OllamaChat | OllamaGenerate] = OllamaChat
@@ -93,7 +90,7 @@ class _OllamaAPI(OpenAIAPI):
         try:
             params = msgspec.convert(decode_json_object(body), self.schema)
         except msgspec.ValidationError as exc:
-            raise _invalid(str(exc)) from None
+            raise invalid_request(str(exc)) from None
         chat: JSON = {"model": params.model, "messages": self.messages(params)}
         chat["stream"] = params.stream
         if params.use_cache is not None:
@@ -108,20 +105,18 @@ class _OllamaAPI(OpenAIAPI):
             chat["response_format"] = {"type": "json_schema", "json_schema": schema}
         elif params.format not in (None, ""):
             raise InvalidRequest('format must be "json" or a JSON schema.', param="format")
-        return _parse("chat", _encode(chat), request_id)
+        return parse_call("chat", _encode(chat), request_id)
 
     def messages(self, params: Any) -> list[JSON]:
         raise NotImplementedError
 
-    async def send_error(self, send: Send, error: RelaygateError, request_id: str) -> None:
-        body = _encode({"error": error.message})
-        await send_bytes(send, error.status, body, request_id, extra=error.headers())
+    def error(self, error: RelaygateError) -> bytes:
+        return _encode({"error": error.message})
 
     def error_event(self, error: RelaygateError) -> bytes:
         return _encode({"error": error.message}) + b"\n"
 
-    def event(self, call: Call, chunk: JSON, kept: list[JSON] | None) -> bytes | None:
-        observe(chunk, call, kept)
+    def event(self, call: Call, chunk: JSON) -> bytes | None:
         return self.replayed(call, chunk)
 
     def replayed(self, call: Call, chunk: JSON) -> bytes | None:
@@ -174,7 +169,7 @@ class _OllamaAPI(OpenAIAPI):
         return {**out, "done": True, **_done(call, finish, usage)}
 
 
-class OllamaChatAPI(_OllamaAPI):
+class OllamaChatFormat(_OllamaFormat):
     """POST /api/chat."""
 
     schema = OllamaChat
@@ -189,7 +184,7 @@ class OllamaChatAPI(_OllamaAPI):
         return {"message": message}
 
 
-class OllamaGenerateAPI(_OllamaAPI):
+class OllamaGenerateFormat(_OllamaFormat):
     """POST /api/generate."""
 
     schema = OllamaGenerate
@@ -206,30 +201,30 @@ class OllamaGenerateAPI(_OllamaAPI):
 
 
 class OllamaTags:
-    """GET /api/tags: the models this gateway serves, in Ollama's listing shape."""
+    """GET /api/tags (and seed 003's GET /api/models): the models the caller's key may
+    use, in Ollama's listing shape. Sizes and digests are unknown (0 and "")."""
 
-    def __init__(self, api: OpenAIAPI) -> None:
-        self.api = api
+    def __init__(self, state: AppState) -> None:
+        self.state = state
 
     async def tags(self, scope: Scope, receive: Receive, send: Send) -> None:
-        state, request_id = self.api.state, new_request_id()
+        state, request_id = self.state, new_request_id()
         try:
-            await state.auth.authenticate(scope)
+            principal = await state.auth.authenticate(scope)
         except RelaygateError as exc:
             body = _encode({"error": exc.message})
             await send_bytes(send, exc.status, body, request_id, extra=exc.headers())
             return
-        now = _now()
         models = [
             {
-                "name": name,
-                "model": name,
-                "modified_at": now,
+                "name": model.name,
+                "model": model.name,
+                "modified_at": _timestamp(model.created),
                 "size": 0,
                 "digest": "",
                 "details": {},
             }
-            for name in state.router.models
+            for model in state.models_for(principal)
         ]
         await send_bytes(send, 200, _encode({"models": models}), request_id)
 
@@ -299,3 +294,7 @@ def _done(call: Call, finish: str | None, usage: JSON | None) -> JSON:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _timestamp(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")

@@ -32,9 +32,9 @@ from relaygate.api.admin import (
     TenantCreate,
     TenantPatch,
 )
-from relaygate.api.http import ASGIApp, Receive, Scope, Send, new_request_id, send_bytes
 from relaygate.api.ollama import OllamaChat, OllamaGenerate
 from relaygate.api.seed import GenerateRequest
+from relaygate.asgi import ASGIApp, Receive, Scope, Send, new_request_id, send_bytes
 from relaygate.schema.requests import ChatRequest, CompletionRequest, EmbeddingRequest
 
 __all__ = ["OPERATIONS", "DocsAPI", "ErrorBody", "OllamaError", "Operation", "build_document"]

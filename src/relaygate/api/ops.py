@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from relaygate.api.http import Receive, Scope, Send, new_request_id, send_bytes
+from relaygate.asgi import Receive, Scope, Send, new_request_id, send_bytes
 from relaygate.observability.metrics import CONTENT_TYPE_LATEST
 
 if TYPE_CHECKING:

@@ -19,16 +19,18 @@ Errors keep OpenAI's shape (``{"error": {"message", ...}}``).
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 import msgspec
 
-from relaygate.api.http import decode_json_object
-from relaygate.api.openai import OpenAIAPI, _invalid, _parse, observe
+from relaygate.api.http import decode_json_object, error_body
+from relaygate.api.openai import OpenAIFormat
+from relaygate.api.parsing import invalid_request, parse_call
 from relaygate.errors import InvalidRequest, RelaygateError
 from relaygate.schema.requests import Call, Kind, ModelName, Temperature, Tokens
 
-__all__ = ["GenerateAPI", "SeedChatAPI"]
+__all__ = ["GenerateFormat", "SeedChatFormat"]
 
 _encode = msgspec.json.encode
 JSON = dict[str, Any]
@@ -44,22 +46,26 @@ class GenerateRequest(msgspec.Struct, kw_only=True):
     system: str | None = None
 
 
-class GenerateAPI(OpenAIAPI):
-    """POST /ai/generate."""
+class GenerateFormat:
+    """POST /ai/generate: NDJSON lines when streaming; errors in OpenAI's shape."""
 
-    api = "seed"
+    name = "seed"
+    json_type_required = True
     stream_headers = (
         (b"content-type", b"application/x-ndjson"),
         (b"cache-control", b"no-cache"),
         (b"x-accel-buffering", b"no"),
     )
 
+    def __init__(self, models: Mapping[str, Any]) -> None:
+        self.models = models  # the configured models, by name: the first is the default
+
     def parse(self, kind: Kind, body: bytes, request_id: str) -> Call:
         try:
             params = msgspec.convert(decode_json_object(body), GenerateRequest)
         except msgspec.ValidationError as exc:
-            raise _invalid(str(exc)) from None
-        model = params.model or next(iter(self.state.router.models), None)
+            raise invalid_request(str(exc)) from None
+        model = params.model or next(iter(self.models), None)
         if model is None:
             raise InvalidRequest("No model is configured on this gateway.", param="model")
         messages = [{"role": "user", "content": params.prompt}]
@@ -71,7 +77,7 @@ class GenerateAPI(OpenAIAPI):
             chat["temperature"] = params.temperature
         if params.max_tokens is not None:
             chat["max_tokens"] = params.max_tokens
-        return _parse("chat", _encode(chat), request_id)
+        return parse_call("chat", _encode(chat), request_id)
 
     def render(self, call: Call, body: JSON, provider: str | None, cached: bool) -> bytes:
         choice = (body.get("choices") or [{}])[0]
@@ -80,8 +86,7 @@ class GenerateAPI(OpenAIAPI):
         reply["done_reason"] = choice.get("finish_reason")
         return _encode({**reply, **_counts(call, body.get("usage"))})
 
-    def event(self, call: Call, chunk: JSON, kept: list[JSON] | None) -> bytes | None:
-        observe(chunk, call, kept)
+    def event(self, call: Call, chunk: JSON) -> bytes | None:
         return self.replayed(call, chunk)
 
     def replayed(self, call: Call, chunk: JSON) -> bytes | None:
@@ -96,17 +101,43 @@ class GenerateAPI(OpenAIAPI):
         last = {"model": call.model, "response": "", "done": True, "cached": cached}
         return _encode({**last, **_counts(call, call.usage)}) + b"\n"
 
+    def error(self, error: RelaygateError) -> bytes:
+        return error_body(error)
+
     def error_event(self, error: RelaygateError) -> bytes:
         return _encode({"error": error.message, "done": True}) + b"\n"
 
 
-class SeedChatAPI(OpenAIAPI):
-    """POST /chat: OpenAI's chat shape plus ``backend`` and ``cached``."""
+class SeedChatFormat:
+    """POST /chat: OpenAI's chat format, whose answer adds ``backend`` and ``cached``."""
 
-    api = "seed"
+    name = "seed"
+
+    def __init__(self) -> None:
+        self.openai = OpenAIFormat()
+        self.json_type_required = self.openai.json_type_required
+        self.stream_headers = self.openai.stream_headers
+
+    def parse(self, kind: Kind, body: bytes, request_id: str) -> Call:
+        return self.openai.parse(kind, body, request_id)
 
     def render(self, call: Call, body: JSON, provider: str | None, cached: bool) -> bytes:
         return _encode({**body, "backend": provider, "cached": cached})
+
+    def event(self, call: Call, chunk: JSON) -> bytes | None:
+        return self.openai.event(call, chunk)
+
+    def replayed(self, call: Call, chunk: JSON) -> bytes | None:
+        return self.openai.replayed(call, chunk)
+
+    def end(self, call: Call, provider: str | None, cached: bool) -> bytes:
+        return self.openai.end(call, provider, cached)
+
+    def error(self, error: RelaygateError) -> bytes:
+        return self.openai.error(error)
+
+    def error_event(self, error: RelaygateError) -> bytes:
+        return self.openai.error_event(error)
 
 
 def _counts(call: Call, usage: JSON | None) -> JSON:

@@ -1,13 +1,16 @@
-"""The seeds' own endpoints, kept working: GET /usage (seed 001), GET /api/stats (seed 003)."""
+"""The seeds' own endpoints, kept working: GET /usage and GET /ai/models (seed 001),
+GET /api/stats (seed 003)."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import msgspec
 from sqlalchemy.exc import SQLAlchemyError
 
-from relaygate.api.http import Receive, Scope, Send, new_request_id, send_bytes, send_error
+from relaygate.api.http import send_error
+from relaygate.asgi import Receive, Scope, Send, new_request_id, send_bytes
 from relaygate.errors import InvalidRequest, RelaygateError, StoreUnavailable
 from relaygate.usage.analytics import key_stats
 
@@ -37,6 +40,27 @@ class TasksAPI:
             await send_error(send, exc, request_id)
             return
         await send_bytes(send, 200, msgspec.json.encode(report), request_id)
+
+    async def models(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """GET /ai/models (seed 001): the models the caller's key may use,
+        ``{"models": [{"name", "size", "family", "modified_at"}]}``. The gateway does
+        not know a model's size or family: both are null."""
+        request_id = new_request_id()
+        try:
+            principal = await self.state.auth.authenticate(scope)
+        except RelaygateError as exc:
+            await send_error(send, exc, request_id)
+            return
+        models = [
+            {
+                "name": model.name,
+                "size": None,
+                "family": None,
+                "modified_at": datetime.fromtimestamp(model.created, UTC).isoformat(),
+            }
+            for model in self.state.models_for(principal)
+        ]
+        await send_bytes(send, 200, msgspec.json.encode({"models": models}), request_id)
 
     async def stats(self, scope: Scope, receive: Receive, send: Send) -> None:
         """GET /api/stats (seed 003): the calling key's requests, tokens and average

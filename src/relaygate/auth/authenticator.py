@@ -31,7 +31,7 @@ from typing import Literal
 import msgspec
 from sqlalchemy.exc import SQLAlchemyError
 
-from relaygate.api.http import Scope
+from relaygate.asgi import Scope
 from relaygate.auth.credentials import client_ip, looks_like_jwt, read_credential
 from relaygate.auth.keys import MAX_KEY_LENGTH, hash_secret
 from relaygate.auth.principal import Principal

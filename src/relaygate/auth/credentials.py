@@ -12,7 +12,7 @@ import ipaddress
 import re
 from collections.abc import Sequence
 
-from relaygate.api.http import Scope
+from relaygate.asgi import Scope
 from relaygate.errors import AuthenticationError
 
 __all__ = ["client_ip", "looks_like_jwt", "read_credential"]

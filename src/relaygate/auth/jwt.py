@@ -38,22 +38,15 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import jwt
-from jwt.algorithms import get_default_algorithms
 
 from relaygate.auth.credentials import looks_like_jwt
 from relaygate.errors import AuthenticationError, ConfigError
-from relaygate.settings import JWTConfig
+from relaygate.settings import PUBLIC_KEY_ALGORITHMS, JWTConfig, jwt_config_problem
 
 __all__ = ["JWTIdentity", "JWTVerifier", "jwt_config_problem"]
 
 log = logging.getLogger(__name__)
 
-HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
-PUBLIC_KEY_ALGORITHMS = frozenset(
-    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
-)
-DEFAULT_SECRET_ALGORITHMS = ("HS256",)
-DEFAULT_JWKS_ALGORITHMS = ("RS256", "ES256")
 MAX_JWKS_BYTES = 1024 * 1024
 TOKEN_CACHE_SIZE = 10_000
 MIN_REFRESH_INTERVAL = 10.0
@@ -104,33 +97,6 @@ class _KeySet:
         return matching[0] if len(matching) == 1 else None
 
 
-def jwt_config_problem(config: JWTConfig) -> str | None:
-    """What is wrong with ``config`` (for settings validation), or None when it is usable."""
-    if (config.secret is None) == (config.jwks_url is None):
-        return "set exactly one of auth.jwt.secret and auth.jwt.jwks_url"
-    algorithms = _algorithms(config)
-    if not algorithms:
-        return "auth.jwt.algorithms must not be empty"
-    family, mode = (
-        (HMAC_ALGORITHMS, "secret")
-        if config.secret is not None
-        else (PUBLIC_KEY_ALGORITHMS, "jwks_url")
-    )
-    wrong = sorted(set(algorithms) - family)
-    if wrong:
-        return (
-            f"auth.jwt.algorithms {wrong} cannot be used with auth.jwt.{mode}; "
-            f"allowed: {sorted(family)}"
-        )
-    if config.secret is not None:
-        needed = max(_hmac_key_bytes(alg) for alg in algorithms)
-        if len(config.secret.encode()) < needed:
-            return f"auth.jwt.secret must be at least {needed} bytes long (RFC 7518 §3.2)"
-    elif not _is_http_url(config.jwks_url or ""):
-        return "auth.jwt.jwks_url must be an http:// or https:// URL"
-    return None
-
-
 class JWTVerifier:
     """Verifies bearer JWTs and maps their claims to a :class:`JWTIdentity`.
 
@@ -154,7 +120,7 @@ class JWTVerifier:
         if problem is not None:
             raise ConfigError(problem)
         self._config = config
-        self._algorithms = _algorithms(config)
+        self._algorithms = config.accepted_algorithms
         self._secret = config.secret.encode() if config.secret is not None else None
         self._jwt = jwt.PyJWT(
             {
@@ -388,17 +354,6 @@ def _parse_jwk(entry: Any, algorithms: tuple[str, ...]) -> jwt.PyJWK | None:
     return key
 
 
-def _algorithms(config: JWTConfig) -> tuple[str, ...]:
-    if config.algorithms is not None:
-        return tuple(dict.fromkeys(config.algorithms))
-    return DEFAULT_SECRET_ALGORITHMS if config.secret is not None else DEFAULT_JWKS_ALGORITHMS
-
-
-def _hmac_key_bytes(alg: str) -> int:
-    algorithm: Any = get_default_algorithms()[alg]
-    return int(algorithm.hash_alg().digest_size)
-
-
 def _text_claim(claims: Mapping[str, Any], name: str) -> str | None:
     """A claim as text: absent or null is None; anything but a non-empty string or int fails."""
     value = claims.get(name)
@@ -418,11 +373,6 @@ def _reason(exc: Exception) -> str:
         if isinstance(exc, kind):
             return f"Invalid token: {reason}"
     return "Invalid token"
-
-
-def _is_http_url(url: str) -> bool:
-    parts = urlsplit(url)
-    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def _safe(url: str) -> str:

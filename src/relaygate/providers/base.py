@@ -27,11 +27,11 @@ from relaygate.errors import (
 )
 
 if TYPE_CHECKING:
-    from relaygate.routing.router import Deployment
     from relaygate.schema.requests import Call
 
 __all__ = [
     "Provider",
+    "Upstream",
     "ndjson_lines",
     "post",
     "raise_for_status",
@@ -44,18 +44,38 @@ JSON = dict[str, Any]
 _decode = msgspec.json.decode
 
 
+class Upstream(Protocol):
+    """What an adapter knows of the deployment it calls (routing's ``Deployment``)."""
+
+    @property
+    def name(self) -> str:
+        """Safe to show: never holds a URL's credentials or an API key."""
+
+    @property
+    def upstream_model(self) -> str: ...
+
+    @property
+    def api_key(self) -> str | None: ...
+
+    @property
+    def chunk_delay(self) -> float: ...
+
+    @property
+    def client_timeout(self) -> aiohttp.ClientTimeout: ...
+
+
 class Provider(Protocol):
     """One upstream server (one base URL) and the pooled connection to it."""
 
     base_url: str
 
-    async def complete(self, deployment: Deployment, call: Call) -> JSON:
+    async def complete(self, deployment: Upstream, call: Call) -> JSON:
         """A whole chat or text completion, OpenAI-shaped."""
 
-    def stream(self, deployment: Deployment, call: Call) -> AsyncIterator[JSON]:
+    def stream(self, deployment: Upstream, call: Call) -> AsyncIterator[JSON]:
         """Chat or text completion chunks, OpenAI-shaped, as they arrive."""
 
-    async def embed(self, deployment: Deployment, call: Call) -> JSON:
+    async def embed(self, deployment: Upstream, call: Call) -> JSON:
         """Embeddings, OpenAI-shaped."""
 
     async def list_models(self) -> list[str]:
@@ -79,7 +99,7 @@ def redact(text: str, *secrets: str | None) -> str:
 
 
 @contextmanager
-def translate_errors(deployment: Deployment) -> Iterator[None]:
+def translate_errors(deployment: Upstream) -> Iterator[None]:
     """Map aiohttp and socket errors to relaygate's upstream errors, in one place."""
     name = deployment.name
     try:
@@ -119,7 +139,7 @@ async def post(
     url: str,
     body: bytes,
     headers: Mapping[str, str],
-    deployment: Deployment,
+    deployment: Upstream,
 ) -> AsyncIterator[aiohttp.ClientResponse]:
     """POST to an upstream; yields a successful response, raises relaygate's errors otherwise.
 
@@ -133,7 +153,7 @@ async def post(
             yield response
 
 
-async def raise_for_status(response: aiohttp.ClientResponse, deployment: Deployment) -> None:
+async def raise_for_status(response: aiohttp.ClientResponse, deployment: Upstream) -> None:
     """Raise UpstreamStatusError with the upstream's own message when it answered an error."""
     if response.status < 400:
         return
@@ -172,7 +192,7 @@ def _retry_after(value: str | None) -> float | None:
         return None
 
 
-def upstream_json(raw: bytes, deployment: Deployment) -> JSON:
+def upstream_json(raw: bytes, deployment: Upstream) -> JSON:
     """Decode an upstream's JSON body; anything else is the upstream's fault (502)."""
     try:
         body = _decode(raw)

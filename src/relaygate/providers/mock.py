@@ -21,7 +21,7 @@ from relaygate.schema.requests import ChatRequest, CompletionRequest, EmbeddingR
 from relaygate.schema.responses import embedding_list, usage
 
 if TYPE_CHECKING:
-    from relaygate.routing.router import Deployment
+    from relaygate.providers.base import Upstream
     from relaygate.schema.requests import Call
 
 __all__ = ["MockProvider"]
@@ -35,7 +35,7 @@ class MockProvider:
 
     base_url = "mock://"
 
-    async def complete(self, deployment: Deployment, call: Call) -> JSON:
+    async def complete(self, deployment: Upstream, call: Call) -> JSON:
         prompt, replies = _replies(call)
         chat = call.kind == "chat"
         choices = []
@@ -56,7 +56,7 @@ class MockProvider:
             "usage": usage(_count(prompt), sum(len(words) for words, _ in replies)),
         }
 
-    async def stream(self, deployment: Deployment, call: Call) -> AsyncIterator[JSON]:
+    async def stream(self, deployment: Upstream, call: Call) -> AsyncIterator[JSON]:
         """Word ``i`` of every choice, then word ``i + 1``...; each choice ends on its own."""
         prompt, replies = _replies(call)
         chat = call.kind == "chat"
@@ -81,7 +81,7 @@ class MockProvider:
         completion = sum(len(words) for words, _ in replies)
         yield {**base, "choices": [], "usage": usage(_count(prompt), completion)}
 
-    async def embed(self, deployment: Deployment, call: Call) -> JSON:
+    async def embed(self, deployment: Upstream, call: Call) -> JSON:
         params = call.params
         assert isinstance(params, EmbeddingRequest)
         inputs = [params.input] if isinstance(params.input, str) else params.input

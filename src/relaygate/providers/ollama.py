@@ -24,7 +24,7 @@ from relaygate.schema.requests import ChatMessage, ChatRequest, CompletionReques
 from relaygate.schema.responses import embedding_list, usage
 
 if TYPE_CHECKING:
-    from relaygate.routing.router import Deployment
+    from relaygate.providers.base import Upstream
     from relaygate.schema.requests import Call
 
 __all__ = ["OllamaProvider"]
@@ -48,7 +48,7 @@ class OllamaProvider:
         self.base_url = base_url.rstrip("/")
         self._session = session
 
-    async def complete(self, deployment: Deployment, call: Call) -> JSON:
+    async def complete(self, deployment: Upstream, call: Call) -> JSON:
         path, body = _request(deployment, call, stream=False)
         raw = await self._post(deployment, path, body)
         reply = upstream_json(raw, deployment)
@@ -57,7 +57,7 @@ class OllamaProvider:
             return _chat_completion(reply, call)
         return _text_completion(reply, call)
 
-    async def stream(self, deployment: Deployment, call: Call) -> AsyncIterator[JSON]:
+    async def stream(self, deployment: Upstream, call: Call) -> AsyncIterator[JSON]:
         path, body = _request(deployment, call, stream=True)
         translate = _ChunkTranslator(call)
         url = self.base_url + path
@@ -68,7 +68,7 @@ class OllamaProvider:
                 for chunk in translate(event):
                     yield chunk
 
-    async def embed(self, deployment: Deployment, call: Call) -> JSON:
+    async def embed(self, deployment: Upstream, call: Call) -> JSON:
         params = call.params
         assert isinstance(params, EmbeddingRequest)
         body: dict[str, Any] = {"model": deployment.upstream_model, "input": params.input}
@@ -90,13 +90,13 @@ class OllamaProvider:
     async def aclose(self) -> None:
         await self._session.close()
 
-    async def _post(self, deployment: Deployment, path: str, body: JSON) -> bytes:
+    async def _post(self, deployment: Upstream, path: str, body: JSON) -> bytes:
         url = self.base_url + path
         async with post(self._session, url, _encode(body), _HEADERS, deployment) as response:
             return await response.read()
 
 
-def _raise_if_error(reply: JSON, deployment: Deployment) -> None:
+def _raise_if_error(reply: JSON, deployment: Upstream) -> None:
     if "error" in reply:
         raise UpstreamStatusError(
             f"Deployment {deployment.name!r} failed: "
@@ -106,7 +106,7 @@ def _raise_if_error(reply: JSON, deployment: Deployment) -> None:
         )
 
 
-def _request(deployment: Deployment, call: Call, stream: bool) -> tuple[str, JSON]:
+def _request(deployment: Upstream, call: Call, stream: bool) -> tuple[str, JSON]:
     params = call.params
     if isinstance(params, ChatRequest):
         body = _chat_body(params)

@@ -18,7 +18,7 @@ from relaygate.errors import UpstreamStatusError
 from relaygate.providers.base import JSON, ndjson_lines, post, redact, upstream_json
 
 if TYPE_CHECKING:
-    from relaygate.routing.router import Deployment
+    from relaygate.providers.base import Upstream
     from relaygate.schema.requests import Call
 
 __all__ = ["OpenAIProvider"]
@@ -37,12 +37,12 @@ class OpenAIProvider:
         self._session = session
         self._urls = {kind: self.base_url + path for kind, path in _PATHS.items()}
 
-    def _headers(self, deployment: Deployment) -> dict[str, str]:
+    def _headers(self, deployment: Upstream) -> dict[str, str]:
         if not deployment.api_key:
             return _JSON_HEADERS
         return {**_JSON_HEADERS, "Authorization": f"Bearer {deployment.api_key}"}
 
-    def _body(self, deployment: Deployment, call: Call, stream: bool) -> bytes:
+    def _body(self, deployment: Upstream, call: Call, stream: bool) -> bytes:
         body: dict[str, Any] = dict(call.body)
         body["model"] = deployment.upstream_model
         if stream:
@@ -51,13 +51,13 @@ class OpenAIProvider:
             body["stream_options"] = options
         return _encode(body)
 
-    async def complete(self, deployment: Deployment, call: Call) -> JSON:
+    async def complete(self, deployment: Upstream, call: Call) -> JSON:
         return await self._post_json(deployment, call)
 
-    async def embed(self, deployment: Deployment, call: Call) -> JSON:
+    async def embed(self, deployment: Upstream, call: Call) -> JSON:
         return await self._post_json(deployment, call)
 
-    async def _post_json(self, deployment: Deployment, call: Call) -> JSON:
+    async def _post_json(self, deployment: Upstream, call: Call) -> JSON:
         body = self._body(deployment, call, stream=False)
         url = self._urls[call.kind]
         async with post(
@@ -66,7 +66,7 @@ class OpenAIProvider:
             raw = await response.read()
         return upstream_json(raw, deployment)
 
-    async def stream(self, deployment: Deployment, call: Call) -> AsyncIterator[JSON]:
+    async def stream(self, deployment: Upstream, call: Call) -> AsyncIterator[JSON]:
         body = self._body(deployment, call, stream=True)
         headers = {**self._headers(deployment), "Accept": "text/event-stream"}
         url = self._urls[call.kind]
@@ -89,7 +89,7 @@ class OpenAIProvider:
         await self._session.close()
 
 
-def _chunk(data: bytes, deployment: Deployment) -> JSON:
+def _chunk(data: bytes, deployment: Upstream) -> JSON:
     chunk = upstream_json(data, deployment)
     error = chunk.get("error")
     if error is not None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -23,7 +22,7 @@ from relaygate.routing.health import Health
 from relaygate.routing.router import Deployment, Model, Router
 from relaygate.settings import DeploymentConfig, ModelConfig, RoutingConfig, Settings, Timeouts
 
-__all__ = ["build_router", "close_providers", "model_entries"]
+__all__ = ["build_router", "close_providers"]
 
 _ADAPTERS: dict[str, type[OpenAIProvider] | type[OllamaProvider]] = {
     "openai": OpenAIProvider,
@@ -156,21 +155,3 @@ async def close_providers(router: Router) -> None:
             if id(deployment.provider) not in seen:
                 seen.add(id(deployment.provider))
                 await deployment.provider.aclose()
-
-
-def model_entries(router: Router) -> tuple[bytes, dict[str, bytes]]:
-    """/v1/models and /v1/models/{id}, rendered once (the table does not change at run time)."""
-    entries: dict[str, dict[str, Any]] = {}
-    for model in router.models.values():
-        entry: dict[str, Any] = {
-            "id": model.name,
-            "object": "model",
-            "created": model.created,
-            "owned_by": model.owned_by,
-        }
-        if model.description:
-            entry["description"] = model.description
-        entries[model.name] = entry
-    encode = msgspec.json.encode
-    listing = encode({"object": "list", "data": list(entries.values())})
-    return listing, {name: encode(entry) for name, entry in entries.items()}

@@ -19,7 +19,7 @@ from relaygate.auth.keys import display_prefix, generate_secret, hash_secret, ne
 from relaygate.errors import Conflict, NotFound
 from relaygate.store.tables import api_keys, tenants
 
-__all__ = ["IdentityStore", "KeyRecord", "Tenant", "utcnow"]
+__all__ = ["IdentityStore", "KeyRecord", "Tenant", "resolve_tenant", "utcnow"]
 
 
 def utcnow() -> datetime:
@@ -308,3 +308,25 @@ class IdentityStore:
     async def count_keys(self) -> int:
         async with self.engine.connect() as conn:
             return int(await conn.scalar(sa.select(sa.func.count()).select_from(api_keys)) or 0)
+
+
+async def resolve_tenant(
+    store: IdentityStore, ref: str, *, create: bool = False, param: str = "tenant_id"
+) -> Tenant:
+    """The tenant with this id, else this name; with ``create``, a new tenant of that name."""
+    try:
+        return await store.get_tenant(ref)
+    except NotFound:
+        pass
+    tenant = await store.tenant_by_name(ref)
+    if tenant is not None:
+        return tenant
+    if not create:
+        raise NotFound(f"No tenant with the id or name {ref!r}.", param=param)
+    try:
+        return await store.create_tenant(ref)
+    except Conflict:  # created by a concurrent request
+        tenant = await store.tenant_by_name(ref)
+        if tenant is None:
+            raise
+        return tenant

@@ -25,9 +25,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from relaygate.auth.jwt import JWTIdentity, JWTVerifier, jwt_config_problem
+from relaygate.auth.jwt import JWTIdentity, JWTVerifier
 from relaygate.errors import AuthenticationError, ConfigError
-from relaygate.settings import JWTConfig
+from relaygate.settings import JWTConfig, jwt_config_problem
 
 SECRET = "s3cr3t-0123456789-abcdefghijklmnopq"  # 36 bytes: long enough for HS256
 
