@@ -176,6 +176,19 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         errors=_INFERENCE,
         answer="OpenAI's chat completion plus `backend` (the provider) and `cached`.",
     ),
+    ("GET", "/ai/models"): Operation(
+        "List models (seed 001)",
+        "Seed routes",
+        answer='`{"models": [{"name", "size", "family", "modified_at"}]}`: the models the key '
+        "may use (size and family are null: the gateway does not know them).",
+    ),
+    ("GET", "/api/models"): Operation(
+        "List models (seed 003)",
+        "Seed routes",
+        ollama=True,
+        answer='Ollama\'s `/api/tags` shape: `{"models": [{"name", "model", "modified_at", '
+        '"size", "digest"}]}`.',
+    ),
     ("GET", "/usage"): Operation(
         "The calling key's limits and use (seed 001)",
         "Seed routes",
