@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from relaygate.errors import UpstreamError, UpstreamStatusError, UpstreamTimeout
+from relaygate.redact import scrub
 
 if TYPE_CHECKING:
     from relaygate.routing.router import Deployment
@@ -47,7 +48,7 @@ async def complete(state: AppState, call: Call) -> tuple[JSON, Deployment]:
             deployment.health.record_success()
             body["model"] = call.model
             return body, deployment
-        _record_failure(state, deployment, last)
+        _record_failure(state, deployment, last, call)
         if not last.retryable:
             break
     assert last is not None
@@ -69,7 +70,7 @@ async def open_stream(state: AppState, call: Call) -> UpstreamStream:
         except UpstreamError as exc:
             await stream.aclose()
             last = exc
-            _record_failure(state, deployment, exc)
+            _record_failure(state, deployment, exc, call)
             if not exc.retryable:
                 break
             continue
@@ -130,9 +131,14 @@ def _timed_out(deployment: Deployment, phase: str, seconds: float) -> UpstreamTi
     )
 
 
-def _record_failure(state: AppState, deployment: Deployment, error: UpstreamError) -> None:
+def _record_failure(
+    state: AppState, deployment: Deployment, error: UpstreamError, call: Call
+) -> None:
+    """Health, metric and log of one failure: a bounded class, and text scrubbed again here
+    (providers scrub what they quote; this is the last gate before health state and the log)."""
     retry_after = error.retry_after if isinstance(error, UpstreamStatusError) else None
+    text = scrub(error.message, deployment.api_key, call.credential)
     if error.retryable:
-        deployment.health.record_failure(time.monotonic(), error.message, retry_after)
+        deployment.health.record_failure(time.monotonic(), text, retry_after, kind=error.kind)
     state.metrics.upstream_error(deployment.name, error.kind)
-    state.log.warning("upstream failure: %s", error.message)
+    state.log.warning("upstream failure (%s): %s", error.kind, text)

@@ -31,6 +31,7 @@ from relaygate.api.http import (
     send_bytes,
     send_error,
 )
+from relaygate.auth.credentials import read_credential
 from relaygate.cache.response import Hit, Plan
 from relaygate.errors import (
     InvalidRequest,
@@ -206,6 +207,7 @@ class OpenAIAPI:
             scope, receive, state.max_body, json_type_required=self.json_type_required
         )
         call = self.parse(kind, body, served.request_id)
+        call.credential = read_credential(scope)  # scrubbed from upstream errors
         served.model, served.body = call.model, call.body
         outcome.model = state.router.get(call.model).name
         control = header(scope, b"cache-control")
