@@ -137,7 +137,7 @@ def _record_failure(
     """Health, metric and log of one failure: a bounded class, and text scrubbed again here
     (providers scrub what they quote; this is the last gate before health state and the log)."""
     retry_after = error.retry_after if isinstance(error, UpstreamStatusError) else None
-    text = scrub(error.message, deployment.api_key, call.credential)
+    text = scrub(error.message, *deployment.known_secrets, call.credential)
     if error.retryable:
         deployment.health.record_failure(time.monotonic(), text, retry_after, kind=error.kind)
     state.metrics.upstream_error(deployment.name, error.kind)

@@ -98,7 +98,8 @@ async def open_state(settings: Settings, log: logging.Logger) -> AppState:
         settings.auth, identity, log, jwt=_jwt_check(jwt) if jwt else None, pubsub=bool(client)
     )
     router = await build_router(settings, log)
-    install_log_scrubber(log, [d.api_key for m in router.models.values() for d in m.deployments])
+    keys = {key for m in router.models.values() for d in m.deployments for key in d.known_secrets}
+    install_log_scrubber(log, keys)  # provider keys, scrubbed from every log line
     metrics = Metrics(settings.prometheus_multiproc_dir)
     usage = settings.usage
     outbox = Outbox(

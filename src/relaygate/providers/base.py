@@ -70,10 +70,11 @@ def upstream_text(text: str, deployment: Deployment, call: Call | None) -> str:
     """Upstream text as it may enter the gateway: every secret scrubbed, then cut.
 
     The only way text from an upstream reaches an error, and through it a client,
-    the log, health state or the admin view. The known secrets are the
-    deployment's provider key and the caller's own credential.
+    the log, health state or the admin view. The known secrets are every
+    provider key the gateway holds and the caller's own credential.
     """
-    return scrub(text, deployment.api_key, call.credential if call is not None else None)
+    credential = call.credential if call is not None else None
+    return scrub(text, deployment.api_key, *deployment.known_secrets, credential)
 
 
 def in_body_error(
