@@ -87,6 +87,8 @@ def looks_random(token: str) -> bool:
     ``InternalServerError``); random tokens have long parts that are not words, or
     letters and digits interleaved many times.
     """
+    if len(set(token)) < 8:  # "xxxxxxxx...", "----...", "1111..."
+        return False
     if _HEX.fullmatch(token) and not token.isdigit() and not token.isalpha():
         return True
     if len(_LETTER_DIGIT.findall(token)) >= 6:
