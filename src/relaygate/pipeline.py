@@ -31,6 +31,7 @@ from relaygate.asgi import (
     read_body,
     send_bytes,
 )
+from relaygate.auth.credentials import read_credential
 from relaygate.errors import (
     NoHealthyDeployment,
     RateLimited,
@@ -39,6 +40,7 @@ from relaygate.errors import (
     UpstreamStatusError,
     UpstreamTimeout,
 )
+from relaygate.redact import scrub
 from relaygate.usage.accounting import Served
 
 if TYPE_CHECKING:
@@ -171,6 +173,7 @@ class Pipeline:
             scope, receive, state.max_body, json_type_required=fmt.json_type_required
         )
         call = fmt.parse(kind, body, served.request_id)
+        call.credential = read_credential(scope)  # scrubbed from any upstream error text
         served.model, served.body = call.model, call.body
         outcome.model = state.router.get(call.model).name
         control = header(scope, b"cache-control")
@@ -375,7 +378,7 @@ async def complete(state: AppState, call: Call) -> tuple[JSON, Deployment]:
             deployment.health.record_success()
             body["model"] = call.model
             return body, deployment
-        _record_failure(state, deployment, last)
+        _record_failure(state, deployment, last, call)
         if not last.retryable:
             break
     assert last is not None
@@ -397,7 +400,7 @@ async def open_stream(state: AppState, call: Call) -> UpstreamStream:
         except UpstreamError as exc:
             await stream.aclose()
             last = exc
-            _record_failure(state, deployment, exc)
+            _record_failure(state, deployment, exc, call)
             if not exc.retryable:
                 break
             continue
@@ -458,9 +461,14 @@ def _timed_out(deployment: Deployment, phase: str, seconds: float) -> UpstreamTi
     )
 
 
-def _record_failure(state: AppState, deployment: Deployment, error: UpstreamError) -> None:
+def _record_failure(
+    state: AppState, deployment: Deployment, error: UpstreamError, call: Call
+) -> None:
+    """Health, metric and log of one failure: a bounded class, and text scrubbed again here
+    (providers scrub what they quote; this is the last gate before health state and the log)."""
     retry_after = error.retry_after if isinstance(error, UpstreamStatusError) else None
+    text = scrub(error.message, *deployment.known_secrets, call.credential)
     if error.retryable:
-        deployment.health.record_failure(time.monotonic(), error.message, retry_after)
+        deployment.health.record_failure(time.monotonic(), text, retry_after, kind=error.kind)
     state.metrics.upstream_error(deployment.name, error.kind)
-    state.log.warning("upstream failure: %s", error.message)
+    state.log.warning("upstream failure (%s): %s", error.kind, text)

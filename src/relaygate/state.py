@@ -24,6 +24,7 @@ from relaygate.limits.base import Limiter
 from relaygate.limits.memory import MemoryLimiter
 from relaygate.limits.quotas import QuotaPrimer
 from relaygate.observability.metrics import Metrics
+from relaygate.redact import install_log_scrubber
 from relaygate.routing.catalog import build_router, close_providers
 from relaygate.routing.router import Model, Router
 from relaygate.settings import Settings
@@ -104,6 +105,8 @@ async def open_state(settings: Settings, log: logging.Logger) -> AppState:
         settings.auth, identity, log, jwt=_jwt_check(jwt) if jwt else None, pubsub=bool(client)
     )
     router = await build_router(settings, log)
+    keys = {key for m in router.models.values() for d in m.deployments for key in d.known_secrets}
+    install_log_scrubber(log, keys)  # provider keys, scrubbed from every log line
     metrics = Metrics(settings.prometheus_multiproc_dir)
     usage = settings.usage
     outbox = Outbox(

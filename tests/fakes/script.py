@@ -84,6 +84,9 @@ class Script:
     """Streaming: after N content chunks send an in-band error event and end the stream
     (status stays 200). OpenAI: ``data: {"error": {...}}`` without ``[DONE]``; Ollama: an
     ``{"error": "..."}`` line. Uses ``error_message`` / ``error_type`` / ``error_code``."""
+    error_text: bool = False
+    """Non-200: send ``error_message`` as a plain-text body (as proxies and crashed servers
+    do) instead of the upstream's JSON error shape."""
 
 
 @dataclass
@@ -419,7 +422,12 @@ class FakeServer:
         )
 
     def _scripted_error(self, script: Script) -> web.Response:
-        resp = self._error_response(script.status, script.error_message, script)
+        if script.error_text:
+            resp = web.Response(
+                status=script.status, text=script.error_message, headers=dict(script.headers)
+            )
+        else:
+            resp = self._error_response(script.status, script.error_message, script)
         if script.retry_after is not None:
             resp.headers["Retry-After"] = script.retry_after
         return resp

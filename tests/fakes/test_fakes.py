@@ -787,6 +787,17 @@ async def test_error_after_sends_in_band_error(
     assert any_fake.disconnects == 0
 
 
+async def test_error_text_sends_a_plain_text_error_body(
+    any_fake: FakeServer, session: aiohttp.ClientSession
+) -> None:
+    any_fake.push(Script(status=502, error_message="bad gateway: it crashed", error_text=True))
+    url, body = stream_request(any_fake)
+    async with session.post(url, json=body) as r:
+        assert r.status == 502
+        assert r.content_type == "text/plain"
+        assert await r.text() == "bad gateway: it crashed"
+
+
 async def test_disconnect_during_first_byte_delay(
     any_fake: FakeServer, session: aiohttp.ClientSession
 ) -> None:

@@ -27,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from relaygate.api.admin_deployments import DeploymentsAdminAPI
 from relaygate.api.admin_usage import UsageAdminAPI
 from relaygate.api.http import decode_json_object, error_body
 from relaygate.asgi import ClientGone, new_request_id, read_body
@@ -560,6 +561,7 @@ def build_admin_app(state: AppState) -> Starlette:
         "/admin/usage": {"GET": (usage.usage, True)},
         "/admin/usage/export.csv": {"GET": (usage.export, True)},
         "/admin/cache": {"GET": (usage.cache_stats, True), "DELETE": (usage.cache_clear, True)},
+        "/admin/deployments": {"GET": (DeploymentsAdminAPI(state).deployments, True)},
         "/auth/create-key": {"POST": (api.seed_create_key, True)},
         "/api/keys": {"GET": (api.seed_list_keys, False), "POST": (api.seed_create_api_key, True)},
         "/api/keys/{key_id}": {

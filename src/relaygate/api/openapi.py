@@ -293,6 +293,16 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         errors=(*_ADMIN, 409),
         description="A tenant that still has live keys is a 409: revoke them first.",
     ),
+    ("GET", "/admin/deployments"): Operation(
+        "Deployments and their last upstream error",
+        "Admin",
+        auth="admin",
+        errors=(401, 403),
+        answer='`{"object": "list", "data": [{"model", "deployments": [{"name", "provider", '
+        '"state", "consecutive_failures", "last_error_class", "last_error", '
+        '"last_error_at"}]}]}`: the error text is scrubbed of secrets; /ready shows only the '
+        "class.",
+    ),
     ("GET", "/admin/usage"): Operation(
         "Usage report",
         "Admin",

@@ -39,7 +39,7 @@ class OpsAPI:
                     "provider": d.provider_name,
                     "state": d.health.state(now),
                     "consecutive_failures": d.health.failures,
-                    **({"last_error": d.health.last_error} if d.health.last_error else {}),
+                    **_error_class(d.health.last_error_kind),
                 }
                 for d in model.deployments
             ]
@@ -60,3 +60,9 @@ class OpsAPI:
         await send_bytes(
             send, 200, body, new_request_id(), content_type=CONTENT_TYPE_LATEST.encode()
         )
+
+
+def _error_class(kind: str) -> dict[str, str]:
+    """A bounded class only (timeout_connect, status_5xx, ...): /ready needs no key, so
+    upstream text, which can carry prompts and keys, never appears here."""
+    return {"last_error_class": kind} if kind else {}

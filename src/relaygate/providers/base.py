@@ -10,7 +10,6 @@ the upstream reported usage.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any, Protocol
@@ -25,6 +24,7 @@ from relaygate.errors import (
     UpstreamStatusError,
     UpstreamTimeout,
 )
+from relaygate.redact import scrub
 
 if TYPE_CHECKING:
     from relaygate.schema.requests import Call
@@ -32,12 +32,13 @@ if TYPE_CHECKING:
 __all__ = [
     "Provider",
     "Upstream",
+    "in_body_error",
     "ndjson_lines",
     "post",
     "raise_for_status",
-    "redact",
     "translate_errors",
     "upstream_json",
+    "upstream_text",
 ]
 
 JSON = dict[str, Any]
@@ -56,6 +57,10 @@ class Upstream(Protocol):
 
     @property
     def api_key(self) -> str | None: ...
+
+    @property
+    def known_secrets(self) -> tuple[str, ...]:
+        """Every provider key the gateway holds, scrubbed from this deployment's errors."""
 
     @property
     def chunk_delay(self) -> float: ...
@@ -85,21 +90,32 @@ class Provider(Protocol):
         """Close the pooled connections."""
 
 
-_SECRET_PATTERNS = re.compile(
-    r"(sk-[A-Za-z0-9_\-]{8,}|AIza[0-9A-Za-z_\-]{20,}|(?<=key=)[^&\s\"']+|Bearer\s+[^\s\"']+)"
-)
+def upstream_text(text: str, deployment: Upstream, call: Call | None) -> str:
+    """Upstream text as it may enter the gateway: every secret scrubbed, then cut.
+
+    The only way text from an upstream reaches an error, and through it a client,
+    the log, health state or the admin view. The known secrets are every
+    provider key the gateway holds and the caller's own credential.
+    """
+    credential = call.credential if call is not None else None
+    return scrub(text, deployment.api_key, *deployment.known_secrets, credential)
 
 
-def redact(text: str, *secrets: str | None) -> str:
-    """Remove known secrets and anything shaped like an API key from upstream text."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return _SECRET_PATTERNS.sub("***", text)[:2000]
+def in_body_error(
+    deployment: Upstream, call: Call, error: object, *, mid_stream: bool = False
+) -> UpstreamStatusError:
+    """An error the upstream reported inside a 200 answer: a body, an SSE event, an NDJSON line."""
+    message = error.get("message", error) if isinstance(error, dict) else error
+    where = "failed mid-stream" if mid_stream else "failed"
+    return UpstreamStatusError(
+        f"Deployment {deployment.name!r} {where}: {upstream_text(str(message), deployment, call)}",
+        upstream_status=502,
+        deployment=deployment.name,
+    )
 
 
 @contextmanager
-def translate_errors(deployment: Upstream) -> Iterator[None]:
+def translate_errors(deployment: Upstream, call: Call | None = None) -> Iterator[None]:
     """Map aiohttp and socket errors to relaygate's upstream errors, in one place."""
     name = deployment.name
     try:
@@ -122,7 +138,8 @@ def translate_errors(deployment: Upstream) -> Iterator[None]:
         ) from None
     except aiohttp.ClientError as exc:
         raise UpstreamProtocolError(
-            f"Deployment {name!r} failed: {redact(str(exc), deployment.api_key)}", deployment=name
+            f"Deployment {name!r} failed: {upstream_text(str(exc), deployment, call)}",
+            deployment=name,
         ) from None
 
 
@@ -140,21 +157,25 @@ async def post(
     body: bytes,
     headers: Mapping[str, str],
     deployment: Upstream,
+    call: Call,
 ) -> AsyncIterator[aiohttp.ClientResponse]:
     """POST to an upstream; yields a successful response, raises relaygate's errors otherwise.
 
     Errors while the caller reads the body are translated too.
     """
-    with translate_errors(deployment):
+    with translate_errors(deployment, call):
         async with session.post(
             url, data=body, headers=headers, timeout=deployment.client_timeout
         ) as response:
-            await raise_for_status(response, deployment)
+            await raise_for_status(response, deployment, call)
             yield response
 
 
-async def raise_for_status(response: aiohttp.ClientResponse, deployment: Upstream) -> None:
-    """Raise UpstreamStatusError with the upstream's own message when it answered an error."""
+async def raise_for_status(
+    response: aiohttp.ClientResponse, deployment: Upstream, call: Call | None = None
+) -> None:
+    """Raise UpstreamStatusError with the upstream's own message (scrubbed) when it answered
+    an error."""
     if response.status < 400:
         return
     raw = await response.content.read(64 * 1024)
@@ -162,7 +183,7 @@ async def raise_for_status(response: aiohttp.ClientResponse, deployment: Upstrea
     retry_after = _retry_after(response.headers.get("Retry-After"))
     raise UpstreamStatusError(
         f"Deployment {deployment.name!r} answered {response.status}: "
-        f"{redact(message, deployment.api_key)}",
+        f"{upstream_text(message, deployment, call)}",
         upstream_status=response.status,
         deployment=deployment.name,
         retry_after=retry_after,
@@ -170,17 +191,18 @@ async def raise_for_status(response: aiohttp.ClientResponse, deployment: Upstrea
 
 
 def _error_message(raw: bytes) -> str:
+    """The message of an error body, whole: it is scrubbed before it is ever cut."""
     try:
         body = _decode(raw)
     except (msgspec.DecodeError, RecursionError):
-        return raw.decode("utf-8", "replace").strip()[:500]
+        return raw.decode("utf-8", "replace").strip()
     if isinstance(body, dict):
         error = body.get("error", body.get("message", body.get("detail")))
         if isinstance(error, dict):
             error = error.get("message", error)
         if error is not None:
             return str(error)
-    return str(body)[:500]
+    return str(body)
 
 
 def _retry_after(value: str | None) -> float | None:

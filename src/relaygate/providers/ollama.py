@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import msgspec
 
-from relaygate.errors import InvalidRequest, UpstreamStatusError
-from relaygate.providers.base import JSON, ndjson_lines, post, redact, upstream_json
+from relaygate.errors import InvalidRequest
+from relaygate.providers.base import JSON, in_body_error, ndjson_lines, post, upstream_json
 from relaygate.schema.requests import ChatMessage, ChatRequest, CompletionRequest, EmbeddingRequest
 from relaygate.schema.responses import embedding_list, usage
 
@@ -50,9 +50,9 @@ class OllamaProvider:
 
     async def complete(self, deployment: Upstream, call: Call) -> JSON:
         path, body = _request(deployment, call, stream=False)
-        raw = await self._post(deployment, path, body)
+        raw = await self._post(deployment, call, path, body)
         reply = upstream_json(raw, deployment)
-        _raise_if_error(reply, deployment)
+        _raise_if_error(reply, deployment, call)
         if call.kind == "chat":
             return _chat_completion(reply, call)
         return _text_completion(reply, call)
@@ -61,10 +61,10 @@ class OllamaProvider:
         path, body = _request(deployment, call, stream=True)
         translate = _ChunkTranslator(call)
         url = self.base_url + path
-        async with post(self._session, url, _encode(body), _HEADERS, deployment) as response:
+        async with post(self._session, url, _encode(body), _HEADERS, deployment, call) as response:
             async for line in ndjson_lines(response):
                 event = upstream_json(line, deployment)
-                _raise_if_error(event, deployment)
+                _raise_if_error(event, deployment, call, mid_stream=True)
                 for chunk in translate(event):
                     yield chunk
 
@@ -74,9 +74,9 @@ class OllamaProvider:
         body: dict[str, Any] = {"model": deployment.upstream_model, "input": params.input}
         if params.dimensions is not None:
             body["dimensions"] = params.dimensions
-        raw = await self._post(deployment, "/api/embed", body)
+        raw = await self._post(deployment, call, "/api/embed", body)
         reply = upstream_json(raw, deployment)
-        _raise_if_error(reply, deployment)
+        _raise_if_error(reply, deployment, call)
         vectors = reply.get("embeddings") or []
         prompt_tokens = int(reply.get("prompt_eval_count") or 0)
         return embedding_list(vectors, call.model, params.encoding_format, prompt_tokens)
@@ -90,20 +90,17 @@ class OllamaProvider:
     async def aclose(self) -> None:
         await self._session.close()
 
-    async def _post(self, deployment: Upstream, path: str, body: JSON) -> bytes:
+    async def _post(self, deployment: Upstream, call: Call, path: str, body: JSON) -> bytes:
         url = self.base_url + path
-        async with post(self._session, url, _encode(body), _HEADERS, deployment) as response:
+        async with post(self._session, url, _encode(body), _HEADERS, deployment, call) as response:
             return await response.read()
 
 
-def _raise_if_error(reply: JSON, deployment: Upstream) -> None:
+def _raise_if_error(
+    reply: JSON, deployment: Upstream, call: Call, *, mid_stream: bool = False
+) -> None:
     if "error" in reply:
-        raise UpstreamStatusError(
-            f"Deployment {deployment.name!r} failed: "
-            f"{redact(str(reply['error']), deployment.api_key)}",
-            upstream_status=502,
-            deployment=deployment.name,
-        )
+        raise in_body_error(deployment, call, reply["error"], mid_stream=mid_stream)
 
 
 def _request(deployment: Upstream, call: Call, stream: bool) -> tuple[str, JSON]:

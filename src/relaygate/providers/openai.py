@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import msgspec
 
-from relaygate.errors import UpstreamStatusError
-from relaygate.providers.base import JSON, ndjson_lines, post, redact, upstream_json
+from relaygate.providers.base import JSON, in_body_error, ndjson_lines, post, upstream_json
 
 if TYPE_CHECKING:
     from relaygate.providers.base import Upstream
@@ -61,23 +60,26 @@ class OpenAIProvider:
         body = self._body(deployment, call, stream=False)
         url = self._urls[call.kind]
         async with post(
-            self._session, url, body, self._headers(deployment), deployment
+            self._session, url, body, self._headers(deployment), deployment, call
         ) as response:
             raw = await response.read()
-        return upstream_json(raw, deployment)
+        reply = upstream_json(raw, deployment)
+        if "error" in reply and not reply.get("choices") and not reply.get("data"):
+            raise in_body_error(deployment, call, reply["error"])  # a 200 carrying an error
+        return reply
 
     async def stream(self, deployment: Upstream, call: Call) -> AsyncIterator[JSON]:
         body = self._body(deployment, call, stream=True)
         headers = {**self._headers(deployment), "Accept": "text/event-stream"}
         url = self._urls[call.kind]
-        async with post(self._session, url, body, headers, deployment) as response:
+        async with post(self._session, url, body, headers, deployment, call) as response:
             async for line in ndjson_lines(response):
                 if not line.startswith(b"data:"):
                     continue  # comments (": keep-alive"), event names, ids
                 data = line[5:].strip()
                 if data == b"[DONE]":
                     return
-                yield _chunk(data, deployment)
+                yield _chunk(data, deployment, call)
 
     async def list_models(self) -> list[str]:
         async with self._session.get(self.base_url + "/models") as response:
@@ -89,15 +91,9 @@ class OpenAIProvider:
         await self._session.close()
 
 
-def _chunk(data: bytes, deployment: Upstream) -> JSON:
+def _chunk(data: bytes, deployment: Upstream, call: Call) -> JSON:
     chunk = upstream_json(data, deployment)
     error = chunk.get("error")
     if error is not None:
-        message = error.get("message", error) if isinstance(error, dict) else error
-        raise UpstreamStatusError(
-            f"Deployment {deployment.name!r} failed mid-stream: "
-            f"{redact(str(message), deployment.api_key)}",
-            upstream_status=502,
-            deployment=deployment.name,
-        )
+        raise in_body_error(deployment, call, error, mid_stream=True)
     return chunk

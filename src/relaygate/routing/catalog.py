@@ -76,6 +76,10 @@ async def build_router(settings: Settings, log: logging.Logger) -> Router:
             known.add(model.name)
     if settings.serves_mock and "mock" not in known:
         models.append(_mock_model(pools))
+    deployments = [d for m in models for d in m.deployments]
+    keys = tuple(sorted({d.api_key for d in deployments if d.api_key}))
+    for deployment in deployments:
+        deployment.known_secrets = keys
     return Router(models, settings.routing)
 
 

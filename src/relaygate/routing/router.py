@@ -39,6 +39,9 @@ class Deployment:
     timeouts: Timeouts
     health: Health
     api_key: str | None = field(default=None, repr=False)
+    # every provider key the gateway holds: scrubbed from this deployment's errors too
+    # (an upstream may echo any of them), see relaygate/redact.py
+    known_secrets: tuple[str, ...] = field(default=(), repr=False)
     chunk_delay: float = 0.0
     client_timeout: aiohttp.ClientTimeout = field(init=False, repr=False)
 

@@ -147,6 +147,7 @@ class Call:
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)  # added to the response
     started: float = field(default_factory=time.perf_counter)
     wire: dict[str, Any] = field(default_factory=dict)  # an inbound API's own state
+    credential: str | None = field(default=None, repr=False)  # the caller's; scrubbed from errors
 
     @property
     def include_usage(self) -> bool:

@@ -1,0 +1,70 @@
+"""The provider boundary: upstream text enters the gateway scrubbed of every secret it knows."""
+
+from __future__ import annotations
+
+import pytest
+
+from relaygate.errors import UpstreamStatusError
+from relaygate.providers.base import in_body_error, upstream_text
+from relaygate.providers.mock import MockProvider
+from relaygate.routing.health import Health
+from relaygate.routing.router import Deployment
+from relaygate.schema.requests import Call, ChatMessage, ChatRequest
+from relaygate.settings import RoutingConfig, Timeouts
+
+DEPLOYMENT_KEY = "zq8kd93mfa0q7x"  # shaped like nothing: only knowing it removes it
+OTHER_KEY = "p4ssw0rdlike1"  # another deployment's key
+CALLER = "opaque7credential"  # a caller credential shaped like nothing either
+
+
+def deployment() -> Deployment:
+    return Deployment(
+        name="m", model="m", provider=MockProvider(), provider_name="mock", upstream_model="m",
+        weight=1.0, timeouts=Timeouts(), health=Health(RoutingConfig()), api_key=DEPLOYMENT_KEY,
+        known_secrets=(DEPLOYMENT_KEY, OTHER_KEY),
+    )  # fmt: skip
+
+
+def call(credential: str | None = CALLER) -> Call:
+    params = ChatRequest(model="m", messages=[ChatMessage(role="user", content="hi")])
+    return Call("chat", "m", {}, params, False, "req", credential=credential)
+
+
+def test_upstream_text_removes_the_deployment_keys_and_the_callers_credential() -> None:
+    text = f"bad key {DEPLOYMENT_KEY}; also {OTHER_KEY} and {CALLER}; model llama3.2:1b"
+    assert (
+        upstream_text(text, deployment(), call())
+        == "bad key ***; also *** and ***; model llama3.2:1b"
+    )
+    assert CALLER in upstream_text(text, deployment(), call(None))  # what threading it is for
+
+
+def test_upstream_text_scrubs_before_it_cuts() -> None:
+    text = "x" * 1990 + DEPLOYMENT_KEY
+    assert upstream_text(text, deployment(), call()) == "x" * 1990 + "***"
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        f"invalid credential {CALLER}",
+        {"message": f"invalid credential {CALLER}", "type": "auth"},
+        {"code": 401, "detail": f"key={DEPLOYMENT_KEY}"},
+    ],
+)
+def test_in_body_errors_are_scrubbed(error: object) -> None:
+    exc = in_body_error(deployment(), call(), error, mid_stream=True)
+    assert isinstance(exc, UpstreamStatusError) and exc.status == 502 and exc.retryable
+    assert exc.message.startswith("Deployment 'm' failed mid-stream: ")
+    assert CALLER not in exc.message and DEPLOYMENT_KEY not in exc.message
+    assert "***" in exc.message
+
+
+def test_health_keeps_the_class_apart_from_the_text() -> None:
+    health = Health(RoutingConfig())
+    health.record_failure(10.0, "Deployment 'm' answered 503: ***", kind="status_5xx", at=1e9)
+    assert (health.last_error_kind, health.last_error, health.last_error_at) == (
+        "status_5xx", "Deployment 'm' answered 503: ***", 1e9
+    )  # fmt: skip
+    health.record_success()
+    assert (health.last_error_kind, health.last_error, health.last_error_at) == ("", "", None)
