@@ -1,6 +1,6 @@
 """The request pipeline, top to bottom, for every inbound API.
 
-    parse -> authenticate -> admit -> cache -> route -> call -> relay -> settle
+    authenticate -> parse -> admit -> cache -> route -> call -> relay -> settle
 
 :meth:`Pipeline.serve` runs one inference request through every stage, in
 order. It knows no wire format: each inbound API (``api/``) hands it a
