@@ -416,7 +416,7 @@ def from_canonical(body: JSON, state: Pending, model: str) -> JSON:
     output: list[JSON] = []
     text = _text(message.get("content")) or _text(message.get("refusal"))
     if text:
-        output.append(message_item(f"msg_{rid}_0", text, status))
+        output.append(message_item(f"msg_{rid}_0", text, "completed"))
     calls = message.get("tool_calls")
     for n, call in enumerate(calls if isinstance(calls, list) else ()):
         function = _dict(_dict(call).get("function"))
@@ -431,6 +431,8 @@ def from_canonical(body: JSON, state: Pending, model: str) -> JSON:
                 arguments if isinstance(arguments, str) else "",
             )
         )
+    if status == "incomplete" and output:
+        output[-1]["status"] = "incomplete"  # the item the answer was cut in
     found = _dict(body).get("usage")
     return response_object(state, model, status, output, usage(found), details)
 
@@ -440,16 +442,18 @@ def message_item(item_id: str, text: str, status: str) -> JSON:
         "id": item_id,
         "type": "message",
         "role": "assistant",
-        "status": "incomplete" if status == "incomplete" else status,
+        "status": status,
         "content": [{"type": "output_text", "text": text, "annotations": []}],
     }
 
 
-def function_item(item_id: str, call_id: str, name: str, arguments: str) -> JSON:
+def function_item(
+    item_id: str, call_id: str, name: str, arguments: str, status: str = "completed"
+) -> JSON:
     return {
         "id": item_id,
         "type": "function_call",
-        "status": "completed",
+        "status": status,
         "call_id": call_id,
         "name": name,
         "arguments": arguments,

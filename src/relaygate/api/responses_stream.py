@@ -105,12 +105,17 @@ class ResponsesStream:
         """What closes a complete stream: open items, then ``response.completed``."""
         events = [] if self._started else self._start()
         status, details = status_of(self._finish)
-        events += self._close_text(status)
+        for index in sorted(self._tools):
+            if self._tools[index].output_index < 0:
+                events += self._start_tool(index, self._tools[index])
+        cut = len(self._output) - 1 if status == "incomplete" else -1  # the item cut short
+        if self._text is not None:
+            events += self._close_text("incomplete" if self._text[0] == cut else "completed")
         for index in sorted(self._tools):
             tool = self._tools[index]
-            if tool.output_index < 0:
-                events += self._start_tool(index, tool)
-            events += self._close_tool(tool)
+            events += self._close_tool(
+                tool, "incomplete" if tool.output_index == cut else "completed"
+            )
         response = response_object(
             self.state, self.model, status, list(self._output), usage(self._usage), details
         )
@@ -249,10 +254,10 @@ class ResponsesStream:
             }
         ]
 
-    def _close_tool(self, tool: _Tool) -> list[JSON]:
+    def _close_tool(self, tool: _Tool, status: str) -> list[JSON]:
         item_id = self._output[tool.output_index]["id"]
         arguments = "".join(tool.arguments)
-        item = function_item(item_id, tool.call_id, tool.name, arguments)
+        item = function_item(item_id, tool.call_id, tool.name, arguments, status)
         self._output[tool.output_index] = item
         return [
             {
