@@ -51,6 +51,7 @@ __all__ = [
     "STREAM_HEADERS",
     "WIRE_KEY",
     "Pending",
+    "call_id",
     "deleted_body",
     "error_body",
     "from_canonical",
@@ -418,6 +419,7 @@ def from_canonical(body: JSON, state: Pending, model: str) -> JSON:
     if text:
         output.append(message_item(f"msg_{rid}_0", text, "completed"))
     calls = message.get("tool_calls")
+    seen: set[str] = set()
     for n, call in enumerate(calls if isinstance(calls, list) else ()):
         function = _dict(_dict(call).get("function"))
         arguments = function.get("arguments")
@@ -426,7 +428,7 @@ def from_canonical(body: JSON, state: Pending, model: str) -> JSON:
         output.append(
             function_item(
                 f"fc_{rid}_{len(output)}",
-                _text(_dict(call).get("id")) or f"call_{rid}_{n}",
+                call_id(_dict(call).get("id"), rid, n, seen),
                 _text(function.get("name")),
                 arguments if isinstance(arguments, str) else "",
             )
@@ -435,6 +437,15 @@ def from_canonical(body: JSON, state: Pending, model: str) -> JSON:
         output[-1]["status"] = "incomplete"  # the item the answer was cut in
     found = _dict(body).get("usage")
     return response_object(state, model, status, output, usage(found), details)
+
+
+def call_id(upstream: Any, rid: str, index: int, seen: set[str]) -> str:
+    """A tool call's ``call_id``: the upstream's, or ``call_<rid>_<index>`` when it gave
+    none or repeated one (a client matches its outputs to calls by this id)."""
+    found = upstream if isinstance(upstream, str) and upstream not in seen else ""
+    found = found or f"call_{rid}_{index}"
+    seen.add(found)
+    return found
 
 
 def message_item(item_id: str, text: str, status: str) -> JSON:

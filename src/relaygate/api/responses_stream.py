@@ -24,6 +24,7 @@ from typing import Any
 
 from relaygate.api.responses import (
     Pending,
+    call_id,
     function_item,
     message_item,
     pending,
@@ -67,6 +68,7 @@ class ResponsesStream:
         self._output: list[JSON] = []  # output items so far, by output index
         self._text: tuple[int, list[str]] | None = None  # the open message: index, text
         self._tools: dict[int, _Tool] = {}  # by OpenAI tool call index
+        self._call_ids: set[str] = set()
         self._finish: Any = None
         self._usage: JSON | None = None
 
@@ -232,9 +234,8 @@ class ResponsesStream:
     def _start_tool(self, index: int, tool: _Tool) -> list[JSON]:
         events = self._close_text("completed")
         tool.output_index = len(self._output)
-        call_id = tool.call_id or f"call_{self._rid}_{index}"
-        tool.call_id = call_id
-        item = function_item(f"fc_{self._rid}_{tool.output_index}", call_id, tool.name, "")
+        tool.call_id = call_id(tool.call_id or None, self._rid, index, self._call_ids)
+        item = function_item(f"fc_{self._rid}_{tool.output_index}", tool.call_id, tool.name, "")
         item["status"] = "in_progress"
         self._output.append(item)
         events.append(

@@ -28,6 +28,7 @@ from relaygate.api.responses import (
     with_history,
 )
 from relaygate.api.responses_stream import ResponsesStream
+from relaygate.cache.entry import split
 from relaygate.errors import InvalidRequest, UpstreamConnectError
 from relaygate.schema.requests import ChatRequest
 
@@ -608,6 +609,10 @@ def test_any_chunk_sequence_is_a_valid_event_sequence_the_sdk_accumulates(
     assert found[-1].type in ("response.completed", "response.incomplete")
     text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
     assert Response.model_validate(found[-1].response.model_dump()).output_text == text
+    sdk = CannedOpenAI(sse, stream=True)
+    with sdk.client.responses.stream(model="llama3", input="Hi") as stream:
+        ends = [e.response for e in stream if e.type == found[-1].type]
+    assert [r.output_text for r in ends] == [text]
 
 
 # -- errors and storage helpers ----------------------------------------------------
@@ -795,3 +800,51 @@ def test_garbage_is_invalid_request_or_a_valid_chat_request(body: Any) -> None:
     except InvalidRequest:
         return
     msgspec.convert(call.body, ChatRequest)
+
+
+_ARGUMENTS = st.dictionaries(
+    st.text(max_size=6), st.integers() | st.text(max_size=6) | st.booleans(), max_size=3
+)
+_CALLS = st.lists(
+    st.builds(
+        lambda i, name, args: {"id": i and f"call_{i}", "type": "function", "function": {"name": name, "arguments": json.dumps(args)}},
+        st.none() | st.integers(1, 10**6),  # some upstreams give no id
+        st.text(alphabet="abcdefgh_", min_size=1, max_size=10),
+        _ARGUMENTS,
+    ),
+    max_size=3,
+)  # fmt: skip
+_COMPLETIONS = st.builds(
+    lambda text, refusal, calls, finish, prompt, out: {
+        "id": "chatcmpl-9",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "llama3",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": refusal, **({"tool_calls": calls} if calls else {})}, "finish_reason": finish}],
+        "usage": {"prompt_tokens": prompt, "completion_tokens": out, "total_tokens": prompt + out},
+    },
+    st.none() | st.text(max_size=20), st.none() | st.text(max_size=9), _CALLS,
+    st.sampled_from(["stop", "length", "tool_calls", "content_filter"]),
+    st.integers(0, 10**6), st.integers(0, 10**6),
+)  # fmt: skip
+
+
+@settings(max_examples=60, deadline=None)
+@given(body=_COMPLETIONS)
+def test_a_cached_answer_replayed_as_a_stream_is_the_same_response(body: dict[str, Any]) -> None:
+    """A stream of ``split(body)`` (how the cache replays it) accumulates, in the SDK, to
+    the Response the same answer gives unstreamed."""
+    streamed = relay(request(input="Hi", stream=True), split(body, "chat"))
+    sdk = CannedOpenAI(streamed, stream=True)
+    with sdk.client.responses.stream(model="llama3", input="Hi") as stream:
+        ends = [
+            e.response for e in stream if e.type in ("response.completed", "response.incomplete")
+        ]
+    assert len(ends) == 1
+    final = ends[0]
+    whole = Response.model_validate_json(render(parse(request(input="Hi"), "req1"), body))
+    last = events(streamed)[-1].response
+    assert last.model_dump(exclude={"created_at"}) == whole.model_dump(exclude={"created_at"})
+    assert [i.model_dump(exclude_none=True) for i in final.output] == [
+        i.model_dump(exclude_none=True) for i in whole.output
+    ]
