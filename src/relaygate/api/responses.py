@@ -43,6 +43,7 @@ from relaygate.api.responses_schema import (
     ResponsesRequest,
     ToolChoiceFunction,
 )
+from relaygate.auth.principal import Principal
 from relaygate.errors import InvalidRequest, NotFound, RelaygateError
 from relaygate.schema.requests import Call, ChatRequest
 from relaygate.store.responses import ResponseRecord
@@ -56,6 +57,7 @@ __all__ = [
     "error_body",
     "from_canonical",
     "not_found",
+    "owner",
     "parse",
     "pending",
     "previous_not_found",
@@ -66,6 +68,7 @@ __all__ = [
     "response_object",
     "sse",
     "status_of",
+    "stored_body",
     "to_canonical",
     "usage",
     "with_history",
@@ -550,11 +553,16 @@ def usage(openai_usage: Any) -> JSON | None:
 # -- storage -------------------------------------------------------------------
 
 
+def owner(principal: Principal) -> str:
+    """Whose stored responses a caller reads and writes: its tenant's, or, for a caller
+    with no tenant (a JWT without the claim, anonymous access), its own subject."""
+    return principal.tenant_id or principal.subject
+
+
 def record(
     call: Call,
+    principal: Principal,
     *,
-    tenant_id: str | None,
-    key_id: str | None,
     retention_days: int | None,
     enabled: bool = True,
 ) -> ResponseRecord | None:
@@ -567,8 +575,9 @@ def record(
     expires = created + timedelta(days=retention_days) if retention_days else None
     return ResponseRecord(
         id=state.response_id,
-        tenant_id=tenant_id,
-        key_id=key_id,
+        owner=owner(principal),
+        tenant_id=principal.tenant_id,
+        key_id=principal.key_id,
         model=call.model,
         created_at=created,
         expires_at=expires,
@@ -580,8 +589,13 @@ def record(
 
 
 def not_found(response_id: str) -> NotFound:
-    """``GET``/``DELETE /v1/responses/{id}`` for an id the caller's tenant has not stored."""
+    """``GET``/``DELETE /v1/responses/{id}`` for an id the caller's owner has not stored."""
     return NotFound(f"Response with id '{response_id[:256]}' not found.", param="response_id")
+
+
+def stored_body(found: ResponseRecord) -> bytes:
+    """``GET /v1/responses/{id}``'s answer: the Response object as it was stored."""
+    return _encode(found.response)
 
 
 def deleted_body(response_id: str) -> bytes:

@@ -3,8 +3,9 @@
 A row holds one response: the Response object (for ``GET /v1/responses/{id}``),
 the input items its request added and its output items (the conversation that
 ``previous_response_id`` continues), and the id of the response it continued.
-Every read is scoped to a tenant: another tenant's row, or an expired one, is
-not there. Items are stored as JSON bytes (msgspec), not a JSON column, so what
+Every read is scoped to an owner (``responses.owner``: the caller's tenant, or
+its subject when it has none): another owner's row, or an expired one, is not
+there. Items are stored as JSON bytes (msgspec), not a JSON column, so what
 comes back is exactly what was stored, on SQLite and PostgreSQL alike.
 """
 
@@ -34,7 +35,8 @@ _decode = msgspec.json.decode
 @dataclass(frozen=True, slots=True)
 class ResponseRecord:
     id: str
-    tenant_id: str | None  # None: no tenant (anonymous access); stored as ""
+    owner: str  # who may read it: the tenant's id, or the caller's subject without one
+    tenant_id: str | None
     key_id: str | None
     model: str
     created_at: datetime
@@ -52,10 +54,11 @@ class ResponseStore:
         self.engine = engine
 
     async def save(self, record: ResponseRecord) -> None:
-        """Store one response (saving the same id again for the same tenant replaces it)."""
+        """Store one response (saving the same id again for the same owner replaces it)."""
         row = {
             "id": record.id,
-            "tenant_id": record.tenant_id or "",
+            "owner": record.owner,
+            "tenant_id": record.tenant_id,
             "key_id": record.key_id,
             "model": record.model,
             "created_at": record.created_at,
@@ -73,31 +76,31 @@ class ResponseStore:
                 await conn.execute(
                     sa.update(stored_responses)
                     .where(stored_responses.c.id == record.id)
-                    .where(stored_responses.c.tenant_id == row["tenant_id"])
+                    .where(stored_responses.c.owner == record.owner)
                     .values(row)
                 )
 
     async def get(
-        self, response_id: str, tenant_id: str | None, now: datetime | None = None
+        self, response_id: str, owner: str, now: datetime | None = None
     ) -> ResponseRecord | None:
-        """The tenant's response, None when it has none by that id (or it expired)."""
+        """The owner's response, None when it has none by that id (or it expired)."""
         async with self.engine.connect() as conn:
             found = (
                 await conn.execute(
                     sa.select(stored_responses).where(
-                        *_visible(response_id, tenant_id, now or _utcnow())
+                        *_visible(response_id, owner, now or _utcnow())
                     )
                 )
             ).first()
         return None if found is None else _record(found._mapping)
 
-    async def delete(self, response_id: str, tenant_id: str | None) -> bool:
-        """Delete the tenant's response; False when it had none by that id."""
+    async def delete(self, response_id: str, owner: str) -> bool:
+        """Delete the owner's response; False when it had none by that id."""
         async with self.engine.begin() as conn:
             result = await conn.execute(
                 sa.delete(stored_responses).where(
                     stored_responses.c.id == response_id,
-                    stored_responses.c.tenant_id == (tenant_id or ""),
+                    stored_responses.c.owner == owner,
                 )
             )
         return bool(result.rowcount)
@@ -105,7 +108,7 @@ class ResponseStore:
     async def chain(
         self,
         response_id: str,
-        tenant_id: str | None,
+        owner: str,
         *,
         limit: int = MAX_CHAIN,
         now: datetime | None = None,
@@ -115,7 +118,7 @@ class ResponseStore:
         Each stored response gives its input items, then its output items; links
         are followed through ``previous_response_id`` up to ``limit`` responses (the
         oldest are left out beyond that) and stop at one deleted or expired. None
-        when ``response_id`` itself is not the tenant's.
+        when ``response_id`` itself is not the owner's.
         """
         now = now or _utcnow()
         turns: list[list[JSON]] = []
@@ -130,9 +133,7 @@ class ResponseStore:
             while next_id is not None and next_id not in seen and len(turns) < limit:
                 seen.add(next_id)
                 row = (
-                    await conn.execute(
-                        sa.select(*columns).where(*_visible(next_id, tenant_id, now))
-                    )
+                    await conn.execute(sa.select(*columns).where(*_visible(next_id, owner, now)))
                 ).first()
                 if row is None:
                     break
@@ -158,10 +159,10 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def _visible(response_id: str, tenant_id: str | None, now: datetime) -> list[Any]:
+def _visible(response_id: str, owner: str, now: datetime) -> list[Any]:
     return [
         stored_responses.c.id == response_id,
-        stored_responses.c.tenant_id == (tenant_id or ""),
+        stored_responses.c.owner == owner,
         sa.or_(stored_responses.c.expires_at.is_(None), stored_responses.c.expires_at > now),
     ]
 
@@ -178,7 +179,8 @@ def _record(row: Any) -> ResponseRecord:
     assert created is not None
     return ResponseRecord(
         id=row["id"],
-        tenant_id=row["tenant_id"] or None,
+        owner=row["owner"],
+        tenant_id=row["tenant_id"],
         key_id=row["key_id"],
         model=row["model"],
         created_at=created,

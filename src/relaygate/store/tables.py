@@ -126,12 +126,14 @@ response_cache = Table(
 Index("ix_response_cache_expires_at", response_cache.c.expires_at)
 
 # Responses API answers kept for ``previous_response_id`` and ``GET /v1/responses/{id}``
-# (store/responses.py). Reads are always scoped to ``tenant_id`` ("" when none).
+# (store/responses.py). Reads are always scoped to ``owner``: the tenant's id, or the
+# caller's subject (``key:<id>``, ``jwt:<sub>``) when it has no tenant.
 stored_responses = Table(
     "responses",
     metadata,
     Column("id", String(300), primary_key=True),
-    Column("tenant_id", String(40), nullable=False),
+    Column("owner", String(300), nullable=False),
+    Column("tenant_id", String(40), nullable=True),
     Column("key_id", String(40), nullable=True),
     Column("model", String(256), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
@@ -141,5 +143,5 @@ stored_responses = Table(
     Column("output_items", LargeBinary, nullable=False),  # JSON: the response's output items
     Column("response", LargeBinary, nullable=False),  # JSON: the Response object
 )
-Index("ix_responses_tenant_created", stored_responses.c.tenant_id, stored_responses.c.created_at)
+Index("ix_responses_owner_created", stored_responses.c.owner, stored_responses.c.created_at)
 Index("ix_responses_expires_at", stored_responses.c.expires_at)

@@ -28,11 +28,14 @@ from relaygate.api.responses import (
     with_history,
 )
 from relaygate.api.responses_stream import ResponsesStream
+from relaygate.auth.principal import Principal
 from relaygate.cache.entry import split
 from relaygate.errors import InvalidRequest, UpstreamConnectError
 from relaygate.schema.requests import ChatRequest
 
 EVENT: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)
+CALLER = Principal("key:key_1", "key", "user", "free", key_id="key_1", tenant_id="ten_a")
+NO_TENANT = Principal("jwt:alice", "jwt", "user", "free")
 
 
 def request(**fields: Any) -> bytes:
@@ -282,7 +285,7 @@ def test_text_format_becomes_response_format() -> None:
 def test_previous_conversation_goes_before_the_input_and_instructions_are_not_carried() -> None:
     first = parse(request(input="Pick a number.", instructions="Old rules."), "r1")
     render(first, completion("Seven."))
-    stored = record(first, tenant_id="t", key_id=None, retention_days=30)
+    stored = record(first, CALLER, retention_days=30)
     assert stored is not None
     history = stored.input_items + stored.output_items
 
@@ -308,8 +311,9 @@ def test_function_calls_from_a_stored_output_continue_with_their_results() -> No
     first = parse(request(input="Weather?", tools=[{"type": "function", "name": "w"}]), "r1")
     calls = [{"id": "call_1", "type": "function", "function": {"name": "w", "arguments": "{}"}}]
     render(first, completion(None, calls, "tool_calls"))
-    stored = record(first, tenant_id=None, key_id=None, retention_days=None)
+    stored = record(first, NO_TENANT, retention_days=None)
     assert stored is not None and stored.expires_at is None
+    assert (stored.owner, stored.tenant_id, stored.key_id) == ("jwt:alice", None, None)
     output = [{"type": "function_call_output", "call_id": "call_1", "output": "Rain"}]
     chat = to_canonical(
         {"model": "m", "input": output, "tools": [{"type": "function", "name": "w"}]},
@@ -581,7 +585,7 @@ def test_a_failed_stream_ends_with_error_and_response_failed_and_is_not_stored()
     assert found[-2].message == "The upstream went away."
     assert found[-1].response.status == "failed"
     assert found[-1].response.error is not None
-    assert record(call, tenant_id="t", key_id=None, retention_days=30) is None
+    assert record(call, CALLER, retention_days=30) is None
 
 
 @given(
@@ -641,19 +645,21 @@ def test_errors_have_openais_shape() -> None:
 def test_a_response_is_recorded_unless_the_request_or_the_settings_say_not_to() -> None:
     call = parse(request(input="Hi", store=False), "req1")
     render(call, completion())
-    assert record(call, tenant_id="t", key_id="k", retention_days=30) is None
+    assert record(call, CALLER, retention_days=30) is None
     call = parse(request(input="Hi"), "req2")
-    assert record(call, tenant_id="t", key_id="k", retention_days=30) is None  # not answered yet
+    assert record(call, CALLER, retention_days=30) is None  # not answered yet
     render(call, completion())
-    assert record(call, tenant_id="t", key_id="k", retention_days=30, enabled=False) is None
-    saved = record(call, tenant_id="t", key_id="k", retention_days=30)
+    assert record(call, CALLER, retention_days=30, enabled=False) is None
+    saved = record(call, CALLER, retention_days=30)
     assert saved is not None
-    assert (saved.id, saved.tenant_id, saved.key_id, saved.model) == (
+    assert (saved.id, saved.owner, saved.tenant_id, saved.key_id, saved.model) == (
         "resp_req2",
-        "t",
-        "k",
+        "ten_a",
+        "ten_a",
+        "key_1",
         "llama3",
     )
+    assert json.loads(responses.stored_body(saved)) == saved.response
     assert saved.expires_at is not None and (saved.expires_at - saved.created_at).days == 30
     assert saved.input_items == [{"type": "message", "role": "user", "content": "Hi"}]
     assert saved.output_items == saved.response["output"]

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from relaygate.api.responses import parse, record, render
+from relaygate.auth.principal import Principal
 from relaygate.store.engine import create_engine
 from relaygate.store.responses import ResponseRecord, ResponseStore
 
@@ -26,7 +27,7 @@ async def store(database_url: str) -> AsyncIterator[ResponseStore]:
 
 def make(
     rid: str,
-    tenant: str | None = "ten_a",
+    owner: str = "ten_a",
     previous: str | None = None,
     *,
     said: str = "hi",
@@ -44,7 +45,8 @@ def make(
     ]
     return ResponseRecord(
         id=rid,
-        tenant_id=tenant,
+        owner=owner,
+        tenant_id=owner if owner.startswith("ten_") else None,
         key_id="key_1",
         model="llama3",
         created_at=NOW,
@@ -82,17 +84,18 @@ async def test_saving_again_replaces(store: ResponseStore) -> None:
     assert got is not None and texts(got.output_items) == ["second"]
 
 
-async def test_one_tenant_never_reads_or_deletes_anothers(store: ResponseStore) -> None:
+async def test_one_owner_never_reads_or_deletes_anothers(store: ResponseStore) -> None:
     await store.save(make("resp_a", "ten_a"))
-    await store.save(make("resp_anon", None))
+    await store.save(make("resp_jwt", "jwt:alice"))
     assert await store.get("resp_a", "ten_b", NOW) is None
-    assert await store.get("resp_a", None, NOW) is None
+    assert await store.get("resp_a", "jwt:alice", NOW) is None
     assert await store.chain("resp_a", "ten_b", now=NOW) is None
     assert await store.delete("resp_a", "ten_b") is False
     assert await store.get("resp_a", "ten_a", NOW) is not None
-    assert await store.get("resp_anon", "ten_a", NOW) is None
-    got = await store.get("resp_anon", None, NOW)
-    assert got is not None and got.tenant_id is None
+    assert await store.get("resp_jwt", "ten_a", NOW) is None
+    assert await store.get("resp_jwt", "jwt:bob", NOW) is None
+    got = await store.get("resp_jwt", "jwt:alice", NOW)
+    assert got is not None and (got.owner, got.tenant_id) == ("jwt:alice", None)
     # a continuation saved by another tenant does not reach into the first one's history
     await store.save(make("resp_b", "ten_b", previous="resp_a", said="mine"))
     assert texts(await store.chain("resp_b", "ten_b", now=NOW) or []) == ["mine", "hello"]
@@ -152,7 +155,8 @@ async def test_expired_responses_are_not_read_and_are_purged(store: ResponseStor
 async def test_a_conversation_through_the_wire_format_and_the_store(store: ResponseStore) -> None:
     first = parse(b'{"model": "llama3", "input": "Pick a number."}', "r1")
     render(first, {"choices": [{"message": {"content": "Seven."}, "finish_reason": "stop"}]})
-    saved = record(first, tenant_id="ten_a", key_id="key_1", retention_days=30)
+    caller = Principal("key:key_1", "key", "user", "free", key_id="key_1", tenant_id="ten_a")
+    saved = record(first, caller, retention_days=30)
     assert saved is not None
     await store.save(saved)
     got = await store.get("resp_r1", "ten_a")

@@ -20,7 +20,8 @@ def upgrade() -> None:
     op.create_table(
         "responses",
         sa.Column("id", sa.String(300), primary_key=True),
-        sa.Column("tenant_id", sa.String(40), nullable=False),
+        sa.Column("owner", sa.String(300), nullable=False),
+        sa.Column("tenant_id", sa.String(40), nullable=True),
         sa.Column("key_id", sa.String(40), nullable=True),
         sa.Column("model", sa.String(256), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
@@ -30,11 +31,11 @@ def upgrade() -> None:
         sa.Column("output_items", sa.LargeBinary, nullable=False),
         sa.Column("response", sa.LargeBinary, nullable=False),
     )
-    op.create_index("ix_responses_tenant_created", "responses", ["tenant_id", "created_at"])
+    op.create_index("ix_responses_owner_created", "responses", ["owner", "created_at"])
     op.create_index("ix_responses_expires_at", "responses", ["expires_at"])
 
 
 def downgrade() -> None:
     op.drop_index("ix_responses_expires_at", "responses")
-    op.drop_index("ix_responses_tenant_created", "responses")
+    op.drop_index("ix_responses_owner_created", "responses")
     op.drop_table("responses")
