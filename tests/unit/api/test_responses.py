@@ -854,3 +854,13 @@ def test_a_cached_answer_replayed_as_a_stream_is_the_same_response(body: dict[st
     assert [i.model_dump(exclude_none=True) for i in final.output] == [
         i.model_dump(exclude_none=True) for i in whole.output
     ]
+
+
+@given(st.binary(max_size=200))
+@settings(max_examples=100, deadline=None)
+def test_any_bytes_are_invalid_request_or_a_valid_chat_request(body: bytes) -> None:
+    try:
+        call = parse(body, "r")
+    except InvalidRequest:
+        return
+    msgspec.convert(call.body, ChatRequest)
