@@ -32,6 +32,7 @@ __all__ = [
     "DeploymentConfig",
     "KeyCache",
     "ModelConfig",
+    "ResponsesConfig",
     "RoutingConfig",
     "Settings",
     "Timeouts",
@@ -284,6 +285,13 @@ class UsageConfig(_Config, kw_only=True):
     prices: dict[str, Price] = msgspec.field(default_factory=default_prices)
 
 
+class ResponsesConfig(_Config, kw_only=True):
+    """The Responses API's stored answers (``previous_response_id``, ``GET /v1/responses/{id}``)."""
+
+    store: bool = True  # False: never stored, whatever a request's ``store`` says
+    retention_days: Annotated[int, msgspec.Meta(ge=1)] | None = 30  # None: until deleted
+
+
 class MemoryCacheConfig(_Config, kw_only=True):
     """Tier 1: each worker's own LRU, bounded by the bytes of its entries."""
 
@@ -372,6 +380,7 @@ class Settings(_Config, kw_only=True):
     usage: UsageConfig = msgspec.field(default_factory=UsageConfig)
     cache: CacheConfig = msgspec.field(default_factory=CacheConfig)
     cors: CorsConfig = msgspec.field(default_factory=CorsConfig)
+    responses: ResponsesConfig = msgspec.field(default_factory=ResponsesConfig)
     config_path: str | None = None
     prometheus_multiproc_dir: str | None = None
 

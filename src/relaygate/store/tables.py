@@ -20,7 +20,15 @@ from sqlalchemy import (
     Text,
 )
 
-__all__ = ["api_keys", "metadata", "response_cache", "tenants", "usage_daily", "usage_records"]
+__all__ = [
+    "api_keys",
+    "metadata",
+    "response_cache",
+    "stored_responses",
+    "tenants",
+    "usage_daily",
+    "usage_records",
+]
 
 metadata = MetaData()
 
@@ -116,3 +124,24 @@ response_cache = Table(
     Column("entry", LargeBinary, nullable=False),
 )
 Index("ix_response_cache_expires_at", response_cache.c.expires_at)
+
+# Responses API answers kept for ``previous_response_id`` and ``GET /v1/responses/{id}``
+# (store/responses.py). Reads are always scoped to ``owner``: the tenant's id, or the
+# caller's subject (``key:<id>``, ``jwt:<sub>``) when it has no tenant.
+stored_responses = Table(
+    "responses",
+    metadata,
+    Column("id", String(300), primary_key=True),
+    Column("owner", String(300), nullable=False),
+    Column("tenant_id", String(40), nullable=True),
+    Column("key_id", String(40), nullable=True),
+    Column("model", String(256), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=True),  # None: until deleted
+    Column("previous_response_id", String(300), nullable=True),
+    Column("input_items", LargeBinary, nullable=False),  # JSON: the items this request added
+    Column("output_items", LargeBinary, nullable=False),  # JSON: the response's output items
+    Column("response", LargeBinary, nullable=False),  # JSON: the Response object
+)
+Index("ix_responses_owner_created", stored_responses.c.owner, stored_responses.c.created_at)
+Index("ix_responses_expires_at", stored_responses.c.expires_at)

@@ -1,0 +1,192 @@
+"""Stored Responses API answers (``store: true``), per tenant, kept for a retention period.
+
+A row holds one response: the Response object (for ``GET /v1/responses/{id}``),
+the input items its request added and its output items (the conversation that
+``previous_response_id`` continues), and the id of the response it continued.
+Every read is scoped to an owner (``responses.owner``: the caller's tenant, or
+its subject when it has none): another owner's row, or an expired one, is not
+there. Items are stored as JSON bytes (msgspec), not a JSON column, so what
+comes back is exactly what was stored, on SQLite and PostgreSQL alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from relaygate.store.tables import stored_responses
+
+__all__ = ["MAX_CHAIN", "ResponseRecord", "ResponseStore"]
+
+JSON = dict[str, Any]
+# The most stored responses one request's history is read from: a longer conversation
+# keeps its newest turns (bounds the reads, and the prompt, of a runaway agent loop).
+MAX_CHAIN = 100
+_encode = msgspec.json.encode
+_decode = msgspec.json.decode
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseRecord:
+    id: str
+    owner: str  # who may read it: the tenant's id, or the caller's subject without one
+    tenant_id: str | None
+    key_id: str | None
+    model: str
+    created_at: datetime
+    expires_at: datetime | None  # None: kept until deleted
+    previous_response_id: str | None
+    input_items: list[JSON]
+    output_items: list[JSON]
+    response: JSON
+
+
+class ResponseStore:
+    """The ``responses`` table. Times are UTC; reads never see expired rows."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def save(self, record: ResponseRecord) -> None:
+        """Store one response (saving the same id again for the same owner replaces it)."""
+        row = {
+            "id": record.id,
+            "owner": record.owner,
+            "tenant_id": record.tenant_id,
+            "key_id": record.key_id,
+            "model": record.model,
+            "created_at": record.created_at,
+            "expires_at": record.expires_at,
+            "previous_response_id": record.previous_response_id,
+            "input_items": _encode(record.input_items),
+            "output_items": _encode(record.output_items),
+            "response": _encode(record.response),
+        }
+        async with self.engine.begin() as conn:
+            try:
+                async with conn.begin_nested():
+                    await conn.execute(sa.insert(stored_responses).values(row))
+            except IntegrityError:
+                await conn.execute(
+                    sa.update(stored_responses)
+                    .where(stored_responses.c.id == record.id)
+                    .where(stored_responses.c.owner == record.owner)
+                    .values(row)
+                )
+
+    async def get(
+        self, response_id: str, owner: str, now: datetime | None = None
+    ) -> ResponseRecord | None:
+        """The owner's response, None when it has none by that id (or it expired)."""
+        async with self.engine.connect() as conn:
+            found = (
+                await conn.execute(
+                    sa.select(stored_responses).where(
+                        *_visible(response_id, owner, now or _utcnow())
+                    )
+                )
+            ).first()
+        return None if found is None else _record(found._mapping)
+
+    async def delete(self, response_id: str, owner: str) -> bool:
+        """Delete the owner's response; False when it had none by that id."""
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                sa.delete(stored_responses).where(
+                    stored_responses.c.id == response_id,
+                    stored_responses.c.owner == owner,
+                )
+            )
+        return bool(result.rowcount)
+
+    async def chain(
+        self,
+        response_id: str,
+        owner: str,
+        *,
+        limit: int = MAX_CHAIN,
+        now: datetime | None = None,
+    ) -> list[JSON] | None:
+        """The conversation up to and including ``response_id``, oldest item first.
+
+        Each stored response gives its input items, then its output items; links
+        are followed through ``previous_response_id`` up to ``limit`` responses (the
+        oldest are left out beyond that) and stop at one deleted or expired. None
+        when ``response_id`` itself is not the owner's.
+        """
+        now = now or _utcnow()
+        turns: list[list[JSON]] = []
+        seen: set[str] = set()
+        next_id: str | None = response_id
+        columns = (
+            stored_responses.c.previous_response_id,
+            stored_responses.c.input_items,
+            stored_responses.c.output_items,
+        )
+        async with self.engine.connect() as conn:
+            while next_id is not None and next_id not in seen and len(turns) < limit:
+                seen.add(next_id)
+                row = (
+                    await conn.execute(sa.select(*columns).where(*_visible(next_id, owner, now)))
+                ).first()
+                if row is None:
+                    break
+                turns.append(_decode(row.input_items) + _decode(row.output_items))
+                next_id = row.previous_response_id
+        if not turns:
+            return None
+        return [item for turn in reversed(turns) for item in turn]
+
+    async def purge_expired(self, now: datetime | None = None) -> int:
+        """Delete every expired response; how many went."""
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                sa.delete(stored_responses).where(
+                    stored_responses.c.expires_at.is_not(None),
+                    stored_responses.c.expires_at <= (now or _utcnow()),
+                )
+            )
+        return int(result.rowcount or 0)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _visible(response_id: str, owner: str, now: datetime) -> list[Any]:
+    return [
+        stored_responses.c.id == response_id,
+        stored_responses.c.owner == owner,
+        sa.or_(stored_responses.c.expires_at.is_(None), stored_responses.c.expires_at > now),
+    ]
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    """SQLite returns naive datetimes; every time here is UTC."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def _record(row: Any) -> ResponseRecord:
+    created = _aware(row["created_at"])
+    assert created is not None
+    return ResponseRecord(
+        id=row["id"],
+        owner=row["owner"],
+        tenant_id=row["tenant_id"],
+        key_id=row["key_id"],
+        model=row["model"],
+        created_at=created,
+        expires_at=_aware(row["expires_at"]),
+        previous_response_id=row["previous_response_id"],
+        input_items=_decode(row["input_items"]),
+        output_items=_decode(row["output_items"]),
+        response=_decode(row["response"]),
+    )
