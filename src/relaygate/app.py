@@ -18,6 +18,7 @@ from relaygate.api.ollama import OllamaChatAPI, OllamaGenerateAPI, OllamaTags
 from relaygate.api.openai import OpenAIAPI
 from relaygate.api.ops import OpsAPI
 from relaygate.api.seed import GenerateAPI, SeedChatAPI
+from relaygate.api.shapes import error_renderer_for, internal_error, is_ollama_path
 from relaygate.api.tasks import TasksAPI
 from relaygate.errors import MethodNotAllowed, NotFound
 from relaygate.settings import Settings, load_settings
@@ -45,7 +46,10 @@ class Gateway:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             handler = self._route(scope)
-            await handler(scope, receive, send)
+            try:
+                await handler(scope, receive, send)
+            except Exception:
+                await self._escaped(scope, send)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
 
@@ -62,6 +66,18 @@ class Gateway:
         if handler is None:
             return _method_not_allowed(sorted(methods))
         return handler
+
+    async def _escaped(self, scope: Scope, send: Send) -> None:
+        """Whatever a handler let escape: logged, and a 500 in the path's error shape
+        (never the server's plain-text one) unless the response had already started."""
+        request_id = new_request_id()
+        self.log.exception("unexpected error serving %s (%s)", scope["path"], request_id)
+        try:
+            await send_error(
+                send, internal_error(request_id), request_id, error_renderer_for(scope["path"])
+            )
+        except Exception:  # the response had started: the server closes the connection
+            self.log.debug("response already started; %s cut short", request_id)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -120,19 +136,26 @@ class Gateway:
 
 
 async def _not_found(scope: Scope, receive: Receive, send: Send) -> None:
-    error = NotFound(
-        f"Unknown endpoint {scope['method']} {scope['path']}. The OpenAI-compatible API is "
-        "under /v1 (chat/completions, completions, embeddings, models)."
-    )
-    await send_error(send, error, new_request_id())
+    path = scope["path"]
+    if is_ollama_path(path):
+        where = "The Ollama API is /api/chat, /api/generate and /api/tags."
+    else:
+        where = (
+            "The OpenAI-compatible API is under /v1 (chat/completions, completions, "
+            "embeddings, models)."
+        )
+    error = NotFound(f"Unknown endpoint {scope['method']} {path}. {where}")
+    await send_error(send, error, new_request_id(), error_renderer_for(path))
 
 
 def _method_not_allowed(allowed: list[str]) -> Handler:
     async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope["path"]
         error = MethodNotAllowed(
-            f"Method {scope['method']} is not allowed on {scope['path']}; use {', '.join(allowed)}."
+            f"Method {scope['method']} is not allowed on {path}; use {', '.join(allowed)}.",
+            allow=tuple(allowed),
         )
-        await send_error(send, error, new_request_id())
+        await send_error(send, error, new_request_id(), error_renderer_for(path))
 
     return handler
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import msgspec
 
+from relaygate.api.shapes import ErrorRenderer, openai_error
 from relaygate.errors import (
     InvalidRequest,
     PayloadTooLarge,
@@ -120,7 +122,8 @@ def decode_json_object(body: bytes) -> dict[str, Any]:
     try:
         data = _decode(body)
     except msgspec.DecodeError as exc:
-        raise InvalidRequest(f"The request body is not valid JSON: {exc}.") from None
+        problem = _json_problem(body, exc)
+        raise InvalidRequest(f"The request body is not valid JSON: {problem}.") from None
     except msgspec.ValidationError as exc:
         raise InvalidRequest(f"The request body has a value JSON cannot hold: {exc}.") from None
     except RecursionError:
@@ -130,6 +133,45 @@ def decode_json_object(body: bytes) -> dict[str, Any]:
             f"The request body must be a JSON object, not a JSON {type(data).__name__}."
         )
     return data
+
+
+# A JSON escape: ``\\uXXXX`` (group 1 the hex digits) or a backslash and any one character.
+_ESCAPE = re.compile(rb"\\(?:u([0-9a-fA-F]{4})|.)", re.DOTALL)
+
+
+def _json_problem(body: bytes, exc: msgspec.DecodeError) -> str:
+    """What is wrong with a body msgspec refused: an unpaired surrogate escape is named
+    as such (msgspec calls a trailing one "Input data was truncated")."""
+    where = _lone_surrogate(body)
+    if where is None:
+        return str(exc)
+    escape = body[where : where + 6].decode("ascii")
+    line = body.count(b"\n", 0, where) + 1
+    column = where - (body.rfind(b"\n", 0, where) + 1) + 1
+    return (
+        f"a string holds the escape {escape}, an unpaired UTF-16 surrogate (byte {where}, "
+        f"line {line}, column {column}); a surrogate escape must be a high one "
+        "(\\ud800-\\udbff) followed at once by a low one (\\udc00-\\udfff)"
+    )
+
+
+def _lone_surrogate(body: bytes) -> int | None:
+    """The offset of the first ``\\uD800``-``\\uDFFF`` escape that is not half of a pair."""
+    pending: int | None = None  # offset of a high surrogate waiting for its low half
+    for match in _ESCAPE.finditer(body):
+        digits = match.group(1)
+        unit = int(digits, 16) if digits is not None else -1
+        is_low = 0xDC00 <= unit <= 0xDFFF
+        if pending is not None:
+            if is_low and match.start() == pending + 6:
+                pending = None
+                continue
+            return pending
+        if 0xD800 <= unit <= 0xDBFF:
+            pending = match.start()
+        elif is_low:
+            return match.start()
+    return pending
 
 
 async def send_bytes(
@@ -153,20 +195,15 @@ async def send_bytes(
 
 def error_body(error: RelaygateError) -> bytes:
     """OpenAI's error shape: ``{"error": {"message", "type", "param", "code"}}``."""
-    return _encode(
-        {
-            "error": {
-                "message": error.message,
-                "type": error.type,
-                "param": error.param,
-                "code": error.code,
-            }
-        }
-    )
+    return openai_error(error)[0]
 
 
-async def send_error(send: Send, error: RelaygateError, request_id: str) -> None:
-    await send_bytes(send, error.status, error_body(error), request_id, extra=error.headers())
+async def send_error(
+    send: Send, error: RelaygateError, request_id: str, render: ErrorRenderer = openai_error
+) -> None:
+    """An error answer in the shape ``render`` gives (see api/shapes.py)."""
+    body, content_type = render(error)
+    await send_bytes(send, error.status, body, request_id, content_type, error.headers())
 
 
 async def wait_for_disconnect(receive: Receive) -> None:

@@ -31,6 +31,7 @@ from relaygate.api.http import (
     send_bytes,
     send_error,
 )
+from relaygate.api.shapes import error_renderer_for, internal_error
 from relaygate.cache.response import Hit, Plan
 from relaygate.errors import (
     InvalidRequest,
@@ -46,6 +47,7 @@ from relaygate.schema.requests import (
     CompletionRequest,
     EmbeddingRequest,
     Kind,
+    content_parts_error,
     embedding_inputs,
 )
 from relaygate.usage.accounting import Served
@@ -121,10 +123,6 @@ class OpenAIAPI:
         """What closes a complete stream."""
         return _DONE
 
-    async def send_error(self, send: Send, error: RelaygateError, request_id: str) -> None:
-        """An error answer, in this API's error shape."""
-        await send_error(send, error, request_id)
-
     def error_event(self, error: RelaygateError) -> bytes:
         """What closes a stream that failed after it started."""
         return b"data: " + error_body(error) + b"\n\n"
@@ -156,7 +154,7 @@ class OpenAIAPI:
             else:
                 raise ModelNotFound(name)
         except RelaygateError as exc:
-            await send_error(send, exc, request_id)
+            await send_error(send, exc, request_id, error_renderer_for(scope["path"]))
             return
         await send_bytes(send, 200, body, request_id)
 
@@ -173,12 +171,13 @@ class OpenAIAPI:
             served.rejected = not isinstance(exc, UpstreamError | NoHealthyDeployment)
             if isinstance(exc, RateLimited):
                 state.metrics.ratelimited.labels(self.api).inc()
-            await self.send_error(send, exc, served.request_id)
+            await send_error(send, exc, served.request_id, error_renderer_for(scope["path"]))
         except ClientGone:
             outcome.status = 499
         except Exception:
             state.log.exception("unexpected error serving request %s", served.request_id)
-            await self.send_error(send, _internal_error(served.request_id), served.request_id)
+            error = internal_error(served.request_id)
+            await send_error(send, error, served.request_id, error_renderer_for(scope["path"]))
         finally:
             elapsed = time.perf_counter() - started
             ttfb = outcome.ttfb or elapsed
@@ -318,7 +317,7 @@ class OpenAIAPI:
             return await self._end_with_error(send, exc), ttfb
         except Exception:
             self.state.log.exception("unexpected error relaying stream %s", call.request_id)
-            return await self._end_with_error(send, _internal_error(call.request_id)), ttfb
+            return await self._end_with_error(send, internal_error(call.request_id)), ttfb
         provider = upstream.deployment.provider_name
         last = self.end(call, provider, False)
         await send({"type": "http.response.body", "body": last, "more_body": False})
@@ -398,6 +397,8 @@ def _parse(kind: Kind, body: bytes, request_id: str) -> Call:
         params = msgspec.convert(data, _SCHEMAS[kind])
     except msgspec.ValidationError as exc:
         raise _invalid(str(exc)) from None
+    if isinstance(params, ChatRequest) and (wrong := content_parts_error(params)) is not None:
+        raise _invalid(str(wrong))
     stream = bool(getattr(params, "stream", False))
     if isinstance(params, EmbeddingRequest) and not _valid_embedding_input(params):
         raise InvalidRequest(
@@ -424,7 +425,3 @@ def _invalid(message: str) -> InvalidRequest:
         param = text.rsplit("`", 2)[-2] if text.count("`") >= 2 else None
     detail = f"Invalid value for {param!r}: {text}." if param else f"Invalid request: {text}."
     return InvalidRequest(detail, param=param)
-
-
-def _internal_error(request_id: str) -> RelaygateError:
-    return RelaygateError(f"Internal error; the gateway's log has details under {request_id}.")

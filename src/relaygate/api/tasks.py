@@ -8,6 +8,7 @@ import msgspec
 from sqlalchemy.exc import SQLAlchemyError
 
 from relaygate.api.http import Receive, Scope, Send, new_request_id, send_bytes, send_error
+from relaygate.api.shapes import error_renderer_for, internal_error
 from relaygate.errors import InvalidRequest, RelaygateError, StoreUnavailable
 from relaygate.usage.analytics import key_stats
 
@@ -33,10 +34,15 @@ class TasksAPI:
         try:
             principal = await self.state.auth.authenticate(scope)
             report = await self.state.admission.report(principal)
+            body = msgspec.json.encode(report)
         except RelaygateError as exc:
-            await send_error(send, exc, request_id)
+            await self._error(scope, send, exc, request_id)
             return
-        await send_bytes(send, 200, msgspec.json.encode(report), request_id)
+        except Exception:
+            self.state.log.exception("GET /usage failed (%s)", request_id)
+            await self._error(scope, send, internal_error(request_id), request_id)
+            return
+        await send_bytes(send, 200, body, request_id)
 
     async def stats(self, scope: Scope, receive: Receive, send: Send) -> None:
         """GET /api/stats (seed 003): the calling key's requests, tokens and average
@@ -47,11 +53,20 @@ class TasksAPI:
             if principal.key_id is None:
                 raise InvalidRequest("Statistics are kept per API key; send one.")
             stats = await key_stats(self.state.engine, principal.key_id)
+            body = msgspec.json.encode(stats)
         except RelaygateError as exc:
-            await send_error(send, exc, request_id)
+            await self._error(scope, send, exc, request_id)
             return
         except (SQLAlchemyError, OSError, TimeoutError):
             error = StoreUnavailable("Usage statistics are unavailable now; retry shortly.")
-            await send_error(send, error, request_id)
+            await self._error(scope, send, error, request_id)
             return
-        await send_bytes(send, 200, msgspec.json.encode(stats), request_id)
+        except Exception:
+            self.state.log.exception("GET /api/stats failed (%s)", request_id)
+            await self._error(scope, send, internal_error(request_id), request_id)
+            return
+        await send_bytes(send, 200, body, request_id)
+
+    @staticmethod
+    async def _error(scope: Scope, send: Send, error: RelaygateError, request_id: str) -> None:
+        await send_error(send, error, request_id, error_renderer_for(scope["path"]))
