@@ -122,7 +122,8 @@ class OllamaGenerate(_OllamaBody, kw_only=True):
 
 
 class _OllamaAPI(OpenAIAPI):
-    """What /api/chat and /api/generate share: NDJSON, counts, the error shape."""
+    """What /api/chat and /api/generate share: NDJSON, counts, the error line of a stream
+    (other errors take the path's shape: api/shapes.py)."""
 
     api = "ollama"
     json_type_required = False  # `curl URL -d '{...}'`, as Ollama's docs show, works
