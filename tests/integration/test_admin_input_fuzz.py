@@ -126,7 +126,7 @@ async def admin(postgres_url: str) -> AsyncIterator[Admin]:
         MOCK,
         database_url=postgres_url,
         redis_url="redis://127.0.0.1:6379/0",
-        redis_prefix=f"rg-test-{uuid.uuid4().hex[:12]}:",
+        redis_prefix=f"rgtest:{uuid.uuid4().hex}:",
     )
     async with running_gateway(settings) as gateway, aiohttp.ClientSession() as session:
         fixture = Admin(gateway, session)

@@ -135,16 +135,28 @@ def decode_json_object(body: bytes) -> dict[str, Any]:
     return data
 
 
-# A JSON escape: ``\\uXXXX`` (group 1 the hex digits) or a backslash and any one character.
-_ESCAPE = re.compile(rb"\\(?:u([0-9a-fA-F]{4})|.)", re.DOTALL)
+# A ``\\uD800``-``\\uDFFF`` escape, group 1 its hex digits (whether its backslash is itself
+# escaped is checked apart: a regex doing it backtracks over long runs of backslashes).
+_SURROGATE = re.compile(rb"\\u([dD][89a-fA-F][0-9a-fA-F]{2})")
+_AT_BYTE = re.compile(r"\(byte (\d+)\)")
+_WINDOW = 16  # bytes each side of where msgspec stopped: an escape and its other half
 
 
 def _json_problem(body: bytes, exc: msgspec.DecodeError) -> str:
     """What is wrong with a body msgspec refused: an unpaired surrogate escape is named
-    as such (msgspec calls a trailing one "Input data was truncated")."""
-    where = _lone_surrogate(body)
+    as such (msgspec calls one at the very end "Input data was truncated").
+
+    Only the few bytes where msgspec stopped are searched, so a large body costs nothing."""
+    text = str(exc)
+    if "surrogate" in text and (at := _AT_BYTE.search(text)) is not None:
+        stop = int(at.group(1))
+    elif "truncated" in text:
+        stop = len(body)
+    else:
+        return text
+    where = _lone_surrogate(body, max(stop - _WINDOW, 0), min(stop + _WINDOW, len(body)))
     if where is None:
-        return str(exc)
+        return text
     escape = body[where : where + 6].decode("ascii")
     line = body.count(b"\n", 0, where) + 1
     column = where - (body.rfind(b"\n", 0, where) + 1) + 1
@@ -155,23 +167,37 @@ def _json_problem(body: bytes, exc: msgspec.DecodeError) -> str:
     )
 
 
-def _lone_surrogate(body: bytes) -> int | None:
-    """The offset of the first ``\\uD800``-``\\uDFFF`` escape that is not half of a pair."""
-    pending: int | None = None  # offset of a high surrogate waiting for its low half
-    for match in _ESCAPE.finditer(body):
-        digits = match.group(1)
-        unit = int(digits, 16) if digits is not None else -1
-        is_low = 0xDC00 <= unit <= 0xDFFF
-        if pending is not None:
-            if is_low and match.start() == pending + 6:
-                pending = None
-                continue
-            return pending
-        if 0xD800 <= unit <= 0xDBFF:
-            pending = match.start()
-        elif is_low:
-            return match.start()
+def _lone_surrogate(body: bytes, start: int = 0, end: int | None = None) -> int | None:
+    """The offset of the first surrogate escape in ``body[start:end]`` that is not half of
+    a high-low pair (its other half may lie just outside)."""
+    pending: int | None = None  # a high surrogate's offset, waiting for its low half
+    for match in _SURROGATE.finditer(body, start, len(body) if end is None else end):
+        at = match.start()
+        if not _is_escape(body, at):
+            continue
+        if int(match.group(1), 16) <= 0xDBFF:  # high
+            if pending is not None:
+                return pending
+            pending = at
+        elif pending is not None and at == pending + 6:  # the low half of the pair
+            pending = None
+        elif pending is None and _pending_high(body, at):
+            continue  # the window began between the two halves of a pair
+        else:
+            return at if pending is None else pending
     return pending
+
+
+def _pending_high(body: bytes, at: int) -> bool:
+    """Whether a high surrogate escape ends at ``at``."""
+    high = _SURROGATE.fullmatch(body, max(at - 6, 0), at)
+    return high is not None and int(high.group(1), 16) <= 0xDBFF and _is_escape(body, at - 6)
+
+
+def _is_escape(body: bytes, at: int) -> bool:
+    """Whether the backslash at ``at`` starts an escape (an even run of backslashes before)."""
+    before = body[:at]
+    return (len(before) - len(before.rstrip(b"\\"))) % 2 == 0
 
 
 async def send_bytes(
