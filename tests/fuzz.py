@@ -89,6 +89,14 @@ json_values = st.recursive(
 )
 
 
+# half the time one of the values most likely to break something, else any JSON value
+_INTERESTING = [
+    None, True, False, "", [], {}, [None], {"": None}, *EXTREMES, *ODD_TEXT,
+    *(_RAW_MARK.format(i) for i in range(len(RAW_TOKENS))),
+]  # fmt: skip
+replacements = st.one_of(st.sampled_from(_INTERESTING), json_values)
+
+
 def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     """Every place in ``value`` a value sits (the root's children and below)."""
     found: list[tuple[Any, ...]] = []
@@ -141,7 +149,7 @@ def mutated(draw: st.DrawFn, valid: dict[str, Any]) -> bytes:
     for step in path[:-1]:
         parent = parent[step]
     if action == "replace":
-        parent[path[-1]] = draw(json_values)
+        parent[path[-1]] = draw(replacements)
     elif action == "remove":
         del parent[path[-1]]
     elif isinstance(parent, dict):
