@@ -92,6 +92,7 @@ json_values = st.recursive(
 # half the time one of the values most likely to break something, else any JSON value
 _INTERESTING = [
     None, True, False, "", [], {}, [None], {"": None}, *EXTREMES, *ODD_TEXT,
+    "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00", "1970-01-01", "2099-02-30T00:00:00Z",
     *(_RAW_MARK.format(i) for i in range(len(RAW_TOKENS))),
 ]  # fmt: skip
 replacements = st.one_of(st.sampled_from(_INTERESTING), json_values)

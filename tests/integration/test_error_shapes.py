@@ -316,3 +316,17 @@ async def test_patch_merges_a_keys_cache_settings(
     assert status == 400 and answer["error"]["param"] == "cache.ttl"
     status, _, answer = await call(gateway, session, "PATCH", path, {"cache": {"size": 1}})
     assert status == 400 and answer["error"]["param"] == "cache.size"
+
+
+@pytest.mark.parametrize("moment", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
+async def test_times_outside_utcs_range_are_refused(
+    gateway: RunningGateway, session: aiohttp.ClientSession, moment: str
+) -> None:
+    await call(gateway, session, "POST", "/admin/tenants", {"name": "acme-time"})
+    body = {"tenant_id": "acme-time", "expires_at": moment}
+    status, _, answer = await call(gateway, session, "POST", "/admin/keys", body)
+    assert status == 400 and answer["error"]["param"] == "expires_at"
+    _, _, created = await call(gateway, session, "POST", "/admin/keys", {"tenant_id": "acme-time"})
+    path = f"/admin/keys/{created['key']['id']}"
+    status, _, answer = await call(gateway, session, "PATCH", path, {"expires_at": moment})
+    assert status == 400 and answer["error"]["param"] == "expires_at"

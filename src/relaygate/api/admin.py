@@ -201,9 +201,16 @@ def expiry(
     return at
 
 
-def _utc(value: datetime) -> datetime:
-    """Times without a zone are UTC."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+def _utc(value: datetime, param: str = "expires_at") -> datetime:
+    """Times without a zone are UTC; one whose UTC time falls outside years 1-9999 is refused."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise InvalidRequest(
+            f"{param} {value.isoformat()} is outside the years 1 to 9999 in UTC.", param=param
+        ) from None
 
 
 def limits_dict(limits: LimitSet | None) -> dict[str, int] | None:
