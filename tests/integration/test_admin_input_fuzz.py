@@ -182,3 +182,22 @@ async def test_key_bodies_every_place_every_type(admin: Admin) -> None:
                 await admin.use(admin.secret)
         except AssertionError as exc:
             raise AssertionError(f"{raw.decode(errors='replace')}: {exc}") from None
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "from=0001-01-01T00:00:00Z&to=9999-12-31T23:59:59Z",
+        "from=0001-01-01T00:00:00%2B01:00",
+        "to=9999-12-31T23:59:59-01:00",
+        "from=99999w",
+        "key=%00&tenant=%F0%9F%98%80&model=%E2%80%AEx",
+    ],
+)
+async def test_usage_filters_at_the_edges_of_time(admin: Admin, query: str) -> None:
+    """The usage report on PostgreSQL: dates at the ends of the calendar, odd ids."""
+    for path in ("/admin/usage", "/admin/usage/export.csv"):
+        status, headers, raw = await request(
+            admin.session, "GET", f"{admin.gateway.url}{path}?{query}", key=admin.gateway.admin_key
+        )
+        check_answer(path, status, headers, raw)

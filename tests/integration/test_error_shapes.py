@@ -330,3 +330,17 @@ async def test_times_outside_utcs_range_are_refused(
     path = f"/admin/keys/{created['key']['id']}"
     status, _, answer = await call(gateway, session, "PATCH", path, {"expires_at": moment})
     assert status == 400 and answer["error"]["param"] == "expires_at"
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["from=0001-01-01T00:00:00%2B01:00", "to=9999-12-31T23:59:59-01:00", "from=99999w", "top=0"],
+)
+async def test_usage_filters_out_of_range_are_4xx(
+    gateway: RunningGateway, session: aiohttp.ClientSession, query: str
+) -> None:
+    for path in ("/admin/usage", "/admin/usage/export.csv"):
+        status, headers, raw = await request(
+            session, "GET", f"{gateway.url}{path}?{query}", key=gateway.admin_key
+        )
+        check_answer(path, status, headers, raw)
