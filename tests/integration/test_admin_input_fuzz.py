@@ -201,3 +201,25 @@ async def test_usage_filters_at_the_edges_of_time(admin: Admin, query: str) -> N
             admin.session, "GET", f"{admin.gateway.url}{path}?{query}", key=admin.gateway.admin_key
         )
         check_answer(path, status, headers, raw)
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("DELETE", "/admin/cache?model=%00"),
+        ("DELETE", "/admin/cache?tenant=%00"),
+        ("DELETE", "/admin/cache?model=%F0%9F%98%80%E2%80%AE"),
+        ("GET", "/admin/keys?tenant_id=%00"),
+        ("GET", "/admin/keys/%00"),
+        ("GET", "/admin/tenants/%00"),
+        ("GET", "/api/keys/%00"),
+        ("GET", "/v1/models/%00"),
+        ("GET", "/admin/usage?model=%00&endpoint=%00&tenant=%00&key=%00"),
+        ("GET", "/admin/usage/export.csv?model=%00"),
+    ],
+)
+async def test_nul_and_odd_text_in_paths_and_queries(admin: Admin, method: str, path: str) -> None:
+    """PostgreSQL cannot compare text with NUL: such a name is simply not found, not a 5xx."""
+    url = admin.gateway.url + path
+    status, headers, raw = await request(admin.session, method, url, key=admin.gateway.admin_key)
+    check_answer(path.split("?")[0], status, headers, raw)

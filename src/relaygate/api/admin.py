@@ -279,6 +279,13 @@ def _refuse_nul(value: _Body) -> None:
             raise InvalidRequest(f"{field} must not contain NUL characters.", param=field)
 
 
+def _refuse_nul_in_query(request: Request) -> None:
+    """PostgreSQL text cannot hold NUL: a query parameter with one is refused up front."""
+    for name, value in request.query_params.multi_items():
+        if "\x00" in name or "\x00" in value:
+            raise InvalidRequest(f"{name!r} must not contain NUL characters.", param=name)
+
+
 def _json(data: Any, status: int = 200) -> Response:
     return Response(msgspec.json.encode(data), status, media_type="application/json")
 
@@ -339,6 +346,7 @@ class AdminAPI:
                 principal = await self.state.auth.authenticate(request.scope)
                 if admin and not principal.is_admin:
                     raise PermissionDenied("This endpoint needs an admin key.")
+                _refuse_nul_in_query(request)
                 response = await handler(request, principal)
             except RelaygateError as error:
                 return _error(error, request_id, path)
@@ -394,8 +402,6 @@ class AdminAPI:
 
     async def list_keys(self, request: Request, principal: Principal) -> Response:
         ref = request.query_params.get("tenant_id")
-        if ref is not None and "\x00" in ref:
-            raise InvalidRequest("tenant_id must not contain NUL characters.", param="tenant_id")
         tenant_id = (await resolve_tenant(self.store, ref)).id if ref else None
         include_revoked = _flag(request, "include_revoked")
         records = await self.store.list_keys(tenant_id, include_revoked=include_revoked)
