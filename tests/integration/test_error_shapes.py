@@ -344,3 +344,26 @@ async def test_usage_filters_out_of_range_are_4xx(
             session, "GET", f"{gateway.url}{path}?{query}", key=gateway.admin_key
         )
         check_answer(path, status, headers, raw)
+
+
+async def test_cache_control_max_age_with_a_latin1_digit_is_a_400() -> None:
+    """``"²".isdigit()`` is true but it is no number: header values are read as Latin-1."""
+    import asyncio
+
+    async with running_gateway(make_settings(MOCK, cache={"enabled": True})) as cached:
+        body = msgspec.json.encode(CHAT)
+        reader, writer = await asyncio.open_connection("127.0.0.1", cached.port)
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {cached.admin_key}\r\n".encode()
+            + b"Cache-Control: max-age=\xb2\r\nConnection: close\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        await writer.wait_closed()
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400"), head
+    check_shape("/v1/chat/completions", msgspec.json.decode(payload))
