@@ -367,3 +367,12 @@ async def test_cache_control_max_age_with_a_latin1_digit_is_a_400() -> None:
     head, _, payload = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400"), head
     check_shape("/v1/chat/completions", msgspec.json.decode(payload))
+
+
+@pytest.mark.parametrize("rate_limit", [10**15 + 1, 2**53 + 1, 2**63, -1])
+async def test_seed_003_rate_limit_is_bounded_as_every_limit_is(
+    gateway: RunningGateway, session: aiohttp.ClientSession, rate_limit: int
+) -> None:
+    body = {"name": "seed", "rate_limit": rate_limit, "tenant_id": "acme-seed"}
+    status, _, answer = await call(gateway, session, "POST", "/api/keys", body)
+    assert status == 400 and answer["error"]["param"] == "rate_limit"

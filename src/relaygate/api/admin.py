@@ -42,7 +42,7 @@ from relaygate.errors import (
     RelaygateError,
     StoreUnavailable,
 )
-from relaygate.settings import KeyCache, LimitSet, Seconds, Settings
+from relaygate.settings import Count, KeyCache, LimitSet, Seconds, Settings
 from relaygate.store.identity import IdentityStore, KeyRecord, Tenant, utcnow
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ TenantRef = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 Name = Annotated[str, msgspec.Meta(max_length=200)]
 Description = Annotated[str, msgspec.Meta(max_length=4000)]
 Days = Annotated[int, msgspec.Meta(ge=1, le=36_500)]
-PerHour = Annotated[int, msgspec.Meta(ge=0)]
+PerHour = Count  # bounded as every limit is (settings.MAX_COUNT)
 Metadata = dict[str, Any]
 S = TypeVar("S", bound="_Body")
 

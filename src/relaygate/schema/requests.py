@@ -114,7 +114,10 @@ class JSONSchemaFormat(_Wire, kw_only=True):
 
 
 class ResponseFormat(_Wire, kw_only=True):
-    type: Literal["text", "json_object", "json_schema"]
+    """``text``, ``json_object``, ``json_schema``, or a type an upstream knows of its own
+    (vLLM's ``structural_tag``), passed on."""
+
+    type: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
     json_schema: JSONSchemaFormat | None = None
 
 
