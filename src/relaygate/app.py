@@ -20,6 +20,7 @@ from relaygate.api.openai import OpenAIFormat, OpenAIModels
 from relaygate.api.openapi import DocsAPI
 from relaygate.api.ops import OpsAPI
 from relaygate.api.seed import GenerateFormat, SeedChatFormat
+from relaygate.api.shapes import error_renderer_for, internal_error, is_ollama_path
 from relaygate.api.tasks import TasksAPI
 from relaygate.asgi import Receive, Scope, Send, new_request_id
 from relaygate.errors import MethodNotAllowed, NotFound
@@ -52,10 +53,13 @@ class Gateway:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            if self._cors is None:
-                await self._route(scope)(scope, receive, send)
-            else:
-                await self._cors(scope, receive, send)
+            try:
+                if self._cors is None:
+                    await self._route(scope)(scope, receive, send)
+                else:
+                    await self._cors(scope, receive, send)
+            except Exception:
+                await self._escaped(scope, send)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
 
@@ -89,6 +93,18 @@ class Gateway:
             methods = getattr(route, "methods", None) or ()
             table[route.path] = sorted(set(methods) - {"HEAD"})
         return table
+
+    async def _escaped(self, scope: Scope, send: Send) -> None:
+        """Whatever a handler let escape: logged, and a 500 in the path's error shape
+        (never the server's plain-text one) unless the response had already started."""
+        request_id = new_request_id()
+        self.log.exception("unexpected error serving %s (%s)", scope["path"], request_id)
+        try:
+            await send_error(
+                send, internal_error(request_id), request_id, error_renderer_for(scope["path"])
+            )
+        except Exception:  # the response had started: the server closes the connection
+            self.log.debug("response already started; %s cut short", request_id)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -151,19 +167,26 @@ class Gateway:
 
 
 async def _not_found(scope: Scope, receive: Receive, send: Send) -> None:
-    error = NotFound(
-        f"Unknown endpoint {scope['method']} {scope['path']}. The OpenAI-compatible API is "
-        "under /v1 (chat/completions, completions, embeddings, models)."
-    )
-    await send_error(send, error, new_request_id())
+    path = scope["path"]
+    if is_ollama_path(path):
+        where = "The Ollama API is /api/chat, /api/generate and /api/tags."
+    else:
+        where = (
+            "The OpenAI-compatible API is under /v1 (chat/completions, completions, "
+            "embeddings, models)."
+        )
+    error = NotFound(f"Unknown endpoint {scope['method']} {path}. {where}")
+    await send_error(send, error, new_request_id(), error_renderer_for(path))
 
 
 def _method_not_allowed(allowed: list[str]) -> Handler:
     async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope["path"]
         error = MethodNotAllowed(
-            f"Method {scope['method']} is not allowed on {scope['path']}; use {', '.join(allowed)}."
+            f"Method {scope['method']} is not allowed on {path}; use {', '.join(allowed)}.",
+            allow=tuple(allowed),
         )
-        await send_error(send, error, new_request_id())
+        await send_error(send, error, new_request_id(), error_renderer_for(path))
 
     return handler
 

@@ -98,8 +98,17 @@ class ModelNotFound(NotFound):
 
 
 class MethodNotAllowed(ClientError):
+    """405; ``allow`` (the path's methods) is sent back in the ``Allow`` header."""
+
     status = 405
     code = "method_not_allowed"
+
+    def __init__(self, message: str, *, allow: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.allow = allow
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"allow", ", ".join(self.allow).encode())] if self.allow else []
 
 
 class Conflict(ClientError):

@@ -112,7 +112,13 @@ class RoutingConfig(_Config, kw_only=True):
     max_cooldown: Positive = 60.0
 
 
-Count = Annotated[int, msgspec.Meta(ge=0)]
+# Limits are counted exactly by both limiters: Redis runs them as Lua doubles (exact to
+# 2**53) and int64 counters, so a count stays under 10**15 and a budget under $10**9
+# (10**15 micro-dollars). No real key comes near either.
+MAX_COUNT = 10**15
+MAX_BUDGET_USD = 1e9
+Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNT)]
+Budget = Annotated[float, msgspec.Meta(ge=0, le=MAX_BUDGET_USD)]
 
 
 class LimitSet(
@@ -129,7 +135,7 @@ class LimitSet(
     tokens_per_minute: Count | None = None
     tokens_per_month: Count | None = None
     max_concurrent: Count | None = None
-    budget_per_month: Annotated[float, msgspec.Meta(ge=0)] | None = None  # US dollars
+    budget_per_month: Budget | None = None  # US dollars
 
 
 class KeyCache(

@@ -15,6 +15,7 @@ each worker's key cache drops the key at once.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
@@ -29,7 +30,8 @@ from starlette.routing import Route
 
 from relaygate.api.admin_deployments import DeploymentsAdminAPI
 from relaygate.api.admin_usage import UsageAdminAPI
-from relaygate.api.http import decode_json_object, error_body
+from relaygate.api.http import decode_json_object
+from relaygate.api.shapes import error_renderer_for, internal_error
 from relaygate.asgi import ClientGone, new_request_id, read_body
 from relaygate.auth.bootstrap import ADMIN_TENANT
 from relaygate.auth.principal import Principal
@@ -42,7 +44,7 @@ from relaygate.errors import (
     RelaygateError,
     StoreUnavailable,
 )
-from relaygate.settings import KeyCache, LimitSet, Settings
+from relaygate.settings import Count, KeyCache, LimitSet, Seconds, Settings
 from relaygate.store.identity import KeyRecord, Tenant, resolve_tenant, utcnow
 
 if TYPE_CHECKING:
@@ -62,7 +64,7 @@ TenantRef = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 Name = Annotated[str, msgspec.Meta(max_length=200)]
 Description = Annotated[str, msgspec.Meta(max_length=4000)]
 Days = Annotated[int, msgspec.Meta(ge=1, le=36_500)]
-PerHour = Annotated[int, msgspec.Meta(ge=0)]
+PerHour = Count  # bounded as every limit is (settings.MAX_COUNT)
 Metadata = dict[str, Any]
 S = TypeVar("S", bound="_Body")
 
@@ -84,6 +86,14 @@ class KeyCreate(_Body):
     cache: KeyCache | None = None
 
 
+class KeyCachePatch(_Body):
+    """A change to a key's cache settings: fields left out keep their value, ``null``
+    returns a field to the default (the model's, then the gateway's)."""
+
+    enabled: bool | Unset | None = _UNSET
+    ttl: Seconds | Unset | None = _UNSET
+
+
 class KeyPatch(_Body):
     enabled: bool | Unset = _UNSET
     tier: str | Unset = _UNSET
@@ -93,7 +103,7 @@ class KeyPatch(_Body):
     description: Description | Unset = _UNSET
     role: Role | Unset = _UNSET
     metadata: Metadata | Unset | None = _UNSET
-    cache: KeyCache | Unset | None = _UNSET
+    cache: KeyCachePatch | Unset | None = _UNSET
 
 
 class TenantCreate(_Body):
@@ -170,9 +180,16 @@ def expiry(
     return at
 
 
-def _utc(value: datetime) -> datetime:
-    """Times without a zone are UTC."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+def _utc(value: datetime, param: str = "expires_at") -> datetime:
+    """Times without a zone are UTC; one whose UTC time falls outside years 1-9999 is refused."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise InvalidRequest(
+            f"{param} {value.isoformat()} is outside the years 1 to 9999 in UTC.", param=param
+        ) from None
 
 
 def limits_dict(limits: LimitSet | None) -> dict[str, int] | None:
@@ -188,6 +205,23 @@ def limits_dict(limits: LimitSet | None) -> dict[str, int] | None:
 
 def _cache_dict(cache: KeyCache | None) -> dict[str, Any] | None:
     return msgspec.to_builtins(cache) or None if cache is not None else None
+
+
+def merged_cache(
+    current: dict[str, Any] | None, patch: KeyCachePatch | None
+) -> dict[str, Any] | None:
+    """A key's cache settings after a PATCH: only the fields given change (``null`` resets
+    one); ``"cache": null`` resets them all."""
+    if patch is None:
+        return None
+    values = dict(current or {})
+    for field in patch.__struct_fields__:
+        value = getattr(patch, field)
+        if value is None:
+            values.pop(field, None)
+        elif value is not _UNSET:
+            values[field] = value
+    return _cache_dict(msgspec.convert(values, KeyCache))
 
 
 def _parse(body: bytes, schema: type[S]) -> S:
@@ -224,12 +258,21 @@ def _refuse_nul(value: _Body) -> None:
             raise InvalidRequest(f"{field} must not contain NUL characters.", param=field)
 
 
+def _refuse_nul_in_query(request: Request) -> None:
+    """PostgreSQL text cannot hold NUL: a query parameter with one is refused up front."""
+    for name, value in request.query_params.multi_items():
+        if "\x00" in name or "\x00" in value:
+            raise InvalidRequest(f"{name!r} must not contain NUL characters.", param=name)
+
+
 def _json(data: Any, status: int = 200) -> Response:
     return Response(msgspec.json.encode(data), status, media_type="application/json")
 
 
-def _error(error: RelaygateError, request_id: str) -> Response:
-    response = Response(error_body(error), error.status, media_type="application/json")
+def _error(error: RelaygateError, request_id: str, path: str) -> Response:
+    """An error in the shape of the API ``path`` belongs to (OpenAI's for the admin API)."""
+    body, content_type = error_renderer_for(path)(error)
+    response = Response(body, error.status, media_type=content_type.decode())
     for name, value in error.headers():
         response.headers[name.decode("latin-1")] = value.decode("latin-1")
     response.headers["x-request-id"] = request_id
@@ -277,24 +320,25 @@ class AdminAPI:
         """The handler with authentication, the role check and errors rendered."""
 
         async def endpoint(request: Request) -> Response:
-            request_id = new_request_id()
+            request_id, path = new_request_id(), request.url.path
             try:
                 principal = await self.state.auth.authenticate(request.scope)
                 if admin and not principal.is_admin:
                     raise PermissionDenied("This endpoint needs an admin key.")
+                _refuse_nul_in_query(request)
                 response = await handler(request, principal)
             except RelaygateError as error:
-                return _error(error, request_id)
+                return _error(error, request_id, path)
             except ClientGone:
-                return _error(InvalidRequest("The client closed the connection."), request_id)
+                closed = InvalidRequest("The client closed the connection.")
+                return _error(closed, request_id, path)
             except (SQLAlchemyError, OSError, TimeoutError) as exc:
                 self.state.log.warning("admin %s: key store failed: %r", request_id, exc)
                 unavailable = StoreUnavailable("The key store could not answer; retry shortly.")
-                return _error(unavailable, request_id)
+                return _error(unavailable, request_id, path)
             except Exception:
                 self.state.log.exception("admin request %s failed", request_id)
-                failure = RelaygateError(f"Internal error; the log has details under {request_id}.")
-                return _error(failure, request_id)
+                return _error(internal_error(request_id), request_id, path)
             response.headers["x-request-id"] = request_id
             return response
 
@@ -337,8 +381,6 @@ class AdminAPI:
 
     async def list_keys(self, request: Request, principal: Principal) -> Response:
         ref = request.query_params.get("tenant_id")
-        if ref is not None and "\x00" in ref:
-            raise InvalidRequest("tenant_id must not contain NUL characters.", param="tenant_id")
         tenant_id = (await resolve_tenant(self.store, ref)).id if ref else None
         include_revoked = _flag(request, "include_revoked")
         records = await self.store.list_keys(tenant_id, include_revoked=include_revoked)
@@ -353,7 +395,7 @@ class AdminAPI:
         current = await self.store.get_key(key_id)
         if current.revoked_at is not None:
             raise Conflict(f"Key {key_id!r} is revoked; create a new key instead.")
-        changes = self._key_changes(body)
+        changes = self._key_changes(body, current)
         if not changes:
             return _json(_public(current))
         record = await self.store.update_key(key_id, changes)
@@ -361,7 +403,7 @@ class AdminAPI:
         self._audit(principal, f"changed {', '.join(sorted(changes))} of key", key_id)
         return _json(_public(record))
 
-    def _key_changes(self, body: KeyPatch) -> dict[str, Any]:
+    def _key_changes(self, body: KeyPatch, current: KeyRecord) -> dict[str, Any]:
         changes: dict[str, Any] = {
             field: getattr(body, field)
             for field in body.__struct_fields__
@@ -372,7 +414,7 @@ class AdminAPI:
         if "limits" in changes:
             changes["limits"] = limits_dict(changes["limits"])
         if "cache" in changes:
-            changes["cache"] = _cache_dict(changes["cache"])
+            changes["cache"] = merged_cache(current.cache, changes["cache"])
         if changes.get("expires_at") is not None:
             changes["expires_at"] = _utc(changes["expires_at"])  # may be past: expires it now
         return changes
@@ -574,7 +616,9 @@ def build_admin_app(state: AppState) -> Starlette:
               methods=list(methods))
         for path, methods in table.items()
     ]  # fmt: skip
-    return Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
+    return Starlette(
+        routes=routes, exception_handlers={HTTPException: _http_error, Exception: _server_error}
+    )
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -590,15 +634,26 @@ def _dispatch(methods: dict[str, Handler]) -> Handler:
     return endpoint
 
 
+async def _server_error(request: Request, exc: Exception) -> Response:
+    """Anything that escaped a handler: a 500 in the path's error shape, never plain text."""
+    request_id = new_request_id()
+    logging.getLogger("relaygate").error(
+        "admin request %s failed", request_id, exc_info=(type(exc), exc, exc.__traceback__)
+    )
+    return _error(internal_error(request_id), request_id, request.url.path)
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
-    """Starlette's own 404 and 405, in OpenAI's error shape."""
+    """Starlette's own 404 and 405, in the path's error shape (OpenAI's for the admin API)."""
     status = exc.status_code if isinstance(exc, HTTPException) else 500
     error: RelaygateError
     if status == 405:
         headers = exc.headers if isinstance(exc, HTTPException) and exc.headers else {}
+        allow = headers.get("Allow", "")
         error = MethodNotAllowed(
             f"Method {request.method} is not allowed on {request.url.path}; "
-            f"use {headers.get('Allow', 'another method')}."
+            f"use {allow or 'another method'}.",
+            allow=tuple(m.strip() for m in allow.split(",") if m.strip()),
         )
     elif status == 404:
         error = NotFound(
@@ -609,4 +664,4 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     else:
         error = InvalidRequest(str(getattr(exc, "detail", "Bad request.")))
         error.status = status
-    return _error(error, new_request_id())
+    return _error(error, new_request_id(), request.url.path)

@@ -27,6 +27,7 @@ _RELATIVE = re.compile(r"^(\d{1,5})([mhdw])$")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _GROUPS: tuple[str, ...] = get_args(GroupBy)
 _JSON = "application/json"
+_LATEST = datetime(9999, 12, 30, tzinfo=UTC)  # the latest time a filter can name
 
 
 def parse_moment(value: str, param: str) -> datetime:
@@ -43,7 +44,18 @@ def parse_moment(value: str, param: str) -> datetime:
             f"(7d, 24h, 30m), not {value!r}.",
             param=param,
         ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    try:
+        moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    except OverflowError:
+        raise InvalidRequest(
+            f"{param} {value!r} is outside the years 1 to 9999 in UTC.", param=param
+        ) from None
+    if moment > _LATEST:  # the day after it must still be a date
+        raise InvalidRequest(
+            f"{param} {value!r} is beyond {_LATEST:%Y-%m-%d} (UTC); leave it out for no bound.",
+            param=param,
+        )
+    return moment
 
 
 def filters_from(request: Request) -> Filters:

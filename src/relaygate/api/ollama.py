@@ -17,16 +17,30 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 
-from relaygate.api.http import decode_json_object
+from relaygate.api.http import decode_json_object, send_error
 from relaygate.api.parsing import invalid_request, parse_call
+from relaygate.api.shapes import error_renderer_for, ollama_error
 from relaygate.asgi import Receive, Scope, Send, new_request_id, send_bytes
 from relaygate.cache.entry import merge_delta
 from relaygate.errors import InvalidRequest, RelaygateError
-from relaygate.schema.requests import Call, Kind, ModelName
+from relaygate.schema.requests import (
+    MAX_TOKENS,
+    MAX_TOP_K,
+    Call,
+    Kind,
+    ModelName,
+    Penalty,
+    Probability,
+    Seed,
+    Stop,
+    Temperature,
+    Tokens,
+    Tool,
+)
 
 if TYPE_CHECKING:
     from relaygate.state import AppState
@@ -46,40 +60,66 @@ _IMAGE_TYPES = {
 }
 
 
+class OllamaFunctionCall(msgspec.Struct, kw_only=True):
+    name: Annotated[str, msgspec.Meta(max_length=256)]
+    arguments: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class OllamaToolCall(msgspec.Struct, kw_only=True):
+    function: OllamaFunctionCall
+
+
+class OllamaMessage(msgspec.Struct, kw_only=True):
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str | None = ""
+    images: list[Annotated[str, msgspec.Meta(min_length=1)]] | None = None
+    tool_calls: list[OllamaToolCall] | None = None
+    tool_name: Annotated[str, msgspec.Meta(max_length=256)] | None = None
+
+
+class OllamaOptions(msgspec.Struct, kw_only=True):
+    """The options relaygate uses; the others (``num_ctx``, ...) are a server's own settings
+    and are ignored."""
+
+    temperature: Temperature | None = None
+    top_p: Probability | None = None
+    top_k: Annotated[int, msgspec.Meta(ge=0, le=MAX_TOP_K)] | None = None
+    min_p: Probability | None = None
+    seed: Seed | None = None
+    # -1 (no limit) and -2 (fill the context) mean no max_tokens
+    num_predict: Annotated[int, msgspec.Meta(ge=-2, le=MAX_TOKENS)] | None = None
+    stop: Stop | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+
+
 class _OllamaBody(msgspec.Struct, kw_only=True):
     model: ModelName
     # Ollama streams when "stream" is absent; seed 003's /api/chat answered one JSON body,
     # and its clients call response.json(). Ollama's own clients always send the field.
     stream: bool = False
     format: str | dict[str, Any] | None = None
-    options: dict[str, Any] | None = None
+    options: OllamaOptions | None = None
     # seed 003 sends these at the top level
-    temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
-    max_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    temperature: Temperature | None = None
+    max_tokens: Tokens | None = None
     use_cache: bool | None = None
-
-
-class OllamaMessage(msgspec.Struct, kw_only=True):
-    role: str
-    content: str = ""
-    images: list[str] | None = None
-    tool_calls: list[dict[str, Any]] | None = None
-    tool_name: str | None = None
 
 
 class OllamaChat(_OllamaBody, kw_only=True):
     messages: Annotated[list[OllamaMessage], msgspec.Meta(min_length=1)]
-    tools: list[dict[str, Any]] | None = None
+    tools: list[Tool] | None = None
 
 
 class OllamaGenerate(_OllamaBody, kw_only=True):
     prompt: Annotated[str, msgspec.Meta(min_length=1)]
     system: str | None = None
-    images: list[str] | None = None
+    images: list[Annotated[str, msgspec.Meta(min_length=1)]] | None = None
 
 
 class _OllamaFormat:
-    """What /api/chat and /api/generate share: NDJSON, counts, the error shape."""
+    """What /api/chat and /api/generate share: NDJSON, counts, the error shape
+    (api/shapes.py; a stream that fails after it started ends with an error line)."""
 
     name = "ollama"
     json_type_required = False  # `curl URL -d '{...}'`, as Ollama's docs show, works
@@ -96,7 +136,7 @@ class _OllamaFormat:
         if params.use_cache is not None:
             chat["use_cache"] = params.use_cache
         if isinstance(params, OllamaChat) and params.tools:
-            chat["tools"] = params.tools
+            chat["tools"] = msgspec.to_builtins(params.tools)
         chat.update(_sampling(params))
         if params.format == "json":
             chat["response_format"] = {"type": "json_object"}
@@ -111,7 +151,7 @@ class _OllamaFormat:
         raise NotImplementedError
 
     def error(self, error: RelaygateError) -> bytes:
-        return _encode({"error": error.message})
+        return ollama_error(error)[0]
 
     def error_event(self, error: RelaygateError) -> bytes:
         return _encode({"error": error.message}) + b"\n"
@@ -212,8 +252,7 @@ class OllamaTags:
         try:
             principal = await state.auth.authenticate(scope)
         except RelaygateError as exc:
-            body = _encode({"error": exc.message})
-            await send_bytes(send, exc.status, body, request_id, extra=exc.headers())
+            await send_error(send, exc, request_id, error_renderer_for(scope["path"]))
             return
         models = [
             {
@@ -230,9 +269,10 @@ class OllamaTags:
 
 
 def _message(message: OllamaMessage, index: int) -> JSON:
-    out: JSON = {"role": message.role, "content": message.content}
+    text = message.content or ""
+    out: JSON = {"role": message.role, "content": text}
     if message.images:
-        parts: list[JSON] = [{"type": "text", "text": message.content}]
+        parts: list[JSON] = [{"type": "text", "text": text}]
         parts += [{"type": "image_url", "image_url": {"url": _data_url(i)}} for i in message.images]
         out["content"] = parts
     if message.tool_calls:
@@ -241,8 +281,8 @@ def _message(message: OllamaMessage, index: int) -> JSON:
                 "id": f"call_{index}_{n}",
                 "type": "function",
                 "function": {
-                    "name": (c.get("function") or {}).get("name", ""),
-                    "arguments": _encode((c.get("function") or {}).get("arguments") or {}).decode(),
+                    "name": c.function.name,
+                    "arguments": _encode(c.function.arguments).decode(),
                 },
             }
             for n, c in enumerate(message.tool_calls)
@@ -258,15 +298,19 @@ def _data_url(image: str) -> str:
 
 
 def _sampling(params: OllamaChat | OllamaGenerate) -> JSON:
-    options = params.options or {}
-    out: JSON = {name: options[name] for name in (*_SAMPLING, *_PASSED_ON) if name in options}
+    options = params.options or OllamaOptions()
+    out: JSON = {
+        name: value
+        for name in (*_SAMPLING, *_PASSED_ON)
+        if (value := getattr(options, name)) is not None
+    }
     if params.temperature is not None:
         out.setdefault("temperature", params.temperature)
-    predict = options.get("num_predict", params.max_tokens)
-    if isinstance(predict, int) and predict > 0:
+    predict = options.num_predict if options.num_predict is not None else params.max_tokens
+    if predict is not None and predict > 0:
         out["max_tokens"] = predict
-    if options.get("stop"):
-        out["stop"] = options["stop"]
+    if options.stop:
+        out["stop"] = options.stop
     return out
 
 

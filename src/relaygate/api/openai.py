@@ -16,6 +16,7 @@ import msgspec
 
 from relaygate.api.http import error_body, send_error
 from relaygate.api.parsing import parse_call
+from relaygate.api.shapes import error_renderer_for
 from relaygate.asgi import Receive, Scope, Send, new_request_id, send_bytes
 from relaygate.errors import ModelNotFound, RelaygateError
 from relaygate.schema.requests import Call, Kind
@@ -89,7 +90,7 @@ class OpenAIModels:
             else:
                 raise ModelNotFound(name)
         except RelaygateError as exc:
-            await send_error(send, exc, request_id)
+            await send_error(send, exc, request_id, error_renderer_for(scope["path"]))
             return
         await send_bytes(send, 200, body, request_id)
 

@@ -18,6 +18,7 @@ from relaygate.schema.requests import (
     CompletionRequest,
     EmbeddingRequest,
     Kind,
+    content_parts_error,
     embedding_inputs,
 )
 
@@ -36,6 +37,8 @@ def parse_call(kind: Kind, body: bytes, request_id: str) -> Call:
         params = msgspec.convert(data, _SCHEMAS[kind])
     except msgspec.ValidationError as exc:
         raise invalid_request(str(exc)) from None
+    if isinstance(params, ChatRequest) and (wrong := content_parts_error(params)) is not None:
+        raise invalid_request(str(wrong))
     stream = bool(getattr(params, "stream", False))
     if isinstance(params, EmbeddingRequest) and not _valid_embedding_input(params):
         raise InvalidRequest(

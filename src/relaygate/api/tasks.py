@@ -10,6 +10,7 @@ import msgspec
 from sqlalchemy.exc import SQLAlchemyError
 
 from relaygate.api.http import send_error
+from relaygate.api.shapes import error_renderer_for, internal_error
 from relaygate.asgi import Receive, Scope, Send, new_request_id, send_bytes
 from relaygate.errors import InvalidRequest, RelaygateError, StoreUnavailable
 from relaygate.usage.analytics import key_stats
@@ -36,10 +37,15 @@ class TasksAPI:
         try:
             principal = await self.state.auth.authenticate(scope)
             report = await self.state.admission.report(principal)
+            body = msgspec.json.encode(report)
         except RelaygateError as exc:
-            await send_error(send, exc, request_id)
+            await self._error(scope, send, exc, request_id)
             return
-        await send_bytes(send, 200, msgspec.json.encode(report), request_id)
+        except Exception:
+            self.state.log.exception("GET /usage failed (%s)", request_id)
+            await self._error(scope, send, internal_error(request_id), request_id)
+            return
+        await send_bytes(send, 200, body, request_id)
 
     async def models(self, scope: Scope, receive: Receive, send: Send) -> None:
         """GET /ai/models (seed 001): the models the caller's key may use,
@@ -49,7 +55,7 @@ class TasksAPI:
         try:
             principal = await self.state.auth.authenticate(scope)
         except RelaygateError as exc:
-            await send_error(send, exc, request_id)
+            await self._error(scope, send, exc, request_id)
             return
         models = [
             {
@@ -71,11 +77,20 @@ class TasksAPI:
             if principal.key_id is None:
                 raise InvalidRequest("Statistics are kept per API key; send one.")
             stats = await key_stats(self.state.engine, principal.key_id)
+            body = msgspec.json.encode(stats)
         except RelaygateError as exc:
-            await send_error(send, exc, request_id)
+            await self._error(scope, send, exc, request_id)
             return
         except (SQLAlchemyError, OSError, TimeoutError):
             error = StoreUnavailable("Usage statistics are unavailable now; retry shortly.")
-            await send_error(send, error, request_id)
+            await self._error(scope, send, error, request_id)
             return
-        await send_bytes(send, 200, msgspec.json.encode(stats), request_id)
+        except Exception:
+            self.state.log.exception("GET /api/stats failed (%s)", request_id)
+            await self._error(scope, send, internal_error(request_id), request_id)
+            return
+        await send_bytes(send, 200, body, request_id)
+
+    @staticmethod
+    async def _error(scope: Scope, send: Send, error: RelaygateError, request_id: str) -> None:
+        await send_error(send, error, request_id, error_renderer_for(scope["path"]))

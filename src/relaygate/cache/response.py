@@ -96,7 +96,7 @@ def parse_cache_control(value: str) -> tuple[bool, bool, float | None]:
             no_store = True
         elif name == "max-age":
             arg = arg.strip().strip('"')
-            if not arg.isdigit():
+            if not (arg.isascii() and arg.isdigit()):  # "²".isdigit(), but float() refuses it
                 raise InvalidRequest(
                     f"Cache-Control max-age must be a whole number of seconds, not {arg!r}.",
                     param="Cache-Control",

@@ -140,12 +140,12 @@ def _chat_body(params: ChatRequest) -> JSON:
     body: JSON = {"messages": [_message(m) for m in params.messages]}
     if params.tools:
         body["tools"] = [msgspec.to_builtins(tool) for tool in params.tools]
-    fmt = params.response_format or {}
-    if fmt.get("type") == "json_object":
+    fmt = params.response_format
+    if fmt is not None and fmt.type == "json_object":
         body["format"] = "json"
-    elif fmt.get("type") == "json_schema":
-        schema = (fmt.get("json_schema") or {}).get("schema")
-        body["format"] = schema if isinstance(schema, dict) else "json"
+    elif fmt is not None and fmt.type == "json_schema":
+        schema = fmt.json_schema.schema if fmt.json_schema is not None else None
+        body["format"] = schema if schema is not None else "json"
     return body
 
 

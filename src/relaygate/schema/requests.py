@@ -15,20 +15,39 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 __all__ = [
+    "MAX_DIMENSIONS",
+    "MAX_TOKENS",
+    "MAX_TOP_K",
     "Call",
     "ChatMessage",
     "ChatRequest",
     "CompletionRequest",
+    "ContentPart",
     "EmbeddingRequest",
     "Kind",
+    "Penalty",
+    "Probability",
+    "ResponseFormat",
+    "Seed",
+    "Stop",
+    "Temperature",
+    "Tokens",
+    "Tool",
+    "content_parts_error",
     "embedding_inputs",
 ]
 
+# Bounds no real request reaches, that the arithmetic downstream holds: token counts are
+# reserved in the limiters (Python ints, Redis Lua doubles exact to 2**53, Redis int64)
+# and stored in 32-bit database columns.
 MAX_TOKENS = 2**31 - 1
+MAX_TOP_K = 1_000_000
+MAX_DIMENSIONS = 65_536
 Tokens = Annotated[int, msgspec.Meta(ge=1, le=MAX_TOKENS)]
 Temperature = Annotated[float, msgspec.Meta(ge=0, le=2)]
 Probability = Annotated[float, msgspec.Meta(ge=0, le=1)]
 Penalty = Annotated[float, msgspec.Meta(ge=-2, le=2)]
+Seed = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 ModelName = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 Stop = str | Annotated[list[str], msgspec.Meta(max_length=16)]
 Kind = Literal["chat", "completion", "embedding"]
@@ -57,6 +76,51 @@ class ChatMessage(_Wire, kw_only=True):
     tool_call_id: str | None = None
 
 
+class ImageURL(_Wire, kw_only=True):
+    url: str
+    detail: str | None = None
+
+
+class ContentPart(_Wire, kw_only=True):
+    """One part of a message's content: whatever its type, the fields the gateway reads
+    (``text``, ``image_url``) have the types it expects; other fields pass on untouched."""
+
+    type: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    text: str | None = None
+    image_url: str | ImageURL | None = None
+
+
+_Parts = list[ContentPart]
+
+
+def content_parts_error(request: ChatRequest) -> msgspec.ValidationError | None:
+    """The first content part with a wrong type, as msgspec names it (path included)."""
+    for index, message in enumerate(request.messages):
+        if isinstance(message.content, list):
+            try:
+                msgspec.convert(message.content, _Parts)
+            except msgspec.ValidationError as exc:
+                text, _, where = str(exc).partition(" - at `$")
+                return msgspec.ValidationError(
+                    f"{text} - at `$.messages[{index}].content{where.rstrip('`')}`"
+                )
+    return None
+
+
+class JSONSchemaFormat(_Wire, kw_only=True):
+    name: Annotated[str, msgspec.Meta(max_length=256)] | None = None
+    schema: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ResponseFormat(_Wire, kw_only=True):
+    """``text``, ``json_object``, ``json_schema``, or a type an upstream knows of its own
+    (vLLM's ``structural_tag``), passed on."""
+
+    type: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    json_schema: JSONSchemaFormat | None = None
+
+
 class StreamOptions(_Wire, kw_only=True):
     include_usage: bool | None = None
 
@@ -81,7 +145,7 @@ class _Sampling(_Wire, kw_only=True):
     n: Annotated[int, msgspec.Meta(ge=1, le=128)] | None = None
     max_tokens: Tokens | None = None
     stop: Stop | None = None
-    seed: Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)] | None = None
+    seed: Seed | None = None
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
     user: Annotated[str, msgspec.Meta(max_length=512)] | None = None
@@ -92,7 +156,7 @@ class ChatRequest(_Sampling, kw_only=True):
     max_completion_tokens: Tokens | None = None
     tools: list[Tool] | None = None
     tool_choice: str | dict[str, Any] | None = None
-    response_format: dict[str, Any] | None = None
+    response_format: ResponseFormat | None = None
     logprobs: bool | None = None
     top_logprobs: Annotated[int, msgspec.Meta(ge=0, le=20)] | None = None
 
@@ -112,7 +176,7 @@ class EmbeddingRequest(_Wire, kw_only=True):
         | Annotated[list[Any], msgspec.Meta(min_length=1, max_length=2048)]
     )
     encoding_format: Literal["float", "base64"] | None = None
-    dimensions: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    dimensions: Annotated[int, msgspec.Meta(ge=1, le=MAX_DIMENSIONS)] | None = None
     user: str | None = None
 
 

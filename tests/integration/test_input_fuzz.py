@@ -1,0 +1,195 @@
+"""No input reaches a 500 on the public routes, and every error is in the route's own shape.
+
+Each body is a valid one with one value, anywhere in it, replaced by another JSON value
+(wrong type, extreme number, odd unicode), by raw text such as NaN, 1e999 or an unpaired
+surrogate escape, or with a field added or removed. One gateway serves the whole module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+import pytest_asyncio
+from hypothesis import given
+
+from tests.conftest import MOCK
+from tests.fuzz import FUZZ, SWEEP, check_answer, mutated, request, sweep
+from tests.gateway import RunningGateway, make_settings, running_gateway
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+IMAGE = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGNgYGBgAAAABQABpfZFQAAAAABJRU5ErkJggg=="
+TOOL = {
+    "type": "function",
+    "function": {
+        "name": "weather",
+        "description": "The weather in a city",
+        "parameters": {"type": "object"},
+    },
+}
+OPENAI_CHAT: dict[str, Any] = {
+    "model": "mock",
+    "messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "text", "text": "hi"}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "weather", "arguments": '{"city": "Paris"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+        {"role": "user", "content": "and tomorrow?"},
+    ],
+    "max_tokens": 8,
+    "temperature": 0.5,
+    "top_p": 1,
+    "n": 1,
+    "stop": ["\n\n"],
+    "seed": 7,
+    "tools": [TOOL],
+    "tool_choice": "auto",
+    "response_format": {"type": "json_schema", "json_schema": {"name": "r", "schema": {}}},
+    "stream": False,
+    "stream_options": {"include_usage": True},
+    "user": "someone",
+    "top_k": 40,
+}
+BODIES: dict[str, dict[str, Any]] = {
+    "/v1/chat/completions": OPENAI_CHAT,
+    "/chat": OPENAI_CHAT,
+    "/v1/completions": {
+        "model": "mock",
+        "prompt": "Once upon a time",
+        "max_tokens": 8,
+        "temperature": 0.2,
+        "stop": "\n",
+        "suffix": ".",
+        "echo": False,
+    },
+    "/v1/embeddings": {
+        "model": "mock",
+        "input": ["one", "two"],
+        "encoding_format": "float",
+        "dimensions": 8,
+        "user": "someone",
+    },
+    "/api/chat": {
+        "model": "mock",
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "what is this?", "images": [IMAGE]},
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [{"function": {"name": "weather", "arguments": {"city": "Paris"}}}],
+            },
+            {"role": "tool", "content": "sunny", "tool_name": "weather"},
+        ],
+        "tools": [TOOL],
+        "options": {
+            "temperature": 0.5,
+            "top_p": 0.9,
+            "top_k": 40,
+            "min_p": 0.05,
+            "seed": 7,
+            "num_predict": 8,
+            "stop": ["\n"],
+            "num_ctx": 4096,
+        },
+        "format": "json",
+        "stream": False,
+        "keep_alive": "5m",
+    },
+    "/api/generate": {
+        "model": "mock",
+        "prompt": "Why is the sky blue?",
+        "system": "Be brief.",
+        "images": [IMAGE],
+        "options": {"temperature": 0.1, "num_predict": 8, "stop": "\n"},
+        "format": {"type": "object", "properties": {"answer": {"type": "string"}}},
+        "stream": False,
+    },
+    "/ai/generate": {
+        "prompt": "Why is the sky blue?",
+        "model": "mock",
+        "stream": False,
+        "use_cache": True,
+        "temperature": 0.1,
+        "max_tokens": 8,
+        "system": "Be brief.",
+    },
+}
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def gateway() -> AsyncIterator[RunningGateway]:
+    async with running_gateway(make_settings(MOCK)) as running:
+        yield running
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as client:
+        yield client
+
+
+@pytest.mark.parametrize("path", sorted(BODIES))
+async def test_valid_bodies_are_served(
+    gateway: RunningGateway, session: aiohttp.ClientSession, path: str
+) -> None:
+    """The bodies mutated below are valid to start with (so a mutation is what fails)."""
+    import msgspec
+
+    status, _, body = await request(
+        session, "POST", gateway.url + path, body=msgspec.json.encode(BODIES[path]),
+        key=gateway.admin_key,
+    )  # fmt: skip
+    assert status == 200, body[:500]
+
+
+# /chat parses as /v1/chat/completions does (only its answer differs): fuzzed below
+@pytest.mark.parametrize("path", sorted(set(BODIES) - {"/chat"}))
+async def test_every_place_every_type(
+    gateway: RunningGateway, session: aiohttp.ClientSession, path: str
+) -> None:
+    """Each value of the valid body, at every depth, replaced in turn by one of each JSON
+    type, the extremes and raw NaN/Infinity/1e999/unpaired surrogates."""
+    bodies = sweep(BODIES[path])
+    assert len(bodies) >= 7 * len(SWEEP)
+    for raw in bodies:
+        status, headers, body = await request(
+            session, "POST", gateway.url + path, body=raw, key=gateway.admin_key
+        )
+        try:
+            check_answer(path, status, headers, body)
+        except AssertionError as exc:
+            raise AssertionError(f"{raw.decode(errors='replace')}: {exc}") from None
+
+
+def _fuzz(path: str) -> Any:
+    @FUZZ
+    @given(raw=mutated(BODIES[path]))
+    async def test(gateway: RunningGateway, session: aiohttp.ClientSession, raw: bytes) -> None:
+        url = gateway.url + path
+        status, headers, body = await request(session, "POST", url, body=raw, key=gateway.admin_key)
+        check_answer(path, status, headers, body)
+
+    return test
+
+
+test_openai_chat = _fuzz("/v1/chat/completions")
+test_openai_completions = _fuzz("/v1/completions")
+test_openai_embeddings = _fuzz("/v1/embeddings")
+test_ollama_chat = _fuzz("/api/chat")
+test_ollama_generate = _fuzz("/api/generate")
+test_seed_generate = _fuzz("/ai/generate")
+test_seed_chat = _fuzz("/chat")
