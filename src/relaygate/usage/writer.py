@@ -191,9 +191,11 @@ class UsageWriter:
         if rows:
             async with self._engine.begin() as conn:
                 inserted = await self._insert(conn, rows)
-            await source.ack(ids)
+            # Counted once committed (the rows are in the database), before the ack's await:
+            # a reader who sees the rows sees them counted.
             if self._metrics is not None:
                 self._metrics.usage_written.inc(inserted)
+            await source.ack(ids)
 
     async def _insert(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> int:
         """Insert the rows not already there; add exactly those to usage_daily."""
