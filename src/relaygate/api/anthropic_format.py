@@ -24,7 +24,15 @@ import msgspec
 from relaygate.api import anthropic
 from relaygate.api.anthropic_stream import AnthropicStream
 from relaygate.api.http import decode_json_object
-from relaygate.asgi import Receive, Scope, Send, new_request_id, read_body, send_bytes
+from relaygate.asgi import (
+    ClientGone,
+    Receive,
+    Scope,
+    Send,
+    new_request_id,
+    read_body,
+    send_bytes,
+)
 from relaygate.errors import MethodNotAllowed, NotFound, RelaygateError
 from relaygate.schema.requests import Call, Kind
 
@@ -93,6 +101,15 @@ class AnthropicCountTokens:
         except RelaygateError as exc:
             await _send_error(send, exc, request_id)
             return
+        except ClientGone:
+            return
+        except Exception:
+            state.log.exception("unexpected error counting tokens for %s", request_id)
+            error = RelaygateError(
+                f"Internal error; the gateway's log has details under {request_id}."
+            )
+            await _send_error(send, error, request_id)
+            return
         await send_bytes(send, 200, msgspec.json.encode(counted), request_id)
 
 
@@ -118,5 +135,6 @@ def misrouted(path: str, method: str, allowed: Collection[str] | None) -> Handle
 
 
 async def _send_error(send: Send, error: RelaygateError, request_id: str) -> None:
-    body = anthropic.error_body(error, request_id)
+    # As the pipeline's errors: the request id is in the X-Request-Id header, not the body.
+    body = anthropic.error_body(error)
     await send_bytes(send, error.status, body, request_id, extra=error.headers())
