@@ -24,6 +24,11 @@ GATEWAY_PORT = 18000
 CHAT_BODY = (
     '{"model":"bench-model","messages":[{"role":"user","content":"Say hello."}],"max_tokens":16}'
 )
+# The same question through the Anthropic Messages API: the gateway translates it and calls
+# the same upstream route (/v1/chat/completions), so its "direct" is CHAT's.
+MESSAGES_BODY = (
+    '{"model":"bench-model","messages":[{"role":"user","content":"Say hello."}],"max_tokens":16}'
+)
 STREAM_BODY = (
     '{"model":"bench-stream","messages":[{"role":"user","content":"Say hello."}],'
     '"max_tokens":64,"stream":true}'
@@ -32,6 +37,7 @@ SLOW_STREAM_BODY = STREAM_BODY.replace("bench-stream", "bench-slow")
 DIRECT = f"http://{HOST}:{UPSTREAM_PORT}"
 VIA = f"http://{HOST}:{GATEWAY_PORT}"
 CHAT = "/v1/chat/completions"
+MESSAGES = "/v1/messages"
 DIRECT_STREAM = "/stream/v1/chat/completions"
 DIRECT_SLOW = "/slow/v1/chat/completions"
 MIB = 1024.0
@@ -134,6 +140,28 @@ class Options:
     quiet_wait: float = 120.0  # max seconds to wait for idle CPUs before each section
     gateway_down: str = ""  # set once the gateway failed to start
     nginx_pid: int = 0
+
+
+def added_relative(
+    name: str, factor: float, rounds: Sequence[tuple[float, float, float]]
+) -> Target:
+    """A 'route's added ms <= factor x the reference route's added ms' row from
+    (direct, via reference, via route) per round; the median round's ratio."""
+    pairs = sorted(((via - direct, route - direct) for direct, via, route in rounds), key=_ratio)
+    if not pairs or any(math.isnan(x) for pair in pairs for x in pair):
+        return Target(name, f"≤ {factor:g} × reference", "n/a", None)
+    reference, route = pairs[len(pairs) // 2]
+    measured = f"{route:+.3f} ms vs {reference:+.3f} ms (×{_ratio((reference, route)):.2f})"
+    if len(pairs) > 1:
+        measured += f", median of {len(pairs)} rounds"
+    return Target(name, f"≤ {factor:g} × reference", measured, _ratio((reference, route)) <= factor)
+
+
+def _ratio(pair: tuple[float, float]) -> float:
+    reference, route = pair
+    if reference <= 0:  # no measurable reference: only "no more than it" can be told
+        return 1.0 if route <= max(reference, 0.0) else math.inf
+    return route / reference
 
 
 def added(name: str, goal: float, pairs: Sequence[tuple[float, float]]) -> Target:

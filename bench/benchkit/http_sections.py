@@ -5,7 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import loadgen
-from .common import CHAT, CHAT_BODY, DIRECT, VIA, Options, Section, Target, added, fmt_ms
+from .common import (
+    CHAT,
+    CHAT_BODY,
+    DIRECT,
+    MESSAGES,
+    MESSAGES_BODY,
+    VIA,
+    Options,
+    Section,
+    Target,
+    added,
+    added_relative,
+    fmt_ms,
+)
 from .gateway import Gateway, check_gateway
 from .loadgen import LoadResult
 
@@ -39,44 +52,69 @@ def load_table(rows: list[tuple[str, LoadResult]]) -> list[str]:
     return [*lines, "```"]
 
 
-def _latency_rounds(opts: Options, bases: list[str]) -> list[tuple[str, LoadResult]]:
-    """wrk -c1 against each base in turn, ``opts.rounds`` times, after one warm-up each."""
-    script, rows = _chat_script(opts), []
-    for base in bases:
-        loadgen.wrk(base + CHAT, script, 1, 1, opts.warmup_s)  # warm-up, not reported
+def _messages_script(opts: Options) -> Path:
+    """The Anthropic Messages request, with the key as Anthropic's clients send it."""
+    headers = {"Content-Type": "application/json", "x-api-key": opts.api_key}
+    headers["anthropic-version"] = "2023-06-01"
+    return loadgen.wrk_script(MESSAGES_BODY, headers, "messages")
+
+
+def _latency_rounds(
+    opts: Options, runs: list[tuple[str, str, Path]]
+) -> list[tuple[str, LoadResult]]:
+    """wrk -c1 against each (label, url, script) in turn, ``opts.rounds`` times, after one
+    warm-up each."""
+    rows = []
+    for _, url, script in runs:
+        loadgen.wrk(url, script, 1, 1, opts.warmup_s)  # warm-up, not reported
     for i in range(1, opts.rounds + 1):
-        for base in bases:
-            label = "direct → nginx" if base == DIRECT else "via relaygate, 1 worker"
-            rows.append(
-                (f"round {i}: {label}", loadgen.wrk(base + CHAT, script, 1, 1, opts.seconds))
-            )
+        for label, url, script in runs:
+            rows.append((f"round {i}: {label}", loadgen.wrk(url, script, 1, 1, opts.seconds)))
     return rows
 
 
 def latency(sec: Section, opts: Options) -> None:
-    """1. Added latency at concurrency 1, non-streaming, 1 worker (wrk, closed loop)."""
+    """1. Added latency at concurrency 1, non-streaming, 1 worker (wrk, closed loop); the
+    same through the Anthropic Messages API (/v1/messages), against the same upstream."""
     sec.details += [
         f"wrk -t1 -c1, {opts.rounds} rounds of {opts.seconds} s direct then {opts.seconds} s via",
         f"the gateway, after a {opts.warmup_s} s warm-up of each. Targets: the median round.",
+        "/v1/messages (Anthropic's API, `x-api-key`) is translated to the same upstream call:",
+        "its added latency is its p50 minus the direct p50 of the same round.",
         "",
     ]
     lines: list[str] = []
+    direct = ("direct → nginx", DIRECT + CHAT, _chat_script(opts))
     if opts.direct_only:
-        rows = _latency_rounds(opts, [DIRECT])
+        rows = _latency_rounds(opts, [direct])
     else:
+        runs = [
+            direct,
+            ("via relaygate, 1 worker", VIA + CHAT, _chat_script(opts)),
+            ("via relaygate, 1 worker, /v1/messages", VIA + MESSAGES, _messages_script(opts)),
+        ]
         with Gateway(opts, 1) as gw:
             check_gateway(opts, gw)
-            rows, lines = _latency_rounds(opts, [DIRECT, VIA]), ["", gw.line()]
+            rows, lines = _latency_rounds(opts, runs), ["", gw.line()]
     sec.details += [*load_table(rows), *lines]
     sec.data = {label: vars(r) for label, r in rows}
     if not opts.direct_only:
-        pairs = [(d, v) for (_, d), (_, v) in zip(rows[0::2], rows[1::2], strict=True)]
+        rounds = [(d, v, m) for (_, d), (_, v), (_, m) in zip(*[iter(rows)] * 3, strict=True)]
         sec.targets += [
             added(
-                "Added p50 latency, c=1, 1 worker", 0.5, [(d.p50_ms, v.p50_ms) for d, v in pairs]
+                "Added p50 latency, c=1, 1 worker",
+                0.5,
+                [(d.p50_ms, v.p50_ms) for d, v, _ in rounds],
             ),
             added(
-                "Added p99 latency, c=1, 1 worker", 1.5, [(d.p99_ms, v.p99_ms) for d, v in pairs]
+                "Added p99 latency, c=1, 1 worker",
+                1.5,
+                [(d.p99_ms, v.p99_ms) for d, v, _ in rounds],
+            ),
+            added_relative(
+                "Added p50, c=1: /v1/messages vs /v1/chat/completions",
+                1.1,
+                [(d.p50_ms, v.p50_ms, m.p50_ms) for d, v, m in rounds],
             ),
         ]
 

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 
 from relaygate import __version__
 from relaygate.api.admin import build_admin_app
+from relaygate.api.anthropic_format import AnthropicCountTokens, AnthropicFormat, misrouted
 from relaygate.api.cors import CORS
 from relaygate.api.http import send_error
 from relaygate.api.ollama import OllamaChatFormat, OllamaGenerateFormat, OllamaTags
@@ -74,9 +75,13 @@ class Gateway:
         if methods is None:
             if self._admin is not None and path.startswith(ADMIN_PREFIXES):
                 return self._admin
+            if anthropic_error := misrouted(path, scope["method"], None):
+                return anthropic_error
             return _not_found
         handler = methods.get(scope["method"])
         if handler is None:
+            if anthropic_error := misrouted(path, scope["method"], methods):
+                return anthropic_error
             return _method_not_allowed(sorted(methods))
         return handler
 
@@ -147,6 +152,8 @@ class Gateway:
             "/api/generate": {"POST": pipeline.route(OllamaGenerateFormat(), "chat")},
             "/api/tags": {"GET": tags.tags},
             "/api/models": {"GET": tags.tags},
+            "/v1/messages": {"POST": pipeline.route(AnthropicFormat(), "chat")},
+            "/v1/messages/count_tokens": {"POST": AnthropicCountTokens(state)},
         }
         self._routes.update(DocsAPI(self.served_routes).routes())  # /openapi.json, /docs
         self._model_route = {"GET": models.model}

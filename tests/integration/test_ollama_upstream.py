@@ -253,3 +253,30 @@ async def _model_ids(gateway: RunningGateway) -> list[str]:
     async with aiohttp.ClientSession() as session:
         async with session.get(gateway.url + "/v1/models", headers=gateway.headers) as response:
             return [m["id"] for m in (await response.json())["data"]]
+
+
+async def test_top_k_and_min_p_reach_ollama_options_from_every_api(fake_ollama: FakeOllama) -> None:
+    """The canonical schema has no top_k/min_p: the adapter reads them from the client's body
+    (Ollama's options, Anthropic's top_k, vLLM-style extra fields), and drops wrong types."""
+    async with running_gateway(make_settings([ollama_model(fake_ollama)])) as gateway:
+        async with gateway.client() as client:
+            await client.chat.completions.create(
+                model="llama3.2:1b",
+                messages=USER,
+                extra_body={"top_k": 7, "min_p": 0.05},  # type: ignore[arg-type]
+            )
+            await client.chat.completions.create(
+                model="llama3.2:1b",
+                messages=USER,
+                extra_body={"top_k": "7", "min_p": True},  # type: ignore[arg-type]
+            )
+        async with aiohttp.ClientSession(headers=gateway.headers) as session:
+            body = {"model": "llama3.2:1b", "messages": USER, "options": {"top_k": 3, "min_p": 0.2}}
+            async with session.post(gateway.url + "/api/chat", json=body) as response:
+                assert response.status == 200
+    options = [r.json.get("options", {}) for r in fake_ollama.requests if r.path == "/api/chat"]
+    assert [(o.get("top_k"), o.get("min_p")) for o in options] == [
+        (7, 0.05),
+        (None, None),
+        (3, 0.2),
+    ]

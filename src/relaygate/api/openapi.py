@@ -32,12 +32,21 @@ from relaygate.api.admin import (
     TenantCreate,
     TenantPatch,
 )
+from relaygate.api.anthropic_schema import CountTokensRequest, MessagesRequest
 from relaygate.api.ollama import OllamaChat, OllamaGenerate
 from relaygate.api.seed import GenerateRequest
 from relaygate.asgi import ASGIApp, Receive, Scope, Send, new_request_id, send_bytes
 from relaygate.schema.requests import ChatRequest, CompletionRequest, EmbeddingRequest
 
-__all__ = ["OPERATIONS", "DocsAPI", "ErrorBody", "OllamaError", "Operation", "build_document"]
+__all__ = [
+    "OPERATIONS",
+    "AnthropicError",
+    "DocsAPI",
+    "ErrorBody",
+    "OllamaError",
+    "Operation",
+    "build_document",
+]
 
 OPENAPI_PATH = "/openapi.json"
 DOCS_PATH = "/docs"
@@ -66,6 +75,20 @@ class OllamaError(msgspec.Struct, kw_only=True):
     error: str
 
 
+class AnthropicErrorDetail(msgspec.Struct, kw_only=True):
+    """Anthropic's error ``type`` (by status) and a message."""
+
+    type: str
+    message: str
+
+
+class AnthropicError(msgspec.Struct, kw_only=True):
+    """Anthropic's error shape (/v1/messages, /v1/messages/count_tokens)."""
+
+    type: Literal["error"]
+    error: AnthropicErrorDetail
+
+
 @dataclass(frozen=True, slots=True)
 class Operation:
     """What the code does not say about a route: its summary, caller, body and errors."""
@@ -80,6 +103,7 @@ class Operation:
     errors: tuple[int, ...] = (401,)
     query: tuple[tuple[str, str], ...] = ()
     ollama: bool = False  # errors in Ollama's shape
+    anthropic: bool = False  # errors in Anthropic's shape
     description: str = ""
     created: bool = False  # 201 rather than 200
 
@@ -152,6 +176,26 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         ollama=True,
         errors=_INFERENCE,
         answer="Ollama's generate answer, or NDJSON lines.",
+    ),
+    ("POST", "/v1/messages"): Operation(
+        "Create a message (Anthropic Messages API)",
+        "Anthropic",
+        body=MessagesRequest,
+        stream=_SSE,
+        anthropic=True,
+        errors=_INFERENCE,
+        answer="An Anthropic Message, or with `stream: true` Anthropic's server-sent events "
+        "(message_start ... message_stop).",
+        description="The key may also come in `x-api-key`; `anthropic-version` is accepted, "
+        "not required.",
+    ),
+    ("POST", "/v1/messages/count_tokens"): Operation(
+        "Count a message's input tokens (Anthropic Messages API)",
+        "Anthropic",
+        body=CountTokensRequest,
+        anthropic=True,
+        errors=(400, 401, 404, 413, 415),
+        answer='`{"input_tokens": N}`, as relaygate estimates them (nothing is called).',
     ),
     ("GET", "/api/tags"): Operation(
         "List models (Ollama API)",
@@ -395,6 +439,7 @@ _HEADER_DOCS = {
 _TAGS = [
     ("OpenAI", "The OpenAI-compatible API, for the official SDKs."),
     ("Ollama", "Ollama's native API, for Ollama's clients."),
+    ("Anthropic", "Anthropic's Messages API, for Anthropic's SDKs and the tools built on them."),
     ("Seed routes", "The routes of the systems relaygate replaces, kept working."),
     ("Admin", "Keys, tenants, usage and cache (admin keys)."),
     ("Operations", "Liveness, readiness, metrics (no key)."),
@@ -416,10 +461,11 @@ def build_document(routes: dict[str, list[str]]) -> JSON:
     bodies = sorted(
         {op.body for op in OPERATIONS.values() if op.body is not None}, key=lambda t: t.__name__
     )
+    shapes = [ErrorBody, OllamaError, AnthropicError]
     refs, schemas = msgspec.json.schema_components(
-        [*bodies, ErrorBody, OllamaError], ref_template="#/components/schemas/{name}"
+        [*bodies, *shapes], ref_template="#/components/schemas/{name}"
     )
-    ref = dict(zip([*bodies, ErrorBody, OllamaError], refs, strict=True))
+    ref = dict(zip([*bodies, *shapes], refs, strict=True))
     for info in msgspec.inspect.multi_type_info(bodies):
         _time_formats(info, schemas)
     paths: JSON = {}
@@ -522,7 +568,7 @@ def _responses(op: Operation, ref: dict[Any, JSON]) -> JSON:
             "content": content,
         }
     }
-    error_schema = ref[OllamaError] if op.ollama else ref[ErrorBody]
+    error_schema = ref[OllamaError if op.ollama else AnthropicError if op.anthropic else ErrorBody]
     for status in op.errors:
         response: JSON = {
             "description": _REASONS[status],

@@ -1,7 +1,8 @@
 """Adapter for Ollama's native API (/api/chat, /api/generate, /api/embed, /api/tags).
 
 Requests are translated from the canonical (OpenAI) format: sampling fields to
-``options`` (``max_tokens`` to ``num_predict``), ``response_format`` to
+``options`` (``max_tokens`` to ``num_predict``; ``top_k`` and ``min_p``, which
+the canonical schema lacks, from the client's body), ``response_format`` to
 ``format``, data-URL images to base64 ``images``, tool calls with parsed
 arguments. Responses are translated back: NDJSON lines to chunks,
 ``prompt_eval_count``/``eval_count`` to usage, ``done_reason`` to
@@ -118,6 +119,7 @@ def _request(deployment: Upstream, call: Call, stream: bool) -> tuple[str, JSON]
     body["model"] = deployment.upstream_model
     body["stream"] = stream
     options = _options(params, call.max_output_tokens)
+    options.update(_passed_on(call.body))
     if options:
         body["options"] = options
     return path, body
@@ -134,6 +136,20 @@ def _options(params: ChatRequest | CompletionRequest, max_tokens: int | None) ->
     if params.stop is not None:
         options["stop"] = [params.stop] if isinstance(params.stop, str) else params.stop
     return options
+
+
+def _passed_on(body: JSON) -> JSON:
+    """Sampling fields the canonical schema has no place for, read from the client's body:
+    ``top_k`` (Anthropic's and Ollama's own APIs send it; vLLM's extension of OpenAI's too)
+    and ``min_p``. Values of the wrong type are left out rather than sent to fail there."""
+    out: JSON = {}
+    top_k = body.get("top_k")
+    if isinstance(top_k, int) and not isinstance(top_k, bool) and top_k >= 0:
+        out["top_k"] = top_k
+    min_p = body.get("min_p")
+    if isinstance(min_p, int | float) and not isinstance(min_p, bool) and 0 <= min_p <= 1:
+        out["min_p"] = min_p
+    return out
 
 
 def _chat_body(params: ChatRequest) -> JSON:
