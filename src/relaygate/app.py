@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 
 from relaygate import __version__
 from relaygate.api.admin import build_admin_app
-from relaygate.api.anthropic_format import AnthropicCountTokens, AnthropicFormat, misrouted
+from relaygate.api.anthropic_format import AnthropicCountTokens, AnthropicFormat
 from relaygate.api.cors import CORS
 from relaygate.api.http import send_error
 from relaygate.api.ollama import OllamaChatFormat, OllamaGenerateFormat, OllamaTags
@@ -75,13 +75,9 @@ class Gateway:
         if methods is None:
             if self._admin is not None and path.startswith(ADMIN_PREFIXES):
                 return self._admin
-            if anthropic_error := misrouted(path, scope["method"], None):
-                return anthropic_error
             return _not_found
         handler = methods.get(scope["method"])
         if handler is None:
-            if anthropic_error := misrouted(path, scope["method"], methods):
-                return anthropic_error
             return _method_not_allowed(sorted(methods))
         return handler
 
@@ -177,6 +173,10 @@ async def _not_found(scope: Scope, receive: Receive, send: Send) -> None:
     path = scope["path"]
     if is_ollama_path(path):
         where = "The Ollama API is /api/chat, /api/generate and /api/tags."
+    elif path.startswith("/v1/messages"):
+        where = (
+            "The Anthropic Messages API is POST /v1/messages and POST /v1/messages/count_tokens."
+        )
     else:
         where = (
             "The OpenAI-compatible API is under /v1 (chat/completions, completions, "

@@ -35,6 +35,7 @@ from relaygate.api.anthropic_schema import (
     UserMessage,
 )
 from relaygate.api.http import decode_json_object
+from relaygate.api.shapes import anthropic_error_object, error_type
 from relaygate.errors import InvalidRequest, RelaygateError
 from relaygate.schema.requests import Call, ChatRequest
 from relaygate.usage.tokens import prompt_text
@@ -67,19 +68,6 @@ STREAM_HEADERS = (
     (b"x-accel-buffering", b"no"),
 )
 # Anthropic's error types by HTTP status; other 4xx are invalid_request_error, other 5xx api_error.
-_ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    402: "billing_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    500: "api_error",
-    503: "overloaded_error",
-    504: "timeout_error",
-    529: "overloaded_error",
-}
 _FINISH_REASONS = {
     "length": "max_tokens",
     "tool_calls": "tool_use",
@@ -405,13 +393,6 @@ def tool_input(arguments: Any) -> JSON:
 # -- errors --------------------------------------------------------------------
 
 
-def error_type(status: int) -> str:
-    """Anthropic's error type for an HTTP status."""
-    if status in _ERROR_TYPES:
-        return _ERROR_TYPES[status]
-    return "invalid_request_error" if 400 <= status < 500 else "api_error"
-
-
 def error_body(error: RelaygateError, request_id: str | None = None) -> bytes:
     """``{"type": "error", "error": {"type", "message"}, "request_id"}``."""
     out: JSON = {"type": "error", "error": _error(error)}
@@ -426,7 +407,7 @@ def error_event(error: RelaygateError) -> bytes:
 
 
 def _error(error: RelaygateError) -> JSON:
-    return {"type": error_type(error.status), "message": error.message}
+    return anthropic_error_object(error)
 
 
 def sse(event: JSON) -> bytes:

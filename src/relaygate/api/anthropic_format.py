@@ -9,14 +9,14 @@ Bearer token; ``anthropic-version`` and ``anthropic-beta`` are accepted and not
 required (relaygate speaks one version of the API, whatever the header says).
 
 :class:`AnthropicCountTokens` answers ``count_tokens`` from the gateway's own
-tokenizer, without calling an upstream; :func:`misrouted` gives the 404 and 405
-of the ``/v1/messages`` paths Anthropic's shape.
+tokenizer, without calling an upstream. The 404 and 405 of the ``/v1/messages``
+paths take Anthropic's shape from api/shapes.py, as every other error does.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -33,13 +33,13 @@ from relaygate.asgi import (
     read_body,
     send_bytes,
 )
-from relaygate.errors import MethodNotAllowed, NotFound, RelaygateError
+from relaygate.errors import RelaygateError
 from relaygate.schema.requests import Call, Kind
 
 if TYPE_CHECKING:
     from relaygate.state import AppState
 
-__all__ = ["PREFIX", "AnthropicCountTokens", "AnthropicFormat", "misrouted"]
+__all__ = ["PREFIX", "AnthropicCountTokens", "AnthropicFormat"]
 
 JSON = dict[str, Any]
 Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
@@ -111,27 +111,6 @@ class AnthropicCountTokens:
             await _send_error(send, error, request_id)
             return
         await send_bytes(send, 200, msgspec.json.encode(counted), request_id)
-
-
-def misrouted(path: str, method: str, allowed: Collection[str] | None) -> Handler | None:
-    """The 404 (``allowed`` None) or 405 of a path under ``/v1/messages``, in Anthropic's
-    shape; None for any other path, whose API decides its own."""
-    if path != PREFIX and not path.startswith(PREFIX + "/"):
-        return None
-    if allowed is None:
-        error: RelaygateError = NotFound(
-            f"Unknown endpoint {method} {path}. The Anthropic Messages API is "
-            "POST /v1/messages and POST /v1/messages/count_tokens."
-        )
-    else:
-        error = MethodNotAllowed(
-            f"Method {method} is not allowed on {path}; use {', '.join(sorted(allowed))}."
-        )
-
-    async def handler(scope: Scope, receive: Receive, send: Send) -> None:
-        await _send_error(send, error, new_request_id())
-
-    return handler
 
 
 async def _send_error(send: Send, error: RelaygateError, request_id: str) -> None:
