@@ -29,6 +29,9 @@ Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
 # Key management (not the hot path) is a Starlette app: /admin/*, seed 001's
 # /auth/create-key and seed 003's /api/keys.
 ADMIN_PREFIXES = ("/admin/", "/admin", "/auth/", "/api/keys")
+# With ops.listen set, these answer only on that address, which serves nothing else.
+OPS_ONLY = frozenset(("/metrics", "/ready"))
+OPS_LISTENER_PATHS = OPS_ONLY | {"/health"}
 
 
 class Gateway:
@@ -41,6 +44,9 @@ class Gateway:
         self._routes: dict[str, dict[str, Handler]] = {}
         self._model_route: dict[str, Handler] = {}
         self._admin: Handler | None = None
+        ops = settings.ops.address
+        # The port of the ops listener (set by server.py when it was bound to port 0).
+        self.ops_port: int | None = ops[1] if ops else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -51,6 +57,8 @@ class Gateway:
 
     def _route(self, scope: Scope) -> Handler:
         path: str = scope["path"]
+        if self.ops_port is not None and self._misplaced(scope, path):
+            return _not_found
         methods = self._routes.get(path)
         if methods is None and path.startswith("/v1/models/"):
             methods = self._model_route
@@ -62,6 +70,13 @@ class Gateway:
         if handler is None:
             return _method_not_allowed(sorted(methods))
         return handler
+
+    def _misplaced(self, scope: Scope, path: str) -> bool:
+        """An ops route on the main port, or anything else on the ops listener."""
+        server = scope.get("server")
+        if server is not None and server[1] == self.ops_port:
+            return path not in OPS_LISTENER_PATHS
+        return path in OPS_ONLY
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

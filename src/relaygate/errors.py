@@ -114,6 +114,10 @@ class PayloadTooLarge(ClientError):
     def __init__(self, limit: int) -> None:
         super().__init__(f"Request body is larger than the limit of {limit} bytes.")
 
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        # The rest of the body is never read: the connection closes after the answer.
+        return [(b"connection", b"close")]
+
 
 class UnsupportedMediaType(ClientError):
     status = 415
