@@ -4,6 +4,7 @@ internals it relies on."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from typing import Any
 
 import msgspec
@@ -54,7 +55,9 @@ async def ok_app(scope: Any, receive: Any, send: Any) -> None:
 
 
 def connect(limits: HttpConfig = LIMITS) -> tuple[GuardedHttpProtocol, FakeTransport]:
-    config = ServerConfig(ok_app, limits=limits, lifespan="off", log_level="warning", access_log=False)
+    config = ServerConfig(
+        ok_app, limits=limits, lifespan="off", log_level="warning", access_log=False
+    )
     protocol = GuardedHttpProtocol(config, ServerState(), {}, asyncio.get_running_loop())
     transport = FakeTransport()
     protocol.connection_made(transport)
@@ -80,7 +83,7 @@ def head(url_length: int, headers: list[tuple[int, int]]) -> bytes:
 
 def pieces(data: bytes, cuts: list[int]) -> list[bytes]:
     points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
-    return [data[a:b] for a, b in zip(points, points[1:], strict=False)]
+    return [data[a:b] for a, b in itertools.pairwise(points)]
 
 
 HEADER = st.tuples(st.integers(1, 40), st.one_of(st.integers(0, 8), st.integers(0, 400)))
@@ -139,7 +142,9 @@ async def test_a_body_left_unread_when_the_answer_is_complete_closes_the_connect
 
 async def test_connections_over_the_cap_get_503_at_once() -> None:
     limits = HttpConfig(max_connections=2)
-    config = ServerConfig(ok_app, limits=limits, lifespan="off", log_level="warning", access_log=False)
+    config = ServerConfig(
+        ok_app, limits=limits, lifespan="off", log_level="warning", access_log=False
+    )
     state, loop = ServerState(), asyncio.get_running_loop()
     protocols = [GuardedHttpProtocol(config, state, {}, loop) for _ in range(3)]
     transports = [FakeTransport() for _ in range(3)]
@@ -188,7 +193,7 @@ def test_uvicorn_still_has_the_hooks_overridden(name: str) -> None:
 
 
 async def test_uvicorn_state_the_protocol_reads() -> None:
-    protocol, transport = connect()
+    protocol, _ = connect()
     assert protocol.parser is not None and protocol.cycle is None
     assert protocol in protocol.server_state.connections
     protocol.data_received(b"GET /x?y HTTP/1.1\r\n")
