@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 STARTUP_FAILURE = 3
-_IDLE, _HEAD, _BODY = 0, 1, 2  # where the parser is in the current request
+_IDLE, _HEAD, _BODY = 0, 1, 2  # which timer runs: none, the head's, the body's
 
 
 class HeadersTooLarge(ClientError):
@@ -110,10 +110,11 @@ def _path(url: bytes | None) -> str | None:
 class GuardedHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, bounded in head size, time and connections.
 
-    It relies on uvicorn's parser callbacks (``on_message_begin``, ``on_header``,
-    ``on_headers_complete``, ``on_message_complete``), ``on_response_complete``,
-    ``self.parser``, ``self.cycle`` and ``self.url``; a unit test fails when one
-    disappears (pyproject pins uvicorn to a tested range).
+    It relies on uvicorn's parser callbacks (``on_headers_complete``,
+    ``on_message_complete``), ``on_response_complete``, ``self.parser``,
+    ``self.headers``, ``self.cycle`` and ``self.url``; a unit test fails when one
+    disappears (pyproject pins uvicorn to a tested range). Nothing is added per
+    header: the head's bytes are counted per read, its lines once it is complete.
     """
 
     def __init__(
@@ -126,10 +127,12 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().__init__(config, server_state, app_state, _loop)
         limits: HttpConfig = getattr(config, "http_limits", None) or HttpConfig()
         self.limits = limits
-        self._head_left: int | None = limits.max_header_bytes  # None: past the head
-        self._header_count = 0
-        self._phase = _IDLE
+        self._head_limit = limits.max_header_bytes
+        # Bytes the current head may still take; None past the head (in the body). It
+        # tells the phase too: None in a body, below the limit in a head, else idle.
+        self._head_left: int | None = limits.max_header_bytes
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_phase = _IDLE
         self._over_cap = False
         self.url = b""
 
@@ -147,6 +150,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             return
         super().connection_made(transport)
         self._timer = self.loop.call_later(self.limits.header_timeout, self._timed_out)
+        self._timer_phase = _HEAD  # the first request's head must arrive in time
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
@@ -156,28 +160,41 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        """Feed the parser, never more than the head may still take."""
+        """Feed the parser, never more than the head may still take; then set the timer
+        for the phase the request is in."""
         if self._over_cap:
             return
+        left = self._head_left
+        if left is None or len(data) <= left:
+            if left is not None:
+                self._head_left = left - len(data)
+            self._feed(data)
+        elif not self._feed_up_to_limit(data):
+            return
+        if self.transport.is_closing():
+            return
+        left = self._head_left
+        phase = _BODY if left is None else _HEAD if left < self._head_limit else _IDLE
+        if phase != self._timer_phase:
+            self._retime(phase)
+
+    def _feed_up_to_limit(self, data: bytes) -> bool:
+        """Feed ``data`` whose size crosses the head's limit; False once refused."""
         while True:
             left = self._head_left
             if left is None or len(data) <= left:
                 if left is not None:
                     self._head_left = left - len(data)
                 self._feed(data)
-                break
+                return True
             self._head_left = 0
             self._feed(data[:left])
             if self.transport.is_closing():
-                return
+                return False
             if self._head_left == 0:  # the head is still incomplete at its limit
                 self._close_with(self._too_large("bytes"))
-                return
+                return False
             data = data[left:]
-        if self._timer is None and self._phase != _IDLE and not self.transport.is_closing():
-            limits = self.limits
-            seconds = limits.body_timeout if self._phase == _BODY else limits.header_timeout
-            self._timer = self.loop.call_later(seconds, self._timed_out)
 
     def _feed(self, data: bytes) -> None:
         self._unset_keepalive_if_required()
@@ -193,33 +210,28 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         except httptools.HttpParserError:
             self._close_with(InvalidRequest("Invalid HTTP request received."))
 
+    def _retime(self, phase: int) -> None:
+        self._cancel_timer()
+        self._timer_phase = phase
+        if phase != _IDLE:  # between requests, uvicorn's keep-alive timer runs
+            limits = self.limits
+            seconds = limits.body_timeout if phase == _BODY else limits.header_timeout
+            self._timer = self.loop.call_later(seconds, self._timed_out)
+
     # parser callbacks
 
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self._phase = _HEAD
-        self._header_count = 0
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_count += 1
-        if self._header_count > self.limits.max_headers:
-            raise _Refused(self._too_large("headers"))
-        super().on_header(name, value)
-
     def on_headers_complete(self) -> None:
-        self._cancel_timer()
+        if len(self.headers) > self.limits.max_headers:
+            raise _Refused(self._too_large("headers"))
         self._head_left = None
-        self._phase = _BODY
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
-        self._cancel_timer()
-        self._head_left = self.limits.max_header_bytes
-        self._phase = _IDLE
+        self._head_left = self._head_limit
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
-        if self._phase == _BODY and self.cycle.response_complete:
+        if self._head_left is None and self.cycle.response_complete:
             # The answer is out and its request body is still coming: don't drain it.
             self.transport.close()
         super().on_response_complete()
@@ -235,15 +247,17 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def _timed_out(self) -> None:
         self._timer = None
+        self._timer_phase = _IDLE
         if self.transport.is_closing():
             return
-        if self._phase == _IDLE:  # a connection that never sent a request
+        left = self._head_left
+        if left is not None and left >= self._head_limit:  # no request begun: just close
             self.transport.close()
             return
-        if self._phase == _HEAD:
-            what, seconds = "headers", self.limits.header_timeout
-        else:
+        if left is None:
             what, seconds = "body", self.limits.body_timeout
+        else:
+            what, seconds = "headers", self.limits.header_timeout
         self._close_with(
             RequestTimeout(f"The request {what} did not arrive within {seconds:g} seconds.")
         )
@@ -265,6 +279,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._timer_phase = _IDLE
 
 
 class ServerConfig(uvicorn.Config):
