@@ -121,8 +121,9 @@ async def test_431_exactly_when_the_head_is_over_a_limit(
         assert status_of(bytes(transport.written)) == 200
 
 
-async def test_a_head_split_across_pipelined_requests_is_still_counted() -> None:
-    """Bytes of a second request arriving with the first still count toward its head."""
+async def test_a_pipelined_request_is_held_to_the_limits_too() -> None:
+    """A second request arriving in the same read as the first is still refused when its
+    head is too large (its lines are counted; its bytes from the next read on)."""
     protocol, transport = connect()
     protocol.data_received(head(10, []) + head(0, [(5, 60)] * 30))
     assert b"HTTP/1.1 431" in transport.written
