@@ -33,11 +33,12 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.supervisors import Multiprocess
 
 from relaygate.api.http import ASGIApp, error_body, new_request_id
-from relaygate.errors import ClientError, InvalidRequest, RelaygateError
+from relaygate.errors import ClientError, ConfigError, InvalidRequest, RelaygateError
 from relaygate.settings import HttpConfig, Settings
 
 __all__ = [
     "GuardedHttpProtocol",
+    "Server",
     "ServerConfig",
     "bind",
     "build_server",
@@ -282,6 +283,16 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._timer_phase = _IDLE
 
 
+class Server(uvicorn.Server):
+    """uvicorn's Server; with one worker, it says "Uvicorn running on ..." once it
+    listens (uvicorn is silent when given its sockets, as relaygate always does)."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if sockets and self.started and self.config.workers == 1:
+            self._log_started_message(sockets[:1])
+
+
 class ServerConfig(uvicorn.Config):
     """uvicorn's Config, carrying the ``http`` limits to every connection's protocol."""
 
@@ -323,11 +334,11 @@ def bind(host: str, port: int) -> socket.socket:
 
 def build_server(
     settings: Settings, app: ASGIApp, **overrides: Any
-) -> tuple[uvicorn.Server, list[socket.socket]]:
+) -> tuple[Server, list[socket.socket]]:
     """An in-process server and its bound sockets (main, then ops when configured)."""
     sockets = [bind(settings.host, settings.port)]
     _bind_ops(settings, app, sockets)
-    return uvicorn.Server(server_config(settings, app, **overrides)), sockets
+    return Server(server_config(settings, app, **overrides)), sockets
 
 
 def _bind_ops(settings: Settings, app: ASGIApp | str, sockets: list[socket.socket]) -> None:
@@ -344,9 +355,14 @@ def serve(settings: Settings, app: ASGIApp | str) -> None:
     """``relaygate serve``: one worker in this process, or ``settings.workers`` processes
     (``app`` is then the import string of the app factory)."""
     config = server_config(settings, app, workers=settings.workers, factory=isinstance(app, str))
-    sockets = [config.bind_socket()]
-    _bind_ops(settings, app, sockets)
-    server = uvicorn.Server(config)
+    try:
+        # One worker: uvicorn says "running" once it listens; several: at bind, as it does.
+        main = config.bind_socket() if settings.workers > 1 else bind(config.host, config.port)
+        sockets = [main]
+        _bind_ops(settings, app, sockets)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen: {exc.strerror or exc}") from None
+    server = Server(config)
     try:
         if settings.workers > 1:
             Multiprocess(config, sockets=sockets).run()

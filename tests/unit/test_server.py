@@ -9,6 +9,7 @@ from typing import Any
 
 import msgspec
 import pytest
+import uvicorn
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
@@ -191,6 +192,11 @@ def test_payload_too_large_closes_the_connection() -> None:
 def test_uvicorn_still_has_the_hooks_overridden(name: str) -> None:
     """server.py subclasses uvicorn internals: fail loudly when an upgrade drops one."""
     assert callable(getattr(HttpToolsProtocol, name, None)), f"uvicorn lost {name}"
+
+
+def test_uvicorn_server_still_has_its_hooks() -> None:
+    for name in ("startup", "_log_started_message"):
+        assert callable(getattr(uvicorn.Server, name, None)), f"uvicorn lost Server.{name}"
 
 
 async def test_uvicorn_state_the_protocol_reads() -> None:
