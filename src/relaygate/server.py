@@ -327,7 +327,11 @@ def bind(host: str, port: int) -> socket.socket:
     """A listening TCP socket that worker processes can inherit."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     sock.set_inheritable(True)
     return sock
 
@@ -355,13 +359,10 @@ def serve(settings: Settings, app: ASGIApp | str) -> None:
     """``relaygate serve``: one worker in this process, or ``settings.workers`` processes
     (``app`` is then the import string of the app factory)."""
     config = server_config(settings, app, workers=settings.workers, factory=isinstance(app, str))
-    try:
-        # One worker: uvicorn says "running" once it listens; several: at bind, as it does.
-        main = config.bind_socket() if settings.workers > 1 else bind(config.host, config.port)
-        sockets = [main]
-        _bind_ops(settings, app, sockets)
-    except OSError as exc:
-        raise ConfigError(f"cannot listen: {exc.strerror or exc}") from None
+    # One worker: uvicorn says "running" once it listens; several: at bind, as it does.
+    main = config.bind_socket() if settings.workers > 1 else bind(config.host, config.port)
+    sockets = [main]
+    _bind_ops(settings, app, sockets)
     server = Server(config)
     try:
         if settings.workers > 1:
