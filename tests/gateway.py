@@ -6,19 +6,19 @@ import asyncio
 import contextlib
 import os
 import shutil
-import socket
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import openai
-import uvicorn
 from sqlalchemy.engine import make_url
 
 from relaygate.app import Gateway, create_app
 from relaygate.auth.bootstrap import ensure_admin_key
+from relaygate.server import build_server
 from relaygate.settings import Settings, load_settings
 from relaygate.state import AppState
 
@@ -46,10 +46,14 @@ def make_settings(models: list[dict[str, Any]] | None = None, **overrides: Any) 
 
 
 class RunningGateway:
-    def __init__(self, app: Gateway, port: int, admin_key: str) -> None:
+    def __init__(
+        self, app: Gateway, port: int, admin_key: str, ops_port: int | None = None
+    ) -> None:
         self.app = app
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
+        self.ops_port = ops_port
+        self.ops_url = f"http://127.0.0.1:{ops_port}" if ops_port else None
         self.admin_key = admin_key
         self.headers = {"Authorization": f"Bearer {admin_key}"}
 
@@ -96,30 +100,24 @@ async def prepare_database(settings: Settings) -> str:
 async def running_gateway(settings: Settings) -> AsyncIterator[RunningGateway]:
     admin_key = await prepare_database(settings)
     app = create_app(settings)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(
+    server, sockets = build_server(
+        msgspec.structs.replace(settings, host="127.0.0.1", port=0),
         app,
-        lifespan="on",
+        loop="auto",
         log_level="warning",
-        access_log=False,
-        http="httptools",
-        proxy_headers=False,  # as `relaygate serve` runs it
         timeout_graceful_shutdown=2,
     )
-    server = uvicorn.Server(config)
     server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
-    task = asyncio.ensure_future(server.serve(sockets=[sock]))
+    task = asyncio.ensure_future(server.serve(sockets=sockets))
     try:
         while not server.started:
             if task.done():
                 task.result()
                 raise RuntimeError("gateway did not start")
             await asyncio.sleep(0.005)
-        yield RunningGateway(app, port, admin_key)
+        yield RunningGateway(app, sockets[0].getsockname()[1], admin_key, app.ops_port)
     finally:
         server.should_exit = True
         await task
-        sock.close()
+        for sock in sockets:
+            sock.close()

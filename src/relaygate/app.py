@@ -37,6 +37,9 @@ Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
 # /auth/create-key and seed 003's /api/keys.
 ADMIN_PREFIXES = ("/admin/", "/admin", "/auth/", "/api/keys")
 MODEL_ROUTE = "/v1/models/{model}"
+# With ops.listen set, these answer only on that address, which serves nothing else.
+OPS_ONLY = frozenset(("/metrics", "/ready"))
+OPS_LISTENER_PATHS = OPS_ONLY | {"/health"}
 
 
 class Gateway:
@@ -51,6 +54,9 @@ class Gateway:
         self._admin: Handler | None = None
         # The one place requests enter: CORS (when origins are configured) covers every route.
         self._cors = CORS(settings.cors, self._serve) if settings.cors.allow_origins else None
+        ops = settings.ops.address
+        # The port of the ops listener (set by server.py when it was bound to port 0).
+        self.ops_port: int | None = ops[1] if ops else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -69,6 +75,8 @@ class Gateway:
 
     def _route(self, scope: Scope) -> Handler:
         path: str = scope["path"]
+        if self.ops_port is not None and self._misplaced(scope, path):
+            return _not_found
         methods = self._routes.get(path)
         if methods is None and path.startswith("/v1/models/"):
             methods = self._model_route
@@ -106,6 +114,13 @@ class Gateway:
             )
         except Exception:  # the response had started: the server closes the connection
             self.log.debug("response already started; %s cut short", request_id)
+
+    def _misplaced(self, scope: Scope, path: str) -> bool:
+        """An ops route on the main port, or anything else on the ops listener."""
+        server = scope.get("server")
+        if server is not None and server[1] == self.ops_port:
+            return path not in OPS_LISTENER_PATHS
+        return path in OPS_ONLY
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

@@ -12,7 +12,6 @@ import os
 import sys
 import tempfile
 from collections.abc import Sequence
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -97,31 +96,18 @@ def _serve(args: argparse.Namespace) -> None:
     settings = load_settings(args.config, overrides=overrides)
     configure_logging(settings)
     prepare_database(settings)
-    import uvicorn
+    from relaygate.server import serve
 
-    common: dict[str, Any] = {
-        "host": settings.host,
-        "port": settings.port,
-        "loop": "uvloop",
-        "http": "httptools",
-        "lifespan": "on",
-        "access_log": False,
-        "server_header": False,
-        # relaygate reads X-Forwarded-For itself, only from auth.trusted_proxies;
-        # uvicorn's own handling would trust 127.0.0.1 and rewrite the client address.
-        "proxy_headers": False,
-        "timeout_graceful_shutdown": settings.graceful_shutdown_seconds,
-        "log_level": settings.log_level,
-        "backlog": 4096,
-    }
     print(f"relaygate {__version__}: http://{_url_host(settings.host)}:{settings.port}", flush=True)
+    if settings.ops.listen:
+        print(f"relaygate: /metrics and /ready on http://{settings.ops.listen}", flush=True)
     if settings.workers == 1:
         from relaygate.app import create_app
 
-        uvicorn.run(create_app(settings), **common)
+        serve(settings, create_app(settings))
         return
     _export_for_workers(args, settings)
-    uvicorn.run("relaygate.app:create_app", factory=True, workers=settings.workers, **common)
+    serve(settings, "relaygate.app:create_app")
 
 
 def prepare_database(settings: Settings) -> None:

@@ -10,7 +10,9 @@ msgspec, asyncio timeouts) are translated at one boundary each, never leaked.
     │   ├── NotFound                 404
     │   │   └── ModelNotFound        404 (says how to list models)
     │   ├── MethodNotAllowed         405
+    │   ├── RequestTimeout           408 (headers or body too slow to arrive)
     │   ├── PayloadTooLarge          413
+    │   ├── HeadersTooLarge          431
     │   └── UnsupportedMediaType     415
     ├── UpstreamError                the deployment failed; may be retried before the first byte
     │   ├── UpstreamConnectError     503 when nothing could be reached
@@ -23,6 +25,7 @@ msgspec, asyncio timeouts) are translated at one boundary each, never leaked.
     ├── LimiterUnavailable           503 (limit store down and fail_closed set)
     ├── StoreUnavailable             503 (the database cannot answer a needed read)
     ├── NoHealthyDeployment          503
+    ├── TooManyConnections           503 (the worker's connection cap; Retry-After: 1)
     └── ConfigError                  not an HTTP error: ``serve`` exits with code 2
 """
 
@@ -33,6 +36,7 @@ __all__ = [
     "ClientError",
     "ConfigError",
     "Conflict",
+    "HeadersTooLarge",
     "InvalidRequest",
     "LimiterUnavailable",
     "MethodNotAllowed",
@@ -43,7 +47,9 @@ __all__ = [
     "PermissionDenied",
     "RateLimited",
     "RelaygateError",
+    "RequestTimeout",
     "StoreUnavailable",
+    "TooManyConnections",
     "UnsupportedMediaType",
     "UpstreamConnectError",
     "UpstreamError",
@@ -122,6 +128,20 @@ class PayloadTooLarge(ClientError):
 
     def __init__(self, limit: int) -> None:
         super().__init__(f"Request body is larger than the limit of {limit} bytes.")
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        # The rest of the body is never read: the connection closes after the answer.
+        return [(b"connection", b"close")]
+
+
+class HeadersTooLarge(ClientError):
+    status = 431
+    code = "request_headers_too_large"
+
+
+class RequestTimeout(ClientError):
+    status = 408
+    code = "request_timeout"
 
 
 class UnsupportedMediaType(ClientError):
@@ -281,6 +301,15 @@ class NoHealthyDeployment(RelaygateError):
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         return _retry_after(self.retry_in)
+
+
+class TooManyConnections(RelaygateError):
+    status = 503
+    type = "service_unavailable"
+    code = "too_many_connections"
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"retry-after", b"1")]
 
 
 def _retry_after(seconds: float) -> list[tuple[bytes, bytes]]:

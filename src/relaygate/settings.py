@@ -30,8 +30,10 @@ __all__ = [
     "CacheConfig",
     "CorsConfig",
     "DeploymentConfig",
+    "HttpConfig",
     "KeyCache",
     "ModelConfig",
+    "OpsConfig",
     "ResponsesConfig",
     "RoutingConfig",
     "Settings",
@@ -363,6 +365,49 @@ class CorsConfig(_Config, kw_only=True):
     max_age: Annotated[int, msgspec.Meta(ge=0, le=86400)] = 600
 
 
+ServerSeconds = Annotated[float, msgspec.Meta(gt=0, le=86400)]
+
+
+class HttpConfig(_Config, kw_only=True):
+    """What one client connection may hold, enforced by the HTTP server (server.py).
+
+    ``max_header_bytes``: the request line and headers, as received (431 beyond).
+    ``max_headers``: header lines per request (431 beyond). ``header_timeout``: from
+    the connection's start (or a request's first byte) to its last header line; a
+    connection that sends nothing is closed after it too. ``body_timeout``: from the
+    end of the headers to the last byte of the body. ``keep_alive_timeout``: the
+    longest idle time between two requests. ``max_connections``: open connections per
+    worker; one more is answered 503 with ``Retry-After: 1`` and closed at once.
+    """
+
+    max_header_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1024**2)] = 32 * 1024
+    max_headers: Annotated[int, msgspec.Meta(ge=8, le=10_000)] = 100
+    header_timeout: ServerSeconds = 10.0
+    body_timeout: ServerSeconds = 30.0
+    keep_alive_timeout: ServerSeconds = 5.0
+    max_connections: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 4096
+
+
+class OpsConfig(_Config, kw_only=True):
+    """Who may read ``/metrics`` and ``/ready`` (``/health`` is always open).
+
+    ``access``: ``open`` (anyone who reaches the port) or ``admin`` (an admin key).
+    ``listen``: ``host:port`` of a separate address that alone serves them; the main
+    port then answers 404 for them.
+    """
+
+    access: Literal["open", "admin"] = "open"
+    listen: str | None = None
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """``listen`` as (host, port); None when the main port serves them."""
+        if self.listen is None:
+            return None
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
 class Settings(_Config, kw_only=True):
     """Everything relaygate reads at start."""
 
@@ -387,6 +432,8 @@ class Settings(_Config, kw_only=True):
     cache: CacheConfig = msgspec.field(default_factory=CacheConfig)
     cors: CorsConfig = msgspec.field(default_factory=CorsConfig)
     responses: ResponsesConfig = msgspec.field(default_factory=ResponsesConfig)
+    http: HttpConfig = msgspec.field(default_factory=HttpConfig)
+    ops: OpsConfig = msgspec.field(default_factory=OpsConfig)
     config_path: str | None = None
     prometheus_multiproc_dir: str | None = None
 
@@ -634,6 +681,7 @@ def _check(settings: Settings, lines: Lines, source: str | None) -> None:
                 raise ConfigError(msg, source=source, line=_line_of(path, lines))
     _check_access(settings, lines, source)
     _check_cors(settings.cors, lines, source)
+    _check_ops(settings, lines, source)
     for k, url in enumerate(settings.discover_ollama or []):
         error = _url_problem(url)
         if error:
@@ -714,6 +762,24 @@ def _origin(origin: str) -> tuple[str, str | None]:
     if port is None or port == _DEFAULT_PORTS[scheme]:
         return f"{scheme}://{host}", None
     return f"{scheme}://{host}:{port}", None
+
+
+def _check_ops(settings: Settings, lines: Lines, source: str | None) -> None:
+    """``ops.listen`` is ``host:port``, on another port than the main one."""
+    listen = settings.ops.listen
+    if listen is None:
+        return
+    host, _, port = listen.rpartition(":")
+    problem = None
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        problem = f"must be host:port (e.g. 127.0.0.1:9100), not {listen!r}"
+    elif int(port) != 0 and int(port) == settings.port:
+        problem = f"port {port} is the main port; use another one"
+    elif int(port) == 0 and settings.workers > 1:
+        problem = "with several workers, give a fixed port (not 0)"
+    if problem:
+        line = _line_of(("ops", "listen"), lines)
+        raise ConfigError(f"ops.listen: {problem}", source=source, line=line)
 
 
 def _check_deployment(

@@ -114,7 +114,14 @@ def test_no_module_imports_private_names() -> None:
 
 def test_nothing_below_the_apis_imports_them() -> None:
     graph, _ = read_imports(SRC)
-    above = ("relaygate.api", "relaygate.app", "relaygate.cli", "relaygate.cli_admin")
+    # server.py answers protocol errors (431, 408) in the shape of the path's API, as app.py does
+    above = (
+        "relaygate.api",
+        "relaygate.app",
+        "relaygate.cli",
+        "relaygate.cli_admin",
+        "relaygate.server",
+    )
     wrong = [
         f"{module} -> {target}"
         for module, targets in graph.items()

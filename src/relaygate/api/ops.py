@@ -7,7 +7,9 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from relaygate.api.http import send_error
 from relaygate.asgi import Receive, Scope, Send, new_request_id, send_bytes
+from relaygate.errors import PermissionDenied, RelaygateError
 from relaygate.observability.metrics import CONTENT_TYPE_LATEST
 
 if TYPE_CHECKING:
@@ -29,6 +31,8 @@ class OpsAPI:
 
     async def ready(self, scope: Scope, receive: Receive, send: Send) -> None:
         """200 when at least one model has a deployment that can be tried, else 503."""
+        if not await self._allowed(scope, send):
+            return
         now = time.monotonic()
         models = {}
         serving = 0
@@ -56,10 +60,25 @@ class OpsAPI:
         await send_bytes(send, 200 if ready else 503, msgspec.json.encode(body), new_request_id())
 
     async def metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not await self._allowed(scope, send):
+            return
         body = self.state.metrics.render()
         await send_bytes(
             send, 200, body, new_request_id(), content_type=CONTENT_TYPE_LATEST.encode()
         )
+
+    async def _allowed(self, scope: Scope, send: Send) -> bool:
+        """``ops.access: admin``: only an admin key may read /ready and /metrics."""
+        if self.state.settings.ops.access == "open":
+            return True
+        try:
+            principal = await self.state.auth.authenticate(scope)
+            if not principal.is_admin:
+                raise PermissionDenied(f"{scope['path']} needs an admin key (ops.access: admin).")
+        except RelaygateError as exc:
+            await send_error(send, exc, new_request_id())
+            return False
+        return True
 
 
 def _error_class(kind: str) -> dict[str, str]:

@@ -3,7 +3,8 @@
 Accepted: ``Authorization: Bearer <token>`` or ``X-API-Key: <token>`` (seed
 000), once. Refused: two credentials that disagree, repeated headers, other
 schemes, tokens over 8 KiB, control characters, and credentials in the query
-string (URLs end up in logs).
+string (URLs end up in logs). A key *id* (``key_<hex>``) in the query is no
+credential: ``GET /admin/usage?key=key_...`` filters by it.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Sequence
+from urllib.parse import unquote_to_bytes
 
 from relaygate.asgi import Scope
 from relaygate.errors import AuthenticationError
@@ -21,6 +23,7 @@ MAX_TOKEN = 8192
 _QUERY_NAMES = (b"api_key", b"apikey", b"key", b"access_token", b"token", b"x-api-key")
 
 
+_KEY_ID = re.compile(rb"key_[0-9a-f]{16}")  # keys.new_id("key"): an id, not a secret
 _JWT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 
 
@@ -64,11 +67,14 @@ def _bearer(value: bytes) -> bytes:
 
 
 def _refuse_query_credentials(query: bytes) -> None:
+    """Refuse a credential-named parameter unless its value is a key id (``key_`` and
+    hex digits, as ``GET /admin/usage?key=key_...`` filters by): an id, never a secret."""
     if not query:
         return
     for pair in query.split(b"&"):
-        name = pair.split(b"=", 1)[0].lower()
-        if name in _QUERY_NAMES:
+        name, _, value = pair.partition(b"=")
+        name = unquote_to_bytes(name.replace(b"+", b" ")).lower()
+        if name in _QUERY_NAMES and not _KEY_ID.fullmatch(unquote_to_bytes(value)):
             raise AuthenticationError(
                 "Credentials in the URL are refused (URLs end up in logs). "
                 "Send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'."

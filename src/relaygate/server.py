@@ -1,0 +1,364 @@
+"""The HTTP server: uvicorn with httptools, and the bounds a public server needs.
+
+uvicorn bounds none of these by itself; one protocol class does, per connection
+(settings: the ``http`` section):
+
+* the request head: at most ``max_header_bytes`` (request line and headers, as
+  received) and ``max_headers`` header lines, else 431 and the connection closed;
+* time: ``header_timeout`` from the connection's start (or a request's first
+  byte) to the end of its headers, ``body_timeout`` from there to the end of the
+  body, else 408 (when no answer has started) and the connection closed; a new
+  connection that sends nothing is closed silently; between requests, uvicorn's
+  keep-alive timeout (``keep_alive_timeout``) applies;
+* a body still arriving when its answer is complete (413, or a 401 sent before
+  the body was read) is never drained: the connection closes;
+* ``max_connections`` per worker: one more connection is answered 503 with
+  ``Retry-After: 1`` at once, and closed.
+
+``relaygate serve`` and the tests both build their server here, listening on the
+main address and, when ``ops.listen`` is set, on the operational one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import socket
+from typing import Any
+
+import httptools
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.supervisors import Multiprocess
+
+from relaygate.api.shapes import error_renderer_for
+from relaygate.asgi import ASGIApp, new_request_id
+from relaygate.errors import (
+    ConfigError,
+    HeadersTooLarge,
+    InvalidRequest,
+    RelaygateError,
+    RequestTimeout,
+    TooManyConnections,
+)
+from relaygate.settings import HttpConfig, Settings
+
+__all__ = [
+    "GuardedHttpProtocol",
+    "Server",
+    "ServerConfig",
+    "bind",
+    "build_server",
+    "protocol_error_body",
+    "serve",
+    "server_config",
+]
+
+STARTUP_FAILURE = 3
+_IDLE, _HEAD, _BODY = 0, 1, 2  # which timer runs: none, the head's, the body's
+
+
+class _Refused(Exception):
+    """Raised in a parser callback to stop parsing; carries the answer."""
+
+    def __init__(self, error: RelaygateError) -> None:
+        self.error = error
+
+
+def protocol_error_body(path: str | None, error: RelaygateError) -> bytes:
+    """The error in the shape of the API that ``path`` belongs to (OpenAI's when unknown).
+
+    The one place that maps a path to an error shape for errors raised before any
+    route runs.
+    """
+    return error_renderer_for(path or "/")(error)[0]
+
+
+def _answer(error: RelaygateError, path: str | None) -> bytes:
+    """A complete response that closes the connection."""
+    body = protocol_error_body(path, error)
+    lines = [
+        f"HTTP/1.1 {error.status} {http.HTTPStatus(error.status).phrase}\r\n".encode(),
+        b"content-type: application/json\r\n",
+        b"content-length: %d\r\n" % len(body),
+        b"x-request-id: " + new_request_id().encode() + b"\r\n",
+        b"connection: close\r\n",
+    ]
+    lines += [name + b": " + value + b"\r\n" for name, value in error.headers()]
+    return b"".join(lines) + b"\r\n" + body
+
+
+def _path(url: bytes | None) -> str | None:
+    if not url:
+        return None
+    return url.split(b"?", 1)[0].decode("latin-1")
+
+
+class GuardedHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, bounded in head size, time and connections.
+
+    It relies on uvicorn's parser callbacks (``on_headers_complete``,
+    ``on_message_complete``), ``on_response_complete``, ``self.parser``,
+    ``self.headers``, ``self.cycle`` and ``self.url``; a unit test fails when one
+    disappears (pyproject pins uvicorn to a tested range). Nothing is added per
+    header: the head's bytes are counted per read, its lines once it is complete.
+    """
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        server_state: Any,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        limits: HttpConfig = getattr(config, "http_limits", None) or HttpConfig()
+        self.limits = limits
+        self._head_limit = limits.max_header_bytes
+        # Bytes the current head may still take; None past the head (in the body). It
+        # tells the phase too: None in a body, below the limit in a head, else idle.
+        self._head_left: int | None = limits.max_header_bytes
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_phase = _IDLE
+        self._over_cap = False
+        self.url = b""
+
+    # connection
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        if len(self.server_state.connections) >= self.limits.max_connections:
+            self._over_cap = True
+            self.transport = transport
+            error = TooManyConnections(
+                "Too many open connections to this server; retry in a second."
+            )
+            transport.write(_answer(error, None))
+            transport.close()
+            return
+        super().connection_made(transport)
+        self._timer = self.loop.call_later(self.limits.header_timeout, self._timed_out)
+        self._timer_phase = _HEAD  # the first request's head must arrive in time
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timer()
+        if self._over_cap:
+            self.parser = None  # type: ignore[assignment]
+            return
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        """Feed the parser, never more than the head may still take; then set the timer
+        for the phase the request is in."""
+        if self._over_cap:
+            return
+        left = self._head_left
+        if left is None or len(data) <= left:
+            if left is not None:
+                self._head_left = left - len(data)
+            self._feed(data)
+        elif not self._feed_up_to_limit(data):
+            return
+        if self.transport.is_closing():
+            return
+        left = self._head_left
+        phase = _BODY if left is None else _HEAD if left < self._head_limit else _IDLE
+        if phase != self._timer_phase:
+            self._retime(phase)
+
+    def _feed_up_to_limit(self, data: bytes) -> bool:
+        """Feed ``data`` whose size crosses the head's limit; False once refused."""
+        while True:
+            left = self._head_left
+            if left is None or len(data) <= left:
+                if left is not None:
+                    self._head_left = left - len(data)
+                self._feed(data)
+                return True
+            self._head_left = 0
+            self._feed(data[:left])
+            if self.transport.is_closing():
+                return False
+            if self._head_left == 0:  # the head is still incomplete at its limit
+                self._close_with(self._too_large("bytes"))
+                return False
+            data = data[left:]
+
+    def _feed(self, data: bytes) -> None:
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, _Refused):
+                self._close_with(exc.__context__.error)
+                return
+            raise
+        except httptools.HttpParserUpgrade:
+            pass  # no upgrades served: the request was passed on as a plain one
+        except httptools.HttpParserError:
+            self._close_with(InvalidRequest("Invalid HTTP request received."))
+
+    def _retime(self, phase: int) -> None:
+        self._cancel_timer()
+        self._timer_phase = phase
+        if phase != _IDLE:  # between requests, uvicorn's keep-alive timer runs
+            limits = self.limits
+            seconds = limits.body_timeout if phase == _BODY else limits.header_timeout
+            self._timer = self.loop.call_later(seconds, self._timed_out)
+
+    # parser callbacks
+
+    def on_headers_complete(self) -> None:
+        if len(self.headers) > self.limits.max_headers:
+            raise _Refused(self._too_large("headers"))
+        self._head_left = None
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._head_left = self._head_limit
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        if self._head_left is None and self.cycle.response_complete:
+            # The answer is out and its request body is still coming: don't drain it.
+            self.transport.close()
+        super().on_response_complete()
+
+    # limits
+
+    def _too_large(self, what: str) -> HeadersTooLarge:
+        if what == "headers":
+            limit = f"{self.limits.max_headers} header lines"
+        else:
+            limit = f"{self.limits.max_header_bytes} bytes of request line and headers"
+        return HeadersTooLarge(f"The request headers are too large: the limit is {limit}.")
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        self._timer_phase = _IDLE
+        if self.transport.is_closing():
+            return
+        left = self._head_left
+        if left is not None and left >= self._head_limit:  # no request begun: just close
+            self.transport.close()
+            return
+        if left is None:
+            what, seconds = "body", self.limits.body_timeout
+        else:
+            what, seconds = "headers", self.limits.header_timeout
+        self._close_with(
+            RequestTimeout(f"The request {what} did not arrive within {seconds:g} seconds.")
+        )
+
+    def _close_with(self, error: RelaygateError) -> None:
+        """Answer ``error`` unless an answer has started, then close the connection."""
+        self._cancel_timer()
+        if self.transport.is_closing():
+            return
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete or not cycle.response_started:
+            self.transport.write(_answer(error, _path(self.url)))
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True  # the app's receive() reports a disconnect
+            cycle.message_event.set()
+        self.transport.close()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_phase = _IDLE
+
+
+class Server(uvicorn.Server):
+    """uvicorn's Server; with one worker, it says "Uvicorn running on ..." once it
+    listens (uvicorn is silent when given its sockets, as relaygate always does)."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if sockets and self.started and self.config.workers == 1:
+            self._log_started_message(sockets[:1])
+
+
+class ServerConfig(uvicorn.Config):
+    """uvicorn's Config, carrying the ``http`` limits to every connection's protocol."""
+
+    def __init__(self, app: ASGIApp | str, *, limits: HttpConfig, **options: Any) -> None:
+        super().__init__(app, http=GuardedHttpProtocol, **options)
+        self.http_limits = limits
+
+
+def server_config(settings: Settings, app: ASGIApp | str, **overrides: Any) -> ServerConfig:
+    """The uvicorn configuration relaygate runs under."""
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "loop": "uvloop",
+        "ws": "none",
+        "lifespan": "on",
+        "access_log": False,
+        "server_header": False,
+        # relaygate reads X-Forwarded-For itself, only from auth.trusted_proxies;
+        # uvicorn's own handling would trust 127.0.0.1 and rewrite the client address.
+        "proxy_headers": False,
+        "timeout_keep_alive": settings.http.keep_alive_timeout,
+        "timeout_graceful_shutdown": settings.graceful_shutdown_seconds,
+        "log_level": settings.log_level,
+        "backlog": 4096,
+    }
+    options.update(overrides)
+    return ServerConfig(app, limits=settings.http, **options)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket that worker processes can inherit."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def build_server(
+    settings: Settings, app: ASGIApp, **overrides: Any
+) -> tuple[Server, list[socket.socket]]:
+    """An in-process server and its bound sockets (main, then ops when configured)."""
+    sockets = [bind(settings.host, settings.port)]
+    _bind_ops(settings, app, sockets)
+    return Server(server_config(settings, app, **overrides)), sockets
+
+
+def _bind_ops(settings: Settings, app: ASGIApp | str, sockets: list[socket.socket]) -> None:
+    address = settings.ops.address
+    if address is None:
+        return
+    sock = bind(*address)
+    sockets.append(sock)
+    if hasattr(app, "ops_port"):  # port 0: the app learns the port it was given
+        app.ops_port = sock.getsockname()[1]
+
+
+def serve(settings: Settings, app: ASGIApp | str) -> None:
+    """``relaygate serve``: one worker in this process, or ``settings.workers`` processes
+    (``app`` is then the import string of the app factory)."""
+    config = server_config(settings, app, workers=settings.workers, factory=isinstance(app, str))
+    # One worker: uvicorn says "running" once it listens; several: at bind, as it does.
+    main = config.bind_socket() if settings.workers > 1 else bind(config.host, config.port)
+    sockets = [main]
+    _bind_ops(settings, app, sockets)
+    server = Server(config)
+    try:
+        if settings.workers > 1:
+            Multiprocess(config, sockets=sockets).run()
+        else:
+            server.run(sockets=sockets)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for sock in sockets:
+            sock.close()
+    if settings.workers == 1 and not server.started:
+        raise SystemExit(STARTUP_FAILURE)
