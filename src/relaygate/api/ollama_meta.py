@@ -95,31 +95,43 @@ class OllamaMeta:
         await send_bytes(send, 200, body, new_request_id())
 
     async def show(self, scope: Scope, receive: Receive, send: Send) -> None:
-        state, request_id = self.state, new_request_id()
+        await self._answer(send, self._show(scope, receive))
+
+    async def ps(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._answer(send, self._ps(scope))
+
+    async def _answer(self, send: Send, work: Awaitable[JSON]) -> None:
+        """``work``'s answer as JSON, or its error in Ollama's shape (never a bare 500)."""
+        request_id = new_request_id()
         try:
-            principal = await state.auth.authenticate(scope)
-            raw = await read_body(scope, receive, state.max_body, json_type_required=False)
-            request = _show_request(raw)
-            name = request.model or request.name or ""
-            model = next((m for m in state.models_for(principal) if m.name == name), None)
-            if model is None:
-                raise NotFound(f"model '{name}' not found")
-            answer = await _show(model, request.verbose)
+            answer = await work
         except RelaygateError as exc:
             await send_bytes(send, exc.status, ollama_error(exc), request_id, extra=exc.headers())
             return
         except ClientGone:
             return
+        except Exception:
+            self.state.log.exception("unexpected error serving request %s", request_id)
+            text = f"Internal error; the gateway's log has details under {request_id}."
+            error = RelaygateError(text)
+            await send_bytes(send, error.status, ollama_error(error), request_id)
+            return
         await send_bytes(send, 200, _encode(answer), request_id)
 
-    async def ps(self, scope: Scope, receive: Receive, send: Send) -> None:
-        state, request_id = self.state, new_request_id()
-        try:
-            principal = await state.auth.authenticate(scope)
-        except RelaygateError as exc:
-            await send_bytes(send, exc.status, ollama_error(exc), request_id, extra=exc.headers())
-            return
-        nodes = _nodes(state.models_for(principal))
+    async def _show(self, scope: Scope, receive: Receive) -> JSON:
+        state = self.state
+        principal = await state.auth.authenticate(scope)
+        raw = await read_body(scope, receive, state.max_body, json_type_required=False)
+        request = _show_request(raw)
+        name = request.model or request.name or ""
+        model = next((m for m in state.models_for(principal) if m.name == name), None)
+        if model is None:
+            raise NotFound(f"model '{name}' not found")
+        return await _show(model, request.verbose)
+
+    async def _ps(self, scope: Scope) -> JSON:
+        principal = await self.state.auth.authenticate(scope)
+        nodes = _nodes(self.state.models_for(principal))
         answers = await asyncio.gather(*(self._running(d) for d, _ in nodes))
         listed = [
             {"name": public, "model": public, **{k: entry[k] for k in _PS_FIELDS if k in entry}}
@@ -127,7 +139,7 @@ class OllamaMeta:
             for entry in running
             for public in names.get(_canonical(_entry_name(entry)), ())
         ]
-        await send_bytes(send, 200, _encode({"models": listed}), request_id)
+        return {"models": listed}
 
     async def _running(self, deployment: Deployment) -> list[JSON]:
         """One node's running models; a node that fails is left out (and logged)."""
