@@ -50,7 +50,14 @@ if TYPE_CHECKING:
     from relaygate.routing.router import Deployment, Model
     from relaygate.state import AppState
 
-__all__ = ["NODE_TIMEOUT", "OLLAMA_VERSION", "OllamaMeta", "ShowRequest", "ollama_error"]
+__all__ = [
+    "NODE_TIMEOUT",
+    "OLLAMA_VERSION",
+    "OllamaMeta",
+    "ShowRequest",
+    "ollama_error",
+    "public_modelfile",
+]
 
 JSON = dict[str, Any]
 T = TypeVar("T")
@@ -221,15 +228,25 @@ def _renamed(reply: JSON, upstream: str, public: str) -> JSON:
     """A node's /api/show answer with the upstream model's name replaced by the public one."""
     out = dict(reply)
     modelfile = out.get("modelfile")
-    if isinstance(modelfile, str) and upstream != public:
-        names = {upstream, _canonical(upstream)}
-        pattern = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
-        out["modelfile"] = re.sub(rf"(?<![\w.:/-])(?:{pattern})(?![\w.:/-])", public, modelfile)
+    if isinstance(modelfile, str):
+        out["modelfile"] = public_modelfile(modelfile, upstream, public)
     for key in ("model", "name"):
         if key in out:
             out[key] = public
     out.setdefault("model_info", {})  # clients (ollama-python) require the field
     return out
+
+
+def public_modelfile(modelfile: str, upstream: str, public: str) -> str:
+    """``modelfile`` with its ``# FROM <upstream model>`` line (what Ollama writes there to
+    rebuild the model, ``name:latest`` included) naming the public model instead; nothing
+    else changes (the blob path, other text that happens to contain the name)."""
+    if upstream == public or not upstream:
+        return modelfile
+    names = sorted({upstream, _canonical(upstream)}, key=len, reverse=True)
+    pattern = "|".join(re.escape(n) for n in names)
+    line = re.compile(rf"^(#[ \t]*FROM[ \t]+)(?:{pattern})[ \t]*$", re.MULTILINE)
+    return line.sub(lambda m: m.group(1) + public, modelfile)  # the name as is, never a template
 
 
 def _nodes(models: list[Model]) -> list[tuple[Deployment, dict[str, list[str]]]]:
