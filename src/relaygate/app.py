@@ -17,6 +17,8 @@ from relaygate.api.anthropic_format import AnthropicCountTokens, AnthropicFormat
 from relaygate.api.cors import CORS
 from relaygate.api.http import send_error
 from relaygate.api.ollama import OllamaChatFormat, OllamaGenerateFormat, OllamaTags
+from relaygate.api.ollama_embed import OllamaEmbeddingsFormat, OllamaEmbedFormat
+from relaygate.api.ollama_meta import OllamaMeta
 from relaygate.api.openai import OpenAIFormat, OpenAIModels
 from relaygate.api.openapi import DocsAPI
 from relaygate.api.ops import OpsAPI
@@ -145,7 +147,7 @@ class Gateway:
         # Each inference route is the one pipeline, given its API's wire format.
         pipeline, openai = Pipeline(state), OpenAIFormat()
         models, ops, tasks = OpenAIModels(state), OpsAPI(state), TasksAPI(state)
-        tags = OllamaTags(state)
+        tags, meta = OllamaTags(state), OllamaMeta(state)
         self._routes = {
             "/v1/chat/completions": {"POST": pipeline.route(openai, "chat")},
             "/v1/completions": {"POST": pipeline.route(openai, "completion")},
@@ -165,6 +167,13 @@ class Gateway:
             "/api/models": {"GET": tags.tags},
             "/v1/messages": {"POST": pipeline.route(AnthropicFormat(), "chat")},
             "/v1/messages/count_tokens": {"POST": AnthropicCountTokens(state)},
+            "/api/embed": {"POST": pipeline.route(OllamaEmbedFormat(), "embedding")},
+            "/api/embeddings": {"POST": pipeline.route(OllamaEmbeddingsFormat(), "embedding")},
+            "/api/show": {"POST": meta.show},
+            "/api/ps": {"GET": meta.ps},
+            "/api/version": {"GET": meta.version},
+            # Ollama's liveness probe; the web UI will want "/" too (a redirect to /ui).
+            "/": {"GET": meta.root, "HEAD": meta.root},
         }
         self._routes.update(DocsAPI(self.served_routes).routes())  # /openapi.json, /docs
         self._model_route = {"GET": models.model}

@@ -55,7 +55,7 @@ ALLOW_HEADERS = (
     "x-requested-with",
 )
 ALLOW_HEADER_PREFIXES = ("x-stainless-",)
-ALLOW_METHODS = b"GET, POST, PATCH, DELETE"
+ALLOW_METHODS = b"GET, HEAD, POST, PATCH, DELETE"  # HEAD: Ollama's probe of /
 # Response headers scripts may read (beyond the CORS-safelisted Content-Type etc.).
 EXPOSE_HEADERS = (
     b"X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset, Retry-After, "

@@ -10,7 +10,8 @@ arguments as JSON. Answers are Ollama's: one JSON body, or NDJSON lines (with
 ``"stream": true``; an absent ``stream`` means false, as on seed 003's /api/chat)
 ending with ``"done": true``, the ``done_reason`` and the token counts. Errors
 are ``{"error": "..."}``. Ollama-only options that are a server's own settings
-(``num_ctx``, ``keep_alive``, ...) are ignored.
+(``num_ctx``, ...) are ignored; ``keep_alive`` is passed on to Ollama deployments
+(kept in ``call.wire``) and ignored by the others.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import msgspec
 
 from relaygate.api.http import decode_json_object, send_error
+from relaygate.api.ollama_embed import KeepAlive
 from relaygate.api.parsing import invalid_request, parse_call
 from relaygate.api.shapes import error_renderer_for, ollama_error
 from relaygate.asgi import Receive, Scope, Send, new_request_id, send_bytes
@@ -104,6 +106,7 @@ class _OllamaBody(msgspec.Struct, kw_only=True):
     temperature: Temperature | None = None
     max_tokens: Tokens | None = None
     use_cache: bool | None = None
+    keep_alive: KeepAlive | None = None  # passed on to Ollama deployments, ignored by others
 
 
 class OllamaChat(_OllamaBody, kw_only=True):
@@ -145,7 +148,10 @@ class _OllamaFormat:
             chat["response_format"] = {"type": "json_schema", "json_schema": schema}
         elif params.format not in (None, ""):
             raise InvalidRequest('format must be "json" or a JSON schema.', param="format")
-        return parse_call("chat", _encode(chat), request_id)
+        call = parse_call("chat", _encode(chat), request_id)
+        if params.keep_alive is not None:
+            call.wire["keep_alive"] = params.keep_alive
+        return call
 
     def messages(self, params: Any) -> list[JSON]:
         raise NotImplementedError

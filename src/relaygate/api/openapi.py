@@ -34,6 +34,8 @@ from relaygate.api.admin import (
 )
 from relaygate.api.anthropic_schema import CountTokensRequest, MessagesRequest
 from relaygate.api.ollama import OllamaChat, OllamaGenerate
+from relaygate.api.ollama_embed import OllamaEmbed, OllamaEmbeddings
+from relaygate.api.ollama_meta import OLLAMA_VERSION, ShowRequest
 from relaygate.api.seed import GenerateRequest
 from relaygate.asgi import ASGIApp, Receive, Scope, Send, new_request_id, send_bytes
 from relaygate.schema.requests import ChatRequest, CompletionRequest, EmbeddingRequest
@@ -70,7 +72,7 @@ class ErrorBody(msgspec.Struct, kw_only=True):
 
 
 class OllamaError(msgspec.Struct, kw_only=True):
-    """Ollama's error shape (/api/chat, /api/generate, /api/tags)."""
+    """Ollama's error shape (every /api/ route of Ollama's API)."""
 
     error: str
 
@@ -202,6 +204,68 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "Ollama",
         ollama=True,
         answer='`{"models": [{"name", "model", "modified_at", "size", "digest"}]}`.',
+    ),
+    ("POST", "/api/embed"): Operation(
+        "Embed one input or several (Ollama API)",
+        "Ollama",
+        body=OllamaEmbed,
+        ollama=True,
+        errors=_INFERENCE,
+        answer='`{"model", "embeddings": [[...]], "total_duration", "load_duration", '
+        '"prompt_eval_count"}`.',
+        description="`keep_alive` reaches Ollama deployments; `truncate` and `options` are "
+        "accepted and ignored.",
+    ),
+    ("POST", "/api/embeddings"): Operation(
+        "Embed one prompt (Ollama API, legacy)",
+        "Ollama",
+        body=OllamaEmbeddings,
+        ollama=True,
+        errors=_INFERENCE,
+        answer='`{"embedding": [...]}`.',
+    ),
+    ("POST", "/api/show"): Operation(
+        "Show a model (Ollama API)",
+        "Ollama",
+        body=ShowRequest,
+        ollama=True,
+        errors=(400, 401, 404, 413, 502, 503, 504),
+        answer='`{"modelfile", "parameters", "template", "details", "model_info", '
+        '"capabilities", "modified_at"}`: from the Ollama node that serves the model, '
+        "else what the gateway knows (unknown details are empty strings).",
+    ),
+    ("GET", "/api/ps"): Operation(
+        "Running models (Ollama API)",
+        "Ollama",
+        ollama=True,
+        answer='`{"models": [{"name", "model", "size", "digest", "details", "expires_at", '
+        '"size_vram"}]}`: what the Ollama nodes have loaded, under the public names the key '
+        "may use; nodes that do not answer in time are left out, other deployments are not "
+        "listed.",
+    ),
+    ("GET", "/api/version"): Operation(
+        "The Ollama API version (Ollama API)",
+        "Ollama",
+        auth="none",
+        errors=(),
+        answer=f'`{{"version": "{OLLAMA_VERSION}"}}`: the Ollama release whose API this '
+        "gateway implements (clients compare it to minimums).",
+    ),
+    ("GET", "/"): Operation(
+        "Ollama's liveness probe",
+        "Ollama",
+        auth="none",
+        errors=(),
+        media="text/plain",
+        answer="`Ollama is running`.",
+    ),
+    ("HEAD", "/"): Operation(
+        "Ollama's liveness probe (headers only)",
+        "Ollama",
+        auth="none",
+        errors=(),
+        media="text/plain",
+        answer="No body.",
     ),
     ("POST", "/ai/generate"): Operation(
         "Generate from a prompt (seeds 000/001)",

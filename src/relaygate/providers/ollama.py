@@ -1,4 +1,5 @@
-"""Adapter for Ollama's native API (/api/chat, /api/generate, /api/embed, /api/tags).
+"""Adapter for Ollama's native API (/api/chat, /api/generate, /api/embed, /api/tags,
+and /api/show and /api/ps for the inbound Ollama API's model information).
 
 Requests are translated from the canonical (OpenAI) format: sampling fields to
 ``options`` (``max_tokens`` to ``num_predict``; ``top_k`` and ``min_p``, which
@@ -6,7 +7,9 @@ the canonical schema lacks, from the client's body), ``response_format`` to
 ``format``, data-URL images to base64 ``images``, tool calls with parsed
 arguments. Responses are translated back: NDJSON lines to chunks,
 ``prompt_eval_count``/``eval_count`` to usage, ``done_reason`` to
-``finish_reason``.
+``finish_reason``. An Ollama client's ``keep_alive`` (kept by the inbound Ollama
+API in ``call.wire["keep_alive"]``, outside the canonical body so that it neither
+reaches other upstreams nor changes cache keys) is passed on as it came.
 """
 
 from __future__ import annotations
@@ -20,7 +23,15 @@ import aiohttp
 import msgspec
 
 from relaygate.errors import InvalidRequest
-from relaygate.providers.base import JSON, in_body_error, ndjson_lines, post, upstream_json
+from relaygate.providers.base import (
+    JSON,
+    in_body_error,
+    ndjson_lines,
+    post,
+    raise_for_status,
+    translate_errors,
+    upstream_json,
+)
 from relaygate.schema.requests import ChatMessage, ChatRequest, CompletionRequest, EmbeddingRequest
 from relaygate.schema.responses import embedding_list, usage
 
@@ -75,6 +86,7 @@ class OllamaProvider:
         body: dict[str, Any] = {"model": deployment.upstream_model, "input": params.input}
         if params.dimensions is not None:
             body["dimensions"] = params.dimensions
+        _keep_alive(body, call)
         raw = await self._post(deployment, call, "/api/embed", body)
         reply = upstream_json(raw, deployment)
         _raise_if_error(reply, deployment, call)
@@ -87,6 +99,31 @@ class OllamaProvider:
             response.raise_for_status()
             body = _decode(await response.read())
         return [str(m.get("name") or m.get("model")) for m in body.get("models", [])]
+
+    async def show(self, deployment: Upstream, verbose: bool) -> JSON:
+        """The node's /api/show of the deployment's upstream model, as the node answers it."""
+        body: JSON = {"model": deployment.upstream_model}
+        if verbose:
+            body["verbose"] = True
+        return await self._ask(deployment, "POST", "/api/show", body)
+
+    async def running(self, deployment: Upstream) -> list[JSON]:
+        """The models the node has loaded now (its /api/ps entries, as it lists them)."""
+        reply = await self._ask(deployment, "GET", "/api/ps", None)
+        models = reply.get("models")
+        return [m for m in models if isinstance(m, dict)] if isinstance(models, list) else []
+
+    async def _ask(self, deployment: Upstream, method: str, path: str, body: JSON | None) -> JSON:
+        """One model-information call (the caller bounds its time); relaygate's errors."""
+        data = _encode(body) if body is not None else None
+        url = self.base_url + path
+        with translate_errors(deployment):
+            async with self._session.request(
+                method, url, data=data, headers=_HEADERS, timeout=deployment.client_timeout
+            ) as response:
+                await raise_for_status(response, deployment)
+                raw = await response.read()
+        return upstream_json(raw, deployment)
 
     async def aclose(self) -> None:
         await self._session.close()
@@ -118,11 +155,19 @@ def _request(deployment: Upstream, call: Call, stream: bool) -> tuple[str, JSON]
         raise InvalidRequest("Ollama deployments return one choice; n must be 1.", param="n")
     body["model"] = deployment.upstream_model
     body["stream"] = stream
+    _keep_alive(body, call)
     options = _options(params, call.max_output_tokens)
     options.update(_passed_on(call.body))
     if options:
         body["options"] = options
     return path, body
+
+
+def _keep_alive(body: JSON, call: Call) -> None:
+    """The client's keep_alive (an Ollama client's, else the node's default applies)."""
+    keep_alive = call.wire.get("keep_alive")
+    if keep_alive is not None:
+        body["keep_alive"] = keep_alive
 
 
 def _options(params: ChatRequest | CompletionRequest, max_tokens: int | None) -> JSON:
