@@ -44,6 +44,7 @@ __all__ = [
 ENV_PREFIX = "RELAYGATE_"
 _NOT_SETTINGS = {ENV_PREFIX + "CONFIG"}
 DEFAULT_OLLAMA_URL = "http://127.0.0.1:11434"
+DEFAULT_BASE_URLS = {"gemini": "https://generativelanguage.googleapis.com/v1beta"}
 Positive = Annotated[float, msgspec.Meta(gt=0)]
 NonNegative = Annotated[float, msgspec.Meta(ge=0)]
 
@@ -71,8 +72,8 @@ class Timeouts(_Config, kw_only=True):
 class DeploymentConfig(_Config, kw_only=True):
     """One upstream that can serve a model."""
 
-    provider: Literal["openai", "ollama", "mock"]
-    base_url: str | None = None
+    provider: Literal["openai", "ollama", "gemini", "mock"]
+    base_url: str | None = None  # required, except for mock and gemini (Google's API)
     model: str | None = None
     api_key: str | None = None
     weight: Positive = 1.0
@@ -81,6 +82,9 @@ class DeploymentConfig(_Config, kw_only=True):
     chunk_delay: NonNegative = 0.01
 
 
+PROVIDERS: tuple[str, ...] = typing.get_args(
+    typing.get_type_hints(DeploymentConfig, include_extras=True)["provider"]
+)
 Seconds = Annotated[int, msgspec.Meta(ge=1, le=10 * 365 * 86400)]
 
 
@@ -790,6 +794,8 @@ def _check_deployment(
 ) -> None:
     if dep.provider == "mock":
         return
+    if not dep.base_url and dep.provider in DEFAULT_BASE_URLS:
+        dep.base_url = DEFAULT_BASE_URLS[dep.provider]
     if not dep.base_url:
         msg = f"{_dotted(path)}.base_url: required for provider {dep.provider!r}"
         raise ConfigError(msg, source=source, line=_line_of(path, lines))
@@ -833,6 +839,9 @@ def _located(
     missing = re.search(r"missing required field `([^`]+)`", text)
     if missing:
         text = f"missing required setting {missing.group(1)!r}"
+    enum = re.match(r"Invalid enum value (.*)\Z", text, re.S)
+    if enum and path[-1:] == ("provider",):
+        text = f"unknown provider {enum.group(1)}; valid: {', '.join(PROVIDERS)}"
     name = _dotted(path) or "settings"
     return ConfigError(f"{name}: {text}", source=source, line=_line_of(path, lines))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -15,6 +16,7 @@ import msgspec
 
 from relaygate import __version__
 from relaygate.providers.base import Provider
+from relaygate.providers.gemini import GeminiProvider
 from relaygate.providers.mock import MockProvider
 from relaygate.providers.ollama import OllamaProvider
 from relaygate.providers.openai import OpenAIProvider
@@ -24,9 +26,10 @@ from relaygate.settings import DeploymentConfig, ModelConfig, RoutingConfig, Set
 
 __all__ = ["build_router", "close_providers"]
 
-_ADAPTERS: dict[str, type[OpenAIProvider] | type[OllamaProvider]] = {
+_ADAPTERS: dict[str, Callable[[str, aiohttp.ClientSession], Provider]] = {
     "openai": OpenAIProvider,
     "ollama": OllamaProvider,
+    "gemini": GeminiProvider,
 }
 MOCK_DESCRIPTION = (
     "Development model: deterministic replies derived from the prompt, not a real language model."
