@@ -443,8 +443,8 @@ def _check_parts(parts: Any, where: str, *, text_only: bool = False) -> None:
             raise Violation(f"{where}[{j}] must hold exactly one kind of data")
         kind = data[0]
         value = part[kind]
-        if kind == "text" and not isinstance(value, str):
-            raise Violation(f"{where}[{j}].text must be a string")
+        if kind == "text" and not (isinstance(value, str) and value):
+            raise Violation("Unable to submit request because it has an empty text parameter.")
         if kind == "inlineData" and not (
             isinstance(value, dict)
             and set(value) == {"mimeType", "data"}

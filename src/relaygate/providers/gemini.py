@@ -262,7 +262,8 @@ def request_body(call: Call) -> JSON:
     if isinstance(params, ChatRequest):
         system, contents = _contents(params.messages)
     elif isinstance(params, CompletionRequest):
-        system, contents = [], [{"role": "user", "parts": [{"text": _prompt(params)}]}]
+        prompt = _prompt(params)
+        system, contents = [], [{"role": "user", "parts": [{"text": prompt}]}] if prompt else []
     else:  # pragma: no cover - embeddings go through embed()
         raise InvalidRequest("Embeddings are not a completion.")
     if not contents:
@@ -301,7 +302,7 @@ def _contents(messages: list[ChatMessage]) -> tuple[list[JSON], list[JSON]]:
     for index, message in enumerate(messages):
         where = f"messages[{index}]"
         if message.role in ("system", "developer"):
-            system.extend({"text": text} for text in _texts(message.content, where))
+            system.extend({"text": text} for text in _texts(message.content, where) if text)
             continue
         if message.role == "user":
             role, parts = "user", _user_parts(message.content, where)
@@ -344,12 +345,13 @@ def _user_parts(content: str | list[dict[str, Any]] | None, where: str) -> list[
     if content is None:
         return []
     if isinstance(content, str):
-        return [{"text": content}]
+        return [{"text": content}] if content else []  # Gemini refuses empty text
     parts: list[JSON] = []
     for number, part in enumerate(content):
         kind = part.get("type")
         if kind == "text":
-            parts.append({"text": str(part.get("text") or "")})
+            if part.get("text"):
+                parts.append({"text": str(part["text"])})
         elif kind == "image_url":
             image = part.get("image_url")
             url = image.get("url") if isinstance(image, dict) else image
@@ -487,7 +489,8 @@ def clean_schema(schema: Any, depth: int = 0) -> JSON:
         out.setdefault("type", "STRING")
     properties = schema.get("properties")
     if isinstance(properties, dict):
-        out["properties"] = {str(k): clean_schema(v, depth + 1) for k, v in properties.items()}
+        if properties:  # Gemini refuses an empty ``properties``
+            out["properties"] = {str(k): clean_schema(v, depth + 1) for k, v in properties.items()}
         out.setdefault("type", "OBJECT")
         required = schema.get("required")
         if isinstance(required, list):
