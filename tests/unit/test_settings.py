@@ -99,7 +99,7 @@ def test_interpolation_default(tmp_path: Path) -> None:
         (
             "models:\n  - name: a\n    deployments:\n      - provider: azure\n",
             4,
-            "models[0].deployments[0].provider: Invalid enum value 'azure'",
+            "models[0].deployments[0].provider: unknown provider 'azure'; valid: openai, ollama",
         ),
         (
             "models:\n  - name: a\n    deployments: []\n",
