@@ -69,3 +69,20 @@ def test_a_bad_gemini_url_is_still_refused() -> None:
     models = [{"name": "a", "deployments": [{"provider": "gemini", "base_url": "ftp://x"}]}]
     with pytest.raises(ConfigError, match="base_url: not a valid http"):
         load_settings(environ={}, overrides={"models": models})
+
+
+def test_the_documented_gemini_example_loads(tmp_path: Path) -> None:
+    doc = (Path(__file__).parents[2] / "docs" / "gemini.md").read_text()
+    example = doc.split("```yaml\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "relaygate.yaml"
+    path.write_text(example)
+    loaded = load_settings(path, environ={"GEMINI_API_KEY": "g-key"})
+    assert [m.name for m in loaded.models] == [
+        "gemini-1.5-flash",
+        "gemini-1.5-pro",
+        "text-embedding",
+    ]
+    for model in loaded.models:
+        (deployment,) = model.deployments
+        assert deployment.provider == "gemini" and deployment.api_key == "g-key"
+        assert deployment.base_url == "https://generativelanguage.googleapis.com/v1beta"
