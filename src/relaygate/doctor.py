@@ -280,12 +280,13 @@ class _Upstream:
         )
 
     async def check(self, session: aiohttp.ClientSession, report: _Report) -> None:
-        path = "/api/tags" if self.provider == "ollama" else "/models"
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        path, headers = _listing(self.provider, self.api_key)
         try:
             async with session.get(self.base_url.rstrip("/") + path, headers=headers) as reply:
                 body = await reply.read()
                 status, date = reply.status, reply.headers.get("Date")
+            if self.provider == "gemini" and status == 400 and b"API_KEY_INVALID" in body:
+                status = 401  # Google answers a key it does not know with a 400
         except (aiohttp.ClientError, OSError) as exc:
             self._unreachable(exc, report)
             return
@@ -347,8 +348,17 @@ def _upstreams(settings: Settings) -> list[_Upstream]:
     return list(found.values())
 
 
+def _listing(provider: str, api_key: str | None) -> tuple[str, dict[str, str]]:
+    """The path that lists an upstream's models, and the headers carrying its key."""
+    if provider == "gemini":  # the key in its header, never in the URL
+        return "/models?pageSize=1000", {"x-goog-api-key": api_key} if api_key else {}
+    path = "/api/tags" if provider == "ollama" else "/models"
+    return path, {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
 def _upstream_model(dep: DeploymentConfig, name: str) -> str:
-    return dep.model or name
+    model = dep.model or name
+    return model.removeprefix("models/") if dep.provider == "gemini" else model
 
 
 def _canonical(provider: str, name: str) -> str:
@@ -365,6 +375,9 @@ def _model_names(provider: str, body: object) -> set[str]:
         entries = body.get("models", [])
         names = {str(m.get(k)) for m in entries for k in ("name", "model") if m.get(k)}
         return {_canonical("ollama", n) for n in names}
+    if provider == "gemini":
+        entries = body.get("models", [])
+        return {str(m["name"]).removeprefix("models/") for m in entries if "name" in m}
     return {str(m["id"]) for m in body.get("data", []) if isinstance(m, dict) and "id" in m}
 
 
