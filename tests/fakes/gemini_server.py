@@ -111,6 +111,8 @@ class GeminiScript(Script):
     """An error's ``google.rpc.ErrorInfo`` reason (``"API_KEY_INVALID"``)."""
     cached_tokens: int = 0
     """Reported as ``usageMetadata.cachedContentTokenCount``."""
+    cut_short: bool = False
+    """Streaming: end the stream cleanly without its last event (no finish reason)."""
 
 
 def sse(obj: Any) -> bytes:
@@ -305,7 +307,7 @@ class FakeGemini(FakeServer):
         if reply.call_parts:
             frames.append(sse(reply.response(reply.call_parts, False, False)))
         last = None if reply.reason == "SAFETY" and not reply.content else [{"text": ""}]
-        tail: list[Frame] = [sse(reply.response(last, True, True))]
+        tail: list[Frame] = [] if reply.cut_short else [sse(reply.response(last, True, True))]
         error = sse({"error": {"code": 500, "message": script.error_message, "status": "INTERNAL"}})
         plan = StreamPlan([], frames, tail, b'data: {"candidates": [\r\n\r\n', error)
         return await self._stream(flight, script, plan, SSE_CONTENT_TYPE)
@@ -317,6 +319,7 @@ class _Reply:
     def __init__(self, script: Script, body: dict[str, Any], model: str) -> None:
         gemini = script if isinstance(script, GeminiScript) else GeminiScript()
         self.script, self.model, self.cached = script, model, gemini.cached_tokens
+        self.cut_short = gemini.cut_short
         contents = body["contents"]
         config = body.get("generationConfig") or {}
         system = _texts([body.get("systemInstruction") or {}])

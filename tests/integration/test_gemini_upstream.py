@@ -434,6 +434,25 @@ async def test_stream_error_event_ends_with_error(fake_gemini: FakeGemini) -> No
                     pass
 
 
+async def test_stream_without_its_last_event_is_an_error(fake_gemini: FakeGemini) -> None:
+    fake_gemini.default = GeminiScript(cut_short=True)
+    async with running_gateway(make_settings([gemini_model(fake_gemini)])) as gateway:
+        async with gateway.client() as client:
+            stream = await client.chat.completions.create(
+                model="flash",
+                messages=USER,
+                stream=True,  # type: ignore[arg-type]
+            )
+            received = []
+            with pytest.raises(openai.APIError, match="before its finish reason"):
+                async for chunk in stream:
+                    received.append(chunk)
+    assert "".join(c.choices[0].delta.content or "" for c in received if c.choices) == (
+        "Echo: why is the sky blue"
+    )
+    assert all(c.choices[0].finish_reason is None for c in received if c.choices)
+
+
 async def test_models_listed_across_pages() -> None:
     from relaygate.providers.gemini import GeminiProvider
     from relaygate.routing.catalog import new_session

@@ -115,6 +115,11 @@ class GeminiProvider:
                 _raise_if_error(event, deployment, call, mid_stream=True)
                 for chunk in translate.event(event):
                     yield chunk
+        if not translate.finish:  # Gemini's last event carries the finish reason
+            raise UpstreamProtocolError(
+                f"Deployment {deployment.name!r} ended its stream before its finish reason.",
+                deployment=deployment.name,
+            )
         for chunk in translate.end():
             yield chunk
 
