@@ -534,6 +534,10 @@ def _check_embedding(body: dict[str, Any], model: str, *, batch: bool) -> list[t
     requests = body.get("requests")
     if not isinstance(requests, list) or not requests:
         raise Violation("requests must be a non-empty list")
+    if len(requests) > 100:
+        raise Violation(
+            "* BatchEmbedContentsRequest.requests: at most 100 requests can be in one batch"
+        )
     return [_embed_input(r, f"requests[{i}]", model) for i, r in enumerate(requests)]
 
 

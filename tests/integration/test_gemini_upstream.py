@@ -344,6 +344,21 @@ async def test_embeddings_one_and_many(fake_gemini: FakeGemini) -> None:
     assert many.usage.prompt_tokens > 0  # estimated: Gemini does not report it
 
 
+async def test_many_embeddings_go_in_batches_of_100(fake_gemini: FakeGemini) -> None:
+    config = gemini_model(fake_gemini, "embed", model="text-embedding-004")
+    texts = [f"text {i}" for i in range(150)]
+    async with running_gateway(make_settings([config])) as gateway:
+        async with gateway.client() as client:
+            reply = await client.embeddings.create(model="embed", input=texts)
+            single = await client.embeddings.create(model="embed", input="text 120")
+    batches = [r.json["requests"] for r in fake_gemini.requests[:2]]
+    assert [len(b) for b in batches] == [100, 50]
+    sent = [r["content"]["parts"][0]["text"] for b in batches for r in b]
+    assert sent == texts
+    assert [d.index for d in reply.data] == list(range(150))
+    assert reply.data[120].embedding == pytest.approx(single.data[0].embedding)
+
+
 async def test_ollama_clients_reach_gemini(fake_gemini: FakeGemini) -> None:
     async with running_gateway(make_settings([gemini_model(fake_gemini)])) as gateway:
         async with aiohttp.ClientSession(headers=gateway.headers) as session:

@@ -78,6 +78,7 @@ _FINISH = {
 }
 _TOOL_CHOICE = {"auto": "AUTO", "none": "NONE", "required": "ANY"}
 _MAX_PAGES = 100
+_BATCH = 100  # the most requests one batchEmbedContents call takes
 _ERROR_BYTES = 64 * 1024
 _DATA_URL = re.compile(r"data:([\w.+-]+/[\w.+-]+)(?:;[^,;]*)*;base64,(.*)\Z", re.S)
 
@@ -93,15 +94,9 @@ class GeminiProvider:
         return f"{self.base_url}/models/{_model_path(deployment.upstream_model)}:{method}"
 
     async def complete(self, deployment: Upstream, call: Call) -> JSON:
-        body = _encode(request_body(call))
-        async with self._post(
-            self._url(deployment, "generateContent"), body, deployment, call
-        ) as r:
-            raw = await r.read()
-        reply = upstream_json(raw, deployment)
-        _raise_if_error(reply, deployment, call)
-        translate = _Translator(deployment, call)
-        return translate.whole(reply)
+        url = self._url(deployment, "generateContent")
+        reply = await self._post_json(url, request_body(call), deployment, call)
+        return _Translator(deployment, call).whole(reply)
 
     async def stream(self, deployment: Upstream, call: Call) -> AsyncIterator[JSON]:
         body = _encode(request_body(call))
@@ -131,21 +126,28 @@ class GeminiProvider:
             raise InvalidRequest(
                 "Gemini deployments embed text; token arrays are not accepted.", param="input"
             )
-        model = "models/" + _model_name(deployment.upstream_model)
         requests = [_embed_request(text, params.dimensions) for text in inputs]
         if len(requests) == 1:
-            url, body = self._url(deployment, "embedContent"), requests[0]
-        else:
+            url = self._url(deployment, "embedContent")
+            reply = await self._post_json(url, requests[0], deployment, call)
+            vectors = _vectors([reply.get("embedding")], 1, deployment)
+        else:  # batchEmbedContents takes at most _BATCH requests at a time
+            model = "models/" + _model_name(deployment.upstream_model)
             url = self._url(deployment, "batchEmbedContents")
-            body = {"requests": [{"model": model, **request} for request in requests]}
+            vectors = []
+            for start in range(0, len(requests), _BATCH):
+                batch = [{"model": model, **r} for r in requests[start : start + _BATCH]]
+                reply = await self._post_json(url, {"requests": batch}, deployment, call)
+                vectors += _vectors(reply.get("embeddings"), len(batch), deployment)
+        tokens = sum(math.ceil(len(text.encode()) / 4) for text in inputs)  # not reported
+        return embedding_list(vectors, call.model, params.encoding_format, tokens)
+
+    async def _post_json(self, url: str, body: JSON, deployment: Upstream, call: Call) -> JSON:
         async with self._post(url, _encode(body), deployment, call) as response:
             raw = await response.read()
         reply = upstream_json(raw, deployment)
         _raise_if_error(reply, deployment, call)
-        found = [reply.get("embedding")] if len(requests) == 1 else reply.get("embeddings")
-        vectors = _vectors(found, len(requests), deployment)
-        tokens = sum(math.ceil(len(text.encode()) / 4) for text in inputs)  # not reported
-        return embedding_list(vectors, call.model, params.encoding_format, tokens)
+        return reply
 
     async def list_models(self, api_key: str | None = None) -> list[str]:
         """Every model name, without the ``models/`` prefix, across all pages."""
