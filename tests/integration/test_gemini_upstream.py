@@ -402,6 +402,8 @@ async def test_errors_are_mapped_and_the_key_never_leaks(
             ready = await (await session.get(gateway.url + "/ready")).text()
     assert error.value.status_code == client_status
     assert text in error.value.message
+    if client_status != 400:
+        assert "answered" in caplog.text  # the failure is logged: scrubbed there too
     for seen in (str(error.value.body), metrics, ready, caplog.text):
         assert KEY not in seen and KEY[:8] not in seen
     if client_status == 400:
@@ -435,8 +437,11 @@ async def test_429_retry_delay_cools_the_deployment_down(
     assert len(fake_gemini.requests) == 1
 
 
-async def test_stream_error_event_ends_with_error(fake_gemini: FakeGemini) -> None:
-    fake_gemini.default = Script(error_after=2, error_message="backend crashed")
+async def test_stream_error_event_ends_with_error_without_the_key(
+    fake_gemini: FakeGemini, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    fake_gemini.default = Script(error_after=2, error_message=f"backend crashed, key {KEY}")
     async with running_gateway(make_settings([gemini_model(fake_gemini)])) as gateway:
         async with gateway.client() as client:
             stream = await client.chat.completions.create(
@@ -444,9 +449,11 @@ async def test_stream_error_event_ends_with_error(fake_gemini: FakeGemini) -> No
                 messages=USER,
                 stream=True,  # type: ignore[arg-type]
             )
-            with pytest.raises(openai.APIError, match="backend crashed"):
+            with pytest.raises(openai.APIError, match="backend crashed") as error:
                 async for _ in stream:
                     pass
+    assert "key ***" in str(error.value)
+    assert KEY not in str(error.value) and KEY[:8] not in caplog.text
 
 
 async def test_stream_without_its_last_event_is_an_error(fake_gemini: FakeGemini) -> None:
