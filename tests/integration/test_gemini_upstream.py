@@ -231,6 +231,33 @@ async def test_image_data_url_becomes_inline_data(fake_gemini: FakeGemini) -> No
     assert len(fake_gemini.requests) == 1  # the remote URL never reached Gemini
 
 
+async def test_pdf_and_audio_parts_become_inline_data(fake_gemini: FakeGemini) -> None:
+    content = [
+        {"type": "text", "text": "summarise both"},
+        {"type": "file", "file": {"filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBERi0="}},
+        {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}},
+    ]  # fmt: skip
+    async with running_gateway(make_settings([gemini_model(fake_gemini)])) as gateway:
+        async with gateway.client() as client:
+            await client.chat.completions.create(
+                model="flash",
+                messages=[{"role": "user", "content": content}],  # type: ignore[list-item, misc]
+            )
+            with pytest.raises(openai.BadRequestError) as error:
+                await client.chat.completions.create(
+                    model="flash",
+                    messages=[{"role": "user", "content": [  # type: ignore[list-item, misc]
+                        {"type": "input_audio", "input_audio": {"data": "x", "format": "ogg"}}]}],
+                )  # fmt: skip
+    assert fake_gemini.requests[0].json["contents"][0]["parts"] == [
+        {"text": "summarise both"},
+        {"inlineData": {"mimeType": "application/pdf", "data": "JVBERi0="}},
+        {"inlineData": {"mimeType": "audio/wav", "data": "UklGRg=="}},
+    ]
+    assert "messages[0].content[0].input_audio" in error.value.message
+    assert len(fake_gemini.requests) == 1
+
+
 @pytest.mark.parametrize(
     ("response_format", "expected"),
     [

@@ -355,6 +355,7 @@ def _user_parts(content: str | list[dict[str, Any]] | None, where: str) -> list[
         return [{"text": content}] if content else []  # Gemini refuses empty text
     parts: list[JSON] = []
     for number, part in enumerate(content):
+        field = f"{where}.content[{number}]"
         kind = part.get("type")
         if kind == "text":
             if part.get("text"):
@@ -362,13 +363,31 @@ def _user_parts(content: str | list[dict[str, Any]] | None, where: str) -> list[
         elif kind == "image_url":
             image = part.get("image_url")
             url = image.get("url") if isinstance(image, dict) else image
-            parts.append({"inlineData": _inline_data(url, f"{where}.content[{number}].image_url")})
+            parts.append({"inlineData": _inline_data(url, f"{field}.image_url")})
+        elif kind == "file":  # OpenAI's file part: a PDF (or other document) as a data URL
+            file = part.get("file")
+            data = file.get("file_data") if isinstance(file, dict) else None
+            parts.append({"inlineData": _inline_data(data, f"{field}.file.file_data")})
+        elif kind == "input_audio":
+            parts.append({"inlineData": _audio(part.get("input_audio"), f"{field}.input_audio")})
         else:
             raise InvalidRequest(
-                f"Gemini deployments accept text and image_url content parts, not {kind!r}.",
-                param=f"{where}.content[{number}]",
+                "Gemini deployments accept text, image_url, file and input_audio content "
+                f"parts, not {kind!r}.",
+                param=field,
             )
     return parts
+
+
+def _audio(audio: object, field: str) -> JSON:
+    """OpenAI's ``input_audio {data, format}`` (base64 wav or mp3) as ``inlineData``."""
+    data = audio.get("data") if isinstance(audio, dict) else None
+    kind = audio.get("format") if isinstance(audio, dict) else None
+    if not isinstance(data, str) or not data or kind not in ("wav", "mp3"):
+        raise InvalidRequest(
+            f"{field} must be {{data: base64 audio, format: 'wav' or 'mp3'}}.", param=field
+        )
+    return {"mimeType": f"audio/{kind}", "data": data}
 
 
 def _inline_data(url: object, field: str) -> JSON:
@@ -376,7 +395,7 @@ def _inline_data(url: object, field: str) -> JSON:
     match = _DATA_URL.match(url) if isinstance(url, str) else None
     if match is None:
         raise InvalidRequest(
-            f"{field}: images for Gemini deployments must be data URLs "
+            f"{field}: images and files for Gemini deployments must be data URLs "
             "(data:image/png;base64,...); the gateway does not fetch remote URLs.",
             param=field,
         )

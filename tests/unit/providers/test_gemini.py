@@ -85,6 +85,17 @@ PARTS = st.lists(
             {"type": st.just("image_url"), "image_url": st.fixed_dictionaries({"url": IMAGE_URLS})}
         ),
         st.fixed_dictionaries({"type": st.just("input_audio")}),
+        st.fixed_dictionaries(
+            {"type": st.just("file"), "file": st.fixed_dictionaries({"file_data": IMAGE_URLS})}
+        ),
+        st.fixed_dictionaries(
+            {
+                "type": st.just("input_audio"),
+                "input_audio": st.fixed_dictionaries(
+                    {"data": TEXT, "format": st.sampled_from(["wav", "mp3", "ogg"])}
+                ),
+            }
+        ),
     ),
     max_size=3,
 )
