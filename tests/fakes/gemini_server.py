@@ -111,6 +111,8 @@ class GeminiScript(Script):
     """An error's ``google.rpc.ErrorInfo`` reason (``"API_KEY_INVALID"``)."""
     cached_tokens: int = 0
     """Reported as ``usageMetadata.cachedContentTokenCount``."""
+    thought_signature: str | None = None
+    """Sent with each ``functionCall`` part, as thinking models do."""
     cut_short: bool = False
     """Streaming: end the stream cleanly without its last event (no finish reason)."""
 
@@ -337,6 +339,9 @@ class _Reply:
         self.completion_tokens = count_words(self.content) + tool_call_words(calls)
         self.count = int(config.get("candidateCount") or 1)
         self.call_parts = [{"functionCall": {"name": c.name, "args": c.arguments}} for c in calls]
+        if gemini.thought_signature:
+            for part in self.call_parts:
+                part["thoughtSignature"] = gemini.thought_signature
         self.blocked: dict[str, Any] | None = None
         if gemini.block_reason:
             feedback = {"blockReason": gemini.block_reason, "safetyRatings": _BLOCKED_RATINGS}
@@ -440,8 +445,10 @@ def _check_parts(parts: Any, where: str, *, text_only: bool = False) -> None:
     for j, part in enumerate(parts):
         if not isinstance(part, dict):
             raise Violation(f"{where}[{j}] must be an object")
-        _unknown(f"{where}[{j}]", part, {"text"} if text_only else kinds)
-        data = [k for k in part if k != "thought"]
+        _unknown(f"{where}[{j}]", part, {"text"} if text_only else kinds | {"thoughtSignature"})
+        if "thoughtSignature" in part and "functionCall" not in part:
+            raise Violation(f"{where}[{j}].thought_signature belongs to a function call here")
+        data = [k for k in part if k not in ("thought", "thoughtSignature")]
         if len(data) != 1:
             raise Violation(f"{where}[{j}] must hold exactly one kind of data")
         kind = data[0]

@@ -181,6 +181,33 @@ async def test_tools_round_trip(fake_gemini: FakeGemini) -> None:
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
 
 
+async def test_thought_signatures_make_the_round_trip(fake_gemini: FakeGemini) -> None:
+    """Thinking models sign their function calls and want the signature back with them."""
+    fake_gemini.push(
+        GeminiScript(tool_calls=[{"name": "get_weather", "arguments": {"city": "Paris"}}],
+                     thought_signature="c2lnbmF0dXJl"),
+        Script(content="Sunny."),
+    )  # fmt: skip
+    async with running_gateway(make_settings([gemini_model(fake_gemini)])) as gateway:
+        async with gateway.client() as client:
+            first = await client.chat.completions.create(
+                model="flash",
+                messages=USER,  # type: ignore[arg-type]
+                tools=[WEATHER_TOOL],  # type: ignore[list-item]
+            )
+            message = first.choices[0].message.model_dump(exclude_none=True)
+            call_id = message["tool_calls"][0]["id"]
+            await client.chat.completions.create(
+                model="flash",
+                messages=[*USER, message,  # type: ignore[list-item]
+                          {"role": "tool", "tool_call_id": call_id, "content": "sunny"}],
+            )  # fmt: skip
+    extra = message["tool_calls"][0]["extra_content"]
+    assert extra == {"google": {"thought_signature": "c2lnbmF0dXJl"}}
+    model_turn = fake_gemini.requests[1].json["contents"][1]
+    assert model_turn["parts"][0]["thoughtSignature"] == "c2lnbmF0dXJl"
+
+
 async def test_json_tool_result_passes_as_the_response_object(fake_gemini: FakeGemini) -> None:
     history = [
         *USER,

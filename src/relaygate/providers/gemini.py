@@ -267,7 +267,7 @@ def request_body(call: Call) -> JSON:
     """The generateContent body for a chat or text completion call."""
     params = call.params
     if isinstance(params, ChatRequest):
-        system, contents = _contents(params.messages)
+        system, contents = _contents(params.messages, call.body.get("messages"))
     elif isinstance(params, CompletionRequest):
         prompt = _prompt(params)
         system, contents = [], [{"role": "user", "parts": [{"text": prompt}]}] if prompt else []
@@ -301,8 +301,12 @@ def _prompt(params: CompletionRequest) -> str:
     return params.prompt[0]
 
 
-def _contents(messages: list[ChatMessage]) -> tuple[list[JSON], list[JSON]]:
-    """(systemInstruction parts, contents); adjacent turns of one role are merged."""
+def _contents(messages: list[ChatMessage], raw: Any) -> tuple[list[JSON], list[JSON]]:
+    """(systemInstruction parts, contents); adjacent turns of one role are merged.
+
+    ``raw`` is the client's own messages, for the thought signatures Gemini gave its tool
+    calls (kept by clients in ``extra_content.google.thought_signature``, as Google's
+    OpenAI-compatible API has them)."""
     system: list[JSON] = []
     contents: list[JSON] = []
     names: dict[str, str] = {}  # tool call id -> function name, from earlier assistant turns
@@ -320,7 +324,11 @@ def _contents(messages: list[ChatMessage]) -> tuple[list[JSON], list[JSON]]:
                 if tool_call.id:
                     names[tool_call.id] = tool_call.function.name
                 args = _arguments(tool_call.function.arguments, f"{where}.tool_calls[{number}]")
-                parts.append({"functionCall": {"name": tool_call.function.name, "args": args}})
+                part: JSON = {"functionCall": {"name": tool_call.function.name, "args": args}}
+                signature = _signature(raw, index, number)
+                if signature:
+                    part["thoughtSignature"] = signature
+                parts.append(part)
         else:  # tool, function
             role, parts = "user", [_function_response(message, names, where)]
         if not parts:
@@ -330,6 +338,15 @@ def _contents(messages: list[ChatMessage]) -> tuple[list[JSON], list[JSON]]:
         else:
             contents.append({"role": role, "parts": parts})
     return system, contents
+
+
+def _signature(raw: Any, message: int, number: int) -> str | None:
+    """``messages[message].tool_calls[number].extra_content.google.thought_signature``."""
+    try:
+        value = raw[message]["tool_calls"][number]["extra_content"]["google"]["thought_signature"]
+    except (LookupError, TypeError):
+        return None
+    return value if isinstance(value, str) and value else None
 
 
 def _texts(content: str | list[dict[str, Any]] | None, where: str) -> list[str]:
@@ -749,19 +766,21 @@ class _Translator:
                 number = self.tool_calls.get(index, 0)
                 self.tool_calls[index] = number + 1
                 identifier = call.get("id")
-                calls.append(
-                    {
-                        "index": number,
-                        "id": identifier
-                        if isinstance(identifier, str) and identifier
-                        else "call_" + secrets.token_hex(12),
-                        "type": "function",
-                        "function": {
-                            "name": str(call.get("name", "")),
-                            "arguments": _encode(call.get("args") or {}).decode(),
-                        },
-                    }
-                )
+                tool_call: JSON = {
+                    "index": number,
+                    "id": identifier
+                    if isinstance(identifier, str) and identifier
+                    else "call_" + secrets.token_hex(12),
+                    "type": "function",
+                    "function": {
+                        "name": str(call.get("name", "")),
+                        "arguments": _encode(call.get("args") or {}).decode(),
+                    },
+                }
+                signature = part.get("thoughtSignature")
+                if isinstance(signature, str) and signature:  # to be sent back with the call
+                    tool_call["extra_content"] = {"google": {"thought_signature": signature}}
+                calls.append(tool_call)
         return "".join(texts), "".join(thoughts), calls
 
     def _finish(self, index: int, candidate: JSON, has_calls: bool) -> str:
