@@ -280,9 +280,8 @@ def request_body(call: Call) -> JSON:
     body: JSON = {"contents": contents}
     if system:
         body["systemInstruction"] = {"parts": system}
-    if isinstance(params, ChatRequest):
-        if params.tools:
-            body["tools"] = [{"functionDeclarations": [_declaration(t) for t in params.tools]}]
+    if isinstance(params, ChatRequest) and params.tools:  # tool_choice means nothing without
+        body["tools"] = [{"functionDeclarations": [_declaration(t) for t in params.tools]}]
         if params.tool_choice is not None:
             body["toolConfig"] = {"functionCallingConfig": _tool_choice(params.tool_choice)}
     config = _generation_config(params, call)
