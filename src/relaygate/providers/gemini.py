@@ -628,7 +628,13 @@ class _Translator:
 
     def whole(self, reply: JSON) -> JSON:
         choices = []
-        for index, candidate in self._candidates(reply):
+        candidates = list(self._candidates(reply))
+        if not candidates:
+            raise UpstreamProtocolError(
+                f"Deployment {self.deployment.name!r} answered without a candidate.",
+                deployment=self.deployment.name,
+            )
+        for index, candidate in candidates:
             text, reasoning, calls = self._parts(index, candidate)
             reason = self._finish(index, candidate, bool(calls))
             if not self.chat:
