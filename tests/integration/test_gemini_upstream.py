@@ -424,6 +424,32 @@ async def test_ollama_clients_reach_gemini(fake_gemini: FakeGemini) -> None:
     assert fake_gemini.requests[-1].path.endswith(":generateContent")
 
 
+async def test_anthropic_clients_reach_gemini_with_tools(fake_gemini: FakeGemini) -> None:
+    import anthropic
+
+    fake_gemini.push(Script(tool_calls=[{"name": "get_weather", "arguments": {"city": "Oslo"}}]))
+    tool = {
+        "name": "get_weather",
+        "description": "Weather in a city",
+        "input_schema": WEATHER_TOOL["function"]["parameters"],
+    }  # type: ignore[index]
+    async with running_gateway(make_settings([gemini_model(fake_gemini)])) as gateway:
+        client = anthropic.AsyncAnthropic(base_url=gateway.url, api_key=gateway.admin_key)
+        async with client:
+            reply = await client.messages.create(
+                model="flash", max_tokens=64, system="Be brief.", extra_body={"top_k": 5},
+                messages=[{"role": "user", "content": "weather in Oslo?"}],
+                tools=[tool],  # type: ignore[list-item]
+            )  # fmt: skip
+    sent = fake_gemini.requests[-1].json
+    assert sent["systemInstruction"] == {"parts": [{"text": "Be brief."}]}
+    assert sent["generationConfig"] == {"maxOutputTokens": 64, "topK": 5}
+    assert sent["tools"][0]["functionDeclarations"][0]["parameters"]["type"] == "OBJECT"
+    (block,) = [b for b in reply.content if b.type == "tool_use"]
+    assert block.name == "get_weather" and block.input == {"city": "Oslo"}
+    assert reply.stop_reason == "tool_use"
+
+
 @pytest.mark.parametrize(
     ("script", "client_status", "text"),
     [
