@@ -82,6 +82,9 @@ class ResponsesFormat:
         try:
             await self.keeper.saved(previous, owner)  # this worker may still be saving it
             history = await self.keeper.store.chain(previous, owner)
+            if history is None:  # another worker may be saving it right now: look once more
+                await self.keeper.settle()
+                history = await self.keeper.store.chain(previous, owner)
         except (SQLAlchemyError, OSError, TimeoutError):
             raise StoreUnavailable(_UNAVAILABLE) from None
         if history is None:
@@ -130,16 +133,21 @@ class StoredResponses:
         keeper = self.state.responses
         try:
             await keeper.saved(response_id, owner)  # this worker may still be saving it
-            if delete:
-                deleted = await keeper.store.delete(response_id, owner)
-                record = None
-            else:
-                record = await keeper.store.get(response_id, owner)
-                deleted = False
+            found = await self._look(response_id, owner, delete)
+            if found is None:  # another worker may be saving it right now: look once more
+                await keeper.settle()
+                found = await self._look(response_id, owner, delete)
         except (SQLAlchemyError, OSError, TimeoutError):
             raise StoreUnavailable(_UNAVAILABLE) from None
-        if deleted:
-            return responses.deleted_body(response_id)
-        if record is None:
+        if found is None:
             raise responses.not_found(response_id)
-        return responses.stored_body(record)
+        return found
+
+    async def _look(self, response_id: str, owner: str, delete: bool) -> bytes | None:
+        """The answer's body, or None when the owner has no such response."""
+        store = self.state.responses.store
+        if delete:
+            deleted = await store.delete(response_id, owner)
+            return responses.deleted_body(response_id) if deleted else None
+        record = await store.get(response_id, owner)
+        return None if record is None else responses.stored_body(record)

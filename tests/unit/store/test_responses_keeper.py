@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from relaygate.store.engine import create_engine
-from relaygate.store.responses import ResponseStore
+from relaygate.store.responses import ResponseRecord, ResponseStore
 from relaygate.store.responses_keeper import ResponseKeeper
 from relaygate.store.tables import stored_responses
 from tests.unit.store.test_responses_store import make
@@ -34,6 +34,7 @@ async def store(tmp_path: Path, sqlite_template: Path) -> AsyncIterator[Response
 
 async def test_a_read_right_after_the_answer_waits_for_its_save(store: ResponseStore) -> None:
     keeper = ResponseKeeper(store, LOG)
+    keeper.start()
     keeper.save(make("resp_1", expires=None))
     keeper.save(make("resp_2", "ten_b", expires=None))
     await keeper.saved("resp_1", "ten_a")  # what prepare and GET do first
@@ -49,15 +50,17 @@ async def test_a_failed_save_is_logged_never_raised(
     """The database without the table (as good as down): the answer was already sent, so
     the failure is a warning that names the response."""
     engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}")
-    keeper = ResponseKeeper(ResponseStore(engine), LOG)
+    keeper = ResponseKeeper(ResponseStore(engine), LOG, purge_every=3600)
+    keeper.start()
     try:
         keeper.save(make("resp_lost"))
         await keeper.saved("resp_lost", "ten_a")  # does not raise
         await keeper.aclose(drain_timeout=5)
     finally:
         await engine.dispose()
-    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert "response resp_lost was not stored (OperationalError)" in warning.getMessage()
+    (warning,) = [r.getMessage() for r in caplog.records if "not stored" in r.getMessage()]
+    assert warning.startswith("1 responses were not stored (OperationalError)")
+    assert warning.endswith(": resp_lost") and warning.count("resp_lost") == 1
 
 
 async def test_expired_responses_are_purged_periodically(
@@ -97,3 +100,38 @@ async def test_a_failing_purge_is_logged_and_retried(
         await keeper.aclose(drain_timeout=5)
         await engine.dispose()
     assert caplog.text.count("purging expired responses failed (OperationalError)") >= 2
+
+
+class CountingStore(ResponseStore):
+    """The real store, counting its transactions of saves."""
+
+    batches: list[int]
+
+    async def save_many(self, records: Sequence[ResponseRecord]) -> None:
+        self.batches.append(len(records))
+        await super().save_many(records)
+
+
+async def test_saves_close_together_are_one_transaction(store: ResponseStore) -> None:
+    counting = CountingStore(store.engine)
+    counting.batches = []
+    keeper = ResponseKeeper(counting, LOG, batch_window=0.05, purge_every=3600)
+    keeper.start()
+    for n in range(5):
+        keeper.save(make(f"resp_{n}", expires=None))
+    await keeper.saved("resp_4", "ten_a")
+    keeper.save(make("resp_1", expires=None))  # the same id again: replaced, not an error
+    await keeper.aclose(drain_timeout=5)  # writes what is still waiting
+    assert counting.batches == [5, 1]
+    for n in range(5):
+        assert await store.get(f"resp_{n}", "ten_a") is not None
+
+
+async def test_a_keeper_not_running_refuses_saves_out_loud(
+    store: ResponseStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    keeper = ResponseKeeper(store, LOG)
+    keeper.save(make("resp_early"))
+    await keeper.saved("resp_early", "ten_a")  # nothing waits forever
+    assert "response resp_early was not stored: the keeper is not running" in caplog.text
+    assert await store.get("resp_early", "ten_a") is None
