@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from .api_sections import api_latency
 from .auth_sections import auth_cost
 from .cache_sections import cache_cost
 from .common import Options, Section
@@ -21,4 +22,5 @@ SECTIONS: dict[str, tuple[str, Callable[[Section, Options], None]]] = {
     "auth": ("7. Auth + limits cost", auth_cost),
     "usage": ("8. Usage accounting cost and durability", usage_cost),
     "cache": ("9. Response cache: hit latency and warm-cache throughput", cache_cost),
+    "apis": ("10. Added latency per inbound API at concurrency 1", api_latency),
 }

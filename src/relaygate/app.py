@@ -22,6 +22,7 @@ from relaygate.api.ollama_meta import OllamaMeta
 from relaygate.api.openai import OpenAIFormat, OpenAIModels
 from relaygate.api.openapi import DocsAPI
 from relaygate.api.ops import OpsAPI
+from relaygate.api.responses_api import RESPONSE_PREFIX, ResponsesFormat, StoredResponses
 from relaygate.api.seed import GenerateFormat, SeedChatFormat
 from relaygate.api.shapes import error_renderer_for, internal_error, is_ollama_path
 from relaygate.api.tasks import TasksAPI
@@ -42,6 +43,7 @@ MODEL_ROUTE = "/v1/models/{model}"
 # With ops.listen set, these answer only on that address, which serves nothing else.
 OPS_ONLY = frozenset(("/metrics", "/ready"))
 OPS_LISTENER_PATHS = OPS_ONLY | {"/health"}
+RESPONSE_ROUTE = "/v1/responses/{response_id}"
 
 
 class Gateway:
@@ -53,6 +55,7 @@ class Gateway:
         self.log = logging.getLogger("relaygate")
         self._routes: dict[str, dict[str, Handler]] = {}
         self._model_route: dict[str, Handler] = {}
+        self._response_route: dict[str, Handler] = {}
         self._admin: Handler | None = None
         # The one place requests enter: CORS (when origins are configured) covers every route.
         self._cors = CORS(settings.cors, self._serve) if settings.cors.allow_origins else None
@@ -82,6 +85,8 @@ class Gateway:
         methods = self._routes.get(path)
         if methods is None and path.startswith("/v1/models/"):
             methods = self._model_route
+        if methods is None and path.startswith(RESPONSE_PREFIX):
+            methods = self._response_route
         if methods is None:
             if self._admin is not None and path.startswith(ADMIN_PREFIXES):
                 return self._admin
@@ -100,6 +105,8 @@ class Gateway:
         table = {path: sorted(methods) for path, methods in self._routes.items()}
         if self._model_route:
             table[MODEL_ROUTE] = sorted(self._model_route)
+        if self._response_route:
+            table[RESPONSE_ROUTE] = sorted(self._response_route)
         for route in getattr(self._admin, "routes", ()):
             methods = getattr(route, "methods", None) or ()
             table[route.path] = sorted(set(methods) - {"HEAD"})
@@ -153,6 +160,7 @@ class Gateway:
             "/v1/completions": {"POST": pipeline.route(openai, "completion")},
             "/v1/embeddings": {"POST": pipeline.route(openai, "embedding")},
             "/v1/models": {"GET": models.models},
+            "/v1/responses": {"POST": pipeline.route(ResponsesFormat(state), "chat")},
             "/health": {"GET": ops.health},
             "/ready": {"GET": ops.ready},
             "/metrics": {"GET": ops.metrics},
@@ -177,6 +185,8 @@ class Gateway:
         }
         self._routes.update(DocsAPI(self.served_routes).routes())  # /openapi.json, /docs
         self._model_route = {"GET": models.model}
+        stored = StoredResponses(state)
+        self._response_route = {"GET": stored.get, "DELETE": stored.delete}
         self._admin = build_admin_app(state)
         # Everything built so far lives as long as the process: move it out of the
         # collector's way, so collections on the request path have less to scan.

@@ -8,13 +8,18 @@ order. It knows no wire format: each inbound API (``api/``) hands it a
 answers, stream events and errors in that API's shape. Routing and calling,
 below, try deployments in the router's order, retrying on another one only
 while nothing has reached the client, and apply each deployment's timeouts.
+
+A format may also have :class:`Hooks` (``prepare``, ``completed``,
+``stream_error``), looked up once when its route is built: an API that keeps
+state between requests (the Responses API's stored conversations) uses them;
+the others pay nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
@@ -44,12 +49,21 @@ from relaygate.redact import scrub
 from relaygate.usage.accounting import Served
 
 if TYPE_CHECKING:
+    from relaygate.auth.principal import Principal
     from relaygate.cache.response import Hit, Plan
     from relaygate.routing.router import Deployment
     from relaygate.schema.requests import Call, Kind
     from relaygate.state import AppState
 
-__all__ = ["Pipeline", "UpstreamStream", "WireFormat", "complete", "observe", "open_stream"]
+__all__ = [
+    "Hooks",
+    "Pipeline",
+    "UpstreamStream",
+    "WireFormat",
+    "complete",
+    "observe",
+    "open_stream",
+]
 
 JSON = dict[str, Any]
 Headers = tuple[tuple[bytes, bytes], ...]
@@ -99,6 +113,39 @@ class WireFormat(Protocol):
         """What closes a stream that failed after it started."""
 
 
+@dataclass(frozen=True, slots=True)
+class Hooks:
+    """The optional part of a wire format, found once per route (``Hooks.of``).
+
+    A format defines any of these methods, with these names, when it needs them:
+
+    ``async prepare(call, principal)``
+        After parsing, before the cache key and admission (it may change the
+        prompt, e.g. with a stored conversation); may raise a RelaygateError.
+    ``completed(call, principal)``
+        Once a whole answer has been sent (live, streamed or from the cache);
+        must not block: slow work goes to the background.
+    ``stream_error(call, error) -> bytes``
+        What closes a stream that failed after it started, when it depends on
+        the events sent so far; else ``error_event(error)`` is used.
+    """
+
+    prepare: Callable[[Call, Principal], Awaitable[None]] | None = None
+    completed: Callable[[Call, Principal], None] | None = None
+    stream_error: Callable[[Call, RelaygateError], bytes] | None = None
+
+    @classmethod
+    def of(cls, fmt: WireFormat) -> Hooks:
+        return cls(
+            getattr(fmt, "prepare", None),
+            getattr(fmt, "completed", None),
+            getattr(fmt, "stream_error", None),
+        )
+
+
+_NO_HOOKS = Hooks()
+
+
 @dataclass(slots=True)
 class _Outcome:
     """What the metrics record of one request."""
@@ -120,10 +167,19 @@ class Pipeline:
 
     def route(self, fmt: WireFormat, kind: Kind) -> ASGIApp:
         """The ASGI handler of one inference route: this pipeline, in ``fmt``."""
-        return partial(self.serve, fmt, kind)
+        hooks = Hooks.of(fmt)
+        if hooks == _NO_HOOKS:
+            return partial(self.serve, fmt, kind)
+        return partial(self.serve, fmt, kind, hooks=hooks)
 
     async def serve(
-        self, fmt: WireFormat, kind: Kind, scope: Scope, receive: Receive, send: Send
+        self,
+        fmt: WireFormat,
+        kind: Kind,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        hooks: Hooks = _NO_HOOKS,
     ) -> None:
         """One request, start to end: every error answered in ``fmt``'s shape,
         metrics always, and exactly one usage record once it is authenticated."""
@@ -133,7 +189,7 @@ class Pipeline:
         outcome = _Outcome()
         state.metrics.started(fmt.name)
         try:
-            await self._serve(fmt, kind, scope, receive, send, served, outcome)
+            await self._serve(fmt, kind, scope, receive, send, served, outcome, hooks)
         except RelaygateError as exc:
             outcome.status = exc.status
             served.rejected = not isinstance(exc, UpstreamError | NoHealthyDeployment)
@@ -162,6 +218,7 @@ class Pipeline:
         send: Send,
         served: Served,
         outcome: _Outcome,
+        hooks: Hooks,
     ) -> None:
         """authenticate -> parse -> admit -> route/call/relay -> settle."""
         state = self.state
@@ -176,6 +233,9 @@ class Pipeline:
         call.credential = read_credential(scope)  # scrubbed from any upstream error text
         served.model, served.body = call.model, call.body
         outcome.model = state.router.get(call.model).name
+        if hooks.prepare is not None:  # before the cache key and admission: may change the prompt
+            await hooks.prepare(call, principal)
+            served.body = call.body
         control = header(scope, b"cache-control")
         plan = state.cache.plan(
             kind, call.model, call.body, principal, control.decode("latin-1") if control else None
@@ -190,7 +250,9 @@ class Pipeline:
         )
         call.headers = admitted.headers
         try:
-            await self._run(fmt, call, plan, receive, send, outcome)
+            await self._run(fmt, call, plan, receive, send, outcome, hooks)
+            if hooks.completed is not None and outcome.status == 200:
+                hooks.completed(call, principal)
         finally:
             if plan.leader:  # failed or incomplete: identical requests go upstream themselves
                 state.cache.release(plan, None)
@@ -212,6 +274,7 @@ class Pipeline:
         receive: Receive,
         send: Send,
         outcome: _Outcome,
+        hooks: Hooks,
     ) -> None:
         """Look up, or call and relay; the client leaving cancels the upstream call at once."""
         watch = DisconnectWatch(receive)
@@ -223,7 +286,9 @@ class Pipeline:
                 outcome.status = await _replay(fmt, call, hit, send)
                 outcome.ttfb = None
             elif call.stream:
-                outcome.status, outcome.ttfb = await self._stream(fmt, call, plan, send, watch)
+                outcome.status, outcome.ttfb = await self._stream(
+                    fmt, call, plan, send, watch, hooks
+                )
             else:
                 outcome.status = await self._complete(fmt, call, plan, send, watch)
         except asyncio.CancelledError:
@@ -248,18 +313,30 @@ class Pipeline:
         return 200
 
     async def _stream(
-        self, fmt: WireFormat, call: Call, plan: Plan, send: Send, watch: DisconnectWatch
+        self,
+        fmt: WireFormat,
+        call: Call,
+        plan: Plan,
+        send: Send,
+        watch: DisconnectWatch,
+        hooks: Hooks,
     ) -> tuple[int, float | None]:
         """Relay a stream; the client going away cancels the upstream call at once."""
         upstream = await open_stream(self.state, call)
         try:
-            return await self._relay(fmt, upstream, call, plan, send)
+            return await self._relay(fmt, upstream, call, plan, send, hooks)
         finally:
             watch.close()
             await upstream.aclose()
 
     async def _relay(
-        self, fmt: WireFormat, upstream: UpstreamStream, call: Call, plan: Plan, send: Send
+        self,
+        fmt: WireFormat,
+        upstream: UpstreamStream,
+        call: Call,
+        plan: Plan,
+        send: Send,
+        hooks: Hooks,
     ) -> tuple[int, float | None]:
         started = time.perf_counter()
         headers = [*fmt.stream_headers, (b"x-request-id", call.request_id.encode()), *call.headers]
@@ -277,10 +354,11 @@ class Pipeline:
                         ttfb = time.perf_counter() - started
                 chunk = await upstream.next()
         except UpstreamError as exc:
-            return await _end_with_error(fmt, send, exc), ttfb
+            return await _end_with_error(fmt, hooks, call, send, exc), ttfb
         except Exception:
             self.state.log.exception("unexpected error relaying stream %s", call.request_id)
-            return await _end_with_error(fmt, send, _internal_error(call.request_id)), ttfb
+            error = _internal_error(call.request_id)
+            return await _end_with_error(fmt, hooks, call, send, error), ttfb
         provider = upstream.deployment.provider_name
         last = fmt.end(call, provider, False)
         await send({"type": "http.response.body", "body": last, "more_body": False})
@@ -311,9 +389,14 @@ async def _send_error(send: Send, fmt: WireFormat, error: RelaygateError, reques
     await send_bytes(send, error.status, fmt.error(error), request_id, extra=error.headers())
 
 
-async def _end_with_error(fmt: WireFormat, send: Send, error: RelaygateError) -> int:
+async def _end_with_error(
+    fmt: WireFormat, hooks: Hooks, call: Call, send: Send, error: RelaygateError
+) -> int:
     """A stream that already started ends with an error event and a clean close."""
-    body = fmt.error_event(error)
+    if hooks.stream_error is not None:
+        body = hooks.stream_error(call, error)
+    else:
+        body = fmt.error_event(error)
     await send({"type": "http.response.body", "body": body, "more_body": False})
     return error.status
 

@@ -30,6 +30,8 @@ from relaygate.routing.router import Model, Router
 from relaygate.settings import Settings
 from relaygate.store.engine import create_engine, safe_url
 from relaygate.store.identity import IdentityStore
+from relaygate.store.responses import ResponseStore
+from relaygate.store.responses_keeper import ResponseKeeper
 from relaygate.store.schema import SCHEMA_REVISION, current_revision
 from relaygate.usage.accounting import Recorder
 from relaygate.usage.outbox import Outbox
@@ -61,6 +63,7 @@ class AppState:
     outbox: Outbox
     writer: UsageWriter
     cache: ResponseCache
+    responses: ResponseKeeper  # the Responses API's stored answers
     redis: redis.Redis | None = None
     key_events: KeyEvents | None = None
     cache_events: Events | None = None
@@ -136,6 +139,7 @@ async def open_state(settings: Settings, log: logging.Logger) -> AppState:
         outbox=outbox,
         writer=writer,
         cache=_cache(settings, client, engine, metrics, log),
+        responses=ResponseKeeper(ResponseStore(engine), log),
         redis=client,
         jwt=jwt,
     )
@@ -151,6 +155,7 @@ async def open_state(settings: Settings, log: logging.Logger) -> AppState:
             state.cache.publish = state.cache_events.publish_text
             state.cache_events.start()
     auth.start()
+    state.responses.start()
     return state
 
 
@@ -166,6 +171,7 @@ async def close_state(state: AppState) -> None:
     if state.jwt is not None:
         await state.jwt.aclose()
     await close_providers(state.router)
+    await state.responses.aclose(drain_timeout=state.settings.graceful_shutdown_seconds)
     # Every record appended so far is flushed to the outbox and written if the
     # database takes it within the drain time; what remains stays durable on disk.
     await state.writer.aclose(drain_timeout=state.settings.graceful_shutdown_seconds)

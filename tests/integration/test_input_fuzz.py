@@ -118,6 +118,23 @@ BODIES: dict[str, dict[str, Any]] = {
         "format": {"type": "object", "properties": {"answer": {"type": "string"}}},
         "stream": False,
     },
+    "/v1/responses": {
+        "model": "mock",
+        "instructions": "Be brief.",
+        "input": [
+            {"role": "user", "content": [{"type": "input_text", "text": "weather?"}]},
+            {"type": "function_call", "call_id": "c1", "name": "weather", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c1", "output": "sunny"},
+        ],
+        "tools": [{"type": "function", "name": "weather", "parameters": {"type": "object"}}],
+        "temperature": 0.2,
+        "top_p": 0.9,
+        "max_output_tokens": 16,
+        "store": False,
+        "stream": False,
+        "metadata": {"k": "v"},
+        "user": "someone",
+    },
     "/ai/generate": {
         "prompt": "Why is the sky blue?",
         "model": "mock",
@@ -193,3 +210,4 @@ test_ollama_chat = _fuzz("/api/chat")
 test_ollama_generate = _fuzz("/api/generate")
 test_seed_generate = _fuzz("/ai/generate")
 test_seed_chat = _fuzz("/chat")
+test_responses = _fuzz("/v1/responses")

@@ -101,6 +101,9 @@ async def concrete(gateway: RunningGateway, path: str) -> str:
     tenant = await gateway.state.identity.tenant_by_name(f"docs-{n}")
     assert tenant is not None
     values = {"key_id": key_id, "tenant_id": tenant.id, "model": "mock"}
+    if "{response_id}" in path:  # a stored response of the caller's (a DELETE may remove it)
+        async with gateway.client() as client:
+            values["response_id"] = (await client.responses.create(model="mock", input="hi")).id
     return re.sub(r"\{([^}]+)\}", lambda m: values[m.group(1)], path)
 
 

@@ -36,6 +36,7 @@ from relaygate.api.anthropic_schema import CountTokensRequest, MessagesRequest
 from relaygate.api.ollama import OllamaChat, OllamaGenerate
 from relaygate.api.ollama_embed import OllamaEmbed, OllamaEmbeddings
 from relaygate.api.ollama_meta import OLLAMA_VERSION, ShowRequest
+from relaygate.api.responses_schema import ResponsesRequest
 from relaygate.api.seed import GenerateRequest
 from relaygate.asgi import ASGIApp, Receive, Scope, Send, new_request_id, send_bytes
 from relaygate.schema.requests import ChatRequest, CompletionRequest, EmbeddingRequest
@@ -160,6 +161,31 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         errors=(401, 404),
         answer='`{"id", "object": "model", "owned_by"}`.',
         description="The model name may contain slashes (`/v1/models/Qwen/Qwen2.5-7B`).",
+    ),
+    ("POST", "/v1/responses"): Operation(
+        "Create a response (Responses API)",
+        "OpenAI",
+        body=ResponsesRequest,
+        stream=_SSE,
+        errors=_INFERENCE,
+        answer="A Response object, or with `stream: true` its typed server-sent events "
+        "(`response.created` ... `response.completed`).",
+        description="Stored for the caller's tenant unless `store: false`, so that "
+        "`previous_response_id` and `GET /v1/responses/{response_id}` find it.",
+    ),
+    ("GET", "/v1/responses/{response_id}"): Operation(
+        "Retrieve a stored response",
+        "OpenAI",
+        errors=(401, 404, 503),
+        answer="The Response object as it was stored.",
+        description="Only the caller's tenant's responses; any other id is a 404.",
+    ),
+    ("DELETE", "/v1/responses/{response_id}"): Operation(
+        "Delete a stored response",
+        "OpenAI",
+        errors=(401, 404, 503),
+        answer='`{"id", "object": "response.deleted", "deleted": true}`.',
+        description="Only the caller's tenant's responses; any other id is a 404.",
     ),
     ("POST", "/api/chat"): Operation(
         "Chat (Ollama API)",

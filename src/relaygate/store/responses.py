@@ -11,6 +11,7 @@ comes back is exactly what was stored, on SQLite and PostgreSQL alike.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -55,19 +56,7 @@ class ResponseStore:
 
     async def save(self, record: ResponseRecord) -> None:
         """Store one response (saving the same id again for the same owner replaces it)."""
-        row = {
-            "id": record.id,
-            "owner": record.owner,
-            "tenant_id": record.tenant_id,
-            "key_id": record.key_id,
-            "model": record.model,
-            "created_at": record.created_at,
-            "expires_at": record.expires_at,
-            "previous_response_id": record.previous_response_id,
-            "input_items": _encode(record.input_items),
-            "output_items": _encode(record.output_items),
-            "response": _encode(record.response),
-        }
+        row = _row(record)
         async with self.engine.begin() as conn:
             try:
                 async with conn.begin_nested():
@@ -79,6 +68,18 @@ class ResponseStore:
                     .where(stored_responses.c.owner == record.owner)
                     .values(row)
                 )
+
+    async def save_many(self, records: Sequence[ResponseRecord]) -> None:
+        """Store several responses in one transaction (ids are new as a rule; if one is
+        not, each is saved on its own, replacing the one stored)."""
+        if not records:
+            return
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(sa.insert(stored_responses), [_row(r) for r in records])
+        except IntegrityError:
+            for record in records:
+                await self.save(record)
 
     async def get(
         self, response_id: str, owner: str, now: datetime | None = None
@@ -153,6 +154,22 @@ class ResponseStore:
                 )
             )
         return int(result.rowcount or 0)
+
+
+def _row(record: ResponseRecord) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "owner": record.owner,
+        "tenant_id": record.tenant_id,
+        "key_id": record.key_id,
+        "model": record.model,
+        "created_at": record.created_at,
+        "expires_at": record.expires_at,
+        "previous_response_id": record.previous_response_id,
+        "input_items": _encode(record.input_items),
+        "output_items": _encode(record.output_items),
+        "response": _encode(record.response),
+    }
 
 
 def _utcnow() -> datetime:

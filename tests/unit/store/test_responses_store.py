@@ -171,3 +171,15 @@ async def test_a_conversation_through_the_wire_format_and_the_store(store: Respo
         {"role": "assistant", "content": "Seven."},
         {"role": "user", "content": "Double it."},
     ]
+
+
+async def test_save_many_in_one_go_and_with_an_id_already_stored(store: ResponseStore) -> None:
+    await store.save_many([make("resp_a", answer="one"), make("resp_b", answer="two")])
+    await store.save_many([make("resp_b", answer="two again"), make("resp_c")])  # b conflicts
+    await store.save_many([])
+    found = {rid: await store.get(rid, "ten_a", now=NOW) for rid in ("resp_a", "resp_b", "resp_c")}
+    assert {rid: r and texts(r.output_items) for rid, r in found.items()} == {
+        "resp_a": ["one"],
+        "resp_b": ["two again"],
+        "resp_c": ["hello"],
+    }
