@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import aiohttp
@@ -69,22 +68,26 @@ async def test_stream_relays_chunks_and_hides_forced_usage(fake_openai: FakeOpen
 
 
 async def test_stream_is_relayed_as_it_arrives(fake_openai: FakeOpenAI) -> None:
-    fake_openai.push(Script(chunk_delay=0.4, chunks=3))
+    """Chunks reach the client while the upstream is still generating: the upstream here
+    sends one word, then stalls until the client leaves; a buffering gateway would show
+    the client nothing at all."""
+    fake_openai.push(Script(stall_after=1))
     async with running_gateway(make_settings([model("m", fake_openai.base_url)])) as gateway:
         body = {"model": "m", "messages": USER, "stream": True}
         async with aiohttp.ClientSession() as session:
-            started = time.monotonic()
             async with session.post(
                 gateway.url + "/v1/chat/completions", json=body, headers=gateway.headers
             ) as response:
                 assert response.headers["content-type"].startswith("text/event-stream")
-                first = await response.content.readline()
-                first_at = time.monotonic() - started
-                rest = await response.content.read()
-                total = time.monotonic() - started
-    assert first.startswith(b"data: {")
-    assert first_at < 0.35 < total, (first_at, total)  # first chunk long before the last one
-    assert rest.endswith(b"data: [DONE]\n\n")
+                received = b""
+                while b"Echo" not in received:
+                    line = await response.content.readline()
+                    assert line, "the stream ended before the first word"
+                    received += line
+                assert fake_openai.disconnects == 0  # the upstream is still stalled
+                response.close()
+        await asyncio.wait_for(fake_openai.client_gone.wait(), 10)
+    assert received.startswith(b"data: {") and b"[DONE]" not in received
 
 
 async def test_completions_and_embeddings(fake_openai: FakeOpenAI) -> None:
@@ -158,12 +161,10 @@ async def test_total_timeout_is_504(fake_openai: FakeOpenAI) -> None:
     fake_openai.default = Script(first_byte_delay=3)
     config = model("m", fake_openai.base_url, timeouts={"total": 0.3})
     async with running_gateway(make_settings([config])) as gateway, gateway.client() as client:
-        started = time.monotonic()
         with pytest.raises(openai.InternalServerError) as error:
             await client.chat.completions.create(model="m", messages=USER)  # type: ignore[arg-type]
-    assert error.value.status_code == 504
-    assert "timed out" in error.value.message
-    assert time.monotonic() - started < 2.5
+    assert error.value.status_code == 504  # a 200 would mean the 3 s answer was awaited
+    assert "timed out for the whole call" in error.value.message
     await fake_openai.wait_disconnect(2)  # the upstream call was abandoned, not left running
 
 
