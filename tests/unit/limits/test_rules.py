@@ -227,3 +227,70 @@ async def test_rate_limited_names_the_longest_wait() -> None:
     headers = dict(error.headers())
     assert headers[b"retry-after"] == str(round(error.retry_after)).encode()
     assert headers[b"x-ratelimit-remaining"] == b"0"
+
+
+def budget(limit_micros: int, remaining_micros: int, cost_micros: int, retry: float) -> RuleState:
+    rule = Rule("key:usdmo", "quota", limit_micros, 3600.0, cost_micros, "budget_per_month")
+    return RuleState(rule, remaining_micros, retry, retry)
+
+
+def test_describe_budget_denial_in_dollars() -> None:
+    text = describe_denial(budget(1_234_500_000, 1_000_000, 2_500_000, 100.0), NOW)
+    assert text == (
+        "Budget exceeded: budget_per_month ($1,234.50) for this key; $1.00 left, this "
+        "request may cost up to $2.50 (lower max_tokens); resets at 2026-11-22T06:41:16Z."
+    )
+    small = describe_denial(budget(500_000, 1_500_000, 250, 1.0), NOW)
+    assert "($0.500000) for this key; $1.50 left" in small and "up to $0.000250 " in small
+
+
+def test_denial_times_are_utc_whatever_the_local_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        rate = describe_denial(state("requests_per_hour", 100, 0, 3600, 35.2), NOW)
+        spend = describe_denial(budget(5_000_000, 0, 10, 35.2), NOW)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert rate.endswith("at 2026-11-22T06:40:12Z.")
+    assert spend.endswith("resets at 2026-11-22T06:40:12Z.")
+
+
+def test_a_request_larger_than_a_request_limit_is_in_units() -> None:
+    text = describe_denial(state("requests_per_hour", 1, 1, 0, 1.0, cost=2), NOW)
+    assert text == (
+        "Request too large for the limit: it reserves 2 units, more than "
+        "requests_per_hour (1) for this key allows; lower max_tokens."
+    )
+
+
+def test_rate_limited_names_the_rule_that_waits_longest_or_the_denied_one() -> None:
+    minute = state("requests_per_minute", 10, 0, 60, 0.5)
+    slots = state("max_concurrent", 1, 0, 900, 0.0, kind="concurrency")
+    waiting = rate_limited(Decision(False, [slots, minute], denied=slots), NOW)
+    assert waiting.message.startswith("Rate limit exceeded: requests_per_minute (10)")
+    assert waiting.retry_after == 0.5
+    # no rule has a wait: the denied rule is named
+    free = state("requests_per_hour", 10, 5, 60, 0.0)
+    only = rate_limited(Decision(False, [free, slots], denied=slots), NOW)
+    assert only.message.startswith("Concurrency limit exceeded: max_concurrent (1)")
+    with pytest.raises(ValueError, match=r"^rate_limited\(\) needs a refused decision$"):
+        rate_limited(Decision(True, [free]), NOW)
+
+
+def test_names_are_escaped_so_percent_and_colon_cannot_collide() -> None:
+    tier = TierConfig(
+        models={name: LimitSet(requests_per_hour=1) for name in ("a:b", "a%3Ab", "a%b")}
+    )
+    keys = {
+        name: rules_for("k:x", effective(tier, None), tier, model=name, now=NOW)[-1].key
+        for name in ("a:b", "a%3Ab", "a%b")
+    }
+    assert keys == {
+        "a:b": "m=a%3Ab:rph:k:x",
+        "a%3Ab": "m=a%253Ab:rph:k:x",
+        "a%b": "m=a%25b:rph:k:x",
+    }
