@@ -294,3 +294,11 @@ def test_names_are_escaped_so_percent_and_colon_cannot_collide() -> None:
         "a%3Ab": "m=a%253Ab:rph:k:x",
         "a%b": "m=a%25b:rph:k:x",
     }
+
+
+def test_without_reservations_token_and_budget_rules_reserve_nothing() -> None:
+    tier = TierConfig(tokens_per_minute=100, budget_per_month=5.0)
+    rules = by_name(rules_for("k:1", tier, tier, now=NOW))
+    assert rules["tokens_per_minute"].cost == 0
+    assert rules["budget_per_month"].cost == 0
+    assert rules["budget_per_month"].limit == 5_000_000  # micro-dollars
