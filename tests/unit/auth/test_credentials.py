@@ -43,3 +43,14 @@ def test_the_chain_is_read_from_the_right_and_garbage_is_not_a_proxy() -> None:
     # an entry that is no address at all is not a trusted proxy: it stops the walk
     assert client_ip(scope(("127.0.0.1", 5), "198.51.100.1, not-an-ip"), TRUSTED) == "not-an-ip"
     assert client_ip(scope(("127.0.0.1", 5), "10.9.9.9"), TRUSTED) == "10.9.9.9"  # all trusted
+
+
+def test_a_trusted_peer_without_forwarded_for_is_the_client() -> None:
+    assert client_ip(scope(("127.0.0.1", 5)), TRUSTED) == "127.0.0.1"
+
+
+def test_every_forwarded_for_header_is_part_of_the_chain() -> None:
+    # two proxies, each adding its own header: the chain is their concatenation
+    two = scope(("127.0.0.1", 5), "203.0.113.1")
+    two["headers"].append((b"x-forwarded-for", b"10.0.0.5"))
+    assert client_ip(two, TRUSTED) == "203.0.113.1"
