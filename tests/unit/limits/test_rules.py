@@ -302,3 +302,12 @@ def test_without_reservations_token_and_budget_rules_reserve_nothing() -> None:
     assert rules["tokens_per_minute"].cost == 0
     assert rules["budget_per_month"].cost == 0
     assert rules["budget_per_month"].limit == 5_000_000  # micro-dollars
+
+
+def test_month_quotas_follow_the_configured_reset_day() -> None:
+    tier = TierConfig(requests_per_month=10)
+    [quota] = rules_for("k:1", tier, tier, now=NOW, month_reset_day=15)
+    assert quota.key == "rpmo/2026-11:k:1"
+    assert quota.window == ts(2026, 12, 15) - NOW  # to the next 15th, not to the 1st
+    [before] = rules_for("k:1", tier, tier, now=ts(2026, 11, 14, 23), month_reset_day=15)
+    assert before.key == "rpmo/2026-10:k:1"
