@@ -311,3 +311,27 @@ def test_month_quotas_follow_the_configured_reset_day() -> None:
     assert quota.window == ts(2026, 12, 15) - NOW  # to the next 15th, not to the 1st
     [before] = rules_for("k:1", tier, tier, now=ts(2026, 11, 14, 23), month_reset_day=15)
     assert before.key == "rpmo/2026-10:k:1"
+
+
+def test_model_and_endpoint_rules_add_to_the_subjects_own() -> None:
+    tier = TierConfig(
+        requests_per_hour=100,
+        models={"gpt-4o": LimitSet(requests_per_minute=5)},
+        endpoints={"/v1/embeddings": LimitSet(requests_per_month=7, tokens_per_minute=50)},
+    )
+    rules = by_name(
+        rules_for(
+            "k:1", effective(tier, None), tier, model="gpt-4o", endpoint="/v1/embeddings",
+            reserve_tokens=12, now=NOW,
+        )
+    )  # fmt: skip
+    assert set(rules) == {
+        "requests_per_hour",
+        "requests_per_minute for model gpt-4o",
+        "requests_per_month for endpoint /v1/embeddings",
+        "tokens_per_minute for endpoint /v1/embeddings",
+    }
+    assert rules["tokens_per_minute for endpoint /v1/embeddings"].cost == 12
+    assert rules["requests_per_month for endpoint /v1/embeddings"].key == (
+        "e=/v1/embeddings:rpmo/2026-11:k:1"
+    )
