@@ -111,14 +111,14 @@ async def test_database_outage_spools_then_replays_everything(
     await writer.start()
     try:
         outbox.append(make_records(1, "warm")[0])
-        await rows_reach(direct, 1, seconds=5)
+        await rows_reach(direct, 1, seconds=30)
 
         await proxy.cut()
         records = make_records(1000, "outage")
         for r in records:
             outbox.append(r)
         await outbox.flush()
-        for _ in range(100):  # let the writer fail against the cut database at least once
+        for _ in range(1000):  # let the writer fail against the cut database at least once
             if metrics.registry.get_sample_value("relaygate_usage_write_errors_total"):
                 break
             await asyncio.sleep(0.02)
@@ -155,7 +155,7 @@ async def test_shutdown_during_outage_keeps_records_for_the_next_start(
     await outbox.start()
     await writer.start()  # adopts the previous process's file
     try:
-        await rows_reach(direct, 300, seconds=5)
+        await rows_reach(direct, 300, seconds=30)
     finally:
         await writer.aclose()
         await outbox.aclose()
