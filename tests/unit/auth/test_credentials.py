@@ -5,7 +5,10 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from relaygate.auth.credentials import MAX_TOKEN, client_ip, looks_like_jwt
+import pytest
+
+from relaygate.auth.credentials import MAX_TOKEN, client_ip, looks_like_jwt, read_credential
+from relaygate.errors import AuthenticationError
 
 TRUSTED = [ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("10.0.0.0/8")]
 
@@ -54,3 +57,32 @@ def test_every_forwarded_for_header_is_part_of_the_chain() -> None:
     two = scope(("127.0.0.1", 5), "203.0.113.1")
     two["headers"].append((b"x-forwarded-for", b"10.0.0.5"))
     assert client_ip(two, TRUSTED) == "203.0.113.1"
+
+
+DENIED = "Missing or invalid credentials"
+
+
+def request(headers: list[tuple[bytes, bytes]], query: bytes = b"") -> dict[str, Any]:
+    return {"type": "http", "headers": headers, "query_string": query}
+
+
+def refusal(headers: list[tuple[bytes, bytes]], query: bytes = b"") -> str:
+    with pytest.raises(AuthenticationError) as caught:
+        read_credential(request(headers, query))
+    return caught.value.message
+
+
+def test_only_the_bearer_scheme_is_read() -> None:
+    assert read_credential(request([(b"authorization", b"Bearer rg_abc")])) == "rg_abc"
+    assert read_credential(request([(b"authorization", b"bearer  rg_abc ")])) == "rg_abc"
+    must = "The Authorization header must be 'Bearer <key>'."
+    for value in (b"Basic rg_abc", b"Token rg_abc", b"rg_abc", b"Bearer", b"Bearer   "):
+        assert refusal([(b"authorization", value)]) == must, value
+    # a space inside the token: the scheme is right, the token is not
+    assert DENIED in refusal([(b"authorization", b"Bearer rg_a rg_b")])
+
+
+def test_credentials_anywhere_in_the_query_string_are_refused() -> None:
+    for query in (b"key=rg_abc", b"a=1&api_key=rg_abc", b"a=1&b=2&TOKEN=x"):
+        assert "in the URL are refused" in refusal([], query), query
+    assert read_credential(request([], b"a=1&keys=2")) is None

@@ -335,3 +335,17 @@ def test_model_and_endpoint_rules_add_to_the_subjects_own() -> None:
     assert rules["requests_per_month for endpoint /v1/embeddings"].key == (
         "e=/v1/embeddings:rpmo/2026-11:k:1"
     )
+
+
+def test_month_period_defaults_to_the_first_and_is_utc(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    assert month_period(ts(2026, 11, 1, 12)).start == datetime(2026, 11, 1, tzinfo=UTC)
+    monkeypatch.setenv("TZ", "Asia/Tokyo")  # already December there
+    time.tzset()
+    try:
+        period = month_period(ts(2026, 11, 30, 20))
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert period.label == "2026-11" and period.end == datetime(2026, 12, 1, tzinfo=UTC)
