@@ -90,3 +90,17 @@ def test_credentials_anywhere_in_the_query_string_are_refused() -> None:
     for query in (b"key=rg_abc", b"a=1&api_key=rg_abc", b"a=1&b=2&TOKEN=x", b"token=ab=="):
         assert refusal([], query) == refused, query
     assert read_credential(request([], b"a=1&keys=2")) is None
+
+
+def test_one_credential_of_at_most_max_token_printable_ascii_bytes() -> None:
+    def read(value: bytes) -> str | None:
+        return read_credential(request([(b"x-api-key", value)]))
+
+    assert read(b"k" * MAX_TOKEN) == "k" * MAX_TOKEN
+    for bad in (b"", b"   ", b"k" * (MAX_TOKEN + 1), b"rg_a\x01b", b"rg_a b", "rg_é".encode()):
+        assert refusal([(b"x-api-key", bad)]).startswith(DENIED), bad
+    several = [(b"authorization", b"Bearer rg_a"), (b"x-api-key", b"rg_b")]
+    assert refusal(several) == (
+        "Send one credential: the request has several Authorization/X-API-Key headers."
+    )
+    assert read_credential(request([])) is None
