@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint fmt bench services clean
+.PHONY: run test lint fmt bench services clean mutation
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,14 @@ test: $(STAMP) services lint
 # Missing load tools stop the bench with the apt-get command to run; INSTALL=1 runs it (as root).
 bench: $(STAMP)
 	$(BIN)/python bench/run.py $(if $(INSTALL),--install)
+
+# Mutation testing of the modules that guard users (slow, not part of `make test`; see
+# docs/testing.md). The modules and tests are in pyproject.toml, [tool.mutmut].
+MUTATION_JOBS ?= 1
+mutation: $(STAMP) services
+	@$(BIN)/python -c "import mutmut" 2>/dev/null || $(BIN)/pip install --quiet 'mutmut>=3.8,<4'
+	env -u PYTHONPATH $(BIN)/mutmut run --max-children $(MUTATION_JOBS)
+	env -u PYTHONPATH $(BIN)/mutmut results
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache

@@ -816,9 +816,7 @@ async def test_close_releases_stalled_stream(session: aiohttp.ClientSession) -> 
         url, body = stream_request(fake)
         async with session.post(url, json=body) as r:
             assert r.status == 200
-            start = time.monotonic()
-            await fake.close()
-            assert time.monotonic() - start < 1.0
+            await asyncio.wait_for(fake.close(), 10)  # returns: the stall does not hold it
             with pytest.raises(aiohttp.ClientError):
                 await read_all_content(r)
         assert fake.disconnects == 0  # closing the fake is not a client disconnect

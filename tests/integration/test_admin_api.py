@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -148,11 +147,9 @@ async def test_user_key_is_403_on_admin_routes_and_no_key_is_401(admin: Client) 
 async def test_disable_is_refused_on_the_next_request(admin: Client) -> None:
     key, secret = await create(admin, tenant_id=(await _tenant(admin, "acme"))["id"])
     assert await admin.chat(secret) == 200  # now cached in the gateway
-    started = time.monotonic()
     body = await admin.ok("PATCH", f"/admin/keys/{key['id']}", json={"enabled": False})
     assert body["enabled"] is False
-    assert await admin.chat(secret) == 401
-    assert time.monotonic() - started < 1.0
+    assert await admin.chat(secret) == 401  # the very next request: no poll to wait for
     await admin.ok("PATCH", f"/admin/keys/{key['id']}", json={"enabled": True})
     assert await admin.chat(secret) == 200
 

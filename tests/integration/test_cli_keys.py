@@ -8,7 +8,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -188,14 +187,14 @@ async def chat(gateway: RunningGateway, secret: str) -> int:
             return response.status
 
 
-async def refused_within(gateway: RunningGateway, secret: str, seconds: float) -> float:
-    """How long until the gateway refuses the key; fails after ``seconds``."""
-    started = time.monotonic()
-    while time.monotonic() - started < seconds:
+async def refused_eventually(gateway: RunningGateway, secret: str) -> None:
+    """Wait until the gateway refuses the key; fails if it never does (liveness only:
+    how soon is the poll interval's business, and benchmarks', not the tests')."""
+    for _ in range(500):
         if await chat(gateway, secret) == 401:
-            return time.monotonic() - started
+            return
         await asyncio.sleep(0.02)
-    raise AssertionError(f"the key still worked {seconds} s after the change")
+    raise AssertionError("the key still works after 500 tries")
 
 
 async def test_cli_keys_reach_a_running_gateway() -> None:
@@ -206,10 +205,13 @@ async def test_cli_keys_reach_a_running_gateway() -> None:
         key_id, secret = created(out)
         assert await chat(gateway, secret) == 200
         await arun(settings.database_url, "keys", "revoke", key_id)
-        await refused_within(gateway, secret, 1.0)  # the gateway polls the database
+        await refused_eventually(gateway, secret)  # the gateway polls the database
 
 
-async def test_cli_change_is_published_through_redis() -> None:
+async def test_cli_change_is_published_through_redis(monkeypatch: pytest.MonkeyPatch) -> None:
+    # With Redis the database is polled only as a safety net: make that poll never come,
+    # so the refusal below can only have come through the published message.
+    monkeypatch.setattr("relaygate.auth.authenticator.POLL_WITH_PUBSUB", 3600.0)
     prefix = f"rgtest:{uuid.uuid4().hex}:"
     settings = make_settings(MOCK, redis_url=REDIS_URL, redis_prefix=prefix)
     env = {"RELAYGATE_REDIS_URL": REDIS_URL, "RELAYGATE_REDIS_PREFIX": prefix}
@@ -221,7 +223,5 @@ async def test_cli_change_is_published_through_redis() -> None:
         assert await chat(gateway, old) == 200
         rotated = await arun(settings.database_url, "keys", "rotate", key_id, env=env)
         _, new = created(rotated)
-        # With Redis the gateway polls only every few seconds: refusing the old secret
-        # at once shows the published change arrived.
-        assert await refused_within(gateway, old, 0.3) < 0.3
+        await refused_eventually(gateway, old)  # not by polling: it was published
         assert await chat(gateway, new) == 200

@@ -23,7 +23,7 @@ TIERS = {
     "strict-embeddings": {
         "requests_per_hour": 100,
         "endpoints": {"/v1/embeddings": {"requests_per_hour": 1}},
-        "models": {"mock": {"requests_per_minute": 50}},
+        "models": {"mock": {"requests_per_minute": 3}, "other": {"requests_per_minute": 4}},
     },
     "unlimited": {"requests_per_hour": 1_000_000},
 }
@@ -101,14 +101,34 @@ async def test_concurrency_limit_and_release() -> None:
 
 
 async def test_endpoint_and_model_limits() -> None:
-    async with running_gateway(make_settings(MOCK, tiers=TIERS)) as gateway:
+    """Each endpoint and each model has its own counter: one exhausted, the others still allowed."""
+    more = [
+        {"name": name, "deployments": [{"provider": "mock", "chunk_delay": 0}]}
+        for name in ("other", "third")
+    ]
+    models = [*MOCK, *more]
+    async with running_gateway(make_settings(models, tiers=TIERS)) as gateway:
         _, secret = await new_key(gateway, tier="strict-embeddings")
         async with gateway.client(api_key=secret) as client:
-            await client.embeddings.create(model="mock", input="a")
+            await client.embeddings.create(model="third", input="a")
             with pytest.raises(openai.RateLimitError) as error:
-                await client.embeddings.create(model="mock", input="a")
+                await client.embeddings.create(model="third", input="a")
             assert "for endpoint /v1/embeddings" in error.value.message
-            await client.chat.completions.create(model="mock", messages=USER)  # type: ignore[arg-type]
+            # the model limits: three requests a minute on ``mock``, four on ``other``
+            for _ in range(3):
+                await client.chat.completions.create(model="mock", messages=USER)  # type: ignore[arg-type]
+            with pytest.raises(openai.RateLimitError) as error:
+                await client.chat.completions.create(model="mock", messages=USER)  # type: ignore[arg-type]
+            message = error.value.message
+            assert "requests_per_minute (3)" in message and "for model mock" in message
+            assert int(error.value.response.headers["retry-after"]) >= 1
+            for _ in range(4):  # ``mock`` exhausted takes nothing from ``other``
+                await client.chat.completions.create(model="other", messages=USER)  # type: ignore[arg-type]
+            with pytest.raises(openai.RateLimitError) as error:
+                await client.chat.completions.create(model="other", messages=USER)  # type: ignore[arg-type]
+            assert "requests_per_minute (4)" in error.value.message
+            assert "for model other" in error.value.message
+            await client.chat.completions.create(model="third", messages=USER)  # type: ignore[arg-type]
 
 
 async def test_key_overrides_its_tier() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 from array import array
 
+import aiohttp
 import openai
 import pytest
 
@@ -46,6 +47,20 @@ async def test_streaming_chat_ends_with_done_and_matches(mock_gateway: RunningGa
     assert all(c.model == "mock" for c in chunks)
     assert chunks[-1].choices[0].finish_reason == "stop"
     assert all(c.usage is None for c in chunks), "usage chunk only when asked for"
+    # The SDK stops quietly whether or not the terminator came: read the raw SSE too.
+    body = {"model": "mock", "messages": USER, "stream": True}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(
+            mock_gateway.url + "/v1/chat/completions", json=body, headers=mock_gateway.headers
+        ) as response:
+            assert response.headers["content-type"].startswith("text/event-stream")
+            raw = await response.read()
+    assert raw.endswith(b"data: [DONE]\n\n")
+    events = raw.split(b"\n\n")
+    assert events[-1] == b"" and events[-2] == b"data: [DONE]"
+    assert raw.count(b"[DONE]") == 1
+    assert len(events) - 2 == len(chunks)  # every chunk is one event, then the terminator
+    assert all(event.startswith(b"data: {") for event in events[:-2])
 
 
 async def test_stream_usage_when_asked(mock_gateway: RunningGateway) -> None:

@@ -57,12 +57,11 @@ async def count_rows(engine: AsyncEngine) -> int:
         return int(await conn.scalar(sa.text("SELECT count(*) FROM usage_records")) or 0)
 
 
-async def rows_reach(engine: AsyncEngine, n: int, seconds: float) -> float:
-    """Seconds until usage_records holds ``n`` rows; fails after ``seconds``."""
-    started = time.monotonic()
+async def rows_reach(engine: AsyncEngine, n: int, seconds: float) -> None:
+    """Wait until usage_records holds ``n`` rows; fails (no progress) after ``seconds``."""
     for _ in range(int(seconds / 0.05)):
         if await count_rows(engine) >= n:
-            return time.monotonic() - started
+            return
         await asyncio.sleep(0.05)
     raise AssertionError(f"{await count_rows(engine)} of {n} rows after {seconds} s")
 
@@ -112,16 +111,14 @@ async def test_database_outage_spools_then_replays_everything(
     await writer.start()
     try:
         outbox.append(make_records(1, "warm")[0])
-        await rows_reach(direct, 1, seconds=5)
+        await rows_reach(direct, 1, seconds=30)
 
         await proxy.cut()
         records = make_records(1000, "outage")
-        started = time.perf_counter()
         for r in records:
             outbox.append(r)
-        append_cost = (time.perf_counter() - started) / len(records)
         await outbox.flush()
-        for _ in range(100):  # let the writer fail against the cut database at least once
+        for _ in range(1000):  # let the writer fail against the cut database at least once
             if metrics.registry.get_sample_value("relaygate_usage_write_errors_total"):
                 break
             await asyncio.sleep(0.02)
@@ -131,8 +128,7 @@ async def test_database_outage_spools_then_replays_everything(
         assert await count_rows(direct) == 1
 
         await proxy.restore()
-        caught_up = await rows_reach(direct, 1001, seconds=8)
-        print(f"\noutage: append {append_cost * 1e6:.1f} µs; all 1000 rows in {caught_up:.2f} s")
+        await rows_reach(direct, 1001, seconds=30)
         assert await count_rows(direct) == 1001
         assert metrics.registry.get_sample_value("relaygate_usage_records_written_total") == 1001
     finally:
@@ -159,7 +155,7 @@ async def test_shutdown_during_outage_keeps_records_for_the_next_start(
     await outbox.start()
     await writer.start()  # adopts the previous process's file
     try:
-        await rows_reach(direct, 300, seconds=5)
+        await rows_reach(direct, 300, seconds=30)
     finally:
         await writer.aclose()
         await outbox.aclose()

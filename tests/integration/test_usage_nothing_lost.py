@@ -1,7 +1,9 @@
 """ "Nothing lost": 500 concurrent requests through two gateway processes -> exactly 500 rows.
 
-Mixed streaming and not, some clients aborting streams, PostgreSQL cut mid-run and
-restored, then SIGTERM while the outboxes still hold records.
+Mixed streaming and not, some clients aborting slow streams after their first chunk,
+PostgreSQL cut mid-run and restored, then SIGTERM while the outboxes still hold records.
+Every request has its row, and each row the status of what happened to it: ``ok`` for
+the requests that completed, ``client_aborted`` for exactly those that were abandoned.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from tests.processes import free_port, wait_ready
 ADMIN = "rg_" + "n" * 43
 TOTAL = 500
 MESSAGES = [{"role": "user", "content": "please count these tokens"}]
+# The mock's reply repeats up to 200 characters of the prompt, one word a chunk: with the
+# ``slow`` model's delay this stream lasts seconds, so the client leaves it mid-way.
+LONG = [{"role": "user", "content": " ".join(["word"] * 40)}]
 
 
 async def _gateway(config: Path, port: int, env: dict[str, str]) -> asyncio.subprocess.Process:
@@ -42,6 +47,8 @@ async def _gateway(config: Path, port: int, env: dict[str, str]) -> asyncio.subp
 async def _one(session: aiohttp.ClientSession, url: str, mode: str) -> tuple[str, int]:
     """One request; returns the total tokens the client was told about (0 when aborted)."""
     body: dict[str, Any] = {"model": "mock", "messages": MESSAGES}
+    if mode == "abort":
+        body = {"model": "slow", "messages": LONG}
     if mode != "plain":
         body |= {"stream": True, "stream_options": {"include_usage": True}}
     async with session.post(
@@ -52,8 +59,9 @@ async def _one(session: aiohttp.ClientSession, url: str, mode: str) -> tuple[str
         if mode == "plain":
             return request_id, (await response.json())["usage"]["total_tokens"]
         if mode == "abort":
-            await response.content.readline()
-            response.close()
+            first = await response.content.readline()
+            assert first.startswith(b"data: {"), first  # a chunk, not the end
+            response.close()  # closes the connection mid-stream
             return request_id, 0
         total = 0
         async for line in response.content:
@@ -81,6 +89,8 @@ async def test_500_requests_two_processes_database_cut_and_sigterm(
     config.write_text(
         "discover_ollama: []\nmodels:\n  - name: mock\n    deployments:\n"
         "      - {provider: mock, chunk_delay: 0.005}\n"
+        "  - name: slow\n    deployments:\n"
+        "      - {provider: mock, chunk_delay: 0.1}\n"
         f"redis_url: redis://127.0.0.1:6379/0\nredis_prefix: 'rgtest:{uuid.uuid4().hex}:'\n"
         "usage: {fsync_window: 0.1}\n"
     )
@@ -123,6 +133,7 @@ async def test_500_requests_two_processes_database_cut_and_sigterm(
         await proxy.close()
 
     assert len(results) == TOTAL
+    request_ids = [request_id for request_id, _ in results]
     conn = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:5432/{postgres_database}")
     try:
         rows = await conn.fetch(
@@ -136,5 +147,20 @@ async def test_500_requests_two_processes_database_cut_and_sigterm(
     assert set(recorded) == {request_id for request_id, _ in results}
     told = {request_id: tokens for request_id, tokens in results if tokens}
     assert sum(recorded[rid]["tokens"] for rid in told) == sum(told.values())
-    statuses = [r["status"] for r in rows]
-    assert statuses.count("ok") + statuses.count("client_aborted") == TOTAL
+    _assert_statuses(rows, request_ids, ["plain", "plain", *modes[:-2]])
+
+
+def _assert_statuses(rows: list[Any], request_ids: list[str], modes: list[str]) -> None:
+    """``client_aborted`` for exactly the abandoned streams, ``ok`` for all the others."""
+    aborted = {
+        request_id for request_id, mode in zip(request_ids, modes, strict=True) if mode == "abort"
+    }
+    assert len(aborted) == modes.count("abort") > 40
+    by_status: dict[str, set[str]] = {}
+    for row in rows:
+        by_status.setdefault(row["status"], set()).add(row["request_id"])
+    assert {status: len(ids) for status, ids in by_status.items()} == {
+        "ok": TOTAL - len(aborted),
+        "client_aborted": len(aborted),
+    }
+    assert by_status["client_aborted"] == aborted

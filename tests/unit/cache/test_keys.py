@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-from relaygate.cache.keys import cache_key
+from relaygate.cache.keys import cache_key, tag
 
 BODY = {
     "model": "m",
@@ -60,3 +60,10 @@ def test_scope_model_and_kind_separate_entries() -> None:
     assert key(BODY, scope="t2") != key(BODY)
     assert key(BODY, model="other") != key(BODY)
     assert key(BODY, kind="completion") != key(BODY)
+
+
+def test_the_key_derivation_is_pinned() -> None:
+    """Keys outlive a process (Redis, the database tier): a change to how they are derived
+    must be deliberate, and this value updated with it (old entries then stop matching)."""
+    assert key(BODY) == "4521c364a100d3c39640aa0c0eda26abcda7795d3e55877d84cdebd4f9772a7f"
+    assert tag("acme") == "822b33ad87c148a0" and len(tag("acme")) == 16

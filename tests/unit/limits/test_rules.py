@@ -227,3 +227,125 @@ async def test_rate_limited_names_the_longest_wait() -> None:
     headers = dict(error.headers())
     assert headers[b"retry-after"] == str(round(error.retry_after)).encode()
     assert headers[b"x-ratelimit-remaining"] == b"0"
+
+
+def budget(limit_micros: int, remaining_micros: int, cost_micros: int, retry: float) -> RuleState:
+    rule = Rule("key:usdmo", "quota", limit_micros, 3600.0, cost_micros, "budget_per_month")
+    return RuleState(rule, remaining_micros, retry, retry)
+
+
+def test_describe_budget_denial_in_dollars() -> None:
+    text = describe_denial(budget(1_234_500_000, 1_000_000, 2_500_000, 100.0), NOW)
+    assert text == (
+        "Budget exceeded: budget_per_month ($1,234.50) for this key; $1.00 left, this "
+        "request may cost up to $2.50 (lower max_tokens); resets at 2026-11-22T06:41:16Z."
+    )
+    small = describe_denial(budget(500_000, 1_500_000, 250, 1.0), NOW)
+    assert "($0.500000) for this key; $1.50 left" in small and "up to $0.000250 " in small
+
+
+def test_denial_times_are_utc_whatever_the_local_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        rate = describe_denial(state("requests_per_hour", 100, 0, 3600, 35.2), NOW)
+        spend = describe_denial(budget(5_000_000, 0, 10, 35.2), NOW)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert rate.endswith("at 2026-11-22T06:40:12Z.")
+    assert spend.endswith("resets at 2026-11-22T06:40:12Z.")
+
+
+def test_a_request_larger_than_a_request_limit_is_in_units() -> None:
+    text = describe_denial(state("requests_per_hour", 1, 1, 0, 1.0, cost=2), NOW)
+    assert text == (
+        "Request too large for the limit: it reserves 2 units, more than "
+        "requests_per_hour (1) for this key allows; lower max_tokens."
+    )
+
+
+def test_rate_limited_names_the_rule_that_waits_longest_or_the_denied_one() -> None:
+    minute = state("requests_per_minute", 10, 0, 60, 0.5)
+    slots = state("max_concurrent", 1, 0, 900, 0.0, kind="concurrency")
+    waiting = rate_limited(Decision(False, [slots, minute], denied=slots), NOW)
+    assert waiting.message.startswith("Rate limit exceeded: requests_per_minute (10)")
+    assert waiting.retry_after == 0.5
+    # no rule has a wait: the denied rule is named
+    free = state("requests_per_hour", 10, 5, 60, 0.0)
+    only = rate_limited(Decision(False, [free, slots], denied=slots), NOW)
+    assert only.message.startswith("Concurrency limit exceeded: max_concurrent (1)")
+    with pytest.raises(ValueError, match=r"^rate_limited\(\) needs a refused decision$"):
+        rate_limited(Decision(True, [free]), NOW)
+
+
+def test_names_are_escaped_so_percent_and_colon_cannot_collide() -> None:
+    tier = TierConfig(
+        models={name: LimitSet(requests_per_hour=1) for name in ("a:b", "a%3Ab", "a%b")}
+    )
+    keys = {
+        name: rules_for("k:x", effective(tier, None), tier, model=name, now=NOW)[-1].key
+        for name in ("a:b", "a%3Ab", "a%b")
+    }
+    assert keys == {
+        "a:b": "m=a%3Ab:rph:k:x",
+        "a%3Ab": "m=a%253Ab:rph:k:x",
+        "a%b": "m=a%25b:rph:k:x",
+    }
+
+
+def test_without_reservations_token_and_budget_rules_reserve_nothing() -> None:
+    tier = TierConfig(tokens_per_minute=100, budget_per_month=5.0)
+    rules = by_name(rules_for("k:1", tier, tier, now=NOW))
+    assert rules["tokens_per_minute"].cost == 0
+    assert rules["budget_per_month"].cost == 0
+    assert rules["budget_per_month"].limit == 5_000_000  # micro-dollars
+
+
+def test_month_quotas_follow_the_configured_reset_day() -> None:
+    tier = TierConfig(requests_per_month=10)
+    [quota] = rules_for("k:1", tier, tier, now=NOW, month_reset_day=15)
+    assert quota.key == "rpmo/2026-11:k:1"
+    assert quota.window == ts(2026, 12, 15) - NOW  # to the next 15th, not to the 1st
+    [before] = rules_for("k:1", tier, tier, now=ts(2026, 11, 14, 23), month_reset_day=15)
+    assert before.key == "rpmo/2026-10:k:1"
+
+
+def test_model_and_endpoint_rules_add_to_the_subjects_own() -> None:
+    tier = TierConfig(
+        requests_per_hour=100,
+        models={"gpt-4o": LimitSet(requests_per_minute=5)},
+        endpoints={"/v1/embeddings": LimitSet(requests_per_month=7, tokens_per_minute=50)},
+    )
+    rules = by_name(
+        rules_for(
+            "k:1", effective(tier, None), tier, model="gpt-4o", endpoint="/v1/embeddings",
+            reserve_tokens=12, now=NOW,
+        )
+    )  # fmt: skip
+    assert set(rules) == {
+        "requests_per_hour",
+        "requests_per_minute for model gpt-4o",
+        "requests_per_month for endpoint /v1/embeddings",
+        "tokens_per_minute for endpoint /v1/embeddings",
+    }
+    assert rules["tokens_per_minute for endpoint /v1/embeddings"].cost == 12
+    assert rules["requests_per_month for endpoint /v1/embeddings"].key == (
+        "e=/v1/embeddings:rpmo/2026-11:k:1"
+    )
+
+
+def test_month_period_defaults_to_the_first_and_is_utc(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    assert month_period(ts(2026, 11, 1, 12)).start == datetime(2026, 11, 1, tzinfo=UTC)
+    monkeypatch.setenv("TZ", "Asia/Tokyo")  # already December there
+    time.tzset()
+    try:
+        period = month_period(ts(2026, 11, 30, 20))
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert period.label == "2026-11" and period.end == datetime(2026, 12, 1, tzinfo=UTC)

@@ -12,7 +12,6 @@ import logging
 import os
 import signal
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -240,20 +239,22 @@ async def test_undecodable_rows_are_set_aside(
     assert spool_files(tmp_path) == [path.name + ".dead"]
 
 
-async def test_append_cost(tmp_path: Path) -> None:
-    """The hot path: report the cost of one append (encode + buffer)."""
+async def test_append_only_buffers_and_one_flush_commits_all(tmp_path: Path) -> None:
+    """The hot path does no I/O: appends are buffered, one flush makes them all durable.
+
+    (What an append costs in time is measured by ``make bench``, not asserted here.)
+    """
     outbox = make_outbox(tmp_path, fsync_window=30.0)
     await outbox.start()
     records = [
-        record(i, client_ip="203.0.113.7", deployment="openai/gpt-4o-mini") for i in range(50_000)
+        record(i, client_ip="203.0.113.7", deployment="openai/gpt-4o-mini") for i in range(5_000)
     ]
     try:
-        started = time.perf_counter()
         for r in records:
             outbox.append(r)
-        per_append = (time.perf_counter() - started) / len(records)
-        print(f"\nappend: {per_append * 1e6:.2f} µs per record")
-        assert per_append < 50e-6
+        assert (outbox.backlog, outbox.durable) == (5_000, 0)  # nothing written per append
+        await outbox.flush()
+        assert (outbox.backlog, outbox.durable) == (5_000, 5_000)
     finally:
         await outbox.aclose()
 
