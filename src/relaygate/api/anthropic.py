@@ -34,6 +34,8 @@ from relaygate.api.anthropic_schema import (
     UrlSource,
     UserMessage,
 )
+from relaygate.api.canonical import as_dict, first_item, text_of, token_count
+from relaygate.api.canonical import named_event as sse
 from relaygate.api.http import decode_json_object
 from relaygate.api.shapes import anthropic_error_object, error_type
 from relaygate.errors import InvalidRequest, RelaygateError
@@ -286,21 +288,21 @@ def from_canonical(
 
     ``message_id`` defaults to one derived from the upstream's id.
     """
-    mid = message_id or message_id_from(_dict(body).get("id"))
-    choice = _first(_dict(body).get("choices"))
-    message = _dict(choice.get("message"))
+    mid = message_id or message_id_from(as_dict(body).get("id"))
+    choice = first_item(as_dict(body).get("choices"))
+    message = as_dict(choice.get("message"))
     content: list[JSON] = []
-    text = _text(message.get("content")) or _text(message.get("refusal"))
+    text = text_of(message.get("content")) or text_of(message.get("refusal"))
     if text:
         content.append({"type": "text", "text": text})
     calls = message.get("tool_calls")
     for n, call in enumerate(calls if isinstance(calls, list) else ()):
-        function = _dict(_dict(call).get("function"))
+        function = as_dict(as_dict(call).get("function"))
         content.append(
             {
                 "type": "tool_use",
-                "id": _text(_dict(call).get("id")) or f"toolu_{mid.removeprefix('msg_')}_{n}",
-                "name": _text(function.get("name")),
+                "id": text_of(as_dict(call).get("id")) or f"toolu_{mid.removeprefix('msg_')}_{n}",
+                "name": text_of(function.get("name")),
                 "input": tool_input(function.get("arguments")),
             }
         )
@@ -359,15 +361,17 @@ def stop_reason(
 def usage(openai_usage: Any) -> JSON:
     """Anthropic's usage from OpenAI's; cached prompt tokens are reported apart, as
     Anthropic does (its ``input_tokens`` leaves out cache reads and writes)."""
-    found = _dict(openai_usage)
-    details = _dict(found.get("prompt_tokens_details"))
-    read = _count(details.get("cached_tokens")) or _count(found.get("cache_read_input_tokens"))
-    written = _count(found.get("cache_creation_input_tokens")) or _count(
+    found = as_dict(openai_usage)
+    details = as_dict(found.get("prompt_tokens_details"))
+    read = token_count(details.get("cached_tokens")) or token_count(
+        found.get("cache_read_input_tokens")
+    )
+    written = token_count(found.get("cache_creation_input_tokens")) or token_count(
         details.get("cache_creation_tokens")
     )
     out: JSON = {
-        "input_tokens": max(_count(found.get("prompt_tokens")) - read - written, 0),
-        "output_tokens": _count(found.get("completion_tokens")),
+        "input_tokens": max(token_count(found.get("prompt_tokens")) - read - written, 0),
+        "output_tokens": token_count(found.get("completion_tokens")),
     }
     if read:
         out["cache_read_input_tokens"] = read
@@ -410,32 +414,4 @@ def _error(error: RelaygateError) -> JSON:
     return anthropic_error_object(error)
 
 
-def sse(event: JSON) -> bytes:
-    """One server-sent event, named after its ``type`` as Anthropic's are."""
-    name = str(event["type"]).encode()
-    return b"event: " + name + b"\ndata: " + _encode(event) + b"\n\n"
-
-
 # -- small readers of upstream JSON (never raise) --------------------------------
-
-
-def _dict(value: Any) -> JSON:
-    return value if isinstance(value, dict) else {}
-
-
-def _first(value: Any) -> JSON:
-    return _dict(value[0]) if isinstance(value, list) and value else {}
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list):  # content parts
-        return "".join(
-            p["text"] for p in value if isinstance(p, dict) and isinstance(p.get("text"), str)
-        )
-    return ""
-
-
-def _count(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0

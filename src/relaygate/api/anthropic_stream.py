@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from relaygate.api.anthropic import error_event, message_id_from, sse, stop_reason, usage
+from relaygate.api.canonical import read_delta
 from relaygate.errors import RelaygateError
 from relaygate.schema.requests import Call
 
@@ -79,24 +80,18 @@ class AnthropicStream:
     def event(self, chunk: JSON) -> bytes:
         """The events one OpenAI chunk calls for (often one, sometimes none)."""
         events: list[JSON] = []
-        found = chunk.get("usage")
-        if isinstance(found, dict) and found:
-            self._usage = found
+        delta = read_delta(chunk)
+        if delta.usage is not None:
+            self._usage = delta.usage
         if not self._started:
             events += self._start()
-        choice = _first_choice(chunk.get("choices"))
-        delta = choice.get("delta")
-        delta = delta if isinstance(delta, dict) else {}
-        text = delta.get("content") or delta.get("refusal")  # as from_canonical reads them
-        if isinstance(text, str) and text:
-            events += self._text(text)
-        calls = delta.get("tool_calls")
-        for call in calls if isinstance(calls, list) else ():
-            if isinstance(call, dict):
-                events += self._tool(call)
-        if choice.get("finish_reason") is not None:
-            self._finish = choice["finish_reason"]
-            self._matched = choice.get("stop_reason")
+        if delta.text:
+            events += self._text(delta.text)
+        for call in delta.tool_calls:
+            events += self._tool(call)
+        if delta.finish_reason is not None:
+            self._finish = delta.finish_reason
+            self._matched = delta.choice.get("stop_reason")
         return b"".join(sse(e) for e in events)
 
     def end(self) -> bytes:
@@ -199,12 +194,3 @@ def _json_delta(index: int, fragment: str) -> list[JSON]:
         return []
     delta = {"type": "input_json_delta", "partial_json": fragment}
     return [{"type": "content_block_delta", "index": index, "delta": delta}]
-
-
-def _first_choice(choices: Any) -> JSON:
-    """The choice with index 0 (a Messages request never asks for more than one)."""
-    if isinstance(choices, list):
-        for choice in choices:
-            if isinstance(choice, dict) and choice.get("index", 0) == 0:
-                return choice
-    return {}

@@ -28,6 +28,8 @@ from typing import Any
 
 import msgspec
 
+from relaygate.api.canonical import as_dict, first_item, text_of, token_count
+from relaygate.api.canonical import named_event as sse
 from relaygate.api.http import decode_json_object
 from relaygate.api.responses_schema import (
     FunctionCallItem,
@@ -414,31 +416,31 @@ def render(call: Call, body: JSON) -> bytes:
 def from_canonical(body: JSON, state: Pending, model: str) -> JSON:
     """An OpenAI chat completion as a Response object (first choice; never raises)."""
     rid = state.response_id.removeprefix("resp_")
-    choice = _first(_dict(body).get("choices"))
-    message = _dict(choice.get("message"))
+    choice = first_item(as_dict(body).get("choices"))
+    message = as_dict(choice.get("message"))
     status, details = status_of(choice.get("finish_reason"))
     output: list[JSON] = []
-    text = _text(message.get("content")) or _text(message.get("refusal"))
+    text = text_of(message.get("content")) or text_of(message.get("refusal"))
     if text:
         output.append(message_item(f"msg_{rid}_0", text, "completed"))
     calls = message.get("tool_calls")
     seen: set[str] = set()
     for n, call in enumerate(calls if isinstance(calls, list) else ()):
-        function = _dict(_dict(call).get("function"))
+        function = as_dict(as_dict(call).get("function"))
         arguments = function.get("arguments")
         if isinstance(arguments, dict):
             arguments = _encode(arguments).decode()
         output.append(
             function_item(
                 f"fc_{rid}_{len(output)}",
-                call_id(_dict(call).get("id"), rid, n, seen),
-                _text(function.get("name")),
+                call_id(as_dict(call).get("id"), rid, n, seen),
+                text_of(function.get("name")),
                 arguments if isinstance(arguments, str) else "",
             )
         )
     if status == "incomplete" and output:
         output[-1]["status"] = "incomplete"  # the item the answer was cut in
-    found = _dict(body).get("usage")
+    found = as_dict(body).get("usage")
     return response_object(state, model, status, output, usage(found), details)
 
 
@@ -534,13 +536,13 @@ def response_object(
 
 def usage(openai_usage: Any) -> JSON | None:
     """The Responses usage from chat's; None when the upstream reported none."""
-    found = _dict(openai_usage)
+    found = as_dict(openai_usage)
     if not found:
         return None
-    prompt = _count(found.get("prompt_tokens"))
-    completion = _count(found.get("completion_tokens"))
-    cached = _count(_dict(found.get("prompt_tokens_details")).get("cached_tokens"))
-    reasoning = _count(_dict(found.get("completion_tokens_details")).get("reasoning_tokens"))
+    prompt = token_count(found.get("prompt_tokens"))
+    completion = token_count(found.get("completion_tokens"))
+    cached = token_count(as_dict(found.get("prompt_tokens_details")).get("cached_tokens"))
+    reasoning = token_count(as_dict(found.get("completion_tokens_details")).get("reasoning_tokens"))
     return {
         "input_tokens": prompt,
         "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
@@ -621,32 +623,4 @@ def error_body(error: RelaygateError, request_id: str | None = None) -> bytes:
     )
 
 
-def sse(event: JSON) -> bytes:
-    """One server-sent event, named after its ``type`` as OpenAI's are."""
-    name = str(event["type"]).encode()
-    return b"event: " + name + b"\ndata: " + _encode(event) + b"\n\n"
-
-
 # -- small readers of upstream JSON (never raise) --------------------------------
-
-
-def _dict(value: Any) -> JSON:
-    return value if isinstance(value, dict) else {}
-
-
-def _first(value: Any) -> JSON:
-    return _dict(value[0]) if isinstance(value, list) and value else {}
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list):  # content parts
-        return "".join(
-            p["text"] for p in value if isinstance(p, dict) and isinstance(p.get("text"), str)
-        )
-    return ""
-
-
-def _count(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0

@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from relaygate.api.canonical import read_delta
 from relaygate.api.responses import (
     Pending,
     call_id,
@@ -84,23 +85,17 @@ class ResponsesStream:
     def event(self, chunk: JSON) -> bytes:
         """The events one OpenAI chunk calls for (often one, sometimes none)."""
         events: list[JSON] = []
-        found = chunk.get("usage")
-        if isinstance(found, dict) and found:
-            self._usage = found
+        delta = read_delta(chunk)
+        if delta.usage is not None:
+            self._usage = delta.usage
         if not self._started:
             events += self._start()
-        choice = _first_choice(chunk.get("choices"))
-        delta = choice.get("delta")
-        delta = delta if isinstance(delta, dict) else {}
-        text = delta.get("content") or delta.get("refusal")  # as from_canonical reads them
-        if isinstance(text, str) and text:
-            events += self._add_text(text)
-        calls = delta.get("tool_calls")
-        for call in calls if isinstance(calls, list) else ():
-            if isinstance(call, dict):
-                events += self._tool(call)
-        if choice.get("finish_reason") is not None:
-            self._finish = choice["finish_reason"]
+        if delta.text:
+            events += self._add_text(delta.text)
+        for call in delta.tool_calls:
+            events += self._tool(call)
+        if delta.finish_reason is not None:
+            self._finish = delta.finish_reason
         return self._sse(events)
 
     def end(self) -> bytes:
@@ -270,12 +265,3 @@ class ResponsesStream:
             },
             {"type": "response.output_item.done", "output_index": tool.output_index, "item": item},
         ]
-
-
-def _first_choice(choices: Any) -> JSON:
-    """The choice with index 0 (a Responses request never asks for more than one)."""
-    if isinstance(choices, list):
-        for choice in choices:
-            if isinstance(choice, dict) and choice.get("index", 0) == 0:
-                return choice
-    return {}
