@@ -71,14 +71,18 @@ class Timeouts(_Config, kw_only=True):
 class DeploymentConfig(_Config, kw_only=True):
     """One upstream that can serve a model."""
 
-    provider: Literal["openai", "ollama", "mock"]
-    base_url: str | None = None
+    provider: Literal["openai", "ollama", "mock", "anthropic"]
+    base_url: str | None = None  # anthropic: https://api.anthropic.com when unset
     model: str | None = None
     api_key: str | None = None
     weight: Positive = 1.0
     timeouts: Timeouts = msgspec.field(default_factory=Timeouts)
     max_connections: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1024
     chunk_delay: NonNegative = 0.01
+    # anthropic only: the anthropic-version header, and the max_tokens sent when the
+    # client sets none (Anthropic requires one)
+    anthropic_version: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
+    default_max_tokens: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] | None = None
 
 
 Seconds = Annotated[int, msgspec.Meta(ge=1, le=10 * 365 * 86400)]
@@ -790,6 +794,9 @@ def _check_deployment(
 ) -> None:
     if dep.provider == "mock":
         return
+    _check_provider_fields(dep, path, lines, source)
+    if not dep.base_url and dep.provider in _DEFAULT_BASE_URLS:
+        dep.base_url = _DEFAULT_BASE_URLS[dep.provider]
     if not dep.base_url:
         msg = f"{_dotted(path)}.base_url: required for provider {dep.provider!r}"
         raise ConfigError(msg, source=source, line=_line_of(path, lines))
@@ -799,6 +806,27 @@ def _check_deployment(
         raise ConfigError(
             f"{_dotted(url_path)}: {error}", source=source, line=_line_of(url_path, lines)
         )
+
+
+_DEFAULT_BASE_URLS = {"anthropic": "https://api.anthropic.com"}
+# Deployment fields that only one provider reads: set on another, they are a mistake.
+_PROVIDER_FIELDS = {"anthropic_version": "anthropic", "default_max_tokens": "anthropic"}
+
+
+def _check_provider_fields(
+    dep: DeploymentConfig,
+    path: tuple[str | int, ...],
+    lines: dict[tuple[str | int, ...], int],
+    source: str | None,
+) -> None:
+    for name, provider in _PROVIDER_FIELDS.items():
+        if getattr(dep, name) is not None and dep.provider != provider:
+            field_path = (*path, name)
+            raise ConfigError(
+                f"{_dotted(field_path)}: only provider {provider!r} reads it, not {dep.provider!r}",
+                source=source,
+                line=_line_of(field_path, lines),
+            )
 
 
 def _url_problem(url: str) -> str | None:
