@@ -362,8 +362,10 @@ def usage(openai_usage: Any) -> JSON:
     found = _dict(openai_usage)
     details = _dict(found.get("prompt_tokens_details"))
     read = _count(details.get("cached_tokens")) or _count(found.get("cache_read_input_tokens"))
-    written = _count(found.get("cache_creation_input_tokens")) or _count(
-        details.get("cache_creation_tokens")
+    written = (
+        _count(found.get("cache_creation_input_tokens"))
+        or _count(details.get("cache_write_tokens"))
+        or _count(details.get("cache_creation_tokens"))
     )
     out: JSON = {
         "input_tokens": max(_count(found.get("prompt_tokens")) - read - written, 0),

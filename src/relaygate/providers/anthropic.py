@@ -26,7 +26,8 @@ Responses are translated back: text blocks joined, ``tool_use`` blocks to
 ``reasoning_content``, ``stop_reason`` to ``finish_reason``, and usage with the
 cache counts: ``prompt_tokens`` is input + cache reads + cache writes, with
 ``prompt_tokens_details.cached_tokens`` (reads) and
-``prompt_tokens_details.cache_creation_tokens`` (writes) kept apart for pricing.
+``prompt_tokens_details.cache_write_tokens`` (writes: OpenAI's own name) kept apart
+for pricing.
 A stream's SSE events become OpenAI chunks ending with a usage chunk.
 """
 
@@ -202,6 +203,11 @@ def to_messages_request(call: Call, default_max_tokens: int = DEFAULT_MAX_TOKENS
             param="response_format",
         )
     system, messages = _messages(params.messages)
+    if not messages:
+        raise InvalidRequest(
+            "Anthropic deployments need at least one user or assistant message with content.",
+            param="messages",
+        )
     body: JSON = {
         "max_tokens": call.max_output_tokens or default_max_tokens,
         "messages": messages,
@@ -413,7 +419,7 @@ def _usage(found: object, output: object = None) -> JSON:
     )
     details: JSON = {"cached_tokens": read}
     if written:
-        details["cache_creation_tokens"] = written
+        details["cache_write_tokens"] = written
     out["prompt_tokens_details"] = details
     return out
 
