@@ -30,6 +30,7 @@ import msgspec
 
 from relaygate import __version__
 from relaygate.errors import ConfigError
+from relaygate.providers.anthropic import ANTHROPIC_VERSION
 from relaygate.settings import DeploymentConfig, Settings, load_settings
 
 __all__ = ["CHECK_TIMEOUT", "Finding", "diagnose", "run"]
@@ -280,8 +281,7 @@ class _Upstream:
         )
 
     async def check(self, session: aiohttp.ClientSession, report: _Report) -> None:
-        path = "/api/tags" if self.provider == "ollama" else "/models"
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        path, headers = _probe(self.provider, self.api_key)
         try:
             async with session.get(self.base_url.rstrip("/") + path, headers=headers) as reply:
                 body = await reply.read()
@@ -328,6 +328,16 @@ class _Upstream:
         if not missing:
             count = len(self.wanted) if self.wanted else len(served)
             report.add("OK", f"{self.title}: reachable, {count} models present")
+
+
+def _probe(provider: str, api_key: str | None) -> tuple[str, dict[str, str]]:
+    """The model listing's path on an upstream, and the headers that carry its key."""
+    if provider == "ollama":
+        return "/api/tags", {}
+    if provider == "anthropic":
+        headers = {"anthropic-version": ANTHROPIC_VERSION}
+        return "/v1/models?limit=1000", headers | ({"x-api-key": api_key} if api_key else {})
+    return "/models", {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
 def _upstreams(settings: Settings) -> list[_Upstream]:
