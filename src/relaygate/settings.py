@@ -71,7 +71,7 @@ class Timeouts(_Config, kw_only=True):
 class DeploymentConfig(_Config, kw_only=True):
     """One upstream that can serve a model."""
 
-    provider: Literal["openai", "ollama", "mock", "anthropic"]
+    provider: Literal["openai", "ollama", "mock", "anthropic", "openwebui"]
     base_url: str | None = None  # anthropic: https://api.anthropic.com when unset
     model: str | None = None
     api_key: str | None = None
@@ -83,6 +83,9 @@ class DeploymentConfig(_Config, kw_only=True):
     # client sets none (Anthropic requires one)
     anthropic_version: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
     default_max_tokens: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] | None = None
+    # openai only: sent as the OpenAI-Organization and OpenAI-Project headers
+    organization: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | None = None
+    project: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | None = None
 
 
 Seconds = Annotated[int, msgspec.Meta(ge=1, le=10 * 365 * 86400)]
@@ -810,7 +813,12 @@ def _check_deployment(
 
 _DEFAULT_BASE_URLS = {"anthropic": "https://api.anthropic.com"}
 # Deployment fields that only one provider reads: set on another, they are a mistake.
-_PROVIDER_FIELDS = {"anthropic_version": "anthropic", "default_max_tokens": "anthropic"}
+_PROVIDER_FIELDS = {
+    "anthropic_version": "anthropic",
+    "default_max_tokens": "anthropic",
+    "organization": "openai",
+    "project": "openai",
+}
 
 
 def _check_provider_fields(

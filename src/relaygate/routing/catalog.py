@@ -21,6 +21,7 @@ from relaygate.providers.base import Provider
 from relaygate.providers.mock import MockProvider
 from relaygate.providers.ollama import OllamaProvider
 from relaygate.providers.openai import OpenAIProvider
+from relaygate.providers.openwebui import OpenWebUIProvider
 from relaygate.routing.health import Health
 from relaygate.routing.router import Deployment, Model, Router
 from relaygate.settings import DeploymentConfig, ModelConfig, RoutingConfig, Settings, Timeouts
@@ -31,6 +32,7 @@ _ADAPTERS: dict[str, Callable[..., Provider]] = {
     "openai": OpenAIProvider,
     "ollama": OllamaProvider,
     "anthropic": AnthropicProvider,
+    "openwebui": OpenWebUIProvider,
 }
 Options = tuple[tuple[str, Any], ...]
 
@@ -48,6 +50,8 @@ def _options(config: DeploymentConfig | None) -> Options:
             "version": config.anthropic_version,
             "default_max_tokens": config.default_max_tokens,
         }
+    elif config.provider == "openai":
+        found = {"organization": config.organization, "project": config.project}
     return tuple((k, v) for k, v in found.items() if v is not None)
 
 
