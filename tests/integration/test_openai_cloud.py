@@ -66,6 +66,8 @@ async def test_organization_and_project_headers(fake_openai: FakeOpenAI) -> None
         ({"x-ratelimit-reset-requests": "45s", "x-ratelimit-remaining-requests": "0"}, True),
         ({"x-ratelimit-reset-tokens": "1m0s"}, True),
         ({}, False),  # one 429 without a wait: below the failure threshold, still in use
+        ({"Retry-After": "inf"}, False),  # not a wait (it once crashed the error's header)
+        ({"Retry-After": "1e999"}, False),
     ],
 )
 async def test_429_wait_cools_the_deployment_down(
