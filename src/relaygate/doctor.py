@@ -337,7 +337,8 @@ def _probe(provider: str, api_key: str | None) -> tuple[str, dict[str, str]]:
     if provider == "anthropic":
         headers = {"anthropic-version": ANTHROPIC_VERSION}
         return "/v1/models?limit=1000", headers | ({"x-api-key": api_key} if api_key else {})
-    return "/models", {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    path = "/api/models" if provider == "openwebui" else "/models"
+    return path, {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
 def _upstreams(settings: Settings) -> list[_Upstream]:

@@ -322,6 +322,7 @@ async def test_upstream_errors_mapped_without_the_key(
     assert f"answered {status}: bad things with key" in json.loads(text)["error"]["message"]
     for seen in (text, admin_text, caplog.text):
         assert KEY not in seen and KEY[:16] not in seen
+    assert "bad things with key" in caplog.text  # the log did see the failure
 
 
 async def test_wrong_key_is_refused_upstream(fake: FakeAnthropic) -> None:

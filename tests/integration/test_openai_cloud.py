@@ -9,25 +9,14 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
-from aiohttp import web
 
 from tests.fakes.openai_server import FakeOpenAI
+from tests.fakes.openwebui_server import FakeOpenWebUI
 from tests.fakes.script import Script
 from tests.gateway import RunningGateway, make_settings, running_gateway
 
 KEY = "sk-proj-abcdefghijklmnopqrstuvwxyz012345"
 USER = [{"role": "user", "content": "tell me a story"}]
-
-
-class FakeOpenWebUI(FakeOpenAI):
-    """Open WebUI's OpenAI-compatible API: under /api of the server's URL, no /v1."""
-
-    api_prefix = ""
-
-    def _add_routes(self, app: web.Application) -> None:
-        app.router.add_post("/api/chat/completions", self._chat)
-        app.router.add_post("/api/embeddings", self._embeddings)
-        app.router.add_get("/api/models", self._list_models)
 
 
 @pytest.fixture
