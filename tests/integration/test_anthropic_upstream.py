@@ -476,3 +476,36 @@ async def _ready(gateway: RunningGateway) -> dict[str, Any]:
     async with aiohttp.ClientSession() as session, session.get(gateway.url + "/ready") as r:
         body: dict[str, Any] = await r.json()
         return body
+
+
+async def test_anthropic_inbound_stream_and_stop_sequence_round_trip(fake: FakeAnthropic) -> None:
+    tool = {"id": "toolu_3", "name": "get_weather", "input": {"city": "Lima"}}
+    fake.push(
+        Reply(text="Checking now", tool_uses=[tool]),
+        Reply(text="done", stop_reason="stop_sequence", stop_sequence="END"),
+    )
+    async with running_gateway(make_settings([claude(fake.base_url)])) as gateway:
+        client = anthropic.AsyncAnthropic(
+            base_url=gateway.url, api_key=gateway.admin_key, max_retries=0, timeout=20
+        )
+        async with client.messages.stream(
+            model="claude",
+            max_tokens=100,
+            messages=[{"role": "user", "content": "weather in Lima?"}],
+            tools=[{"name": "get_weather", "input_schema": {"type": "object"}}],
+        ) as stream:
+            streamed = await stream.get_final_message()
+        stopped = await client.messages.create(
+            model="claude",
+            max_tokens=100,
+            messages=[{"role": "user", "content": "say done"}],
+            stop_sequences=["END"],
+        )
+        await client.close()
+    assert fake.problems == [] and fake.messages[0].json["stream"] is True
+    assert [b.type for b in streamed.content] == ["text", "tool_use"]
+    assert streamed.content[0].text == "Checking now"  # type: ignore[union-attr]
+    assert streamed.content[1].input == {"city": "Lima"}  # type: ignore[union-attr]
+    assert streamed.stop_reason == "tool_use"
+    assert (stopped.stop_reason, stopped.stop_sequence) == ("stop_sequence", "END")
+    assert sent(fake)["stop_sequences"] == ["END"]
