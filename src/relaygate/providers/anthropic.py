@@ -366,7 +366,7 @@ def _arguments(arguments: str) -> JSON:
 def _tool(function: Any) -> JSON:
     tool: JSON = {
         "name": function.name,
-        "input_schema": function.parameters or {"type": "object", "properties": {}},
+        "input_schema": {"type": "object", **(function.parameters or {"properties": {}})},
     }
     if function.description:
         tool["description"] = function.description
