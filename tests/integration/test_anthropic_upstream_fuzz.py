@@ -11,9 +11,10 @@ import aiohttp
 import msgspec
 import pytest
 import pytest_asyncio
-from hypothesis import given
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from tests.fakes.anthropic_server import FakeAnthropic
+from tests.fakes.anthropic_server import FakeAnthropic, Reply
 from tests.fuzz import FUZZ, check_answer, mutated, request, sweep
 from tests.gateway import RunningGateway, make_settings, running_gateway
 
@@ -116,6 +117,57 @@ async def test_mutated_bodies(
     url = gateway.url + PATH
     status, headers, body = await request(session, "POST", url, body=raw, key=gateway.admin_key)
     check_answer(PATH, status, headers, body)
+
+
+json_scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=8))
+tool_inputs = st.dictionaries(
+    st.text(max_size=6), st.one_of(json_scalars, st.lists(json_scalars, max_size=3)), max_size=4
+)
+
+
+@settings(FUZZ, max_examples=40)
+@given(
+    text=st.text(max_size=40),
+    inputs=st.lists(tool_inputs, max_size=2),
+    cache=st.tuples(st.integers(0, 10**6), st.integers(0, 10**6)),
+)
+async def test_a_stream_says_what_the_whole_answer_says(
+    gateway: RunningGateway,
+    session: aiohttp.ClientSession,
+    fake: FakeAnthropic,
+    text: str,
+    inputs: list[dict[str, Any]],
+    cache: tuple[int, int],
+) -> None:
+    """Any text and tool inputs: chunks joined give the same message, finish and usage."""
+    uses = [{"id": f"toolu_{n}", "name": "weather", "input": i} for n, i in enumerate(inputs)]
+    reply = Reply(text=text, tool_uses=uses, cache_read=cache[0], cache_creation=cache[1])
+    fake.push(reply, reply)
+    body = {"model": "claude", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 999}
+    url = gateway.url + PATH
+    headers = {"Authorization": f"Bearer {gateway.admin_key}"}
+    async with session.post(url, json=body, headers=headers) as answer:
+        whole = await answer.json()
+    stream_body = {**body, "stream": True, "stream_options": {"include_usage": True}}
+    async with session.post(url, json=stream_body, headers=headers) as answer:
+        events = [line[6:] async for line in answer.content if line.startswith(b"data: {")]
+    chunks = [msgspec.json.decode(e) for e in events]
+    message = whole["choices"][0]["message"]
+    deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+    assert "".join(d.get("content") or "" for d in deltas) == (message["content"] or "")
+    arguments: dict[int, str] = {}
+    for d in deltas:
+        for call in d.get("tool_calls") or ():
+            arguments[call["index"]] = (
+                arguments.get(call["index"], "") + call["function"]["arguments"]
+            )
+    calls = message.get("tool_calls") or []
+    assert [msgspec.json.decode(a) for a in arguments.values()] == [
+        msgspec.json.decode(c["function"]["arguments"]) for c in calls
+    ]
+    finishes = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]]
+    assert finishes[-1] == whole["choices"][0]["finish_reason"]
+    assert chunks[-1]["usage"] == whole["usage"]
 
 
 # What the fake refused that a client's own values explain (a tool result for a call that
