@@ -30,6 +30,7 @@ import msgspec
 
 from relaygate import __version__
 from relaygate.errors import ConfigError
+from relaygate.providers.anthropic import ANTHROPIC_VERSION
 from relaygate.settings import DeploymentConfig, Settings, load_settings
 
 __all__ = ["CHECK_TIMEOUT", "Finding", "diagnose", "run"]
@@ -280,7 +281,7 @@ class _Upstream:
         )
 
     async def check(self, session: aiohttp.ClientSession, report: _Report) -> None:
-        path, headers = _listing(self.provider, self.api_key)
+        path, headers = _probe(self.provider, self.api_key)
         try:
             async with session.get(self.base_url.rstrip("/") + path, headers=headers) as reply:
                 body = await reply.read()
@@ -331,6 +332,19 @@ class _Upstream:
             report.add("OK", f"{self.title}: reachable, {count} models present")
 
 
+def _probe(provider: str, api_key: str | None) -> tuple[str, dict[str, str]]:
+    """The model listing's path on an upstream, and the headers that carry its key."""
+    if provider == "ollama":
+        return "/api/tags", {}
+    if provider == "gemini":  # the key in its header, never in the URL
+        return "/models?pageSize=1000", {"x-goog-api-key": api_key} if api_key else {}
+    if provider == "anthropic":
+        headers = {"anthropic-version": ANTHROPIC_VERSION}
+        return "/v1/models?limit=1000", headers | ({"x-api-key": api_key} if api_key else {})
+    path = "/api/models" if provider == "openwebui" else "/models"
+    return path, {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
 def _upstreams(settings: Settings) -> list[_Upstream]:
     found: dict[tuple[str, str, str | None], _Upstream] = {}
     for i, model in enumerate(settings.models):
@@ -346,14 +360,6 @@ def _upstreams(settings: Settings) -> list[_Upstream]:
         key = ("ollama", url.rstrip("/"), None)
         found.setdefault(key, _Upstream(*key, discovered=True, required=explicit))
     return list(found.values())
-
-
-def _listing(provider: str, api_key: str | None) -> tuple[str, dict[str, str]]:
-    """The path that lists an upstream's models, and the headers carrying its key."""
-    if provider == "gemini":  # the key in its header, never in the URL
-        return "/models?pageSize=1000", {"x-goog-api-key": api_key} if api_key else {}
-    path = "/api/tags" if provider == "ollama" else "/models"
-    return path, {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
 def _upstream_model(dep: DeploymentConfig, name: str) -> str:

@@ -44,7 +44,10 @@ __all__ = [
 ENV_PREFIX = "RELAYGATE_"
 _NOT_SETTINGS = {ENV_PREFIX + "CONFIG"}
 DEFAULT_OLLAMA_URL = "http://127.0.0.1:11434"
-DEFAULT_BASE_URLS = {"gemini": "https://generativelanguage.googleapis.com/v1beta"}
+DEFAULT_BASE_URLS = {
+    "gemini": "https://generativelanguage.googleapis.com/v1beta",
+    "anthropic": "https://api.anthropic.com",
+}
 Positive = Annotated[float, msgspec.Meta(gt=0)]
 NonNegative = Annotated[float, msgspec.Meta(ge=0)]
 
@@ -72,14 +75,21 @@ class Timeouts(_Config, kw_only=True):
 class DeploymentConfig(_Config, kw_only=True):
     """One upstream that can serve a model."""
 
-    provider: Literal["openai", "ollama", "gemini", "mock"]
-    base_url: str | None = None  # required, except for mock and gemini (Google's API)
+    provider: Literal["openai", "ollama", "gemini", "anthropic", "openwebui", "mock"]
+    base_url: str | None = None  # required, except for mock, gemini and anthropic
     model: str | None = None
     api_key: str | None = None
     weight: Positive = 1.0
     timeouts: Timeouts = msgspec.field(default_factory=Timeouts)
     max_connections: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1024
     chunk_delay: NonNegative = 0.01
+    # anthropic only: the anthropic-version header, and the max_tokens sent when the
+    # client sets none (Anthropic requires one)
+    anthropic_version: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
+    default_max_tokens: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] | None = None
+    # openai only: sent as the OpenAI-Organization and OpenAI-Project headers
+    organization: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | None = None
+    project: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | None = None
 
 
 PROVIDERS: tuple[str, ...] = typing.get_args(
@@ -794,6 +804,7 @@ def _check_deployment(
 ) -> None:
     if dep.provider == "mock":
         return
+    _check_provider_fields(dep, path, lines, source)
     if not dep.base_url and dep.provider in DEFAULT_BASE_URLS:
         dep.base_url = DEFAULT_BASE_URLS[dep.provider]
     if not dep.base_url:
@@ -805,6 +816,31 @@ def _check_deployment(
         raise ConfigError(
             f"{_dotted(url_path)}: {error}", source=source, line=_line_of(url_path, lines)
         )
+
+
+# Deployment fields that only one provider reads: set on another, they are a mistake.
+_PROVIDER_FIELDS = {
+    "anthropic_version": "anthropic",
+    "default_max_tokens": "anthropic",
+    "organization": "openai",
+    "project": "openai",
+}
+
+
+def _check_provider_fields(
+    dep: DeploymentConfig,
+    path: tuple[str | int, ...],
+    lines: dict[tuple[str | int, ...], int],
+    source: str | None,
+) -> None:
+    for name, provider in _PROVIDER_FIELDS.items():
+        if getattr(dep, name) is not None and dep.provider != provider:
+            field_path = (*path, name)
+            raise ConfigError(
+                f"{_dotted(field_path)}: only provider {provider!r} reads it, not {dep.provider!r}",
+                source=source,
+                line=_line_of(field_path, lines),
+            )
 
 
 def _url_problem(url: str) -> str | None:

@@ -16,8 +16,10 @@ from blockbuster import BlockBuster
 
 from relaygate.store.migrate import upgrade
 from tests.conftest import PG_SERVER, closed_port_url
+from tests.fakes.anthropic_server import FakeAnthropic
 from tests.fakes.ollama_server import FakeOllama
 from tests.fakes.openai_server import FakeOpenAI
+from tests.fakes.openwebui_server import FakeOpenWebUI
 from tests.integration.test_cli_keys import _clean_env
 
 KEY = "sk-right-key-0123456789abcdef"
@@ -218,3 +220,27 @@ async def test_clock_skew_warns(doctor: Doctor, slow_clock_upstream: str) -> Non
     assert code == 0, text
     line = only(lines, "clock:")
     assert line.startswith("WARN") and "ahead of upstream openai" in line and "NTP" in line
+
+
+async def test_anthropic_upstream_is_checked_with_its_own_headers(doctor: Doctor) -> None:
+    async with FakeAnthropic(api_key=KEY) as fake:
+        deployment = {"provider": "anthropic", "base_url": fake.base_url, "api_key": KEY}
+        code, lines, text = await doctor(
+            models=[
+                {"name": "claude-sonnet-4-5", "deployments": [deployment]},
+                {"name": "claude-x", "deployments": [{**deployment, "model": "claude-9"}]},
+            ]
+        )
+    line = only(lines, "upstream anthropic")
+    assert code == 1 and line.startswith("FAIL") and "model 'claude-9' is not served there" in line
+    assert fake.problems == [] and fake.requests[0].headers["x-api-key"] == KEY
+    assert KEY not in text
+
+
+async def test_open_webui_upstream_is_checked_under_api(doctor: Doctor) -> None:
+    async with FakeOpenWebUI(models=["llama3.2:1b"], api_key=KEY) as fake:
+        deployment = {"provider": "openwebui", "base_url": fake.base_url, "api_key": KEY}
+        _, lines, _ = await doctor(models=[{"name": "llama3.2:1b", "deployments": [deployment]}])
+    line = only(lines, "upstream openwebui")
+    assert line.startswith("OK") and "reachable, 1 models present" in line
+    assert [r.path for r in fake.requests] == ["/api/models"]

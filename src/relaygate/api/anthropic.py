@@ -366,8 +366,10 @@ def usage(openai_usage: Any) -> JSON:
     read = token_count(details.get("cached_tokens")) or token_count(
         found.get("cache_read_input_tokens")
     )
-    written = token_count(found.get("cache_creation_input_tokens")) or token_count(
-        details.get("cache_creation_tokens")
+    written = (
+        token_count(found.get("cache_creation_input_tokens"))
+        or token_count(details.get("cache_write_tokens"))
+        or token_count(details.get("cache_creation_tokens"))
     )
     out: JSON = {
         "input_tokens": max(token_count(found.get("prompt_tokens")) - read - written, 0),

@@ -9,7 +9,9 @@ the upstream reported usage.
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any, Protocol
@@ -36,6 +38,7 @@ __all__ = [
     "ndjson_lines",
     "post",
     "raise_for_status",
+    "rate_limit_wait",
     "translate_errors",
     "upstream_json",
     "upstream_text",
@@ -181,6 +184,8 @@ async def raise_for_status(
     raw = await response.content.read(64 * 1024)
     message = _error_message(raw) or response.reason or "error"
     retry_after = _retry_after(response.headers.get("Retry-After"))
+    if retry_after is None and response.status == 429:
+        retry_after = rate_limit_wait(response.headers)
     raise UpstreamStatusError(
         f"Deployment {deployment.name!r} answered {response.status}: "
         f"{upstream_text(message, deployment, call)}",
@@ -205,13 +210,56 @@ def _error_message(raw: bytes) -> str:
     return str(body)
 
 
+_MAX_WAIT = 86400.0  # an upstream's wait beyond a day is taken as a day
+
+
 def _retry_after(value: str | None) -> float | None:
+    """Seconds in a header, finite and within a day ("inf", "nan" and dates: None)."""
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         return None
+    if not math.isfinite(seconds):
+        return None
+    return min(max(0.0, seconds), _MAX_WAIT)
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def rate_limit_wait(headers: Mapping[str, str]) -> float | None:
+    """Seconds until a 429'd upstream takes requests again, when it says so without
+    Retry-After: ``retry-after-ms``, or OpenAI's ``x-ratelimit-reset-requests`` /
+    ``-tokens`` (durations such as ``1s``, ``6m0s``, ``20ms``), the one whose
+    ``x-ratelimit-remaining-*`` is 0, else the longer."""
+    millis = _retry_after(headers.get("retry-after-ms"))
+    if millis is not None:
+        return millis / 1000
+    resets: dict[str, float] = {}
+    for kind in ("requests", "tokens"):
+        reset = _duration(headers.get(f"x-ratelimit-reset-{kind}"))
+        if reset is not None:
+            resets[kind] = reset
+    spent = [v for k, v in resets.items() if headers.get(f"x-ratelimit-remaining-{k}") == "0"]
+    found = spent or list(resets.values())
+    return max(found) if found else None
+
+
+def _duration(value: str | None) -> float | None:
+    """A Go-style duration (``6m0s``, ``1.5s``, ``20ms``) or plain seconds, in seconds."""
+    if not value:
+        return None
+    value = value.strip()
+    plain = _retry_after(value)
+    if plain is not None:
+        return plain
+    parts = _DURATION.findall(value)
+    if not parts or "".join(n + u for n, u in parts) != value:
+        return None
+    return min(sum(float(n) * _UNITS[u] for n, u in parts), _MAX_WAIT)
 
 
 def upstream_json(raw: bytes, deployment: Upstream) -> JSON:

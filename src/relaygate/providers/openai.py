@@ -4,16 +4,20 @@ The canonical format is this upstream's own, so the client's body is passed on
 with only ``model`` replaced; fields the gateway does not know pass through.
 Streams always ask for ``stream_options.include_usage`` so that usage is known;
 the inbound API strips that chunk again if the client did not ask for it.
+A deployment's ``organization`` and ``project`` are sent as OpenAI's
+``OpenAI-Organization`` and ``OpenAI-Project`` headers. A 429's wait (Retry-After,
+or OpenAI's x-ratelimit-reset-* headers) is read by ``base.raise_for_status``.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import aiohttp
 import msgspec
 
+from relaygate.errors import InvalidRequest
 from relaygate.providers.base import JSON, in_body_error, ndjson_lines, post, upstream_json
 
 if TYPE_CHECKING:
@@ -31,15 +35,41 @@ _JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json
 class OpenAIProvider:
     """One OpenAI-compatible upstream, with one pooled keep-alive session."""
 
-    def __init__(self, base_url: str, session: aiohttp.ClientSession) -> None:
+    paths: ClassVar[dict[str, str]] = _PATHS  # call kind -> path under the base URL
+    models_path: ClassVar[str] = "/models"
+    server: ClassVar[str] = "OpenAI-compatible"
+
+    def __init__(
+        self,
+        base_url: str,
+        session: aiohttp.ClientSession,
+        *,
+        organization: str | None = None,
+        project: str | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self._session = session
-        self._urls = {kind: self.base_url + path for kind, path in _PATHS.items()}
+        self._urls = {kind: self.base_url + path for kind, path in self.paths.items()}
+        self._base_headers = dict(_JSON_HEADERS)
+        if organization:
+            self._base_headers["OpenAI-Organization"] = organization
+        if project:
+            self._base_headers["OpenAI-Project"] = project
 
     def _headers(self, deployment: Upstream) -> dict[str, str]:
         if not deployment.api_key:
-            return _JSON_HEADERS
-        return {**_JSON_HEADERS, "Authorization": f"Bearer {deployment.api_key}"}
+            return self._base_headers
+        return {**self._base_headers, "Authorization": f"Bearer {deployment.api_key}"}
+
+    def _url(self, call: Call) -> str:
+        url = self._urls.get(call.kind)
+        if url is None:
+            raise InvalidRequest(
+                f"The model {call.model!r} is served by an {self.server} server, which has "
+                f"no {call.kind} API.",
+                param="model",
+            )
+        return url
 
     def _body(self, deployment: Upstream, call: Call, stream: bool) -> bytes:
         body: dict[str, Any] = dict(call.body)
@@ -57,8 +87,8 @@ class OpenAIProvider:
         return await self._post_json(deployment, call)
 
     async def _post_json(self, deployment: Upstream, call: Call) -> JSON:
+        url = self._url(call)
         body = self._body(deployment, call, stream=False)
-        url = self._urls[call.kind]
         async with post(
             self._session, url, body, self._headers(deployment), deployment, call
         ) as response:
@@ -69,9 +99,9 @@ class OpenAIProvider:
         return reply
 
     async def stream(self, deployment: Upstream, call: Call) -> AsyncIterator[JSON]:
+        url = self._url(call)
         body = self._body(deployment, call, stream=True)
         headers = {**self._headers(deployment), "Accept": "text/event-stream"}
-        url = self._urls[call.kind]
         async with post(self._session, url, body, headers, deployment, call) as response:
             async for line in ndjson_lines(response):
                 if not line.startswith(b"data:"):
@@ -82,7 +112,7 @@ class OpenAIProvider:
                 yield _chunk(data, deployment, call)
 
     async def list_models(self) -> list[str]:
-        async with self._session.get(self.base_url + "/models") as response:
+        async with self._session.get(self.base_url + self.models_path) as response:
             response.raise_for_status()
             body = _decode(await response.read())
         return [str(m["id"]) for m in body.get("data", []) if isinstance(m, dict) and "id" in m]

@@ -9,28 +9,54 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
 import msgspec
 
 from relaygate import __version__
+from relaygate.providers.anthropic import AnthropicProvider
 from relaygate.providers.base import Provider
 from relaygate.providers.gemini import GeminiProvider
 from relaygate.providers.mock import MockProvider
 from relaygate.providers.ollama import OllamaProvider
 from relaygate.providers.openai import OpenAIProvider
+from relaygate.providers.openwebui import OpenWebUIProvider
 from relaygate.routing.health import Health
 from relaygate.routing.router import Deployment, Model, Router
 from relaygate.settings import DeploymentConfig, ModelConfig, RoutingConfig, Settings, Timeouts
 
 __all__ = ["build_router", "close_providers"]
 
-_ADAPTERS: dict[str, Callable[[str, aiohttp.ClientSession], Provider]] = {
+_ADAPTERS: dict[str, Callable[..., Provider]] = {
     "openai": OpenAIProvider,
     "ollama": OllamaProvider,
     "gemini": GeminiProvider,
+    "anthropic": AnthropicProvider,
+    "openwebui": OpenWebUIProvider,
 }
+Options = tuple[tuple[str, Any], ...]
+
+
+def _options(config: DeploymentConfig | None) -> Options:
+    """A deployment's settings its adapter takes at construction (keyword, value).
+
+    They are part of the pool key: deployments that differ in them get their own adapter.
+    """
+    if config is None:
+        return ()
+    found: dict[str, Any] = {}
+    if config.provider == "anthropic":
+        found = {
+            "version": config.anthropic_version,
+            "default_max_tokens": config.default_max_tokens,
+        }
+    elif config.provider == "openai":
+        found = {"organization": config.organization, "project": config.project}
+    return tuple((k, v) for k, v in found.items() if v is not None)
+
+
 MOCK_DESCRIPTION = (
     "Development model: deterministic replies derived from the prompt, not a real language model."
 )
@@ -41,16 +67,23 @@ class _Pools:
 
     def __init__(self, policy: RoutingConfig) -> None:
         self.policy = policy
-        self.providers: dict[tuple[str, str], Provider] = {}
+        self.providers: dict[tuple[str, str, Options], Provider] = {}
         self.mock = MockProvider()
 
-    def get(self, provider: str, base_url: str | None, max_connections: int) -> Provider:
+    def get(
+        self,
+        provider: str,
+        base_url: str | None,
+        max_connections: int,
+        config: DeploymentConfig | None = None,
+    ) -> Provider:
         if provider == "mock" or base_url is None:
             return self.mock
-        key = (provider, base_url.rstrip("/"))
+        options = _options(config)
+        key = (provider, base_url.rstrip("/"), options)
         existing = self.providers.get(key)
         if existing is None:
-            existing = _ADAPTERS[provider](key[1], new_session(max_connections))
+            existing = _ADAPTERS[provider](key[1], new_session(max_connections), **dict(options))
             self.providers[key] = existing
         return existing
 
@@ -109,7 +142,7 @@ def _deployment(
     return Deployment(
         name=name,
         model=model,
-        provider=pools.get(config.provider, config.base_url, config.max_connections),
+        provider=pools.get(config.provider, config.base_url, config.max_connections, config),
         provider_name=config.provider,
         upstream_model=config.model or model,
         weight=config.weight,
@@ -137,7 +170,7 @@ async def _discover(
         async with asyncio.timeout(2):
             names = await provider.list_models()
     except (aiohttp.ClientError, OSError, TimeoutError, msgspec.DecodeError, AttributeError):
-        pools.providers.pop(("ollama", url.rstrip("/")), None)
+        pools.providers.pop(("ollama", url.rstrip("/"), ()), None)
         await provider.aclose()
         log.info("no Ollama server answered at %s; not adding its models", _safe(url))
         return []
