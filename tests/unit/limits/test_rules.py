@@ -272,7 +272,7 @@ def test_rate_limited_names_the_rule_that_waits_longest_or_the_denied_one() -> N
     slots = state("max_concurrent", 1, 0, 900, 0.0, kind="concurrency")
     waiting = rate_limited(Decision(False, [slots, minute], denied=slots), NOW)
     assert waiting.message.startswith("Rate limit exceeded: requests_per_minute (10)")
-    assert waiting.retry_after == 0.5
+    assert waiting.retry_after == 1  # 0.5 s, rounded up: Retry-After never says come back early
     # no rule has a wait: the denied rule is named
     free = state("requests_per_hour", 10, 5, 60, 0.0)
     only = rate_limited(Decision(False, [free, slots], denied=slots), NOW)
