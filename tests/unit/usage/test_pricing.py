@@ -94,6 +94,17 @@ def test_the_ceiling_includes_fallbacks() -> None:
     assert p.ceiling("local") is None
 
 
+def test_a_fallback_that_answered_is_charged_its_own_price() -> None:
+    models = [
+        {"name": "cheap", "deployments": [openai("gpt-4.1-nano")], "fallbacks": ["dear"]},
+        {"name": "dear", "deployments": [openai("gpt-4o")]},
+    ]
+    p = pricing(models)
+    # the client asked for "cheap"; the deployment "dear" answered
+    assert p.cost("cheap", "openai", "dear", 10**6, 0) == pytest.approx(2.5)
+    assert p.cost("cheap", "openai", "cheap", 10**6, 0) == pytest.approx(0.1)
+
+
 def test_configuration_overrides_the_table() -> None:
     models = [
         {"name": "gpt-4o-mini", "deployments": [openai()], "price": {"input": 1, "output": 2}},
