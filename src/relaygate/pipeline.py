@@ -264,7 +264,7 @@ class Pipeline:
                     charged = _NOTHING_USED
             elif call.served_by is not None:
                 served.provider, served.deployment = call.served_by
-            await state.admission.settle(admitted, charged, served.provider)
+            await state.admission.settle(admitted, charged, served.provider, served.deployment)
 
     async def _run(
         self,

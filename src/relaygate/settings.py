@@ -117,6 +117,7 @@ class ModelConfig(_Config, kw_only=True):
     deployments: Annotated[list[DeploymentConfig], msgspec.Meta(min_length=1)]
     fallbacks: list[str] = msgspec.field(default_factory=list)
     cache: ModelCacheConfig | None = None
+    price: Price | None = None  # this model's price, ahead of ``usage.prices``
 
 
 class RoutingConfig(_Config, kw_only=True):
@@ -268,27 +269,60 @@ class LimitsConfig(_Config, kw_only=True):
 
 
 class Price(_Config, kw_only=True):
-    """US dollars per million tokens."""
+    """US dollars per million tokens.
+
+    ``cached_input``: prompt tokens read from the provider's prompt cache (unset: at
+    ``input``). ``cache_write``: prompt tokens written to it (Anthropic; unset: at
+    ``input``).
+    """
 
     input: NonNegative = 0.0
     output: NonNegative = 0.0
+    cached_input: NonNegative | None = None
+    cache_write: NonNegative | None = None
 
 
 def default_prices() -> dict[str, Price]:
-    """List prices of the cloud models the seeds name (per million tokens, USD).
+    """List prices of the cloud models relaygate speaks to (per million tokens, USD).
 
-    Operators should keep these current in their configuration; local models cost 0.
+    Standard (not batch) tier, prompts under the long-context threshold. Checked
+    2026-11-30 against the providers' pricing pages (openai.com/api/pricing,
+    ai.google.dev/gemini-api/docs/pricing, claude.com/pricing); operators keep them
+    current with ``usage.prices`` or a model's ``price``. A dated upstream name
+    (``claude-sonnet-4-20250514``, ``gpt-4o-2024-08-06``, ``-latest``, ``-002``) takes
+    the price of its undated name. Local models cost 0.
     """
+    p = Price
     return {
-        "gpt-4o": Price(input=2.5, output=10.0),
-        "gpt-4o-mini": Price(input=0.15, output=0.6),
-        "gpt-4.1": Price(input=2.0, output=8.0),
-        "gpt-4.1-mini": Price(input=0.4, output=1.6),
-        "gemini-1.5-flash": Price(input=0.075, output=0.3),
-        "gemini-1.5-pro": Price(input=1.25, output=5.0),
-        "gemini-2.0-flash": Price(input=0.1, output=0.4),
-        "claude-3-5-sonnet": Price(input=3.0, output=15.0),
-        "claude-3-5-haiku": Price(input=0.8, output=4.0),
+        # OpenAI
+        "gpt-4o": p(input=2.5, output=10.0, cached_input=1.25),
+        "gpt-4o-mini": p(input=0.15, output=0.6, cached_input=0.075),
+        "gpt-4.1": p(input=2.0, output=8.0, cached_input=0.5),
+        "gpt-4.1-mini": p(input=0.4, output=1.6, cached_input=0.1),
+        "gpt-4.1-nano": p(input=0.1, output=0.4, cached_input=0.025),
+        "o3": p(input=2.0, output=8.0, cached_input=0.5),
+        "o3-mini": p(input=1.1, output=4.4, cached_input=0.55),
+        "o4-mini": p(input=1.1, output=4.4, cached_input=0.275),
+        # Google Gemini
+        "gemini-1.5-flash": p(input=0.075, output=0.3, cached_input=0.01875),
+        "gemini-1.5-pro": p(input=1.25, output=5.0, cached_input=0.3125),
+        "gemini-2.0-flash": p(input=0.1, output=0.4, cached_input=0.025),
+        "gemini-2.0-flash-lite": p(input=0.075, output=0.3),
+        "gemini-2.5-flash": p(input=0.3, output=2.5, cached_input=0.03),
+        "gemini-2.5-flash-lite": p(input=0.1, output=0.4, cached_input=0.01),
+        "gemini-2.5-pro": p(input=1.25, output=10.0, cached_input=0.125),
+        # Anthropic (cache writes: the 5-minute rate)
+        "claude-3-5-sonnet": p(input=3.0, output=15.0, cached_input=0.3, cache_write=3.75),
+        "claude-3-7-sonnet": p(input=3.0, output=15.0, cached_input=0.3, cache_write=3.75),
+        "claude-sonnet-4": p(input=3.0, output=15.0, cached_input=0.3, cache_write=3.75),
+        "claude-sonnet-4-5": p(input=3.0, output=15.0, cached_input=0.3, cache_write=3.75),
+        "claude-3-5-haiku": p(input=0.8, output=4.0, cached_input=0.08, cache_write=1.0),
+        "claude-3-haiku": p(input=0.25, output=1.25, cached_input=0.03, cache_write=0.3),
+        "claude-haiku-4-5": p(input=1.0, output=5.0, cached_input=0.1, cache_write=1.25),
+        "claude-3-opus": p(input=15.0, output=75.0, cached_input=1.5, cache_write=18.75),
+        "claude-opus-4": p(input=15.0, output=75.0, cached_input=1.5, cache_write=18.75),
+        "claude-opus-4-1": p(input=15.0, output=75.0, cached_input=1.5, cache_write=18.75),
+        "claude-opus-4-5": p(input=5.0, output=25.0, cached_input=0.5, cache_write=6.25),
     }
 
 

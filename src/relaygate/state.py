@@ -126,6 +126,7 @@ async def open_state(settings: Settings, log: logging.Logger) -> AppState:
     )  # fmt: skip
     await writer.start()
     tokenizer = LazyTokenizer(Path(usage.outbox_dir).parent / "tiktoken", log)
+    admission = _admission(settings, client, metrics, log, engine)
     state = AppState(
         settings=settings,
         router=router,
@@ -134,8 +135,8 @@ async def open_state(settings: Settings, log: logging.Logger) -> AppState:
         engine=engine,
         identity=identity,
         auth=auth,
-        admission=_admission(settings, client, metrics, log, engine),
-        recorder=Recorder(usage, outbox.append, tokenizer),
+        admission=admission,
+        recorder=Recorder(usage, outbox.append, tokenizer, admission.pricing),
         outbox=outbox,
         writer=writer,
         cache=_cache(settings, client, engine, metrics, log),

@@ -28,7 +28,7 @@ from relaygate.limits.rules import (
     rules_for,
 )
 from relaygate.settings import LimitSet, Settings, TierConfig
-from relaygate.usage.accounting import cost_usd
+from relaygate.usage.accounting import Pricing, priced
 
 __all__ = ["Admission", "Admitted"]
 
@@ -55,6 +55,7 @@ class Admission:
         self.settings = settings
         self.limiter = limiter
         self.primer = primer
+        self.pricing = Pricing(settings.usage, settings.models)
         self._effective: dict[tuple[str, LimitSet | None], LimitSet] = {}
 
     def _tier(self, name: str | None) -> TierConfig:
@@ -113,7 +114,7 @@ class Admission:
         prompt = body_size // BYTES_PER_TOKEN
         completion = max_output_tokens or DEFAULT_COMPLETION_RESERVE
         # The worst case of a priced model; settle charges what it really cost.
-        micros = round(cost_usd(self.settings.usage, model, None, prompt, completion) * MICROS)
+        micros = round(priced(self.pricing.ceiling(model), prompt, completion) * MICROS)
         rules = self.rules(
             principal, model=model, endpoint=endpoint,
             reserve_tokens=prompt + completion, reserve_micros=micros,
@@ -130,7 +131,11 @@ class Admission:
         return Admitted(decision.lease, headers, prompt + completion, model)
 
     async def settle(
-        self, admitted: Admitted, usage: Mapping[str, Any] | None, provider: str | None = None
+        self,
+        admitted: Admitted,
+        usage: Mapping[str, Any] | None,
+        provider: str | None = None,
+        deployment: str | None = None,
     ) -> None:
         """Release leases; charge token and money rules the real figures when the upstream
         reported usage (otherwise the reservation stands)."""
@@ -144,7 +149,9 @@ class Admission:
         prompt = usage.get("prompt_tokens") if usage else None
         completion = usage.get("completion_tokens") if usage else None
         if isinstance(prompt, int) and isinstance(completion, int):
-            cost = cost_usd(self.settings.usage, admitted.model, provider, prompt, completion)
+            cost = self.pricing.cost(
+                admitted.model, provider, deployment, prompt, completion, usage
+            )
             actual = {}
             for rule in lease.rules:
                 if rule.name.startswith("tokens_"):

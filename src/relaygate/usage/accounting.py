@@ -10,16 +10,26 @@ no I/O on the request path.
 
 from __future__ import annotations
 
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from relaygate.settings import Price, UsageConfig
+from relaygate.settings import ModelConfig, Price, UsageConfig
 from relaygate.usage.record import Status, UsageRecord
 from relaygate.usage.tokens import LazyTokenizer, prompt_text
 
-__all__ = ["LOCAL_PROVIDERS", "Recorder", "Served", "cost_usd", "status_for"]
+__all__ = [
+    "LOCAL_PROVIDERS",
+    "Pricing",
+    "Recorder",
+    "Served",
+    "cost_usd",
+    "priced",
+    "status_for",
+    "undated",
+]
 
 LOCAL_PROVIDERS = ("ollama", "mock")
 
@@ -67,10 +77,12 @@ class Recorder:
         config: UsageConfig,
         append: Callable[[UsageRecord], None],
         tokenizer: LazyTokenizer,
+        pricing: Pricing | None = None,
     ) -> None:
         self.config = config
         self.append = append
         self.tokenizer = tokenizer
+        self.pricing = pricing or Pricing(config)
 
     def record(self, served: Served) -> UsageRecord:
         prompt, completion, estimated = self._tokens(served)
@@ -114,14 +126,152 @@ class Recorder:
     def _cost(self, served: Served, prompt: int, completion: int) -> float:
         if served.cached and not self.config.charge_cached_tokens:
             return 0.0
-        return cost_usd(self.config, served.model, served.provider, prompt, completion)
+        usage = served.usage if served.usage and not served.cached else None
+        return self.pricing.cost(
+            served.model, served.provider, served.deployment, prompt, completion, usage
+        )
+
+
+class Pricing:
+    """Which price applies to a request, and what its usage cost.
+
+    A deployment is priced, first match wins, by: its model entry's ``price``; the
+    ``usage.prices`` entry of that model's public name; the entry of the deployment's
+    upstream model (so a public alias ``fast`` served by ``gpt-4o-mini`` is priced as
+    ``gpt-4o-mini``), where a dated name (``-2024-08-06``, ``-20250514``, ``-002``,
+    ``-latest``) falls back to its undated one. Local providers (Ollama, mock) cost 0
+    whatever is configured; an OpenAI-compatible server on your own hardware is
+    priced like any other unless given ``price: {input: 0, output: 0}``. A model with
+    no price at all costs 0.
+    """
+
+    def __init__(self, config: UsageConfig, models: Sequence[ModelConfig] = ()) -> None:
+        self.config = config
+        self._models = {m.name: m for m in models}
+        # deployment name (as the router names it) -> (provider, price)
+        self._deployments: dict[str, tuple[str, Price | None]] = {}
+        for model in models:
+            count = len(model.deployments)
+            for index, dep in enumerate(model.deployments):
+                name = model.name if count == 1 else f"{model.name}#{index + 1}"
+                price = model.price or self._listed(model.name, dep.model or model.name)
+                self._deployments[name] = (dep.provider, price)
+
+    def _listed(self, public: str, upstream: str | None) -> Price | None:
+        prices = self.config.prices
+        price = prices.get(public)
+        if price is None and upstream:
+            price = prices.get(upstream) or prices.get(undated(upstream))
+        return price
+
+    def price(self, model: str, provider: str | None, deployment: str | None) -> Price | None:
+        """The price of one served request (None: free)."""
+        if provider in LOCAL_PROVIDERS:
+            return None
+        found = self._deployments.get(deployment) if deployment else None
+        if found is not None:
+            return None if found[0] in LOCAL_PROVIDERS else found[1]
+        entry = self._models.get(model)
+        if entry is not None and entry.price is not None:
+            return entry.price
+        return self._listed(model, model)
+
+    def ceiling(self, model: str) -> Price | None:
+        """The dearest price any deployment of ``model`` or its fallbacks may charge:
+        what admission reserves before it knows which one will answer."""
+        prices: list[Price] = []
+        seen: set[str] = set()
+        pending = [model]
+        while pending:
+            name = pending.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            entry = self._models.get(name)
+            if entry is None:
+                if (price := self.price(name, None, None)) is not None:
+                    prices.append(price)
+                continue
+            count = len(entry.deployments)
+            for index in range(count):
+                dep = name if count == 1 else f"{name}#{index + 1}"
+                provider, price = self._deployments[dep]
+                if price is not None and provider not in LOCAL_PROVIDERS:
+                    prices.append(price)
+            pending.extend(entry.fallbacks)
+        if not prices:
+            return None
+        return Price(
+            input=max(p.input for p in prices),
+            output=max(p.output for p in prices),
+            cached_input=max(_cached(p) for p in prices),
+            cache_write=max(_written(p) for p in prices),
+        )
+
+    def cost(
+        self,
+        model: str,
+        provider: str | None,
+        deployment: str | None,
+        prompt: int,
+        completion: int,
+        usage: Mapping[str, Any] | None = None,
+    ) -> float:
+        return priced(self.price(model, provider, deployment), prompt, completion, usage)
+
+
+_DATED = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{8}|\d{3}|latest)$")
+
+
+def undated(model: str) -> str:
+    """``claude-sonnet-4-20250514`` -> ``claude-sonnet-4``; other names unchanged."""
+    return _DATED.sub("", model)
+
+
+def _cached(price: Price) -> float:
+    return price.input if price.cached_input is None else price.cached_input
+
+
+def _written(price: Price) -> float:
+    return price.input if price.cache_write is None else price.cache_write
+
+
+def _tokens(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def priced(
+    price: Price | None, prompt: int, completion: int, usage: Mapping[str, Any] | None = None
+) -> float:
+    """US dollars for one request's tokens. ``prompt`` counts every prompt token; of
+    those, ``usage.prompt_tokens_details.cached_tokens`` are charged at
+    ``cached_input`` and ``cache_write_tokens`` at ``cache_write`` (the rest at
+    ``input``). Counts that do not add up are clamped, never charged twice."""
+    if price is None:
+        return 0.0
+    prompt, completion = max(prompt, 0), max(completion, 0)
+    details = usage.get("prompt_tokens_details") if usage else None
+    read = written = 0
+    if isinstance(details, Mapping):
+        read = min(_tokens(details.get("cached_tokens")), prompt)
+        written = min(_tokens(details.get("cache_write_tokens")), prompt - read)
+    fresh = prompt - read - written
+    dollars = (
+        fresh * price.input
+        + read * _cached(price)
+        + written * _written(price)
+        + completion * price.output
+    )
+    return dollars / 1_000_000
 
 
 def cost_usd(
-    config: UsageConfig, model: str, provider: str | None, prompt: int, completion: int
+    config: UsageConfig,
+    model: str,
+    provider: str | None,
+    prompt: int,
+    completion: int,
+    usage: Mapping[str, Any] | None = None,
 ) -> float:
-    """US dollars, from the price table; local providers (Ollama, mock) cost nothing."""
-    price: Price | None = config.prices.get(model)
-    if price is None or provider in LOCAL_PROVIDERS:
-        return 0.0
-    return (prompt * price.input + completion * price.output) / 1_000_000
+    """US dollars, priced by the public model name alone (see Pricing for deployments)."""
+    return Pricing(config).cost(model, provider, None, prompt, completion, usage)
