@@ -28,7 +28,7 @@ from relaygate.api.shapes import error_renderer_for, internal_error, is_ollama_p
 from relaygate.api.task_templates import SHIPPED, TaskFormat
 from relaygate.api.tasks import TasksAPI
 from relaygate.asgi import Receive, Scope, Send, new_request_id
-from relaygate.errors import MethodNotAllowed, NotFound
+from relaygate.errors import ConfigError, MethodNotAllowed, NotFound
 from relaygate.observability.logging import configure_logging
 from relaygate.pipeline import Pipeline
 from relaygate.settings import Settings, load_settings
@@ -208,6 +208,10 @@ class Gateway:
         for name, template in tasks.served(SHIPPED).items():
             if template.auth == "webhook" and not tasks.webhook.secret:
                 continue  # off: the platform's caller could not be told from anyone
+            if template.path in self._routes or template.path.startswith(ADMIN_PREFIXES):
+                raise ConfigError(
+                    f"tasks.templates.{name}.path: {template.path} is already a relaygate route"
+                )
             fmt = TaskFormat(template, models, tasks.webhook)
             self._routes[template.path] = {"POST": pipeline.route(fmt, "chat")}
             described[("POST", template.path)] = task_operation(name, template)

@@ -458,7 +458,7 @@ class TaskTemplate(_Config, kw_only=True):
     ``request.<field>``, ``model``); ``cached`` is always added.
     """
 
-    path: str
+    path: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
     fields: dict[str, TaskField] = msgspec.field(default_factory=dict)
     system: str = ""
     user: str
@@ -831,6 +831,13 @@ def _check_tasks(settings: Settings, lines: Lines, source: str | None) -> None:
             raise ConfigError(
                 f"{_dotted(path)}: {problem[1]}", source=source, line=_line_of(path, lines)
             )
+    paths: dict[str, str] = {}
+    for name, template in tasks.served({}).items():
+        if template.path in paths:
+            path = ("tasks", "templates", name, "path")
+            msg = f"{_dotted(path)}: {template.path} is also template {paths[template.path]!r}'s"
+            raise ConfigError(msg, source=source, line=_line_of(path, lines))
+        paths[template.path] = name
     if tasks.webhook.tier not in settings.tiers:
         line = _line_of(("tasks", "webhook", "tier"), lines)
         msg = f"tasks.webhook.tier: no tier named {tasks.webhook.tier!r}"

@@ -220,12 +220,19 @@ async def test_an_operator_declares_and_disables_templates(fake_openai: FakeOpen
         ({"path": "no-slash", "user": "hi"}, "absolute URL path"),
         ({"path": "/x", "user": "hi", "response": {"a": "json.a.b"}}, "invalid source"),
         ({"path": "/x", "user": "$"}, "malformed"),
+        ({"path": "/x", "user": "hi", "history": "h"}, "not a declared field"),
     ],
 )
 def test_bad_templates_are_refused_at_start(template: dict[str, Any], problem: str) -> None:
     with pytest.raises(ConfigError, match=r"tasks\.templates\.t") as caught:
         make_settings([], tasks={"templates": {"t": template}})
     assert problem in str(caught.value)
+
+
+def test_two_templates_cannot_share_a_path() -> None:
+    twins = {"a": {"path": "/ai/x", "user": "hi"}, "b": {"path": "/ai/x", "user": "ho"}}
+    with pytest.raises(ConfigError, match="also template 'a'"):
+        make_settings([], tasks={"templates": twins})
 
 
 @given(st.text(max_size=300))
