@@ -16,11 +16,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from relaygate.api.task_templates import extract_json, strip_code_fences
+from relaygate.app import create_app
 from relaygate.errors import ConfigError
 from relaygate.store.tables import usage_records
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.script import Script
-from tests.gateway import RunningGateway, make_settings, running_gateway
+from tests.gateway import RunningGateway, make_settings, prepare_database, running_gateway
 
 SECRET = "hook-secret-0123456789"
 SQL_BODY = {
@@ -248,3 +249,15 @@ def test_extract_json_finds_the_first_object_or_array() -> None:
     assert extract_json("{" * 10_000) == (False, None)
     assert strip_code_fences("```sql\nSELECT 1\n```") == "SELECT 1"
     assert strip_code_fences("plain") == "plain"
+
+
+async def test_a_template_cannot_shadow_a_relaygate_route() -> None:
+    shadow = {"templates": {"mine": {"path": "/v1/chat/completions", "user": "hi"}}}
+    settings = make_settings([], tasks=shadow)
+    await prepare_database(settings)
+    app = create_app(settings)
+    try:
+        with pytest.raises(ConfigError, match=r"tasks\.templates\.mine\.path"):
+            await app.startup()
+    finally:
+        await app.shutdown()
