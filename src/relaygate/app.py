@@ -20,14 +20,15 @@ from relaygate.api.ollama import OllamaChatFormat, OllamaGenerateFormat, OllamaT
 from relaygate.api.ollama_embed import OllamaEmbeddingsFormat, OllamaEmbedFormat
 from relaygate.api.ollama_meta import OllamaMeta
 from relaygate.api.openai import OpenAIFormat, OpenAIModels
-from relaygate.api.openapi import DocsAPI
+from relaygate.api.openapi import DocsAPI, Operation, task_operation
 from relaygate.api.ops import OpsAPI
 from relaygate.api.responses_api import RESPONSE_PREFIX, ResponsesFormat, StoredResponses
 from relaygate.api.seed import GenerateFormat, SeedChatFormat
 from relaygate.api.shapes import error_renderer_for, internal_error, is_ollama_path
+from relaygate.api.task_templates import SHIPPED, TaskFormat
 from relaygate.api.tasks import TasksAPI
 from relaygate.asgi import Receive, Scope, Send, new_request_id
-from relaygate.errors import MethodNotAllowed, NotFound
+from relaygate.errors import ConfigError, MethodNotAllowed, NotFound
 from relaygate.observability.logging import configure_logging
 from relaygate.pipeline import Pipeline
 from relaygate.settings import Settings, load_settings
@@ -183,7 +184,8 @@ class Gateway:
             # Ollama's liveness probe; the web UI will want "/" too (a redirect to /ui).
             "/": {"GET": meta.root, "HEAD": meta.root},
         }
-        self._routes.update(DocsAPI(self.served_routes).routes())  # /openapi.json, /docs
+        described = self._task_routes(pipeline)
+        self._routes.update(DocsAPI(self.served_routes, described).routes())  # /openapi.json
         self._model_route = {"GET": models.model}
         stored = StoredResponses(state)
         self._response_route = {"GET": stored.get, "DELETE": stored.delete}
@@ -196,6 +198,24 @@ class Gateway:
             "relaygate %s serving %d models: %s",
             __version__, len(router.models), ", ".join(router.models) or "(none)",
         )  # fmt: skip
+
+    def _task_routes(self, pipeline: Pipeline) -> dict[tuple[str, str], Operation]:
+        """The task templates (shipped and declared, less the disabled) as routes; a
+        webhook template only with a secret. Their OpenAPI descriptions, by route."""
+        assert self.state is not None
+        tasks, models = self.settings.tasks, self.state.router.models
+        described: dict[tuple[str, str], Operation] = {}
+        for name, template in tasks.served(SHIPPED).items():
+            if template.auth == "webhook" and not tasks.webhook.secret:
+                continue  # off: the platform's caller could not be told from anyone
+            if template.path in self._routes or template.path.startswith(ADMIN_PREFIXES):
+                raise ConfigError(
+                    f"tasks.templates.{name}.path: {template.path} is already a relaygate route"
+                )
+            fmt = TaskFormat(template, models, tasks.webhook)
+            self._routes[template.path] = {"POST": pipeline.route(fmt, "chat")}
+            described[("POST", template.path)] = task_operation(name, template)
+        return described
 
     async def shutdown(self) -> None:
         if self.state is None:

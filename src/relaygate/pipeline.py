@@ -128,11 +128,15 @@ class Hooks:
     ``stream_error(call, error) -> bytes``
         What closes a stream that failed after it started, when it depends on
         the events sent so far; else ``error_event(error)`` is used.
+    ``async authenticate(scope) -> Principal``
+        Who the request is, in place of the gateway's keys (a webhook whose caller
+        cannot send a key proves a shared secret instead); may raise a RelaygateError.
     """
 
     prepare: Callable[[Call, Principal], Awaitable[None]] | None = None
     completed: Callable[[Call, Principal], None] | None = None
     stream_error: Callable[[Call, RelaygateError], bytes] | None = None
+    authenticate: Callable[[Scope], Awaitable[Principal]] | None = None
 
     @classmethod
     def of(cls, fmt: WireFormat) -> Hooks:
@@ -140,6 +144,7 @@ class Hooks:
             getattr(fmt, "prepare", None),
             getattr(fmt, "completed", None),
             getattr(fmt, "stream_error", None),
+            getattr(fmt, "authenticate", None),
         )
 
 
@@ -222,7 +227,10 @@ class Pipeline:
     ) -> None:
         """authenticate -> parse -> admit -> route/call/relay -> settle."""
         state = self.state
-        principal = await state.auth.authenticate(scope)
+        if hooks.authenticate is not None:
+            principal = await hooks.authenticate(scope)
+        else:
+            principal = await state.auth.authenticate(scope)
         outcome.admitted = True  # from here on, the request gets a usage record
         served.key_id, served.tenant_id = principal.key_id, principal.tenant_id
         served.client_ip = state.auth.client_ip(scope)

@@ -18,6 +18,7 @@ import re
 import typing
 from collections.abc import Mapping
 from pathlib import Path
+from string import Template
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -37,7 +38,11 @@ __all__ = [
     "ResponsesConfig",
     "RoutingConfig",
     "Settings",
+    "TaskField",
+    "TaskTemplate",
+    "TasksConfig",
     "Timeouts",
+    "WebhookConfig",
     "load_settings",
 ]
 
@@ -456,6 +461,115 @@ class OpsConfig(_Config, kw_only=True):
         return host.strip("[]"), int(port)
 
 
+TaskFieldType = Literal["string", "integer", "number", "boolean", "array", "object"]
+TaskStep = Literal["trim", "strip_code_fences", "extract_json"]
+_TEMPLATE_PATH = re.compile(r"^/[A-Za-z0-9._~/-]*$")
+_FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_RESPONSE_SOURCE = re.compile(r"^(text|json|code|prose|model|json\.[^.]+|request\.[A-Za-z_]\w*)$")
+
+
+class TaskField(_Config, kw_only=True):
+    """One request field of a task template, checked before any model is called.
+
+    ``source``: a dotted path into the body (``queryResult.queryText``); default: the
+    field's own name at the top level.
+    """
+
+    type: TaskFieldType = "string"
+    required: bool = False
+    default: Any = None
+    enum: list[Any] | None = None
+    max_length: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    source: str | None = None
+
+
+class TaskTemplate(_Config, kw_only=True):
+    """A task endpoint declared in the configuration (docs/tasks.md).
+
+    ``system``/``user``: prompts with ``$field`` placeholders (Python's
+    ``string.Template``: text substitution only). ``response``: answer field ->
+    source (``text``, ``code``, ``prose``, ``json``, ``json.<key>``,
+    ``request.<field>``, ``model``); ``cached`` is always added.
+    """
+
+    path: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    fields: dict[str, TaskField] = msgspec.field(default_factory=dict)
+    system: str = ""
+    user: str
+    history: str | None = None  # an array field of {role, content} turns before the prompt
+    model: str | None = None  # default: the first configured model
+    allow_model: bool = False  # a ``model`` field in the request may choose another
+    max_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    max_tokens_field: str | None = None  # a request field that may set max_tokens
+    temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
+    output: list[TaskStep] = msgspec.field(default_factory=list)
+    response: dict[str, str] = msgspec.field(default_factory=lambda: {"text": "text"})
+    auth: Literal["key", "webhook"] = "key"
+
+
+class WebhookConfig(_Config, kw_only=True):
+    """How templates with ``auth: webhook`` are authenticated and attributed.
+
+    Without ``secret`` they answer 404. Requests carrying it (in ``header``) are
+    attributed to ``key_id``/``tenant`` with ``tier``'s limits.
+    """
+
+    secret: str | None = None
+    header: str = "x-webhook-secret"
+    key_id: Annotated[str, msgspec.Meta(min_length=1, max_length=40)] = "webhook"
+    tenant: Annotated[str, msgspec.Meta(min_length=1, max_length=40)] | None = None
+    tier: str = "free"
+
+
+class TasksConfig(_Config, kw_only=True):
+    """Declared task endpoints: ``templates`` add to (or replace) the shipped ones by
+    name; ``disabled`` names shipped or declared templates that are not served."""
+
+    templates: dict[str, TaskTemplate] = msgspec.field(default_factory=dict)
+    disabled: list[str] = msgspec.field(default_factory=list)
+    webhook: WebhookConfig = msgspec.field(default_factory=WebhookConfig)
+
+    def served(self, defaults: Mapping[str, TaskTemplate]) -> dict[str, TaskTemplate]:
+        """The templates to serve, by name: shipped, then declared, less the disabled."""
+        merged = {**defaults, **self.templates}
+        return {name: t for name, t in merged.items() if name not in self.disabled}
+
+
+def _prompt_problem(template: TaskTemplate) -> tuple[str, str] | None:
+    for key in ("system", "user"):
+        tpl = Template(getattr(template, key))
+        if not tpl.is_valid():
+            return key, "has a malformed $placeholder (write $$ for a literal $)"
+        unknown = sorted(set(tpl.get_identifiers()) - set(template.fields))
+        if unknown:
+            return key, f"uses undeclared field(s): {', '.join(unknown)}"
+    return None
+
+
+def task_template_problem(template: TaskTemplate) -> tuple[str, str] | None:
+    """(setting, problem) for a template its types cannot check; None when sound."""
+    if not _TEMPLATE_PATH.match(template.path) or "//" in template.path:
+        return "path", f"{template.path!r} is not an absolute URL path"
+    for name, spec in template.fields.items():
+        if not _FIELD_NAME.match(name):
+            return "fields", f"{name!r} is not a valid field name (letters, digits, _)"
+        if spec.required and spec.default is not None:
+            return f"fields.{name}", "a required field cannot have a default"
+    problem = _prompt_problem(template)
+    if problem is not None:
+        return problem
+    for key in ("history", "max_tokens_field"):
+        named = getattr(template, key)
+        if named is not None and named not in template.fields:
+            return key, f"{named!r} is not a declared field"
+    for out, source in template.response.items():
+        if out == "cached" or not _RESPONSE_SOURCE.match(source):
+            return f"response.{out}", f"invalid source {source!r} (or the reserved name 'cached')"
+        if source.startswith("request.") and source[8:] not in template.fields:
+            return f"response.{out}", f"{source[8:]!r} is not a declared field"
+    return None
+
+
 class Settings(_Config, kw_only=True):
     """Everything relaygate reads at start."""
 
@@ -482,6 +596,7 @@ class Settings(_Config, kw_only=True):
     responses: ResponsesConfig = msgspec.field(default_factory=ResponsesConfig)
     http: HttpConfig = msgspec.field(default_factory=HttpConfig)
     ops: OpsConfig = msgspec.field(default_factory=OpsConfig)
+    tasks: TasksConfig = msgspec.field(default_factory=TasksConfig)
     config_path: str | None = None
     prometheus_multiproc_dir: str | None = None
 
@@ -730,6 +845,7 @@ def _check(settings: Settings, lines: Lines, source: str | None) -> None:
     _check_access(settings, lines, source)
     _check_cors(settings.cors, lines, source)
     _check_ops(settings, lines, source)
+    _check_tasks(settings, lines, source)
     for k, url in enumerate(settings.discover_ollama or []):
         error = _url_problem(url)
         if error:
@@ -737,6 +853,29 @@ def _check(settings: Settings, lines: Lines, source: str | None) -> None:
             raise ConfigError(
                 f"{_dotted(path)}: {error}", source=source, line=_line_of(path, lines)
             )
+
+
+def _check_tasks(settings: Settings, lines: Lines, source: str | None) -> None:
+    """Declared templates: paths, placeholders, response sources; the webhook's tier."""
+    tasks = settings.tasks
+    for name, template in tasks.templates.items():
+        problem = task_template_problem(template)
+        if problem is not None:
+            path: tuple[str | int, ...] = ("tasks", "templates", name, problem[0])
+            raise ConfigError(
+                f"{_dotted(path)}: {problem[1]}", source=source, line=_line_of(path, lines)
+            )
+    paths: dict[str, str] = {}
+    for name, template in tasks.served({}).items():
+        if template.path in paths:
+            path = ("tasks", "templates", name, "path")
+            msg = f"{_dotted(path)}: {template.path} is also template {paths[template.path]!r}'s"
+            raise ConfigError(msg, source=source, line=_line_of(path, lines))
+        paths[template.path] = name
+    if tasks.webhook.tier not in settings.tiers:
+        line = _line_of(("tasks", "webhook", "tier"), lines)
+        msg = f"tasks.webhook.tier: no tier named {tasks.webhook.tier!r}"
+        raise ConfigError(msg, source=source, line=line)
 
 
 def _check_access(settings: Settings, lines: Lines, source: str | None) -> None:

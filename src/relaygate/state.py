@@ -109,7 +109,8 @@ async def open_state(settings: Settings, log: logging.Logger) -> AppState:
     )
     router = await build_router(settings, log)
     keys = {key for m in router.models.values() for d in m.deployments for key in d.known_secrets}
-    install_log_scrubber(log, keys)  # provider keys, scrubbed from every log line
+    # Provider keys and the task webhook's shared secret, scrubbed from every log line.
+    install_log_scrubber(log, [*keys, settings.tasks.webhook.secret])
     metrics = Metrics(settings.prometheus_multiproc_dir)
     usage = settings.usage
     outbox = Outbox(

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Literal
@@ -38,8 +38,10 @@ from relaygate.api.ollama_embed import OllamaEmbed, OllamaEmbeddings
 from relaygate.api.ollama_meta import OLLAMA_VERSION, ShowRequest
 from relaygate.api.responses_schema import ResponsesRequest
 from relaygate.api.seed import GenerateRequest
+from relaygate.api.task_templates import SHIPPED
 from relaygate.asgi import ASGIApp, Receive, Scope, Send, new_request_id, send_bytes
 from relaygate.schema.requests import ChatRequest, CompletionRequest, EmbeddingRequest
+from relaygate.settings import TaskTemplate
 
 __all__ = [
     "OPERATIONS",
@@ -109,6 +111,7 @@ class Operation:
     anthropic: bool = False  # errors in Anthropic's shape
     description: str = ""
     created: bool = False  # 201 rather than 200
+    schema: JSON | None = None  # a request body described by data (a task template's fields)
 
 
 _INFERENCE = (400, 401, 403, 404, 413, 415, 429, 502, 503, 504)
@@ -527,6 +530,7 @@ _HEADER_DOCS = {
     "Retry-After": "Seconds to wait before retrying.",
 }
 _TAGS = [
+    ("Task templates", "Task endpoints declared in the configuration (`tasks:`)."),
     ("OpenAI", "The OpenAI-compatible API, for the official SDKs."),
     ("Ollama", "Ollama's native API, for Ollama's clients."),
     ("Anthropic", "Anthropic's Messages API, for Anthropic's SDKs and the tools built on them."),
@@ -538,16 +542,67 @@ _TAGS = [
 _PARAM = re.compile(r"\{([^}]+)\}")
 
 
-def operation_for(method: str, path: str) -> Operation | None:
+_TASK_TYPES = {"string", "integer", "number", "boolean", "array", "object"}
+
+
+def task_operation(name: str, template: TaskTemplate) -> Operation:
+    """A task template's route, described from its declaration (no model names)."""
+    properties: JSON = {}
+    required: list[str] = []
+    for field_name, spec in template.fields.items():
+        prop: JSON = {"type": spec.type if spec.type in _TASK_TYPES else "string"}
+        if spec.enum is not None:
+            prop["enum"] = list(spec.enum)
+        if spec.max_length is not None:
+            prop["maxLength" if spec.type == "string" else "maxItems"] = spec.max_length
+        if spec.default is not None:
+            prop["default"] = spec.default
+        if spec.source:
+            prop["description"] = f"Read from `{spec.source}` in the body."
+        properties[field_name] = prop
+        if spec.required:
+            required.append(field_name)
+    if template.allow_model:
+        properties["model"] = {"type": "string", "description": "A configured model's name."}
+    schema: JSON = {"type": "object", "properties": properties}
+    if required:
+        schema["required"] = required
+    fields = ", ".join(f'"{f}"' for f in [*template.response, "cached"])
+    webhook = template.auth == "webhook"
+    return Operation(
+        f"Task template {name!r}",
+        "Task templates",
+        auth="none" if webhook else "key",
+        answer=f"`{{{fields}}}`",
+        errors=_INFERENCE,
+        schema=schema,
+        description=(
+            "Authenticated by the shared secret header of `tasks.webhook`, not a key."
+            if webhook
+            else "Declared in the configuration's `tasks:` section (docs/tasks.md)."
+        ),
+    )
+
+
+for _name, _template in SHIPPED.items():
+    OPERATIONS[("POST", _template.path)] = task_operation(_name, _template)
+
+
+def operation_for(
+    method: str, path: str, extra: Mapping[tuple[str, str], Operation] | None = None
+) -> Operation | None:
     """The description of a served route; None when there is none (a test fails then)."""
-    found = OPERATIONS.get((method, path))
+    found = OPERATIONS.get((method, path)) or (extra or {}).get((method, path))
     if found is None and method == "GET" and path.startswith(DOCS_PATH + "/"):
         return _ASSET
     return found
 
 
-def build_document(routes: dict[str, list[str]]) -> JSON:
-    """The OpenAPI 3.1 document of ``routes`` (path template -> methods)."""
+def build_document(
+    routes: dict[str, list[str]], extra: Mapping[tuple[str, str], Operation] | None = None
+) -> JSON:
+    """The OpenAPI 3.1 document of ``routes`` (path template -> methods); ``extra``
+    describes routes declared in the configuration (task templates)."""
     bodies = sorted(
         {op.body for op in OPERATIONS.values() if op.body is not None}, key=lambda t: t.__name__
     )
@@ -562,7 +617,7 @@ def build_document(routes: dict[str, list[str]]) -> JSON:
     for path in sorted(routes):
         item = paths.setdefault(path, {})
         for method in routes[path]:
-            op = operation_for(method, path) or Operation(f"{method} {path}", "Other")
+            op = operation_for(method, path, extra) or Operation(f"{method} {path}", "Other")
             item[method.lower()] = _operation(method, path, op, ref)
     return {
         "openapi": "3.1.0",
@@ -642,6 +697,9 @@ def _operation(method: str, path: str, op: Operation, ref: dict[Any, JSON]) -> J
             "required": True,
             "content": {"application/json": {"schema": ref[op.body]}},
         }
+    elif op.schema is not None:
+        body = {"application/json": {"schema": op.schema}}
+        out["requestBody"] = {"required": True, "content": body}
     out["responses"] = _responses(op, ref)
     return out
 
@@ -724,6 +782,7 @@ class DocsAPI:
     """Serves the document (built once, on first use) and the page with its assets."""
 
     served_routes: Callable[[], dict[str, list[str]]]
+    extra: Mapping[tuple[str, str], Operation] = field(default_factory=dict)
     _document: bytes | None = None
     _files: dict[str, bytes] = field(default_factory=dict)
 
@@ -738,7 +797,7 @@ class DocsAPI:
 
     async def openapi(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self._document is None:
-            self._document = msgspec.json.encode(build_document(self.served_routes()))
+            self._document = msgspec.json.encode(build_document(self.served_routes(), self.extra))
         await send_bytes(send, 200, self._document, new_request_id())
 
     async def page(self, scope: Scope, receive: Receive, send: Send) -> None:
