@@ -400,7 +400,9 @@ class AdminAPI:
             **fields,
         )
         await self.state.keys_changed([record.id])
-        self._audit(principal, "created key", record.id)
+        self._audit(
+            principal, "imported key" if fields.get("imported") else "created key", record.id
+        )
         return record, secret
 
     async def list_keys(self, request: Request, principal: Principal) -> Response:
