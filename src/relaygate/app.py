@@ -58,6 +58,9 @@ class Gateway:
         self._model_route: dict[str, Handler] = {}
         self._response_route: dict[str, Handler] = {}
         self._admin: Handler | None = None
+        # Old URLs (settings.paths): empty and None when unset, so routing pays one check.
+        self._aliases: dict[str, str] = dict(settings.paths.aliases)
+        self._mount = settings.paths.prefix + "/" if settings.paths.prefix else None
         # The one place requests enter: CORS (when origins are configured) covers every route.
         self._cors = CORS(settings.cors, self._serve) if settings.cors.allow_origins else None
         ops = settings.ops.address
@@ -81,6 +84,8 @@ class Gateway:
 
     def _route(self, scope: Scope) -> Handler:
         path: str = scope["path"]
+        if self._aliases or self._mount:
+            path = self._resolve(scope, path)
         if self.ops_port is not None and self._misplaced(scope, path):
             return _not_found
         methods = self._routes.get(path)
@@ -97,11 +102,42 @@ class Gateway:
             return _method_not_allowed(sorted(methods))
         return handler
 
+    def _resolve(self, scope: Scope, path: str) -> str:
+        """The one place an old URL becomes a served path (settings.paths): an exact alias
+        first, else the mount prefix stripped. The scope's path is rewritten, so the target
+        route (and its error shape, chosen by path) sees only its own path."""
+        target = self._aliases.get(path)
+        if target is None and self._mount is not None and path.startswith(self._mount):
+            target = path[len(self._mount) - 1 :]
+        if target is None:
+            return path
+        scope["path"] = target
+        return target
+
+    def _check_paths(self) -> None:
+        """Every alias names a served path and hides none (checked once routes exist)."""
+        for alias, target in self._aliases.items():
+            problem = None
+            if alias in self._routes:
+                problem = f"{alias} is itself a served route; an alias would hide it"
+            elif not self._serves(target):
+                problem = f"{target} is not a route this gateway serves"
+            if problem:
+                raise ConfigError(f"paths.aliases[{alias!r}]: {problem}")
+
+    def _serves(self, path: str) -> bool:
+        return (
+            path in self._routes
+            or path.startswith(("/v1/models/", RESPONSE_PREFIX))
+            or path.startswith(ADMIN_PREFIXES)
+        )
+
     def served_routes(self) -> dict[str, list[str]]:
         """Every route this gateway answers, as path template -> methods (once started).
 
         Read from the routing tables themselves, so the OpenAPI document and its tests
-        cannot miss a route.
+        cannot miss a route. The old URLs of ``settings.paths`` (aliases, a mount prefix)
+        are not listed: they are this deployment's copies of listed routes.
         """
         table = {path: sorted(methods) for path, methods in self._routes.items()}
         if self._model_route:
@@ -190,6 +226,12 @@ class Gateway:
         stored = StoredResponses(state)
         self._response_route = {"GET": stored.get, "DELETE": stored.delete}
         self._admin = build_admin_app(state)
+        try:
+            self._check_paths()
+        except ConfigError:
+            self.state = None
+            await close_state(state)
+            raise
         # Everything built so far lives as long as the process: move it out of the
         # collector's way, so collections on the request path have less to scan.
         gc.collect()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -19,7 +20,8 @@ from datetime import UTC, datetime
 from sqlalchemy.exc import SQLAlchemyError
 
 from relaygate.api.admin import check_tier, default_tier, expiry
-from relaygate.errors import ClientError, ConfigError, Conflict, NotFound
+from relaygate.auth.keys import MAX_KEY_LENGTH, check_imported
+from relaygate.errors import ClientError, ConfigError, Conflict, InvalidRequest, NotFound
 from relaygate.settings import Settings, load_settings
 from relaygate.store.engine import create_engine, safe_url
 from relaygate.store.identity import IdentityStore, KeyRecord, resolve_tenant
@@ -55,6 +57,25 @@ def _add_keys(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     create.add_argument("--expires-in-days", type=_positive_int, metavar="DAYS")
     create.add_argument("--quiet", action="store_true", help="print only the secret")
 
+    imported = _command(
+        sub, "import", "import an existing secret as a key (read from stdin, never argv)",
+        _import_key, allow_abbrev=False,  # no --secret taken for --secret-env
+    )  # fmt: skip
+    imported.add_argument("--tenant", required=True, metavar="NAME_OR_ID", help="the key's tenant")
+    imported.add_argument(
+        "--create-tenant", action="store_true", help="create the tenant if no tenant has that name"
+    )
+    imported.add_argument("--role", choices=["user", "admin"], default="user")
+    imported.add_argument("--tier", help="a configured tier (default: the tenant's, else free)")
+    imported.add_argument("--name", default="", help="a label for the key")
+    imported.add_argument("--description", default="")
+    imported.add_argument("--expires-in-days", type=_positive_int, metavar="DAYS")
+    imported.add_argument(
+        "--secret-env", metavar="VAR",
+        help="read the secret from this environment variable instead of stdin "
+        "(a secret on the command line would show in ps)",
+    )  # fmt: skip
+
     listing = _command(sub, "list", "list keys (never their secrets)", _list_keys)
     listing.add_argument("--tenant", metavar="NAME_OR_ID", help="only this tenant's keys")
     listing.add_argument("--all", action="store_true", help="include revoked keys")
@@ -78,9 +99,13 @@ def _add_tenants(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def _command(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, text: str, job: Job
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    text: str,
+    job: Job,
+    allow_abbrev: bool = True,
 ) -> argparse.ArgumentParser:
-    parser = sub.add_parser(name, help=text, description=text)
+    parser = sub.add_parser(name, help=text, description=text, allow_abbrev=allow_abbrev)
     parser.add_argument("--config", metavar="FILE", help="YAML configuration file")
     parser.set_defaults(handler=lambda args: _run(args, job))
     return parser
@@ -168,6 +193,47 @@ async def _create_key(
     else:
         _print_secret(record, secret, "Created")
     return [record.id]
+
+
+async def _import_key(
+    store: IdentityStore, settings: Settings, args: argparse.Namespace
+) -> list[str]:
+    secret = check_imported(await asyncio.to_thread(_read_secret, args.secret_env))
+    tier = check_tier(settings, args.tier, param="--tier") if args.tier else None
+    try:
+        tenant = await resolve_tenant(store, args.tenant, create=args.create_tenant)
+    except NotFound as exc:
+        raise NotFound(f"{exc.message} Add --create-tenant to create it.") from None
+    record, _ = await store.create_key(
+        tenant.id,
+        prefix=settings.auth.key_prefix,
+        role=args.role,
+        tier=tier or default_tier(settings, tenant),
+        name=args.name,
+        description=args.description,
+        expires_at=expiry(None, args.expires_in_days),
+        secret=secret,
+        imported=True,
+    )
+    print(
+        f"Imported key {record.id} ({record.prefix}..., tenant {record.tenant_name}, "
+        f"role {record.role}, tier {record.tier}). The secret works as it is."
+    )
+    return [record.id]
+
+
+def _read_secret(variable: str | None) -> str:
+    """The secret to import: one line of stdin, or an environment variable; the
+    surrounding newline and blanks are not part of it."""
+    if variable:
+        value = os.environ.get(variable)
+        if value is None:
+            # not named back: a secret given here by mistake must not reach the terminal log
+            raise InvalidRequest("--secret-env: that environment variable is not set.")
+        return value.strip()
+    if sys.stdin.isatty():
+        print("Paste the secret, then Enter:", file=sys.stderr)
+    return sys.stdin.readline(MAX_KEY_LENGTH + 2).strip()
 
 
 def _print_secret(record: KeyRecord, secret: str, verb: str) -> None:

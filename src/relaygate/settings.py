@@ -35,6 +35,7 @@ __all__ = [
     "KeyCache",
     "ModelConfig",
     "OpsConfig",
+    "PathsConfig",
     "ResponsesConfig",
     "RoutingConfig",
     "Settings",
@@ -570,6 +571,28 @@ def task_template_problem(template: TaskTemplate) -> tuple[str, str] | None:
     return None
 
 
+# A URL path as a front end sends it: absolute, no query, no spaces, bounded.
+UrlPath = Annotated[
+    str, msgspec.Meta(pattern=r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*$", max_length=512)
+]
+
+
+class PathsConfig(_Config, kw_only=True):
+    """Old URLs kept working (a migration): resolved before routing, in one place.
+
+    ``aliases``: exact path -> a served path (``/api/ai/generate: /ai/generate`` for seed
+    000's front end, whose nginx rewrote ``/api/ai/*`` to ``/ai/*``).
+    ``prefix``: every route also answers under it (``/gateway/v1/chat/completions``).
+    An alias is looked up first, as requested; otherwise the prefix is stripped. The
+    answer, its errors included, is the target route's, in the target's error shape.
+    """
+
+    aliases: dict[UrlPath, UrlPath] = msgspec.field(default_factory=dict)
+    prefix: (
+        Annotated[str, msgspec.Meta(pattern=r"^(/[A-Za-z0-9._~-]+)+$", max_length=200)] | None
+    ) = None
+
+
 class Settings(_Config, kw_only=True):
     """Everything relaygate reads at start."""
 
@@ -597,6 +620,7 @@ class Settings(_Config, kw_only=True):
     http: HttpConfig = msgspec.field(default_factory=HttpConfig)
     ops: OpsConfig = msgspec.field(default_factory=OpsConfig)
     tasks: TasksConfig = msgspec.field(default_factory=TasksConfig)
+    paths: PathsConfig = msgspec.field(default_factory=PathsConfig)
     config_path: str | None = None
     prometheus_multiproc_dir: str | None = None
 
@@ -846,6 +870,7 @@ def _check(settings: Settings, lines: Lines, source: str | None) -> None:
     _check_cors(settings.cors, lines, source)
     _check_ops(settings, lines, source)
     _check_tasks(settings, lines, source)
+    _check_paths(settings.paths, lines, source)
     for k, url in enumerate(settings.discover_ollama or []):
         error = _url_problem(url)
         if error:
@@ -876,6 +901,22 @@ def _check_tasks(settings: Settings, lines: Lines, source: str | None) -> None:
         line = _line_of(("tasks", "webhook", "tier"), lines)
         msg = f"tasks.webhook.tier: no tier named {tasks.webhook.tier!r}"
         raise ConfigError(msg, source=source, line=line)
+
+
+def _check_paths(paths: PathsConfig, lines: Lines, source: str | None) -> None:
+    """Aliases that point somewhere else, never at another alias (one step of
+    resolution, no loops); whether a target is served is checked at start."""
+    for alias, target in paths.aliases.items():
+        where: tuple[str | int, ...] = ("paths", "aliases", alias)
+        problem = None
+        if alias == target:
+            problem = "an alias of itself"
+        elif target in paths.aliases:
+            problem = f"its target {target!r} is itself an alias; point it at the served path"
+        if problem:
+            raise ConfigError(
+                f"paths.aliases[{alias!r}]: {problem}", source=source, line=_line_of(where, lines)
+            )
 
 
 def _check_access(settings: Settings, lines: Lines, source: str | None) -> None:

@@ -57,6 +57,12 @@ KEY_PATCH: dict[str, Any] = {
     "metadata": {"team": "qa"},
     "cache": {"ttl": 30},
 }
+# An imported secret: the first import succeeds, repeats are 409s, mutated secrets 400s
+# or new keys; each key it makes is then used with the secret that was sent.
+KEY_IMPORT: dict[str, Any] = {
+    **KEY_CREATE,
+    "secret": "vpn_2hrUOubvcBqlrysKkGOe4CBv5_sTi7QEgNLhp7S2WrI",
+}
 TENANT_CREATE = {"name": "fuzz-new", "tier": "pro"}
 TENANT_PATCH = {"name": "fuzz-renamed", "tier": "pro"}
 SEED_CREATE_KEY = {
@@ -146,11 +152,14 @@ def _fuzz_creation(path: str, valid: dict[str, Any]) -> Any:
         created = await admin.call("POST", path, raw)
         if created is not None and "api_key" in created:
             await admin.use(created["api_key"])
+        elif created is not None and created.get("imported"):
+            await admin.use(msgspec.json.decode(raw)["secret"])
 
     return test
 
 
 test_admin_create_key = _fuzz_creation("/admin/keys", KEY_CREATE)
+test_admin_import_key = _fuzz_creation("/admin/keys/import", KEY_IMPORT)
 test_seed_create_key = _fuzz_creation("/auth/create-key", SEED_CREATE_KEY)
 test_seed_api_keys = _fuzz_creation("/api/keys", SEED_API_KEY)
 test_admin_create_tenant = _fuzz_creation("/admin/tenants", TENANT_CREATE)

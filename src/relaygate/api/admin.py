@@ -34,6 +34,7 @@ from relaygate.api.http import decode_json_object
 from relaygate.api.shapes import error_renderer_for, internal_error
 from relaygate.asgi import ClientGone, new_request_id, read_body
 from relaygate.auth.bootstrap import ADMIN_TENANT
+from relaygate.auth.keys import check_imported
 from relaygate.auth.principal import Principal
 from relaygate.errors import (
     Conflict,
@@ -84,6 +85,13 @@ class KeyCreate(_Body):
     expires_in_days: Days | None = None
     metadata: Metadata | None = None
     cache: KeyCache | None = None
+
+
+class KeyImport(KeyCreate):
+    """``POST /admin/keys/import``: a key whose secret was made elsewhere (a migration).
+    Only this route takes a secret: ``POST /admin/keys`` always makes its own."""
+
+    secret: str = ""  # required in effect: an empty secret is refused as too weak
 
 
 class KeyCachePatch(_Body):
@@ -365,6 +373,22 @@ class AdminAPI:
         )  # fmt: skip
         return _json({"key": _public(record), "api_key": secret}, 201)
 
+    async def import_key(self, request: Request, principal: Principal) -> Response:
+        """An existing secret (seed 000/001's ``vpn_...``, seed 003's demo keys) as a key,
+        stored hashed; the answer never repeats the secret."""
+        body = await self._body(request, KeyImport)
+        secret = check_imported(body.secret)
+        tier = None if body.tier is None else check_tier(self.settings, body.tier)
+        expires_at = expiry(body.expires_at, body.expires_in_days)
+        tenant = await resolve_tenant(self.store, body.tenant_id)
+        record, _ = await self._issue(
+            principal, tenant, tier, role=body.role, name=body.name,
+            description=body.description, limits=limits_dict(body.limits),
+            expires_at=expires_at, metadata=body.metadata, cache=_cache_dict(body.cache),
+            secret=secret, imported=True,
+        )  # fmt: skip
+        return _json({"key": _public(record), "imported": True}, 201)
+
     async def _issue(
         self, principal: Principal, tenant: Tenant, tier: str | None, **fields: Any
     ) -> tuple[KeyRecord, str]:
@@ -376,7 +400,9 @@ class AdminAPI:
             **fields,
         )
         await self.state.keys_changed([record.id])
-        self._audit(principal, "created key", record.id)
+        self._audit(
+            principal, "imported key" if fields.get("imported") else "created key", record.id
+        )
         return record, secret
 
     async def list_keys(self, request: Request, principal: Principal) -> Response:
@@ -588,6 +614,8 @@ def build_admin_app(state: AppState) -> Starlette:
     api, usage = AdminAPI(state), UsageAdminAPI(state)
     table: dict[str, dict[str, tuple[Endpoint, bool]]] = {
         "/admin/keys": {"POST": (api.create_key, True), "GET": (api.list_keys, True)},
+        # Before /admin/keys/{key_id}: "import" is no key id.
+        "/admin/keys/import": {"POST": (api.import_key, True)},
         "/admin/keys/{key_id}": {
             "GET": (api.get_key, True),
             "PATCH": (api.patch_key, True),

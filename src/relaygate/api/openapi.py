@@ -26,6 +26,7 @@ import msgspec
 from relaygate import __version__
 from relaygate.api.admin import (
     KeyCreate,
+    KeyImport,
     KeyPatch,
     SeedApiKeyCreate,
     SeedCreateKey,
@@ -389,6 +390,20 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         errors=_ADMIN,
         answer='`{"data": [key, ...]}`.',
         query=(("tenant_id", "A tenant id or name."), ("include_revoked", "true or false.")),
+    ),
+    ("POST", "/admin/keys/import"): Operation(
+        "Import an existing secret as a key",
+        "Admin",
+        auth="admin",
+        body=KeyImport,
+        errors=(*_ADMIN, 409),
+        answer='`{"key": key, "imported": true}` (the secret is not repeated).',
+        created=True,
+        description=(
+            "For a migration: a secret the clients already hold (a seed's `vpn_...` key, "
+            "a demo key) works as it is. 16 to 512 visible ASCII characters; stored hashed. "
+            "400 when too short or unusable, 409 when it is already a key."
+        ),
     ),
     ("GET", "/admin/keys/{key_id}"): Operation(
         "Read a key (never its secret)", "Admin", auth="admin", errors=_ADMIN

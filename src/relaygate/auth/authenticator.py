@@ -174,7 +174,11 @@ class Authenticator:
     # keeping the cache true
 
     def invalidate(self, key_ids: list[str]) -> None:
-        """Forget these keys; their next use reads the database again."""
+        """Forget these keys; their next use reads the database again. Unknown secrets are
+        forgotten too: the change may be a key imported with a secret that a client was
+        already sending (a migration), which must work at once, not after NEGATIVE_TTL."""
+        if key_ids:
+            self._unknown.clear()
         for key_id in key_ids:
             key_hash = self._hash_by_id.pop(key_id, None)
             if key_hash is not None:
@@ -215,6 +219,8 @@ class Authenticator:
         if changed:
             self._since = max(self._since, max(changed.values()))
         stale = []
+        if any(key_id not in self._hash_by_id for key_id in changed):
+            self._unknown.clear()  # a new key (perhaps an imported secret) may be among them
         for key_id, at in changed.items():
             key_hash = self._hash_by_id.get(key_id)
             entry = self._by_hash.get(key_hash) if key_hash else None

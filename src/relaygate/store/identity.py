@@ -15,7 +15,13 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from relaygate.auth.keys import display_prefix, generate_secret, hash_secret, new_id
+from relaygate.auth.keys import (
+    display_prefix,
+    generate_secret,
+    hash_secret,
+    imported_display,
+    new_id,
+)
 from relaygate.errors import Conflict, NotFound
 from relaygate.store.tables import api_keys, tenants
 
@@ -205,17 +211,24 @@ class IdentityStore:
         metadata: dict[str, Any] | None = None,
         cache: dict[str, Any] | None = None,
         secret: str | None = None,
+        imported: bool = False,
     ) -> tuple[KeyRecord, str]:
-        """A new key; returns the record and the secret, which is never shown again."""
+        """A new key; returns the record and the secret, which is never shown again.
+
+        ``imported``: ``secret`` was made elsewhere (a migration), so it may be short and
+        of any shape; less of it is kept for display. The caller has checked it
+        (:func:`relaygate.auth.keys.check_imported`). A secret already a key: Conflict.
+        """
         await self.get_tenant(tenant_id)
         secret = secret or generate_secret(prefix)
+        shown = imported_display(secret) if imported else display_prefix(secret, prefix)
         now = utcnow()
         key_id = new_id("key")
         try:
             async with self.engine.begin() as conn:
                 await conn.execute(sa.insert(api_keys).values(
                     id=key_id, tenant_id=tenant_id, key_hash=hash_secret(secret),
-                    prefix=display_prefix(secret, prefix), name=name, description=description,
+                    prefix=shown, name=name, description=description,
                     role=role, tier=tier, limits=limits, enabled=True, expires_at=expires_at,
                     meta=metadata, cache=cache, created_at=now, updated_at=now,
                 ))  # fmt: skip
