@@ -2,12 +2,12 @@
 written, with a relaygate key in the header the seed uses, to a running relaygate against
 the fakes; each answer is checked for the fields the seed's clients read.
 
-Not sent here, on purpose (relaygate does not serve them):
+Not sent here:
 - seed 003's ``curl http://localhost:11434/api/tags`` is addressed to Ollama itself, not to
   the seed's API; relaygate's own ``GET /api/tags`` (the same request to the gateway) is.
 - seed 004's ``/api/ai/api-keys`` and ``/api/ai/provider-config(s)``: each user storing
-  their own provider keys (Fernet-encrypted) and choosing a provider. In relaygate the
-  operator configures upstreams and their keys (docs/providers.md); a user picks a model.
+  their own provider keys (Fernet-encrypted) and choosing a provider. Not served yet (the
+  per-user key vault is planned); until then the operator configures upstreams and keys.
 - seed 002's ``/webhook`` has no documented request in the seed (only "for future Google
   Assistant integration"); tests/integration/test_task_templates.py covers the route.
 """
