@@ -49,7 +49,7 @@ ROWS = [
         prompt_tokens=60,
         completion_tokens=30,
         cost=0.125,
-    ),  # fmt: skip
+    ),
     day_row(
         date(2026, 11, 14),
         "k1",
@@ -59,12 +59,13 @@ ROWS = [
         prompt_tokens=40,
         completion_tokens=20,
         cost=0.125,
-    ),  # fmt: skip
+    ),
     # ... and last month, which no longer counts
     day_row(date(2026, 10, 31), "k1", "t1", request_count=50, prompt_tokens=5000, cost=0.5),
     # another key of the same tenant, and a key of another tenant
     day_row(date(2026, 11, 2), "k2", "t1", request_count=20, prompt_tokens=1000, cost=0.25),
     day_row(date(2026, 11, 2), "k9", "t9", request_count=40, prompt_tokens=4000, cost=0.5),
+    day_row(date(2026, 11, 3), "k3", "t3", request_count=1),  # a single request
 ]
 
 
@@ -168,14 +169,33 @@ async def test_an_unreadable_database_is_logged_and_retried(
     limiter = MemoryLimiter(clock=lambda: NOW)
     down = create_engine("postgresql+asyncpg://postgres@127.0.0.1:1/none")
     primer = QuotaPrimer(down, limiter, LOG)
-    rules = tier_rules(LimitSet(requests_per_month=100))
+    rules = tier_rules()
     try:
         with caplog.at_level(logging.WARNING, logger=LOG.name):
             await primer.prime(rules, "k1", "t1", SINCE)
     finally:
         await down.dispose()
-    assert "could not read this month's usage for requests_per_month" in caplog.text
+    assert [r.getMessage() for r in caplog.records] == [
+        f"could not read this month's usage for {name}"
+        for name in ("requests_per_month", "tokens_per_month", "budget_per_month")
+    ]  # each quota is tried, and said
     assert len(limiter) == 0
     primer.engine = engine  # the database is back: the next request primes
     await primer.prime(rules, "k1", "t1", SINCE)
     assert (await remaining(limiter, rules))["requests_per_month"] == 100 - 7
+
+
+async def test_a_single_request_is_primed(engine: AsyncEngine) -> None:
+    limiter = MemoryLimiter(clock=lambda: NOW)
+    rules = rules_for("k3", MONTHLY, TierConfig(), now=NOW)
+    await QuotaPrimer(engine, limiter, LOG).prime(rules, "k3", "t3", SINCE)
+    assert (await remaining(limiter, rules))["requests_per_month"] == 100 - 1
+
+
+async def test_a_tenants_quota_is_primed_for_a_principal_without_a_key(engine: AsyncEngine) -> None:
+    """A token of the tenant with no key of its own: the key's quotas are skipped, not the rest."""
+    limiter = MemoryLimiter(clock=lambda: NOW)
+    rules = tier_rules(tenant="t1", tenant_limits=LimitSet(requests_per_month=1000))
+    await QuotaPrimer(engine, limiter, LOG).prime(rules, None, "t1", SINCE)
+    assert (await remaining(limiter, rules))["requests_per_month for tenant"] == 1000 - 27
+    assert len(limiter) == 1
