@@ -7,8 +7,9 @@ holds the primed counters; a fixed clock makes the month and the windows exact.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
 import sqlalchemy as sa
@@ -199,3 +200,20 @@ async def test_a_tenants_quota_is_primed_for_a_principal_without_a_key(engine: A
     await QuotaPrimer(engine, limiter, LOG).prime(rules, None, "t1", SINCE)
     assert (await remaining(limiter, rules))["requests_per_month for tenant"] == 1000 - 27
     assert len(limiter) == 1
+
+
+async def test_the_month_starts_on_its_utc_day_whatever_the_hosts_timezone(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``since`` in another zone (and a host in Tokyo): the rollups' days are UTC days."""
+    since = datetime(2026, 11, 1, 1, tzinfo=timezone(timedelta(hours=2)))  # 10-31 23:00 UTC
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        limiter = MemoryLimiter(clock=lambda: NOW)
+        rules = tier_rules(LimitSet(requests_per_month=1000))
+        await QuotaPrimer(engine, limiter, LOG).prime(rules, "k1", "t1", since)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert (await remaining(limiter, rules))["requests_per_month"] == 1000 - 7 - 50
