@@ -7,12 +7,20 @@ import base64
 import logging
 import random
 import string
+import sys
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from relaygate.redact import MASK, MAX_ERROR_TEXT, install_log_scrubber, looks_random, scrub
+from relaygate.redact import (
+    MASK,
+    MAX_ERROR_TEXT,
+    LogScrubber,
+    install_log_scrubber,
+    looks_random,
+    scrub,
+)
 
 B64URL = string.ascii_letters + string.digits + "-_"
 TOKEN68 = B64URL + ".~+/"
@@ -276,3 +284,88 @@ def test_log_scrubber_masks_messages_arguments_and_tracebacks(
     finally:
         for f in list(log.filters):
             log.removeFilter(f)
+
+
+# Boundaries found by mutation testing (docs/testing.md): each pins one rule's edge.
+
+
+def test_a_named_value_keeps_its_name() -> None:
+    assert scrub("bad request: api_key=zq8kd93mfa0q7x") == "bad request: api_key=***"
+    assert scrub('{"token": "zq8kd93mfa0q7x"}') == '{"token": "***"}'
+
+
+def test_the_longest_known_secret_is_removed_first() -> None:
+    """A known secret inside another (and sorting before it) must not leave the rest."""
+    inner, outer = "zq8kd93m", "qqzq8kd93mfa"
+    assert scrub(f"key {outer} refused", inner, outer) == "key *** refused"
+    assert scrub(f"key {outer} refused", outer, inner) == "key *** refused"
+
+
+def test_known_secrets_of_six_characters_are_removed_and_shorter_ones_kept() -> None:
+    assert scrub("the value zq8k9m is wrong", "zq8k9m") == "the value *** is wrong"
+    assert scrub("the value zq8k9 is wrong", "zq8k9") == "the value zq8k9 is wrong"
+
+
+def test_no_limit_keeps_all_of_the_text() -> None:
+    text = "e " * MAX_ERROR_TEXT
+    assert scrub(text, limit=None) == text
+    assert scrub(text) == text[:MAX_ERROR_TEXT]
+
+
+@pytest.mark.parametrize(
+    ("token", "random_"),
+    [
+        ("0123abcd" * 4, True),  # 8 distinct characters are enough ...
+        ("0123abc" * 5, False),  # ... 7 are not
+        ("0123456789abcdef" * 2, True),  # hex, letters and digits: random ...
+        ("12345678901234567890123456789012", False),  # ... a long number is not
+        ("hello1world2there3again", True),  # letters and digits change 6 times ...
+        ("hello1world2there3", False),  # ... 5 times is not enough
+        ("bcdfgh-jklmnp", True),  # two 6-letter non-words: 12 characters ...
+        ("bcdfg-hjklmnp", False),  # ... a 5-letter part counts as a word: 7
+        ("aeioubcdfg-aeioubcdfg", True),  # 5 consonants in a row: not a word
+        ("helloQRstworld-helloQRstworld", True),  # a lone "Q" is no word piece
+        ("bcdakmnaptvw", True),  # too few vowels for a word
+        ("InternalServerError-BadGateway", False),  # Capitalised words
+        ("TheCatSat-TheDogRan", False),  # 3-letter words
+        ("12ab34cdef-bcdfgh", True),  # pieces of 2 characters: not words
+    ],
+)
+def test_looks_random_at_the_edges_of_each_rule(token: str, random_: bool) -> None:
+    assert looks_random(token) is random_
+
+
+def _record(**fields: object) -> logging.LogRecord:
+    record = logging.LogRecord(
+        "relaygate.test_redact", logging.WARNING, __file__, 1, "%s", (), None
+    )
+    for name, value in fields.items():
+        setattr(record, name, value)
+    return record
+
+
+def test_log_scrubber_passes_a_record_it_cannot_format() -> None:
+    """logging reports a bad format string itself; the filter must not drop the record."""
+    record = _record(msg="%d", args=("x",))
+    assert LogScrubber().filter(record) is True
+
+
+def test_log_scrubber_keeps_long_records_whole_and_masks_known_secrets_everywhere() -> None:
+    configured = "zq8kd93mfa0q7x"  # no shape: only knowing it removes it
+    long = "e " * MAX_ERROR_TEXT + "end"
+    scrubber = LogScrubber([configured, None])
+    try:
+        raise ValueError(f"{configured} {long}")
+    except ValueError:
+        record = _record(msg=f"said {configured} {long}", exc_info=sys.exc_info())
+    assert scrubber.filter(record) is True
+    assert record.getMessage() == f"said *** {long}"
+    assert record.exc_info is None
+    assert record.exc_text is not None
+    assert configured not in record.exc_text and record.exc_text.endswith(f"ValueError: *** {long}")
+
+    text = f"Traceback: {configured} {long}"
+    formatted = _record(exc_text=text, stack_info=f"Stack: {configured} {long}")
+    assert scrubber.filter(formatted) is True
+    assert formatted.exc_text == f"Traceback: *** {long}"
+    assert formatted.stack_info == f"Stack: *** {long}"
