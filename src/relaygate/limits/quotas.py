@@ -27,6 +27,18 @@ from relaygate.store.tables import usage_daily
 __all__ = ["QuotaPrimer"]
 
 _DAILY = usage_daily.c
+# A tier's per-model and per-endpoint rules are named "<limit> for model <name>" and
+# "<limit> for endpoint <path>" (limits/rules.py): only that model's or path's use counts.
+_SCOPES = ((" for model ", _DAILY.model), (" for endpoint ", _DAILY.endpoint))
+
+
+def _scope(name: str) -> list[sa.ColumnElement[bool]]:
+    """The rollup rows a quota rule counts, beyond its subject and month."""
+    for marker, column in _SCOPES:
+        _, found, value = name.partition(marker)
+        if found:
+            return [column == value]
+    return []
 
 
 class QuotaPrimer:
@@ -68,7 +80,7 @@ class QuotaPrimer:
         if measure is None:
             return 0
         query = sa.select(measure).where(
-            column == whose, _DAILY.day >= since.astimezone(UTC).date()
+            column == whose, _DAILY.day >= since.astimezone(UTC).date(), *_scope(rule.name)
         )
         async with self.engine.connect() as conn:
             value = await conn.scalar(query)

@@ -115,6 +115,30 @@ async def test_each_monthly_quota_is_primed_with_this_months_use(engine: AsyncEn
         assert state.reset_after == pytest.approx(expected)
 
 
+async def test_a_models_or_endpoints_quota_counts_only_that_models_or_endpoints_use(
+    engine: AsyncEngine,
+) -> None:
+    async with engine.begin() as conn:  # k1 also used another model and another endpoint
+        await conn.execute(
+            sa.insert(usage_daily),
+            [
+                day_row(date(2026, 11, 5), "k1", "t1", model="llama3", request_count=30),
+                day_row(date(2026, 11, 5), "k1", "t1", endpoint="/api/chat", request_count=12),
+            ],
+        )
+    tier = TierConfig(
+        models={"gpt-4o-mini": LimitSet(requests_per_month=40)},
+        endpoints={"/api/chat": LimitSet(requests_per_month=20)},
+    )
+    limiter = MemoryLimiter(clock=lambda: NOW)
+    rules = rules_for("k1", LimitSet(), tier, now=NOW, model="gpt-4o-mini", endpoint="/api/chat")
+    await QuotaPrimer(engine, limiter, LOG).prime(rules, "k1", "t1", SINCE)
+    assert await remaining(limiter, rules) == {
+        "requests_per_month for model gpt-4o-mini": 40 - 7 - 12,  # not llama3's 30
+        "requests_per_month for endpoint /api/chat": 20 - 12,  # not the chat/completions 7
+    }
+
+
 async def test_a_tenants_quota_counts_every_key_of_the_tenant(engine: AsyncEngine) -> None:
     limiter = MemoryLimiter(clock=lambda: NOW)
     rules = tier_rules(
