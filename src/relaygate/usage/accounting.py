@@ -148,6 +148,9 @@ class Pricing:
     def __init__(self, config: UsageConfig, models: Sequence[ModelConfig] = ()) -> None:
         self.config = config
         self._models = {m.name: m for m in models}
+        # model -> its ceiling: admission asks for every request, and the answer depends
+        # on the configuration alone (bounded by the model names the router accepts)
+        self._ceilings: dict[str, Price | None] = {}
         # deployment name (as the router names it) -> (provider, price)
         self._deployments: dict[str, tuple[str, Price | None]] = {}
         for model in models:
@@ -179,6 +182,13 @@ class Pricing:
     def ceiling(self, model: str) -> Price | None:
         """The dearest price any deployment of ``model`` or its fallbacks may charge:
         what admission reserves before it knows which one will answer."""
+        try:
+            return self._ceilings[model]
+        except KeyError:
+            found = self._ceilings[model] = self._ceiling(model)
+            return found
+
+    def _ceiling(self, model: str) -> Price | None:
         prices: list[Price] = []
         seen: set[str] = set()
         pending = [model]
