@@ -268,7 +268,10 @@ class Gateway:
 async def _not_found(scope: Scope, receive: Receive, send: Send) -> None:
     path = scope["path"]
     if is_ollama_path(path):
-        where = "The Ollama API is /api/chat, /api/generate and /api/tags."
+        where = (
+            "The Ollama API is /api/chat, /api/generate, /api/embed, /api/embeddings, "
+            "/api/tags, /api/show, /api/ps and /api/version."
+        )
     elif path.startswith("/v1/messages"):
         where = (
             "The Anthropic Messages API is POST /v1/messages and POST /v1/messages/count_tokens."

@@ -174,20 +174,7 @@ async def _publish(settings: Settings, key_ids: list[str]) -> None:
 async def _create_key(
     store: IdentityStore, settings: Settings, args: argparse.Namespace
 ) -> list[str]:
-    tier = check_tier(settings, args.tier, param="--tier") if args.tier else None
-    try:
-        tenant = await resolve_tenant(store, args.tenant, create=args.create_tenant)
-    except NotFound as exc:
-        raise NotFound(f"{exc.message} Add --create-tenant to create it.") from None
-    record, secret = await store.create_key(
-        tenant.id,
-        prefix=settings.auth.key_prefix,
-        role=args.role,
-        tier=tier or default_tier(settings, tenant),
-        name=args.name,
-        description=args.description,
-        expires_at=expiry(None, args.expires_in_days),
-    )
+    record, secret = await _store_key(store, settings, args)
     if args.quiet:
         print(secret)
     else:
@@ -199,12 +186,25 @@ async def _import_key(
     store: IdentityStore, settings: Settings, args: argparse.Namespace
 ) -> list[str]:
     secret = check_imported(await asyncio.to_thread(_read_secret, args.secret_env))
+    record, _ = await _store_key(store, settings, args, secret)
+    print(
+        f"Imported key {record.id} ({record.prefix}..., tenant {record.tenant_name}, "
+        f"role {record.role}, tier {record.tier}). The secret works as it is."
+    )
+    return [record.id]
+
+
+async def _store_key(
+    store: IdentityStore, settings: Settings, args: argparse.Namespace, secret: str | None = None
+) -> tuple[KeyRecord, str]:
+    """A new key as ``keys create`` and ``keys import`` describe it; ``secret`` imported,
+    or None for a new random one."""
     tier = check_tier(settings, args.tier, param="--tier") if args.tier else None
     try:
         tenant = await resolve_tenant(store, args.tenant, create=args.create_tenant)
     except NotFound as exc:
         raise NotFound(f"{exc.message} Add --create-tenant to create it.") from None
-    record, _ = await store.create_key(
+    return await store.create_key(
         tenant.id,
         prefix=settings.auth.key_prefix,
         role=args.role,
@@ -213,13 +213,8 @@ async def _import_key(
         description=args.description,
         expires_at=expiry(None, args.expires_in_days),
         secret=secret,
-        imported=True,
+        imported=secret is not None,
     )
-    print(
-        f"Imported key {record.id} ({record.prefix}..., tenant {record.tenant_name}, "
-        f"role {record.role}, tier {record.tier}). The secret works as it is."
-    )
-    return [record.id]
 
 
 def _read_secret(variable: str | None) -> str:
