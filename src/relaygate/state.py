@@ -107,7 +107,7 @@ async def open_state(settings: Settings, log: logging.Logger) -> AppState:
     auth = Authenticator(
         settings.auth, identity, log, jwt=_jwt_check(jwt) if jwt else None, pubsub=bool(client)
     )
-    router = await build_router(settings, log)
+    router = await build_router(settings, log, client)
     keys = {key for m in router.models.values() for d in m.deployments for key in d.known_secrets}
     # Provider keys and the task webhook's shared secret, scrubbed from every log line.
     install_log_scrubber(log, [*keys, settings.tasks.webhook.secret])
