@@ -87,6 +87,10 @@ async def test_requests_go_only_to_nodes_with_the_model_and_loaded_first() -> No
                 assert answer.message.content == "Echo: hello there"
                 tags = {m.model for m in (await c.list()).models}
                 assert {"llama3.2:1b", "qwen2.5:0.5b", "phi3:mini"} <= tags
+                running = [m.model for m in (await c.ps()).models]
+                assert running == ["llama3.2:1b"]  # what n2 has loaded
+                shown = await c.show("phi3:mini")  # asked of n3, the node that has it
+                assert shown.modelfile is not None and "FROM phi3:mini" in shown.modelfile
     assert inference(n2) == ["llama3.2:1b"] * 4
     assert inference(n1) == ["qwen2.5:0.5b"]
     assert inference(n3) == ["phi3:mini"]
@@ -132,6 +136,11 @@ async def test_full_queue_is_a_503_in_each_apis_shape_not_a_hang() -> None:
                     nodes = (await response.json())["data"]
     n3_view = next(n for n in nodes if n["node"] == "n3")
     assert n3_view["state"] == "healthy" and n3_view["consecutive_failures"] == 0
+    assert n3_view["models"] == ["phi3:mini"] and n3_view["loaded"] == []
+    assert (n3_view["in_flight"], n3_view["queued"], n3_view["max_queue"]) == (0, 0, 0)
+    assert n3_view["ttft_ewma_ms"] > 0 and n3_view["address"].startswith("http://127.0.0.1:")
+    n2_view = next(n for n in nodes if n["node"] == "n2")
+    assert n2_view["loaded"] == ["llama3.2:1b"] and n2_view["ttft_ewma_ms"] is None
 
 
 async def test_killed_node_is_ejected_in_flight_requests_succeed_elsewhere_and_it_comes_back() -> (
@@ -162,6 +171,14 @@ async def test_killed_node_is_ejected_in_flight_requests_succeed_elsewhere_and_i
                 pool = gateway.state.router.pools["home"]
                 node = pool.node("n2")
                 assert node is not None and node.state in ("ejected", "down")
+                async with aiohttp.ClientSession(headers=gateway.headers) as http:
+                    async with http.get(gateway.url + "/admin/nodes") as response:
+                        view = next(n for n in (await response.json())["data"] if n["node"] == "n2")
+                    async with http.get(gateway.url + "/metrics") as response:
+                        metrics = await response.text()
+                assert view["state"] in ("ejected", "down") and view["reason"]
+                assert 'relaygate_node_up{node="n2",pool="home"} 0.0' in metrics
+                assert 'relaygate_node_up{node="n1",pool="home"} 1.0' in metrics
                 n2.service_time = 0.0
                 await n2.restart()
                 await until(lambda: node.state == "healthy")

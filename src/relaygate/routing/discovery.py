@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
@@ -177,6 +178,7 @@ class Prober:
         self._task: asyncio.Task[None] | None = None
         pool.on_eject.append(self._ejected)
         self._pending: set[asyncio.Task[None]] = set()
+        self.after_tick: list[Callable[[Pool], None]] = []  # e.g. the metrics
 
     @property
     def interval(self) -> float:
@@ -201,6 +203,8 @@ class Prober:
             if node.name in shared:
                 pool.adopt(node, shared[node.name], now)
         await asyncio.gather(*(self._probe(node) for node in pool.nodes))
+        for hook in self.after_tick:
+            hook(pool)
 
     async def _probe(self, node: Node) -> None:
         pool = self.pool

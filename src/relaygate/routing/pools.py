@@ -230,6 +230,10 @@ class Pool:
         """Every model some node of the pool has (down nodes included: last known)."""
         return {m for n in self.nodes for m in n.models}
 
+    def has(self, model: str) -> bool:
+        """Whether some node can serve ``model`` now."""
+        return any(n.routable(model) for n in self.nodes)
+
     def order(self, model: str) -> list[Node]:
         return order_nodes(self.nodes, model, self.config.balance)
 

@@ -144,6 +144,46 @@ class Router:
                 ]
         return found
 
+    def reachable(self, model: Model, now: float) -> list[Deployment]:
+        """The deployments ``model`` could be tried on now, in no order (a balancer's
+        round robin is not advanced)."""
+        found: list[Deployment] = []
+        for deployment in model.deployments:
+            pool = deployment.pool
+            if pool is None:
+                if deployment.health.available(now):
+                    found.append(deployment)
+            else:
+                model_name = deployment.upstream_model
+                found += [
+                    self._on_node(deployment, n) for n in pool.nodes if n.routable(model_name)
+                ]
+        return found
+
+    def servable(self, model: Model, now: float) -> bool:
+        """Whether a request for ``model`` (a virtual one: any member) has something to try."""
+        if model.policy is not None:
+            members = [self.models[m] for m in model.fallbacks if m in self.models]
+            return any(self.reachable(m, now) for m in members)
+        return bool(self.reachable(model, now))
+
+    def latency(self, model: Model, now: float) -> float:
+        """The lowest time-to-first-byte EWMA of what ``model`` could be tried on (0 for
+        one never measured, so that it gets measured; infinity when nothing is up)."""
+        return min(
+            (d.latency if d.latency is not None else 0.0 for d in self.reachable(model, now)),
+            default=float("inf"),
+        )
+
+    @staticmethod
+    def state_of(deployment: Deployment, now: float) -> str:
+        """A deployment's health state; a pooled one is ``healthy`` while some node that
+        has the model is, else ``no_node``."""
+        pool = deployment.pool
+        if pool is not None:
+            return "healthy" if pool.has(deployment.upstream_model) else "no_node"
+        return deployment.health.state(now)
+
     def _on_node(self, pooled: Deployment, node: Node) -> Deployment:
         """The deployment of ``pooled``'s model on one node (made once, then reused)."""
         key = (id(pooled), id(node))

@@ -12,7 +12,6 @@ that answered; the usage record's deployment names it too.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Protocol, TypeVar
 
 __all__ = ["POLICIES", "order_members"]
@@ -30,13 +29,6 @@ class Member(Protocol):
     def local(self) -> bool: ...
 
 
-class Candidate(Protocol):
-    """One deployment a member could be tried on (routing's ``Deployment``)."""
-
-    @property
-    def latency(self) -> float | None: ...
-
-
 M = TypeVar("M", bound=Member)
 M_contra = TypeVar("M_contra", bound=Member, contravariant=True)
 
@@ -47,26 +39,22 @@ class Routes(Protocol[M_contra]):
     @property
     def prices(self) -> dict[str, float]: ...
 
-    def candidates(self, model: M_contra, now: float) -> Sequence[Candidate]: ...
+    def servable(self, model: M_contra, now: float) -> bool: ...
+
+    def latency(self, model: M_contra, now: float) -> float: ...
 
 
 def order_members(policy: str, members: list[M], router: Routes[M], now: float) -> list[M]:
     """``members`` in the order ``policy`` tries them."""
-    found = {m.name: router.candidates(m, now) for m in members}
 
     def key(index_model: tuple[int, M]) -> tuple[bool, float, int]:
         index, model = index_model
-        candidates = found[model.name]
         if policy == "cheapest":
             score = 0.0 if model.local else router.prices.get(model.name, 0.0)
         elif policy == "fastest":
-            score = min((_latency(d) for d in candidates), default=float("inf"))
+            score = router.latency(model, now)
         else:
             score = 0.0 if model.local else 1.0
-        return (not candidates, score, index)
+        return (not router.servable(model, now), score, index)
 
     return [m for _, m in sorted(enumerate(members), key=key)]
-
-
-def _latency(deployment: Candidate) -> float:
-    return deployment.latency if deployment.latency is not None else 0.0
