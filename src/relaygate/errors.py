@@ -316,10 +316,11 @@ class NoHealthyDeployment(RelaygateError):
     type = "service_unavailable"
     code = "no_healthy_deployment"
 
-    def __init__(self, model: str, retry_in: float) -> None:
+    def __init__(self, model: str, retry_in: float, why: str | None = None) -> None:
+        why = why or "every deployment failed recently and is cooling down"
         super().__init__(
-            f"No healthy deployment for model {model!r}: every deployment failed recently "
-            f"and is cooling down; retry in {max(1, round(retry_in))} s."
+            f"No healthy deployment for model {model!r}: {why}; "
+            f"retry in {max(1, round(retry_in))} s."
         )
         self.retry_in = retry_in
 

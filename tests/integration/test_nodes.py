@@ -240,9 +240,41 @@ async def test_a_configured_model_prefers_the_pool_and_falls_back_to_the_cloud(
                 cloud = await client.chat.completions.with_raw_response.create(
                     model="chat", messages=USER
                 )
+    assert local.headers["x-relaygate-model"] == "chat" == cloud.headers["x-relaygate-model"]
     assert local.parse().model == "chat" and cloud.parse().model == "chat"
     assert inference(n3) == ["phi3:mini"]
     assert [r.json["model"] for r in fake_openai.requests] == ["gpt-4o"]
+
+
+async def test_streams_through_a_node_release_its_slot_and_no_node_is_a_503() -> None:
+    async with three_nodes() as (n1, n2, n3):
+        models = [{"name": "phi", "deployments": [
+            {"provider": "ollama", "pool": "home", "model": "phi3:mini"}]}]  # fmt: skip
+        pools = pool_settings([n1, n2, n3], expose_models=False)
+        async with running_gateway(make_settings(models, pools=pools)) as gateway:
+            async with gateway.client() as client:
+                stream = await client.chat.completions.create(
+                    model="phi", messages=USER, stream=True
+                )
+                text = "".join(
+                    [c.choices[0].delta.content or "" async for c in stream if c.choices]
+                )
+                assert text == "Echo: hello there"
+            async with ollama_client(gateway) as c:
+                parts = [p.message.content async for p in await c.chat(
+                    model="phi", messages=USER, stream=True)]  # fmt: skip
+                assert "".join(parts) == "Echo: hello there"
+            node = gateway.state.router.pools["home"].node("n3")
+            assert node is not None and (node.in_flight, node.queued) == (0, 0)
+            assert node.ewma_ttft is not None
+            await n3.close()
+            await until(lambda: node.state == "down")
+            async with gateway.client() as client:
+                with pytest.raises(openai.APIStatusError) as refused:
+                    await client.chat.completions.create(model="phi", messages=USER)
+    assert refused.value.status_code == 503
+    assert "no healthy node of pool 'home' has it now" in refused.value.message
+    assert [r.json["stream"] for r in n3.requests if r.path == "/api/chat"] == [True, True]
 
 
 async def test_model_router_picks_by_policy_and_says_which_model_served(

@@ -190,6 +190,7 @@ class _Exposer:
         self.router, self.pools, self.keys, self.config = router, pools, keys, config
 
     def __call__(self, pool: Pool) -> None:
+        self.router.prune(pool)
         if not self.config.expose_models:
             return
         have = pool.models()

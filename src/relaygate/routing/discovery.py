@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -115,7 +116,7 @@ class RedisNodeStore:
         self.prefix = prefix + "nodes:"
         self.log = log
         self.timeout = timeout
-        self.token = msgspec.json.encode(time.time_ns()).decode()
+        self.token = secrets.token_hex(16)  # this replica, as the holder of a claim
 
     def _key(self, pool: str, node: str) -> str:
         return f"{self.prefix}{pool}:{node}"

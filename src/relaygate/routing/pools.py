@@ -223,6 +223,23 @@ class Pool:
         self.nodes.append(node)
         return node
 
+    def remove(self, name: str, reason: str = "left the pool") -> Node | None:
+        """A member leaves (a dial-out node whose connection dropped): nothing is routed
+        to it any more, and requests waiting for its slots try another node at once."""
+        node = self.node(name)
+        if node is None:
+            return None
+        self.nodes.remove(node)
+        node.state, node.reason = "down", reason
+        while node.waiters:
+            waiter = node.waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(
+                    NodeBusy(f"Node {name!r} of pool {self.name!r} {reason}.", deployment=name)
+                )
+        self._changed()
+        return node
+
     def node(self, name: str) -> Node | None:
         return next((n for n in self.nodes if n.name == name), None)
 
@@ -281,6 +298,9 @@ class Pool:
                 if node.state != "healthy":
                     node.health.failures = 0
                 node.state, node.reason = "healthy", ""
+                settled = node.health.cooldown_until + self.config.ejection.base_ejection_time
+                if node.health.ejections and now >= settled:
+                    node.health.ejections -= 1  # the multiplier decays, as Envoy's does
         if (node.state, node.models, node.loaded) != before:
             node.changed_at = node.probed_at
             self._changed()
@@ -345,7 +365,7 @@ class Pool:
             async with asyncio.timeout(self.config.queue_timeout):
                 await waiter
         except BaseException as exc:
-            if waiter.done() and not waiter.cancelled():
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 self.release(node)  # the slot was handed over as we gave up: pass it on
             else:
                 waiter.cancel()

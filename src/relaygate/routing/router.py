@@ -99,7 +99,9 @@ class Router:
         self.pools = pools or {}
         self.prices = prices or {}  # model -> a price to compare (USD per million tokens)
         self._random = random.Random()
-        self._on_nodes: dict[tuple[int, int], Deployment] = {}
+        # (pooled deployment, node) -> that deployment on that node; keyed by the objects
+        # (identity), so an entry can never be mistaken for a later object's
+        self._on_nodes: dict[tuple[Deployment, Node], Deployment] = {}
         self.probers: list[Prober] = []  # one per pool, closed with the providers
 
     def get(self, name: str) -> Model:
@@ -123,13 +125,18 @@ class Router:
                 attempts += 1
                 yield deployment
         if attempts == 0:
-            cooling = [d.health.cooldown_until for m in chain for d in m.deployments]
-            soonest = min(cooling, default=now)
-            for m in chain:
-                for d in m.deployments:
-                    if d.pool is not None:
-                        soonest = min(soonest, now + d.pool.config.probe_interval)
-            raise NoHealthyDeployment(name, soonest - now)
+            deployments = [d for m in chain for d in m.deployments]
+            pools = {d.pool.name: d.pool for d in deployments if d.pool is not None}
+            soonest = min(
+                [d.health.cooldown_until for d in deployments if d.pool is None]
+                + [now + p.config.probe_interval for p in pools.values()],
+                default=now,
+            )
+            why = None
+            if pools:
+                names = ", ".join(repr(p) for p in pools)
+                why = f"no healthy node of pool {names} has it now, and nothing else can answer"
+            raise NoHealthyDeployment(name, soonest - now, why)
 
     def candidates(self, model: Model, now: float) -> list[Deployment]:
         """The deployments one request may try for ``model`` itself, best first."""
@@ -186,7 +193,7 @@ class Router:
 
     def _on_node(self, pooled: Deployment, node: Node) -> Deployment:
         """The deployment of ``pooled``'s model on one node (made once, then reused)."""
-        key = (id(pooled), id(node))
+        key = (pooled, node)
         found = self._on_nodes.get(key)
         if found is None:
             found = self._on_nodes[key] = Deployment(
@@ -223,8 +230,15 @@ class Router:
         """A model no node has any more; its per-node deployments go with it."""
         model = self.models.pop(name, None)
         if model is not None:
-            gone = {id(d) for d in model.deployments}
+            gone = set(model.deployments)
             self._on_nodes = {k: v for k, v in self._on_nodes.items() if k[0] not in gone}
+
+    def prune(self, pool: Pool) -> None:
+        """Forget the per-node deployments of nodes that left ``pool``."""
+        members = set(pool.nodes)
+        self._on_nodes = {
+            k: v for k, v in self._on_nodes.items() if k[1].pool != pool.name or k[1] in members
+        }
 
     def _ordered(self, model: Model, now: float) -> list[Deployment]:
         healthy = [d for d in model.deployments if d.health.available(now)]

@@ -110,6 +110,10 @@ def test_ejection_grows_on_repeats_and_a_probe_readmits_after_the_cool_down() ->
     for _ in range(2):
         node.health.record_failure(now + 6, "x", kind="connect")
     assert node.health.cooldown_until == pytest.approx(now + 6 + 10)  # twice as long
+    pool.probed(node, Inventory(frozenset({"a"})), "", now + 17)  # back in
+    assert (node.state, node.health.ejections) == ("healthy", 2)
+    pool.probed(node, Inventory(frozenset({"a"})), "", now + 21)  # in for 5 s: decays
+    assert node.health.ejections == 1
 
 
 def test_the_ejection_cap_holds_even_when_every_node_fails() -> None:
@@ -168,6 +172,25 @@ async def test_a_cancelled_waiter_leaves_the_queue() -> None:
     assert node.queued == 0
     pool.release(node)
     assert node.in_flight == 0
+
+
+async def test_a_member_that_leaves_sends_its_queue_elsewhere_at_once() -> None:
+    pool = make_pool(2, cap=1, queue=4)
+    gone, kept = pool.nodes
+    for node in pool.nodes:
+        healthy(pool, node, {"a"})
+    changes: list[Pool] = []
+    pool.on_change.append(changes.append)
+    await pool.acquire(gone)
+    waiting = asyncio.ensure_future(pool.acquire(gone))
+    await asyncio.sleep(0)
+    assert pool.remove("n0", "lost its connection") is gone
+    with pytest.raises(NodeBusy, match="lost its connection"):
+        await waiting
+    assert pool.order("a") == [kept] and changes == [pool]
+    assert (gone.state, gone.queued, gone.in_flight) == ("down", 0, 1)
+    pool.release(gone)  # the request that was running ends
+    assert gone.in_flight == 0 and pool.remove("n0") is None
 
 
 # -- the model router ---------------------------------------------------------------------
