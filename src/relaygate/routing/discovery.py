@@ -49,7 +49,9 @@ class HttpMember:
         self.base_url = base_url.rstrip("/")
         self._provider = provider
         parts = urlsplit(base_url)
-        self._address = f"{parts.scheme}://{parts.hostname}:{parts.port or ''}"
+        host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname
+        port = f":{parts.port}" if parts.port else ""
+        self._address = f"{parts.scheme}://{host}{port}"  # never a user name or password
 
     @property
     def name(self) -> str:

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from relaygate.errors import NodeBusy
 from relaygate.providers.mock import MockProvider
+from relaygate.routing.discovery import HttpMember
 from relaygate.routing.health import Health
 from relaygate.routing.pools import Inventory, Node, Pool, ejection_cap
 from relaygate.routing.router import Deployment, Model, Router
@@ -191,6 +192,18 @@ async def test_a_member_that_leaves_sends_its_queue_elsewhere_at_once() -> None:
     assert (gone.state, gone.queued, gone.in_flight) == ("down", 0, 1)
     pool.release(gone)  # the request that was running ends
     assert gone.in_flight == 0 and pool.remove("n0") is None
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://user:s3cret@10.0.0.2:11434/", "http://10.0.0.2:11434"),
+        ("https://gpu.example.com/v1", "https://gpu.example.com"),
+        ("http://[::1]:8000", "http://[::1]:8000"),
+    ],
+)
+def test_a_node_address_never_shows_credentials(url: str, shown: str) -> None:
+    assert HttpMember("n", "ollama", url, MockProvider()).address == shown
 
 
 # -- the model router ---------------------------------------------------------------------
