@@ -98,7 +98,7 @@ async def test_requests_go_only_to_nodes_with_the_model_and_loaded_first() -> No
 
 async def test_busy_loaded_node_spills_to_a_free_one() -> None:
     async with three_nodes() as (n1, n2, n3):
-        n2.service_time = 0.3
+        n2.service_time = 1.0  # still busy when the second request is routed
         settings = make_settings(pools=pool_settings([n1, n2, n3], max_concurrency=1))
         async with running_gateway(settings) as gateway, gateway.client() as client:
             replies = await asyncio.gather(
@@ -112,7 +112,7 @@ async def test_busy_loaded_node_spills_to_a_free_one() -> None:
 
 async def test_full_queue_is_a_503_in_each_apis_shape_not_a_hang() -> None:
     async with three_nodes() as (n1, n2, n3):
-        n3.service_time = 1.0
+        n3.service_time = 2.0
         pools = pool_settings([n1, n2, n3], max_concurrency=1, max_queue=0)
         async with running_gateway(make_settings(pools=pools)) as gateway:
             async with gateway.client() as client:
