@@ -85,12 +85,29 @@ class Timeouts(_Config, kw_only=True):
     total: Positive = 600.0
 
 
+class NodeConfig(_Config, kw_only=True):
+    """One machine of a pool: where it answers, and how much it takes at once.
+
+    ``name`` is shown in ``/admin/nodes`` and used as a metric label (never the URL);
+    unset, it is ``node-1``, ``node-2`` ... in the order listed.
+    """
+
+    base_url: str
+    name: NodeName | None = None
+    weight: Positive = 1.0
+    max_concurrency: Concurrency | None = None  # default: the pool's
+    max_queue: Annotated[int, msgspec.Meta(ge=0, le=100_000)] | None = None  # default: the pool's
+    api_key: str | None = None
+
+
 class DeploymentConfig(_Config, kw_only=True):
     """One upstream that can serve a model."""
 
     provider: Literal["openai", "ollama", "gemini", "anthropic", "openwebui", "mock"]
     base_url: str | None = None  # required, except for mock, gemini, anthropic and pools
     pool: PoolName | None = None  # a pool of nodes (``pools``) in place of one base_url
+    # or the nodes themselves: a pool of its own, serving this model only
+    nodes: Annotated[list[NodeConfig], msgspec.Meta(min_length=1, max_length=1000)] | None = None
     model: str | None = None
     api_key: str | None = None
     weight: Positive = 1.0
@@ -150,21 +167,6 @@ class RoutingConfig(_Config, kw_only=True):
 
 
 Concurrency = Annotated[int, msgspec.Meta(ge=1, le=10_000)]
-
-
-class NodeConfig(_Config, kw_only=True):
-    """One machine of a pool: where it answers, and how much it takes at once.
-
-    ``name`` is shown in ``/admin/nodes`` and used as a metric label (never the URL);
-    unset, it is ``node-1``, ``node-2`` ... in the order listed.
-    """
-
-    base_url: str
-    name: NodeName | None = None
-    weight: Positive = 1.0
-    max_concurrency: Concurrency | None = None  # default: the pool's
-    max_queue: Annotated[int, msgspec.Meta(ge=0, le=100_000)] | None = None  # default: the pool's
-    api_key: str | None = None
 
 
 class EjectionConfig(_Config, kw_only=True):
@@ -944,6 +946,8 @@ def _check(settings: Settings, lines: Lines, source: str | None) -> None:
         names[model.name] = i
         for j, dep in enumerate(model.deployments):
             where: tuple[str | int, ...] = ("models", i, "deployments", j)
+            if dep.nodes is not None:
+                _own_pool(settings, model.name, dep, where, lines, source)
             if dep.pool is not None:
                 _check_pooled(settings, dep, where, lines, source)
             else:
@@ -989,6 +993,40 @@ def _check_pooled(
         problem = "base_url: a deployment on a pool takes its nodes' URLs; remove base_url"
     if problem:
         raise ConfigError(f"{_dotted(path)}.{problem}", source=source, line=_line_of(path, lines))
+
+
+def _own_pool(
+    settings: Settings,
+    model: str,
+    dep: DeploymentConfig,
+    path: tuple[str | int, ...],
+    lines: Lines,
+    source: str | None,
+) -> None:
+    """A deployment's ``nodes``: a pool of their own (named after the model), which
+    serves this model only; the pool's other settings are the defaults."""
+    problem = None
+    if dep.pool is not None or dep.base_url is not None:
+        problem = "nodes: give nodes, or a pool, or a base_url; not more than one"
+    elif dep.provider not in ("ollama", "openai"):
+        problem = f"nodes: provider {dep.provider!r} cannot have nodes (ollama or openai can)"
+    for k, node in enumerate(dep.nodes or ()):
+        if problem is None and (error := _url_problem(node.base_url)):
+            problem = f"nodes[{k}].base_url: {error}"
+    if problem:
+        raise ConfigError(f"{_dotted(path)}.{problem}", source=source, line=_line_of(path, lines))
+    base = re.sub(r"[^A-Za-z0-9._-]+", "-", model).strip("-._")[:56] or "model"
+    name, n = base, 1
+    while name in settings.pools:
+        n += 1
+        name = f"{base}-{n}"
+    settings.pools[name] = PoolConfig(
+        provider=dep.provider,  # type: ignore[arg-type]  # checked just above
+        nodes=list(dep.nodes or ()),
+        expose_models=False,
+        timeouts=dep.timeouts,
+    )
+    dep.pool = name
 
 
 def _check_pools(settings: Settings, lines: Lines, source: str | None) -> None:

@@ -247,11 +247,11 @@ async def test_a_configured_model_prefers_the_pool_and_falls_back_to_the_cloud(
 
 
 async def test_streams_through_a_node_release_its_slot_and_no_node_is_a_503() -> None:
-    async with three_nodes() as (n1, n2, n3):
-        models = [{"name": "phi", "deployments": [
-            {"provider": "ollama", "pool": "home", "model": "phi3:mini"}]}]  # fmt: skip
-        pools = pool_settings([n1, n2, n3], expose_models=False)
-        async with running_gateway(make_settings(models, pools=pools)) as gateway:
+    async with three_nodes() as (_, _, n3):
+        node = {"name": "n3", "base_url": n3.base_url}
+        models = [{"name": "phi", "deployments": [  # the nodes listed in the deployment
+            {"provider": "ollama", "nodes": [node], "model": "phi3:mini"}]}]  # fmt: skip
+        async with running_gateway(make_settings(models)) as gateway:
             async with gateway.client() as client:
                 stream = await client.chat.completions.create(
                     model="phi", messages=USER, stream=True
@@ -264,16 +264,18 @@ async def test_streams_through_a_node_release_its_slot_and_no_node_is_a_503() ->
                 parts = [p.message.content async for p in await c.chat(
                     model="phi", messages=USER, stream=True)]  # fmt: skip
                 assert "".join(parts) == "Echo: hello there"
-            node = gateway.state.router.pools["home"].node("n3")
-            assert node is not None and (node.in_flight, node.queued) == (0, 0)
-            assert node.ewma_ttft is not None
+            pool = gateway.state.router.pools["phi"]  # a pool of its own, named after it
+            found = pool.node("n3")
+            assert found is not None and (found.in_flight, found.queued) == (0, 0)
+            assert found.ewma_ttft is not None
             await n3.close()
-            await until(lambda: node.state == "down")
+            await gateway.state.router.probers[0].tick()  # the next probe, now
+            assert found.state == "down" and "probe failed" in found.reason
             async with gateway.client() as client:
                 with pytest.raises(openai.APIStatusError) as refused:
                     await client.chat.completions.create(model="phi", messages=USER)
     assert refused.value.status_code == 503
-    assert "no healthy node of pool 'home' has it now" in refused.value.message
+    assert "no healthy node of pool 'phi' has it now" in refused.value.message
     assert [r.json["stream"] for r in n3.requests if r.path == "/api/chat"] == [True, True]
 
 

@@ -62,6 +62,31 @@ def test_mistakes_are_named(values: dict[str, Any], message: str) -> None:
         load(**values)
 
 
+def test_a_deployment_may_list_its_nodes_as_a_pool_of_its_own() -> None:
+    nodes = [{"base_url": "http://10.0.0.2:11434"}, {"base_url": "http://10.0.0.3:11434"}]
+    settings = load(
+        pools={"llama3.2-1b": POOL["home"]},  # the name it would take is taken
+        models=[{"name": "llama3.2:1b", "deployments": [{"provider": "ollama", "nodes": nodes}]}],
+    )
+    dep = settings.models[0].deployments[0]
+    assert dep.pool == "llama3.2-1b-2"
+    pool = settings.pools["llama3.2-1b-2"]
+    assert [n.name for n in pool.nodes] == ["node-1", "node-2"] and not pool.expose_models
+
+
+@pytest.mark.parametrize(
+    ("dep", "message"),
+    [
+        ({"provider": "ollama", "base_url": "http://a:1", "nodes": [{"base_url": "http://b:1"}]}, "not more than one"),
+        ({"provider": "gemini", "nodes": [{"base_url": "http://b:1"}]}, "provider 'gemini' cannot have nodes"),
+        ({"provider": "ollama", "nodes": [{"base_url": "http://b:1"}, {"base_url": "b:1"}]}, r"models\[0\].deployments\[0\].nodes\[1\].base_url: not a valid http"),
+    ],
+)  # fmt: skip
+def test_a_deployments_nodes_are_checked(dep: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load(models=[{"name": "m", "deployments": [dep]}])
+
+
 def test_router_members_may_be_models_a_pool_will_discover() -> None:
     settings = load(
         pools=POOL,
