@@ -54,10 +54,10 @@ def version() -> str | None:
     return text if out.returncode == 0 and text else None
 
 
-def serve_argv(workers: int, port: int = GATEWAY_PORT) -> list[str]:
+def serve_argv(workers: int, port: int = GATEWAY_PORT, config: Path = CONFIG) -> list[str]:
     """The exact command line the bench starts the gateway with."""
     return [
-        str(EXE), "serve", "--config", str(CONFIG.relative_to(BENCH_DIR.parent)),
+        str(EXE), "serve", "--config", str(config.relative_to(BENCH_DIR.parent)),
         "--host", HOST, "--port", str(port), "--workers", str(workers),
     ]  # fmt: skip
 
@@ -78,9 +78,11 @@ class Gateway:
         port: int = GATEWAY_PORT,
         redis: bool = False,
         user_keys: dict[str, str] | None = None,
+        config: Path = CONFIG,
     ) -> None:
         self.workers = workers
         self.port = port
+        self.config = config
         self.name = f"gateway-{next(_STARTS):02d}-w{workers}"
         self.log_path: Path = WORK_DIR / f"{self.name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -131,7 +133,7 @@ class Gateway:
         """'Gateway: `ENV=... relaygate serve ...`' for the report, the admin key left out."""
         shown = {**self.env, "RELAYGATE_ADMIN_KEY": "<admin key>"}
         env = " ".join(f"{k}={shlex.quote(v)}" for k, v in shown.items())
-        return f"Gateway: `{env} {cmdline(serve_argv(self.workers, self.port))}`"
+        return f"Gateway: `{env} {cmdline(serve_argv(self.workers, self.port, self.config))}`"
 
     def __enter__(self) -> Gateway:
         if not EXE.exists():
@@ -150,7 +152,7 @@ class Gateway:
 
     def _start(self) -> None:
         """Spawn `relaygate serve` and wait for GET /health; GatewayDown when it fails."""
-        argv = serve_argv(self.workers, self.port)
+        argv = serve_argv(self.workers, self.port, self.config)
         proc = self.proc = procs.spawn(argv, self.log_path, cwd=REPO_DIR, env=self._environ())
         up = wait_for(lambda: proc.poll() is not None or self.healthy(), START_TIMEOUT_S, 0.1)
         if proc.poll() is None and up:
@@ -191,10 +193,10 @@ def take_log_problems() -> list[str]:
     return taken
 
 
-def check(base: str, headers: dict[str, str]) -> None:
+def check(base: str, headers: dict[str, str], body: str = CHAT_BODY) -> None:
     """One request must give a chat.completion; else stop with the gateway's answer."""
     req = urllib.request.Request(
-        base + CHAT, CHAT_BODY.encode(), {"Content-Type": "application/json", **headers}
+        base + CHAT, body.encode(), {"Content-Type": "application/json", **headers}
     )
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:

@@ -176,7 +176,7 @@ def _config_check(args: argparse.Namespace) -> None:
                 (
                     model.name,
                     dep.provider,
-                    _mask_url(dep.base_url) if dep.base_url else "-",
+                    f"pool {dep.pool}" if dep.pool else _mask_url(dep.base_url or "-"),
                     dep.model or model.name,
                     f"{dep.weight:g}",
                     mask_secret(dep.api_key),
@@ -186,6 +186,12 @@ def _config_check(args: argparse.Namespace) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    for name, pool in settings.pools.items():
+        nodes = ", ".join(f"{n.name} {_mask_url(n.base_url)}" for n in pool.nodes)
+        exposed = "; every model its nodes have is served" if pool.expose_models else ""
+        print(f"pool {name} ({pool.provider}, {pool.balance}): {nodes}{exposed}")
+    for entry in settings.model_router:
+        print(f"virtual model {entry.name}: {entry.policy} of {', '.join(entry.models)}")
     if settings.serves_mock:
         print("plus the development model 'mock'")
     for url in settings.ollama_discovery_urls:

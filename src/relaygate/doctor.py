@@ -268,14 +268,18 @@ class _Upstream:
     wanted: dict[str, str] = field(default_factory=dict)  # upstream model -> where configured
     discovered: bool = False  # an Ollama server whose models are added at start
     required: bool = True  # False for the implicit local Ollama discovery
+    node: str | None = None  # a pool's node: "node NAME of pool POOL"
+    place: str | None = None  # where it is configured, when not a deployment
 
     @property
     def title(self) -> str:
         kind = "Ollama server" if self.discovered else f"upstream {self.provider}"
-        return f"{kind} {mask_url(self.base_url)}"
+        return f"{self.node or kind} {mask_url(self.base_url)}"
 
     @property
     def where(self) -> str:
+        if self.place is not None:
+            return self.place
         return next(iter(self.wanted.values()), "discover_ollama") + (
             ".base_url" if self.wanted else ""
         )
@@ -355,6 +359,14 @@ def _upstreams(settings: Settings) -> list[_Upstream]:
             upstream = found.setdefault(key, _Upstream(*key))
             where = f"models[{i}].deployments[{j}]"
             upstream.wanted.setdefault(_upstream_model(dep, model.name), where)
+    for name, pool in settings.pools.items():
+        for k, node in enumerate(pool.nodes):
+            key = (pool.provider, node.base_url.rstrip("/"), node.api_key)
+            found.setdefault(
+                key,
+                _Upstream(*key, node=f"node {node.name} of pool {name}",
+                          place=f"pools.{name}.nodes[{k}].base_url"),
+            )  # fmt: skip
     explicit = settings.discover_ollama is not None
     for url in settings.ollama_discovery_urls:
         key = ("ollama", url.rstrip("/"), None)

@@ -18,7 +18,8 @@ msgspec, asyncio timeouts) are translated at one boundary each, never leaked.
     │   ├── UpstreamConnectError     503 when nothing could be reached
     │   ├── UpstreamTimeout          504
     │   ├── UpstreamStatusError      502, or the upstream's 4xx when it rejected the request
-    │   └── UpstreamProtocolError    502 (malformed body, connection cut mid-response)
+    │   ├── UpstreamProtocolError    502 (malformed body, connection cut mid-response)
+    │   └── NodeBusy                 503 (a pool node's queue is full; not a health failure)
     ├── AuthenticationError          401 (one message: never says which keys exist)
     ├── PermissionDenied             403
     ├── RateLimited                  429 (names the limit and when it resets)
@@ -42,6 +43,7 @@ __all__ = [
     "MethodNotAllowed",
     "ModelNotFound",
     "NoHealthyDeployment",
+    "NodeBusy",
     "NotFound",
     "PayloadTooLarge",
     "PermissionDenied",
@@ -155,6 +157,7 @@ class UpstreamError(RelaygateError):
     status = 502
     type = "upstream_error"
     retryable = True
+    counts_against_health = True  # a failure of the deployment (else: it was only busy)
 
     def __init__(self, message: str, *, deployment: str = "") -> None:
         super().__init__(message)
@@ -235,6 +238,27 @@ class UpstreamProtocolError(UpstreamError):
         return "protocol"
 
 
+class NodeBusy(UpstreamError):
+    """Every slot and queue place of a pool node is taken (or the wait ran out): another
+    node is tried; when none is left the client gets a 503 with Retry-After at once."""
+
+    status = 503
+    type = "service_unavailable"
+    code = "node_queue_full"
+    counts_against_health = False
+
+    def __init__(self, message: str, *, deployment: str = "", retry_after: float = 1.0) -> None:
+        super().__init__(message, deployment=deployment)
+        self.retry_after = retry_after
+
+    @property
+    def kind(self) -> str:
+        return "busy"
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return _retry_after(self.retry_after)
+
+
 class AuthenticationError(ClientError):
     status = 401
     type = "authentication_error"
@@ -292,10 +316,11 @@ class NoHealthyDeployment(RelaygateError):
     type = "service_unavailable"
     code = "no_healthy_deployment"
 
-    def __init__(self, model: str, retry_in: float) -> None:
+    def __init__(self, model: str, retry_in: float, why: str | None = None) -> None:
+        why = why or "every deployment failed recently and is cooling down"
         super().__init__(
-            f"No healthy deployment for model {model!r}: every deployment failed recently "
-            f"and is cooling down; retry in {max(1, round(retry_in))} s."
+            f"No healthy deployment for model {model!r}: {why}; "
+            f"retry in {max(1, round(retry_in))} s."
         )
         self.retry_in = retry_in
 

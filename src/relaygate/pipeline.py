@@ -467,6 +467,7 @@ async def complete(state: AppState, call: Call) -> tuple[JSON, Deployment]:
             last = exc
         else:
             deployment.health.record_success()
+            _served(call, deployment, time.monotonic() - started)
             body["model"] = call.model
             return body, deployment
         _record_failure(state, deployment, last, call)
@@ -485,6 +486,7 @@ async def open_stream(state: AppState, call: Call) -> UpstreamStream:
     last: UpstreamError | None = None
     for deployment in state.router.plan(call.model):
         call.served_by = (deployment.provider_name, deployment.name)
+        started = time.monotonic()
         stream = UpstreamStream(deployment, deployment.provider.stream(deployment, call))
         try:
             first = await stream.next()
@@ -496,6 +498,7 @@ async def open_stream(state: AppState, call: Call) -> UpstreamStream:
                 break
             continue
         deployment.health.record_success()
+        _served(call, deployment, time.monotonic() - started)
         stream.first = first
         return stream
     assert last is not None
@@ -552,6 +555,20 @@ def _timed_out(deployment: Deployment, phase: str, seconds: float) -> UpstreamTi
     )
 
 
+_LATENCY_ALPHA = 0.3
+
+
+def _served(call: Call, deployment: Deployment, first_byte: float) -> None:
+    """A deployment answered: its time to first byte joins its EWMA (the model router's
+    ``fastest`` policy reads it), and the answer's ``x-relaygate-model`` header names the
+    model that served it (a fallback's, or a virtual model's member)."""
+    if deployment.latency is None:
+        deployment.latency = first_byte
+    else:
+        deployment.latency += _LATENCY_ALPHA * (first_byte - deployment.latency)
+    call.headers.append((b"x-relaygate-model", deployment.model.encode("latin-1", "replace")))
+
+
 def _record_failure(
     state: AppState, deployment: Deployment, error: UpstreamError, call: Call
 ) -> None:
@@ -559,7 +576,7 @@ def _record_failure(
     (providers scrub what they quote; this is the last gate before health state and the log)."""
     retry_after = error.retry_after if isinstance(error, UpstreamStatusError) else None
     text = scrub(error.message, *deployment.known_secrets, call.credential)
-    if error.retryable:
+    if error.retryable and error.counts_against_health:
         deployment.health.record_failure(time.monotonic(), text, retry_after, kind=error.kind)
     state.metrics.upstream_error(deployment.name, error.kind)
     state.log.warning("upstream failure (%s): %s", error.kind, text)

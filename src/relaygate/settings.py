@@ -31,11 +31,15 @@ __all__ = [
     "CacheConfig",
     "CorsConfig",
     "DeploymentConfig",
+    "EjectionConfig",
     "HttpConfig",
     "KeyCache",
     "ModelConfig",
+    "ModelRouterConfig",
+    "NodeConfig",
     "OpsConfig",
     "PathsConfig",
+    "PoolConfig",
     "ResponsesConfig",
     "RoutingConfig",
     "Settings",
@@ -56,6 +60,9 @@ DEFAULT_BASE_URLS = {
 }
 Positive = Annotated[float, msgspec.Meta(gt=0)]
 NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+# node and pool names: shown in /admin/nodes and used as metric labels
+NodeName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+PoolName = NodeName
 
 
 class _Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
@@ -78,11 +85,29 @@ class Timeouts(_Config, kw_only=True):
     total: Positive = 600.0
 
 
+class NodeConfig(_Config, kw_only=True):
+    """One machine of a pool: where it answers, and how much it takes at once.
+
+    ``name`` is shown in ``/admin/nodes`` and used as a metric label (never the URL);
+    unset, it is ``node-1``, ``node-2`` ... in the order listed.
+    """
+
+    base_url: str
+    name: NodeName | None = None
+    weight: Positive = 1.0
+    max_concurrency: Concurrency | None = None  # default: the pool's
+    max_queue: Annotated[int, msgspec.Meta(ge=0, le=100_000)] | None = None  # default: the pool's
+    api_key: str | None = None
+
+
 class DeploymentConfig(_Config, kw_only=True):
     """One upstream that can serve a model."""
 
     provider: Literal["openai", "ollama", "gemini", "anthropic", "openwebui", "mock"]
-    base_url: str | None = None  # required, except for mock, gemini and anthropic
+    base_url: str | None = None  # required, except for mock, gemini, anthropic and pools
+    pool: PoolName | None = None  # a pool of nodes (``pools``) in place of one base_url
+    # or the nodes themselves: a pool of its own, serving this model only
+    nodes: Annotated[list[NodeConfig], msgspec.Meta(min_length=1, max_length=1000)] | None = None
     model: str | None = None
     api_key: str | None = None
     weight: Positive = 1.0
@@ -117,11 +142,17 @@ class ModelCacheConfig(_Config, kw_only=True):
 
 
 class ModelConfig(_Config, kw_only=True):
-    """A public model name and the deployments that serve it."""
+    """A public model name and the deployments that serve it.
+
+    ``order``: ``weighted`` tries healthy deployments in weighted random order;
+    ``preference`` tries them in the order listed (local first, cloud when it is off;
+    or the reverse), then the ``fallbacks`` models, in their order.
+    """
 
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
     deployments: Annotated[list[DeploymentConfig], msgspec.Meta(min_length=1)]
     fallbacks: list[str] = msgspec.field(default_factory=list)
+    order: Literal["weighted", "preference"] = "weighted"
     cache: ModelCacheConfig | None = None
     price: Price | None = None  # this model's price, ahead of ``usage.prices``
 
@@ -133,6 +164,57 @@ class RoutingConfig(_Config, kw_only=True):
     failure_threshold: Annotated[int, msgspec.Meta(ge=1)] = 3
     cooldown: Positive = 5.0
     max_cooldown: Positive = 60.0
+
+
+Concurrency = Annotated[int, msgspec.Meta(ge=1, le=10_000)]
+
+
+class EjectionConfig(_Config, kw_only=True):
+    """Passive outlier detection, as Envoy's: ``consecutive_failures`` failed calls in a
+    row eject a node for ``base_ejection_time`` seconds times the number of times it was
+    ejected (at most ``max_ejection_time``); at most ``max_ejection_percent`` of a pool is
+    ejected at once (and at least one node may always be). An ejected node comes back
+    when its time is over and a probe finds it answering."""
+
+    consecutive_failures: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 3
+    base_ejection_time: Positive = 5.0
+    max_ejection_time: Positive = 300.0
+    max_ejection_percent: Annotated[int, msgspec.Meta(ge=0, le=100)] = 50
+
+
+class PoolConfig(_Config, kw_only=True):
+    """Model servers of one kind (Ollama, or OpenAI-compatible: vLLM, llama.cpp, LM Studio)
+    that share work: asked which models they have, probed, balanced, ejected.
+
+    ``balance``: ``least_loaded`` (a node with the model loaded first, then the fewest
+    requests in flight weighted by its time to first token), or ``round_robin``
+    (smooth weighted round robin). ``expose_models``: every model a node has is a
+    public model, added and removed as nodes gain and lose them.
+    """
+
+    provider: Literal["ollama", "openai"] = "ollama"
+    nodes: Annotated[list[NodeConfig], msgspec.Meta(min_length=1, max_length=1000)]
+    balance: Literal["least_loaded", "round_robin"] = "least_loaded"
+    max_concurrency: Concurrency = 4
+    max_queue: Annotated[int, msgspec.Meta(ge=0, le=100_000)] = 16
+    queue_timeout: Positive = 30.0
+    probe_interval: Annotated[float, msgspec.Meta(ge=0.05, le=3600)] = 10.0
+    probe_timeout: Positive = 2.0
+    expose_models: bool = True
+    ejection: EjectionConfig = msgspec.field(default_factory=EjectionConfig)
+    timeouts: Timeouts = msgspec.field(default_factory=Timeouts)
+
+
+class ModelRouterConfig(_Config, kw_only=True):
+    """A virtual model name that picks one of ``models`` per request, by ``policy``:
+    ``cheapest`` (the lowest configured price among those with a healthy deployment),
+    ``fastest`` (the lowest measured time to first token), ``local_first`` (models
+    served by Ollama or a pool before cloud ones, else in the order listed). The
+    others follow as fallbacks, in the same order."""
+
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+    policy: Literal["cheapest", "fastest", "local_first"]
+    models: Annotated[list[str], msgspec.Meta(min_length=1, max_length=100)]
 
 
 # Limits are counted exactly by both limiters: Redis runs them as Lua doubles (exact to
@@ -604,6 +686,8 @@ class Settings(_Config, kw_only=True):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     models: list[ModelConfig] = msgspec.field(default_factory=list)
     routing: RoutingConfig = msgspec.field(default_factory=RoutingConfig)
+    pools: dict[PoolName, PoolConfig] = msgspec.field(default_factory=dict)
+    model_router: list[ModelRouterConfig] = msgspec.field(default_factory=list)
     discover_ollama: list[str] | None = None
     mock_model: bool | None = None
     database_url: str = "sqlite+aiosqlite:///./data/relaygate.db"
@@ -629,12 +713,14 @@ class Settings(_Config, kw_only=True):
         """Ollama servers whose models are added at start (default: local, when no models)."""
         if self.discover_ollama is not None:
             return self.discover_ollama
-        return [] if self.models else [DEFAULT_OLLAMA_URL]
+        return [] if self.models or self.pools else [DEFAULT_OLLAMA_URL]
 
     @property
     def serves_mock(self) -> bool:
         """Whether the development model ``mock`` is served (default: when no models)."""
-        return self.mock_model if self.mock_model is not None else not self.models
+        if self.mock_model is not None:
+            return self.mock_model
+        return not self.models and not self.pools
 
 
 def load_settings(
@@ -859,13 +945,21 @@ def _check(settings: Settings, lines: Lines, source: str | None) -> None:
             raise ConfigError(msg, source=source, line=_line_of(("models", i, "name"), lines))
         names[model.name] = i
         for j, dep in enumerate(model.deployments):
-            _check_deployment(dep, ("models", i, "deployments", j), lines, source)
+            where: tuple[str | int, ...] = ("models", i, "deployments", j)
+            if dep.nodes is not None:
+                _own_pool(settings, model.name, dep, where, lines, source)
+            if dep.pool is not None:
+                _check_pooled(settings, dep, where, lines, source)
+            else:
+                _check_deployment(dep, where, lines, source)
     for i, model in enumerate(settings.models):
         for k, fallback in enumerate(model.fallbacks):
             if fallback not in names or fallback == model.name:
                 path: tuple[str | int, ...] = ("models", i, "fallbacks", k)
                 msg = f"{_dotted(path)}: fallback {fallback!r} is not another configured model"
                 raise ConfigError(msg, source=source, line=_line_of(path, lines))
+    _check_pools(settings, lines, source)
+    _check_model_router(settings, names, lines, source)
     _check_access(settings, lines, source)
     _check_cors(settings.cors, lines, source)
     _check_ops(settings, lines, source)
@@ -878,6 +972,107 @@ def _check(settings: Settings, lines: Lines, source: str | None) -> None:
             raise ConfigError(
                 f"{_dotted(path)}: {error}", source=source, line=_line_of(path, lines)
             )
+
+
+def _check_pooled(
+    settings: Settings,
+    dep: DeploymentConfig,
+    path: tuple[str | int, ...],
+    lines: Lines,
+    source: str | None,
+) -> None:
+    """A deployment on a pool names a configured pool of its own provider, and no URL."""
+    pool = settings.pools.get(dep.pool or "")
+    problem = None
+    if pool is None:
+        known = ", ".join(sorted(settings.pools)) or "none configured"
+        problem = f"pool: no pool named {dep.pool!r} (pools: {known})"
+    elif pool.provider != dep.provider:
+        problem = f"provider: pool {dep.pool!r} is of provider {pool.provider!r}"
+    elif dep.base_url is not None:
+        problem = "base_url: a deployment on a pool takes its nodes' URLs; remove base_url"
+    if problem:
+        raise ConfigError(f"{_dotted(path)}.{problem}", source=source, line=_line_of(path, lines))
+
+
+def _own_pool(
+    settings: Settings,
+    model: str,
+    dep: DeploymentConfig,
+    path: tuple[str | int, ...],
+    lines: Lines,
+    source: str | None,
+) -> None:
+    """A deployment's ``nodes``: a pool of their own (named after the model), which
+    serves this model only; the pool's other settings are the defaults."""
+    problem = None
+    if dep.pool is not None or dep.base_url is not None:
+        problem = "nodes: give nodes, or a pool, or a base_url; not more than one"
+    elif dep.provider not in ("ollama", "openai"):
+        problem = f"nodes: provider {dep.provider!r} cannot have nodes (ollama or openai can)"
+    for k, node in enumerate(dep.nodes or ()):
+        if problem is None and (error := _url_problem(node.base_url)):
+            problem = f"nodes[{k}].base_url: {error}"
+    if problem:
+        raise ConfigError(f"{_dotted(path)}.{problem}", source=source, line=_line_of(path, lines))
+    base = re.sub(r"[^A-Za-z0-9._-]+", "-", model).strip("-._")[:56] or "model"
+    name, n = base, 1
+    while name in settings.pools:
+        n += 1
+        name = f"{base}-{n}"
+    settings.pools[name] = PoolConfig(
+        provider=dep.provider,  # type: ignore[arg-type]  # checked just above
+        nodes=list(dep.nodes or ()),
+        expose_models=False,
+        timeouts=dep.timeouts,
+    )
+    dep.pool = name
+
+
+def _check_pools(settings: Settings, lines: Lines, source: str | None) -> None:
+    """Node URLs, unique node names (they are metric labels), ejection times in order."""
+    for name, pool in settings.pools.items():
+        seen: set[str] = set()
+        for k, node in enumerate(pool.nodes):
+            path: tuple[str | int, ...] = ("pools", name, "nodes", k)
+            if node.name is None:
+                node.name = f"node-{k + 1}"
+            error = _url_problem(node.base_url)
+            if error is None and node.name in seen:
+                error = f"duplicate node name {node.name!r}"
+            if error:
+                raise ConfigError(
+                    f"pools.{name}.nodes[{k}]: {error}", source=source, line=_line_of(path, lines)
+                )
+            seen.add(node.name)
+        ejection = pool.ejection
+        if ejection.max_ejection_time < ejection.base_ejection_time:
+            path = ("pools", name, "ejection", "max_ejection_time")
+            msg = f"pools.{name}.ejection.max_ejection_time: less than base_ejection_time"
+            raise ConfigError(msg, source=source, line=_line_of(path, lines))
+
+
+def _check_model_router(
+    settings: Settings, names: dict[str, int], lines: Lines, source: str | None
+) -> None:
+    """Virtual names are new names; their members are configured models, or, when a pool
+    exposes its nodes' models, may be one of those (checked as they are discovered)."""
+    exposed = any(pool.expose_models for pool in settings.pools.values())
+    virtual: set[str] = set()
+    for i, entry in enumerate(settings.model_router):
+        path: tuple[str | int, ...] = ("model_router", i, "name")
+        problem = None
+        if entry.name in names or entry.name in virtual:
+            problem = f"{entry.name!r} is already a model name"
+        for k, member in enumerate(entry.models):
+            if problem is None and member not in names and not exposed:
+                path = ("model_router", i, "models", k)
+                problem = f"{member!r} is not a configured model"
+        if problem:
+            raise ConfigError(
+                f"{_dotted(path)}: {problem}", source=source, line=_line_of(path, lines)
+            )
+        virtual.add(entry.name)
 
 
 def _check_tasks(settings: Settings, lines: Lines, source: str | None) -> None:

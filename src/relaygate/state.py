@@ -83,6 +83,21 @@ class AppState:
         """
         return list(self.router.models.values())
 
+    def observe_nodes(self, *_: object) -> None:
+        """Every pool node's figures into the metrics: after each probe, and at a scrape."""
+        for pool in self.router.pools.values():
+            for node in pool.nodes:
+                self.metrics.node(
+                    pool.name,
+                    node.name,
+                    up=node.state == "healthy",
+                    in_flight=node.in_flight,
+                    queued=node.queued,
+                    ttft=node.ewma_ttft,
+                    models=len(node.models),
+                    loaded=len(node.loaded),
+                )
+
     async def keys_changed(self, key_ids: list[str]) -> None:
         """After a key or tenant changed: drop it here, and tell every other worker."""
         self.auth.invalidate(key_ids)
@@ -107,7 +122,7 @@ async def open_state(settings: Settings, log: logging.Logger) -> AppState:
     auth = Authenticator(
         settings.auth, identity, log, jwt=_jwt_check(jwt) if jwt else None, pubsub=bool(client)
     )
-    router = await build_router(settings, log)
+    router = await build_router(settings, log, client)
     keys = {key for m in router.models.values() for d in m.deployments for key in d.known_secrets}
     # Provider keys and the task webhook's shared secret, scrubbed from every log line.
     install_log_scrubber(log, [*keys, settings.tasks.webhook.secret])
@@ -156,6 +171,11 @@ async def open_state(settings: Settings, log: logging.Logger) -> AppState:
             )
             state.cache.publish = state.cache_events.publish_text
             state.cache_events.start()
+    for prober in router.probers:
+        prober.after_tick.append(state.observe_nodes)
+    for pool in router.pools.values():
+        pool.on_eject.append(lambda node: metrics.node_ejected(node.pool, node.name))
+    state.observe_nodes()
     auth.start()
     state.responses.start()
     return state

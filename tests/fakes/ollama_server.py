@@ -21,16 +21,23 @@ docs/api.md:
 * empty ``messages`` (chat) / empty ``prompt`` (generate) just load the model
   (``done_reason: "load"``, or ``"unload"`` with ``keep_alive: 0``) and consume no script.
 
+For pools of nodes: ``models`` and ``loaded`` may be changed while it runs (a pull, a
+load); ``service_time`` adds a fixed time to every inference answer, ``max_concurrency``
+answers that many at once and queues the rest (as Ollama's ``OLLAMA_NUM_PARALLEL``
+does), ``served`` counts inference answers begun, and ``restart()`` listens again on
+the same port after ``close()`` (a node that was switched off and on).
+
 Request fields such as ``options``, ``tools``, ``format``, ``keep_alive``, ``images`` are
 recorded untouched in ``requests`` (``options.num_predict`` also caps the reply length).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -87,10 +94,43 @@ class FakeOllama(FakeServer):
         api_key: str | None = None,
         embedding_dim: int = 8,
         version: str = "0.12.6",
+        service_time: float = 0.0,
+        max_concurrency: int | None = None,
+        loaded: Sequence[str] = (),
     ) -> None:
         super().__init__(models, api_key=api_key, embedding_dim=embedding_dim)
         self.version = version
-        self.loaded: list[str] = []  # what /api/ps lists
+        self.loaded: list[str] = list(loaded)  # what /api/ps lists
+        self.service_time = service_time
+        self.max_concurrency = max_concurrency
+        self.served = 0  # inference answers begun (after any wait for a slot)
+        self._slots: asyncio.Semaphore | None = None
+
+    async def _inference(
+        self,
+        request: web.Request,
+        script: Script,
+        produce: Callable[[Flight], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        """The scripted answer, behind the concurrency cap and after the service time."""
+
+        async def served(flight: Flight) -> web.StreamResponse:
+            if self.max_concurrency is None:
+                return await self._serve_one(flight, produce)
+            if self._slots is None:
+                self._slots = asyncio.Semaphore(self.max_concurrency)
+            async with self._slots:
+                return await self._serve_one(flight, produce)
+
+        return await super()._inference(request, script, served)
+
+    async def _serve_one(
+        self, flight: Flight, produce: Callable[[Flight], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        self.served += 1
+        if self.service_time > 0:
+            await asyncio.sleep(self.service_time)
+        return await produce(flight)
 
     # -- plumbing -----------------------------------------------------------------------------
 

@@ -334,7 +334,8 @@ class FakeServer:
         async with asyncio.timeout(seconds):
             await self.client_gone.wait()
 
-    async def start(self) -> None:
+    async def start(self, port: int = 0) -> None:
+        """Listen on ``port`` (0: a free one)."""
         if self._runner is not None:
             return
         self._closing = False
@@ -345,7 +346,7 @@ class FakeServer:
         )
         await runner.setup()
         try:
-            site = web.TCPSite(runner, "127.0.0.1", 0)
+            site = web.TCPSite(runner, "127.0.0.1", port)
             await site.start()
             self._port = int(runner.addresses[0][1])
         except BaseException:
@@ -368,6 +369,10 @@ class FakeServer:
                 async with asyncio.timeout(_CLOSE_GRACE):
                     await self._drained.wait()
         await runner.cleanup()
+
+    async def restart(self) -> None:
+        """Listen again on the port it had before ``close()`` (a node that came back)."""
+        await self.start(self.port)
 
     async def __aenter__(self) -> Self:
         await self.start()

@@ -157,6 +157,19 @@ async def test_models_missing_on_the_upstreams(doctor: Doctor) -> None:
     assert line.startswith("FAIL") and "'llama3.2'" in line and "ollama pull llama3.2" in line
 
 
+async def test_each_pool_node_is_checked(doctor: Doctor) -> None:
+    down = closed_port_url("")
+    async with FakeOllama(models=["llama3.2:1b", "phi3:mini"]) as up:
+        nodes = [{"name": "mac", "base_url": up.base_url}, {"name": "pc", "base_url": down}]
+        code, lines, _ = await doctor(pools={"home": {"nodes": nodes}})
+    assert code == 1
+    line = only(lines, f"node mac of pool home {up.base_url}")
+    assert line.startswith("OK") and "2 models present" in line
+    line = only(lines, f"node pc of pool home {down}")
+    assert line.startswith("FAIL") and "unreachable" in line
+    assert "pools.home.nodes[1].base_url" in line
+
+
 async def test_outbox_that_cannot_be_created(doctor: Doctor) -> None:
     # Tests run as root, which ignores permission bits: nothing can be created under a file.
     blocker = doctor.folder / "a-file"

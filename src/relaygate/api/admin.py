@@ -29,6 +29,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from relaygate.api.admin_deployments import DeploymentsAdminAPI
+from relaygate.api.admin_nodes import NodesAdminAPI
 from relaygate.api.admin_usage import UsageAdminAPI
 from relaygate.api.http import decode_json_object
 from relaygate.api.shapes import error_renderer_for, internal_error
@@ -632,6 +633,7 @@ def build_admin_app(state: AppState) -> Starlette:
         "/admin/usage/export.csv": {"GET": (usage.export, True)},
         "/admin/cache": {"GET": (usage.cache_stats, True), "DELETE": (usage.cache_clear, True)},
         "/admin/deployments": {"GET": (DeploymentsAdminAPI(state).deployments, True)},
+        "/admin/nodes": {"GET": (NodesAdminAPI(state).nodes, True)},
         "/auth/create-key": {"POST": (api.seed_create_key, True)},
         "/api/keys": {"GET": (api.seed_list_keys, False), "POST": (api.seed_create_api_key, True)},
         "/api/keys/{key_id}": {

@@ -32,25 +32,25 @@ class DeploymentsAdminAPI:
         self.state = state
 
     async def deployments(self, request: Request, principal: Principal) -> Response:
-        now = time.monotonic()
+        now, router = time.monotonic(), self.state.router
         models = [
             {
                 "model": model.name,
-                "deployments": [_deployment(d, now) for d in model.deployments],
+                "deployments": [_deployment(d, router.state_of(d, now)) for d in model.deployments],
             }
-            for model in self.state.router.models.values()
+            for model in router.models.values()
         ]
         body = {"object": "list", "data": models}
         return Response(msgspec.json.encode(body), media_type="application/json")
 
 
-def _deployment(deployment: Deployment, now: float) -> dict[str, Any]:
+def _deployment(deployment: Deployment, state: str) -> dict[str, Any]:
     health = deployment.health
     at = health.last_error_at
     return {
         "name": deployment.name,
         "provider": deployment.provider_name,
-        "state": health.state(now),
+        "state": state,  # a pooled one: "healthy" while a node with the model is
         "consecutive_failures": health.failures,
         "last_error_class": health.last_error_kind or None,
         "last_error": health.last_error or None,  # scrubbed when it was recorded

@@ -44,6 +44,7 @@ from relaygate.errors import (
     UpstreamTimeout,
 )
 from relaygate.providers.ollama import OllamaProvider
+from relaygate.routing.pools import NodeProvider
 from relaygate.schema.requests import ModelName
 
 if TYPE_CHECKING:
@@ -134,11 +135,13 @@ class OllamaMeta:
         model = next((m for m in state.models_for(principal) if m.name == name), None)
         if model is None:
             raise NotFound(f"model '{name}' not found")
-        return await _show(model, request.verbose)
+        now = time.monotonic()
+        return await _show(model, _ollama_nodes(state, model, now), request.verbose)
 
     async def _ps(self, scope: Scope) -> JSON:
         principal = await self.state.auth.authenticate(scope)
-        nodes = _nodes(self.state.models_for(principal))
+        now, state = time.monotonic(), self.state
+        nodes = _nodes([(m, _ollama_nodes(state, m, now)) for m in state.models_for(principal)])
         answers = await asyncio.gather(*(self._running(d) for d, _ in nodes))
         listed = [
             {"name": public, "model": public, **{k: entry[k] for k in _PS_FIELDS if k in entry}}
@@ -150,8 +153,8 @@ class OllamaMeta:
 
     async def _running(self, deployment: Deployment) -> list[JSON]:
         """One node's running models; a node that fails is left out (and logged)."""
-        provider = deployment.provider
-        assert isinstance(provider, OllamaProvider)
+        provider = _ollama(deployment)
+        assert provider is not None
         try:
             return await _bounded(deployment, provider.running(deployment), "/api/ps")
         except UpstreamError as exc:
@@ -174,18 +177,32 @@ def _show_request(raw: bytes) -> ShowRequest:
     return request
 
 
-async def _show(model: Model, verbose: bool) -> JSON:
+def _ollama(deployment: Deployment) -> OllamaProvider | None:
+    """The Ollama adapter a deployment calls (a pool node's, behind its slots), if any."""
+    provider = deployment.provider
+    if isinstance(provider, NodeProvider):
+        provider = provider.inner
+    return provider if isinstance(provider, OllamaProvider) else None
+
+
+def _ollama_nodes(state: AppState, model: Model, now: float) -> list[Deployment]:
+    """The Ollama servers behind ``model``, healthy first: its own deployments, and for
+    a deployment on a pool, each node that has the model now."""
+    found = state.router.reachable(model, now)
+    found += [d for d in model.deployments if d.pool is None and d not in found]
+    found.sort(key=lambda d: not d.health.available(now))
+    return [d for d in found if _ollama(d) is not None]
+
+
+async def _show(model: Model, nodes: list[Deployment], verbose: bool) -> JSON:
     """The node's answer for an Ollama-served model (healthy nodes first), else the
     gateway's own; the last node's error when every node failed."""
-    now = time.monotonic()
-    nodes = [d for d in model.deployments if isinstance(d.provider, OllamaProvider)]
     if not nodes:
         return _known(model)
-    nodes.sort(key=lambda d: not d.health.available(now))
     last: UpstreamError | None = None
     for deployment in nodes:
-        provider = deployment.provider
-        assert isinstance(provider, OllamaProvider)
+        provider = _ollama(deployment)
+        assert provider is not None
         try:
             reply = await _bounded(deployment, provider.show(deployment, verbose), "/api/show")
         except UpstreamError as exc:
@@ -249,14 +266,16 @@ def public_modelfile(modelfile: str, upstream: str, public: str) -> str:
     return line.sub(lambda m: m.group(1) + public, modelfile)  # the name as is, never a template
 
 
-def _nodes(models: list[Model]) -> list[tuple[Deployment, dict[str, list[str]]]]:
+def _nodes(
+    models: list[tuple[Model, list[Deployment]]],
+) -> list[tuple[Deployment, dict[str, list[str]]]]:
     """Each Ollama node the models use, once: a deployment to ask it through, and its
     (canonical) upstream model names -> the public names that reach them."""
     found: dict[str, tuple[Deployment, dict[str, list[str]]]] = {}
-    for model in models:
-        for deployment in model.deployments:
-            provider = deployment.provider
-            if not isinstance(provider, OllamaProvider):
+    for model, deployments in models:
+        for deployment in deployments:
+            provider = _ollama(deployment)
+            if provider is None:
                 continue
             _, names = found.setdefault(provider.base_url, (deployment, {}))
             public = names.setdefault(_canonical(deployment.upstream_model), [])

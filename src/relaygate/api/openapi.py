@@ -455,6 +455,18 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         '"last_error_at"}]}]}`: the error text is scrubbed of secrets; /ready shows only the '
         "class.",
     ),
+    ("GET", "/admin/nodes"): Operation(
+        "Model nodes: models, load, health",
+        "Admin",
+        auth="admin",
+        errors=(401, 403),
+        answer='`{"object": "list", "data": [{"pool", "node", "address", "state", "reason", '
+        '"models", "loaded", "in_flight", "queued", "max_concurrency", "max_queue", '
+        '"ttft_ewma_ms", "consecutive_failures", "ejections", "ejected_for_s", '
+        '"last_error_class", "last_error", "last_probe_at"}], "pools": [{"pool", "provider", '
+        '"balance", "nodes", "ejected", "max_ejection_percent"}]}`: state is healthy, down, '
+        "ejected or unknown, and reason says why; see docs/nodes.md.",
+    ),
     ("GET", "/admin/usage"): Operation(
         "Usage report",
         "Admin",

@@ -36,18 +36,19 @@ class OpsAPI:
         now = time.monotonic()
         models = {}
         serving = 0
-        for model in self.state.router.models.values():
+        router = self.state.router
+        for model in router.models.values():
             deployments = [
                 {
                     "name": d.name,
                     "provider": d.provider_name,
-                    "state": d.health.state(now),
+                    "state": router.state_of(d, now),
                     "consecutive_failures": d.health.failures,
                     **_error_class(d.health.last_error_kind),
                 }
                 for d in model.deployments
             ]
-            ok = any(d.health.available(now) for d in model.deployments)
+            ok = router.servable(model, now)
             serving += ok
             models[model.name] = {"ready": ok, "deployments": deployments}
         ready = serving > 0 and not self.state.draining
@@ -62,6 +63,7 @@ class OpsAPI:
     async def metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not await self._allowed(scope, send):
             return
+        self.state.observe_nodes()  # this worker's pool nodes, as of now
         body = self.state.metrics.render()
         await send_bytes(
             send, 200, body, new_request_id(), content_type=CONTENT_TYPE_LATEST.encode()

@@ -55,7 +55,8 @@ class Admission:
         self.settings = settings
         self.limiter = limiter
         self.primer = primer
-        self.pricing = Pricing(settings.usage, settings.models)
+        virtual = {entry.name: entry.models for entry in settings.model_router}
+        self.pricing = Pricing(settings.usage, settings.models, virtual)
         self._effective: dict[tuple[str, LimitSet | None], LimitSet] = {}
 
     def _tier(self, name: str | None) -> TierConfig:

@@ -1,10 +1,12 @@
-"""Prometheus metrics: requests, latency, time to first byte, upstream errors, in-flight.
+"""Prometheus metrics: requests, latency, time to first byte, upstream errors, in-flight,
+and per pool node: up, in flight, queued, time to first token, models, ejections.
 
 Labels are bounded: ``model`` is a configured model name or ``unknown`` (never
 whatever a client typed), ``deployment`` is a deployment's safe name, never a
-URL or a key. With several workers, prometheus-client's multiprocess mode is
-used: the CLI points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh directory before
-the workers start, and /metrics aggregates every worker's files.
+URL or a key; ``pool`` and ``node`` are configured names. With several workers,
+prometheus-client's multiprocess mode is used: the CLI points
+``PROMETHEUS_MULTIPROC_DIR`` at a fresh directory before the workers start, and
+/metrics aggregates every worker's files.
 """
 
 from __future__ import annotations
@@ -99,6 +101,32 @@ class Metrics:
             "relaygate_cache_memory_entries", "Entries held by the in-process cache tier.",
             registry=r, multiprocess_mode="livesum",
         )  # fmt: skip
+        self.node_up = Gauge(
+            "relaygate_node_up",
+            "1 while a pool node is healthy (routed to), 0 while down, ejected or unknown.",
+            ["pool", "node"], registry=r, multiprocess_mode="max",
+        )  # fmt: skip
+        self.node_in_flight = Gauge(
+            "relaygate_node_in_flight", "Requests a pool node is answering now.",
+            ["pool", "node"], registry=r, multiprocess_mode="livesum",
+        )  # fmt: skip
+        self.node_queued = Gauge(
+            "relaygate_node_queued", "Requests waiting for a slot on a pool node.",
+            ["pool", "node"], registry=r, multiprocess_mode="livesum",
+        )  # fmt: skip
+        self.node_ttft = Gauge(
+            "relaygate_node_ttft_seconds",
+            "A pool node's time to first token, an exponentially weighted moving average.",
+            ["pool", "node"], registry=r, multiprocess_mode="max",
+        )  # fmt: skip
+        self.node_models = Gauge(
+            "relaygate_node_models", "Models a pool node has (loaded: in memory now).",
+            ["pool", "node", "loaded"], registry=r, multiprocess_mode="max",
+        )  # fmt: skip
+        self.node_ejections = Counter(
+            "relaygate_node_ejections", "Times a pool node was ejected by outlier detection.",
+            ["pool", "node"], registry=r,
+        )  # fmt: skip
         self._children: dict[tuple[Any, ...], Any] = {}
 
     def _child(self, metric: Any, *labels: str) -> Any:
@@ -135,6 +163,30 @@ class Metrics:
     def cache_memory(self, size: int, entries: int) -> None:
         self.cache_memory_bytes.set(size)
         self.cache_memory_entries.set(entries)
+
+    def node(
+        self,
+        pool: str,
+        node: str,
+        *,
+        up: bool,
+        in_flight: int,
+        queued: int,
+        ttft: float | None,
+        models: int,
+        loaded: int,
+    ) -> None:
+        """One pool node's figures (names are configured ones: bounded labels)."""
+        self._child(self.node_up, pool, node).set(1 if up else 0)
+        self._child(self.node_in_flight, pool, node).set(in_flight)
+        self._child(self.node_queued, pool, node).set(queued)
+        if ttft is not None:
+            self._child(self.node_ttft, pool, node).set(ttft)
+        self._child(self.node_models, pool, node, "false").set(models)
+        self._child(self.node_models, pool, node, "true").set(loaded)
+
+    def node_ejected(self, pool: str, node: str) -> None:
+        self._child(self.node_ejections, pool, node).inc()
 
     def render(self) -> bytes:
         """The exposition text, every worker's figures included."""

@@ -100,6 +100,13 @@ class OllamaProvider:
             body = _decode(await response.read())
         return [str(m.get("name") or m.get("model")) for m in body.get("models", [])]
 
+    async def running_models(self) -> list[str]:
+        """Names of the models the server has loaded now (its /api/ps), for discovery."""
+        async with self._session.get(self.base_url + "/api/ps") as response:
+            response.raise_for_status()
+            body = _decode(await response.read())
+        return [str(m.get("name") or m.get("model")) for m in body.get("models", [])]
+
     async def show(self, deployment: Upstream, verbose: bool) -> JSON:
         """The node's /api/show of the deployment's upstream model, as the node answers it."""
         body: JSON = {"model": deployment.upstream_model}

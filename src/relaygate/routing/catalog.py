@@ -1,7 +1,10 @@
-"""Builds the model table at start: configured models, discovered Ollama models, ``mock``.
+"""Builds the model table at start: configured models, pools of nodes and the models
+their nodes have, virtual models (``model_router``), discovered Ollama models, ``mock``.
 
 Each upstream (provider and base URL) gets one pooled keep-alive aiohttp
 session, shared by every model it serves, created here and closed at shutdown.
+A pool's models change while the gateway runs: its prober (routing/discovery.py)
+tells the router, which adds and removes them (``_Exposer``).
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -23,9 +26,22 @@ from relaygate.providers.mock import MockProvider
 from relaygate.providers.ollama import OllamaProvider
 from relaygate.providers.openai import OpenAIProvider
 from relaygate.providers.openwebui import OpenWebUIProvider
+from relaygate.routing.discovery import HttpMember, MemoryNodeStore, NodeStore, Prober
 from relaygate.routing.health import Health
+from relaygate.routing.pools import Pool, PoolProvider
 from relaygate.routing.router import Deployment, Model, Router
-from relaygate.settings import DeploymentConfig, ModelConfig, RoutingConfig, Settings, Timeouts
+from relaygate.settings import (
+    DeploymentConfig,
+    ModelConfig,
+    PoolConfig,
+    RoutingConfig,
+    Settings,
+    Timeouts,
+)
+from relaygate.usage.accounting import LOCAL_PROVIDERS, Pricing
+
+if TYPE_CHECKING:
+    import redis.asyncio as redis
 
 __all__ = ["build_router", "close_providers"]
 
@@ -69,6 +85,8 @@ class _Pools:
         self.policy = policy
         self.providers: dict[tuple[str, str, Options], Provider] = {}
         self.mock = MockProvider()
+        self.pools: dict[str, Pool] = {}
+        self.pool_providers: dict[str, PoolProvider] = {}
 
     def get(
         self,
@@ -88,8 +106,12 @@ class _Pools:
         return existing
 
 
-def new_session(max_connections: int) -> aiohttp.ClientSession:
-    """A pooled keep-alive client for one upstream."""
+def new_session(max_connections: int, api_key: str | None = None) -> aiohttp.ClientSession:
+    """A pooled keep-alive client for one upstream (a node's key, when it has one, is
+    sent by its model listing too)."""
+    headers = {"User-Agent": f"relaygate/{__version__}"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
     connector = aiohttp.TCPConnector(
         limit=max_connections, limit_per_host=0, keepalive_timeout=30, ttl_dns_cache=300
     )
@@ -97,13 +119,19 @@ def new_session(max_connections: int) -> aiohttp.ClientSession:
         connector=connector,
         timeout=aiohttp.ClientTimeout(total=None),
         read_bufsize=256 * 1024,
-        headers={"User-Agent": f"relaygate/{__version__}"},
+        headers=headers,
         trust_env=False,
     )
 
 
-async def build_router(settings: Settings, log: logging.Logger) -> Router:
+async def build_router(
+    settings: Settings, log: logging.Logger, client: redis.Redis | None = None
+) -> Router:
+    """The model table; pools are probed once (each node within its probe_timeout)
+    before the gateway serves, then in the background."""
     pools = _Pools(settings.routing)
+    for name, config in settings.pools.items():
+        pools.pools[name] = _pool(name, config, settings.routing)
     models = [_model(config, pools) for config in settings.models]
     known = {m.name for m in models}
     for url in settings.ollama_discovery_urls:
@@ -112,11 +140,107 @@ async def build_router(settings: Settings, log: logging.Logger) -> Router:
             known.add(model.name)
     if settings.serves_mock and "mock" not in known:
         models.append(_mock_model(pools))
+    models += [_virtual(entry.name, entry.policy, entry.models) for entry in settings.model_router]
     deployments = [d for m in models for d in m.deployments]
-    keys = tuple(sorted({d.api_key for d in deployments if d.api_key}))
+    node_keys = {n.api_key for p in pools.pools.values() for n in p.nodes if n.api_key}
+    keys = tuple(sorted({d.api_key for d in deployments if d.api_key} | node_keys))
     for deployment in deployments:
         deployment.known_secrets = keys
-    return Router(models, settings.routing)
+    router = Router(models, settings.routing, pools.pools, _prices(settings))
+    store: NodeStore = MemoryNodeStore()
+    if client is not None:
+        from relaygate.routing.discovery import RedisNodeStore
+
+        store = RedisNodeStore(client, settings.redis_prefix, log)
+    for pool in pools.pools.values():
+        exposer = _Exposer(router, pools, keys, settings.pools[pool.name])
+        pool.on_change.append(exposer)
+        prober = Prober(pool, store, log)
+        await prober.tick()
+        exposer(pool)
+        prober.start()
+        router.probers.append(prober)
+    return router
+
+
+def _pool(name: str, config: PoolConfig, routing: RoutingConfig) -> Pool:
+    pool = Pool(name, config, routing)
+    adapter = _ADAPTERS[config.provider]
+    for node in config.nodes:
+        assert node.name is not None  # named by load_settings
+        session = new_session(DeploymentConfig(provider="ollama").max_connections, node.api_key)
+        provider = adapter(node.base_url.rstrip("/"), session)
+        member = HttpMember(node.name, config.provider, node.base_url, provider)
+        pool.add(
+            member,
+            weight=node.weight,
+            max_concurrency=node.max_concurrency,
+            max_queue=node.max_queue,
+            api_key=node.api_key,
+        )
+    return pool
+
+
+class _Exposer:
+    """Makes a pool's models public as nodes gain them, and drops those no node has."""
+
+    def __init__(
+        self, router: Router, pools: _Pools, keys: tuple[str, ...], config: PoolConfig
+    ) -> None:
+        self.router, self.pools, self.keys, self.config = router, pools, keys, config
+
+    def __call__(self, pool: Pool) -> None:
+        self.router.prune(pool)
+        if not self.config.expose_models:
+            return
+        have = pool.models()
+        router = self.router
+        for name in sorted(have - set(router.models)):
+            deployment = _pooled(
+                name,
+                0,
+                DeploymentConfig(
+                    provider=self.config.provider, pool=pool.name, timeouts=self.config.timeouts
+                ),
+                self.pools,
+                1,
+            )
+            deployment.known_secrets = self.keys
+            router.add(Model(name, [deployment], owned_by=pool.name, discovered_in=pool.name))
+        for model in list(router.models.values()):
+            if model.discovered_in == pool.name and model.name not in have:
+                router.remove(model.name)
+
+
+def _virtual(name: str, policy: str, members: list[str]) -> Model:
+    return Model(
+        name,
+        [],
+        list(members),
+        owned_by="relaygate-router",
+        policy=policy,
+        description=f"Chooses among {', '.join(members)}: {policy.replace('_', ' ')}.",
+    )
+
+
+def _prices(settings: Settings) -> dict[str, float]:
+    """Each configured model's cheapest deployment, input plus output per million tokens
+    (local ones 0): what the ``cheapest`` policy compares."""
+    pricing = Pricing(settings.usage, settings.models)
+    found: dict[str, float] = {}
+    for model in settings.models:
+        count = len(model.deployments)
+        costs = []
+        for index, dep in enumerate(model.deployments):
+            name = model.name if count == 1 else f"{model.name}#{index + 1}"
+            price = (
+                None
+                if dep.provider in LOCAL_PROVIDERS
+                else pricing.price(model.name, dep.provider, name)
+            )
+            costs.append(0.0 if price is None else price.input + price.output)
+        found[model.name] = min(costs)
+    return found
 
 
 def _model(config: ModelConfig, pools: _Pools) -> Model:
@@ -131,13 +255,16 @@ def _model(config: ModelConfig, pools: _Pools) -> Model:
             list(config.fallbacks),
             owned_by="relaygate-development",
             description=MOCK_DESCRIPTION,
+            order=config.order,
         )
-    return Model(config.name, deployments, list(config.fallbacks))
+    return Model(config.name, deployments, list(config.fallbacks), order=config.order)
 
 
 def _deployment(
     model: str, index: int, config: DeploymentConfig, pools: _Pools, count: int
 ) -> Deployment:
+    if config.pool is not None:
+        return _pooled(model, index, config, pools, count)
     name = model if count == 1 else f"{model}#{index + 1}"
     return Deployment(
         name=name,
@@ -150,6 +277,29 @@ def _deployment(
         health=Health(pools.policy),
         api_key=config.api_key,
         chunk_delay=config.chunk_delay,
+    )
+
+
+def _pooled(
+    model: str, index: int, config: DeploymentConfig, pools: _Pools, count: int
+) -> Deployment:
+    """A deployment on a pool: the router turns it into one per node that has the model."""
+    assert config.pool is not None
+    pool = pools.pools[config.pool]
+    provider = pools.pool_providers.get(pool.name)
+    if provider is None:
+        provider = pools.pool_providers[pool.name] = PoolProvider(pool)
+    return Deployment(
+        name=model if count == 1 else f"{model}#{index + 1}",
+        model=model,
+        provider=provider,
+        provider_name=config.provider,
+        upstream_model=config.model or model,
+        weight=config.weight,
+        timeouts=config.timeouts,
+        health=Health(pools.policy),
+        chunk_delay=config.chunk_delay,
+        pool=pool,
     )
 
 
@@ -189,6 +339,11 @@ def _safe(url: str) -> str:
 
 
 async def close_providers(router: Router) -> None:
+    for prober in router.probers:
+        await prober.aclose()
+    for pool in router.pools.values():
+        for node in pool.nodes:
+            await node.member.aclose()
     seen: set[int] = set()
     for model in router.models.values():
         for deployment in model.deployments:

@@ -145,9 +145,16 @@ class Pricing:
     no price at all costs 0.
     """
 
-    def __init__(self, config: UsageConfig, models: Sequence[ModelConfig] = ()) -> None:
+    def __init__(
+        self,
+        config: UsageConfig,
+        models: Sequence[ModelConfig] = (),
+        virtual: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
         self.config = config
         self._models = {m.name: m for m in models}
+        # a virtual model (model_router) may be served by any of its members
+        self._virtual = dict(virtual or {})
         # model -> its ceiling: admission asks for every request, and the answer depends
         # on the configuration alone (bounded by the model names the router accepts)
         self._ceilings: dict[str, Price | None] = {}
@@ -180,7 +187,8 @@ class Pricing:
         return self._listed(model, model)
 
     def ceiling(self, model: str) -> Price | None:
-        """The dearest price any deployment of ``model`` or its fallbacks may charge:
+        """The dearest price any deployment of ``model``, its fallbacks or (for a virtual
+        model) its members may charge:
         what admission reserves before it knows which one will answer."""
         try:
             return self._ceilings[model]
@@ -197,6 +205,9 @@ class Pricing:
             if name in seen:
                 continue
             seen.add(name)
+            if name in self._virtual:
+                pending.extend(self._virtual[name])
+                continue
             entry = self._models.get(name)
             if entry is None:
                 if (price := self.price(name, None, None)) is not None:
