@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import loadgen
+from . import loadgen, procs
 from .common import (
     CHAT,
     CHAT_BODY,
@@ -128,16 +128,29 @@ def throughput(sec: Section, opts: Options) -> None:
         "",
     ]
     lines: list[str] = []
+    per_request: dict[str, float] = {}
     rows = [("direct → nginx", _wrk(opts, DIRECT, 32))]
     for workers in () if opts.direct_only else (1, 2):
         with Gateway(opts, workers, redis=workers > 1) as gw:
             check_gateway(opts, gw)
             label = f"via relaygate, {workers} worker{'s' if workers > 1 else ''}"
             label += ", Redis limits" if workers > 1 else ", memory limits"
-            rows.append((label, _wrk(opts, VIA, 32)))
+            script = _chat_script(opts)
+            loadgen.wrk(VIA + CHAT, script, 1, 8, opts.warmup_s)  # warm-up, not reported
+            before = procs.tree_cpu_seconds(gw.pid)
+            result = loadgen.wrk(VIA + CHAT, script, 1, 32, opts.seconds)
+            used = procs.tree_cpu_seconds(gw.pid) - before
+            rows.append((label, result))
+            per_request[label] = used / max(1, result.requests) * 1e6
             lines += ["", gw.line()]
     sec.details += [*load_table(rows), *lines]
+    if per_request:
+        # CPU time per request barely moves with what else the machine runs (unlike req/s):
+        # it shows what a worker pays per request, and what grows with the worker count.
+        sec.details += ["", "Gateway CPU time (all its processes) per request served:", ""]
+        sec.details += [f"- {label}: {us:,.0f} µs" for label, us in per_request.items()]
     sec.data = {label: vars(r) for label, r in rows}
+    sec.data["cpu_us_per_request"] = per_request
     if len(rows) == 3:
         via = rows[2][1]
         sec.targets += [

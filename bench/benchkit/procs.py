@@ -163,6 +163,13 @@ def cpu_ticks() -> dict[int, int]:
     return ticks
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) used so far by ``pid`` and its live descendants."""
+    ticks = cpu_ticks()
+    used = sum(ticks.get(p, 0) for p in process_tree(pid))
+    return used / os.sysconf("SC_CLK_TCK")
+
+
 def foreign_cpu_seconds(before: dict[int, int]) -> float:
     """CPU time used since ``before`` by live processes that are not ours (nor our children,
     nor HELPERS).
