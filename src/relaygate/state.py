@@ -37,6 +37,7 @@ from relaygate.usage.accounting import Recorder
 from relaygate.usage.outbox import Outbox
 from relaygate.usage.tokens import LazyTokenizer
 from relaygate.usage.writer import UsageWriter
+from relaygate.vault.service import Vault
 
 if TYPE_CHECKING:
     import redis.asyncio as redis
@@ -64,6 +65,7 @@ class AppState:
     writer: UsageWriter
     cache: ResponseCache
     responses: ResponseKeeper  # the Responses API's stored answers
+    vault: Vault  # users' own provider keys and configurations (BYOK)
     redis: redis.Redis | None = None
     key_events: KeyEvents | None = None
     cache_events: Events | None = None
@@ -109,6 +111,17 @@ async def open_state(settings: Settings, log: logging.Logger) -> AppState:
     )
     router = await build_router(settings, log)
     keys = {key for m in router.models.values() for d in m.deployments for key in d.known_secrets}
+    vault = Vault(settings, engine, log, known_secrets=tuple(sorted(keys)))
+    try:  # stored provider secrets and no key to read them: refuse to start
+        await vault.open()
+    except BaseException:
+        await close_providers(router)
+        if jwt is not None:
+            await jwt.aclose()
+        if client is not None:
+            await client.aclose()
+        await engine.dispose()
+        raise
     # Provider keys and the task webhook's shared secret, scrubbed from every log line.
     install_log_scrubber(log, [*keys, settings.tasks.webhook.secret])
     metrics = Metrics(settings.prometheus_multiproc_dir)
@@ -142,6 +155,7 @@ async def open_state(settings: Settings, log: logging.Logger) -> AppState:
         writer=writer,
         cache=_cache(settings, client, engine, metrics, log),
         responses=ResponseKeeper(ResponseStore(engine), log),
+        vault=vault,
         redis=client,
         jwt=jwt,
     )
@@ -158,6 +172,7 @@ async def open_state(settings: Settings, log: logging.Logger) -> AppState:
             state.cache_events.start()
     auth.start()
     state.responses.start()
+    vault.start()
     return state
 
 
@@ -173,6 +188,7 @@ async def close_state(state: AppState) -> None:
     if state.jwt is not None:
         await state.jwt.aclose()
     await close_providers(state.router)
+    await state.vault.aclose()
     await state.responses.aclose(drain_timeout=state.settings.graceful_shutdown_seconds)
     # Every record appended so far is flushed to the outbox and written if the
     # database takes it within the drain time; what remains stays durable on disk.
@@ -280,6 +296,7 @@ def _jwt_check(verifier: JWTVerifier):  # type: ignore[no-untyped-def]
             tier=identity.tier,
             tenant_id=identity.tenant,
             expires_at=identity.expires_at,
+            user=identity.subject,
         )
 
     return check
