@@ -833,7 +833,7 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[tuple[str, 
             if not isinstance(target, dict):
                 raise ConfigError(f"{part} is not a section of settings", source=_variable(key))
         name = parts[-1]
-        if name in ("discover_ollama", "allow_origins", "allow_headers"):
+        if name in ("discover_ollama", "allow_origins", "allow_headers", "allow_networks"):
             target[name] = [u.strip() for u in raw.split(",") if u.strip()]
         elif name == "models":
             raise ConfigError(
