@@ -626,3 +626,63 @@ def msgspec_replace(settings: Any, **changes: Any) -> Any:
     import msgspec
 
     return msgspec.structs.replace(settings, **changes)
+
+
+# JWT callers: the subject is the user
+
+
+async def test_jwt_subjects_own_their_keys(fakes: tuple[FakeOpenAI, FakeGemini]) -> None:
+    import jwt
+
+    openai_fake, _ = fakes
+    shared_secret = "j" * 40
+
+    def token(sub: str, org: str) -> str:
+        exp = int((datetime.now(UTC) + timedelta(hours=1)).timestamp())
+        claims = {"sub": sub, "org": org, "exp": exp, "jti": f"{sub}-{org}-{datetime.now()}"}
+        return jwt.encode(claims, shared_secret, algorithm="HS256")
+
+    settings = byok_settings(
+        openai_fake.base_url, auth={"jwt": {"secret": shared_secret, "tenant_claim": "org"}}
+    )
+    async with running_gateway(settings) as gateway:
+        alice = Client(gateway, token("alice", "acme"))
+        alice_later = Client(gateway, token("alice", "acme"))  # another token, same user
+        bob = Client(gateway, token("bob", "acme"))
+        alice_elsewhere = Client(gateway, token("alice", "globex"))
+        key = await alice.add_key("openai", ALICE_OPENAI)
+        await alice.configure("openai", api_key_id=key["id"], config={"model": "m"})
+        status, listed, _ = await alice_later.call("GET", "/api/ai/api-keys")
+        assert status == 200 and [k["id"] for k in listed] == [key["id"]]
+        status, _, headers = await alice_later.chat()
+        assert status == 200 and headers["x-relaygate-key-owner"] == "user"
+        assert openai_fake.requests[-1].headers["authorization"] == f"Bearer {ALICE_OPENAI}"
+        for stranger in (bob, alice_elsewhere):
+            status, body, _ = await stranger.call("DELETE", f"/api/ai/api-keys/{key['id']}")
+            assert status == 404, body
+            status, _, headers = await stranger.chat()
+            assert headers["x-relaygate-key-owner"] == "server"
+
+
+async def test_doctor_reports_secrets_it_could_not_read(
+    fakes: tuple[FakeOpenAI, FakeGemini],
+) -> None:
+    from relaygate.doctor import diagnose
+
+    openai_fake, _ = fakes
+    settings = byok_settings(openai_fake.base_url)
+    async with running_gateway(settings) as gateway:
+        await (await user(gateway, "alice")).add_key("openai", ALICE_OPENAI)
+
+    def secrets_line(findings: list[Any]) -> Any:
+        return next(f for f in findings if f.what.startswith("provider secrets"))
+
+    found = secrets_line(await diagnose(settings, 5))
+    assert found.status == "OK" and "1 stored, all under the newest key" in found.what
+    rotated = msgspec_replace(settings, secret_key=f"{new_key()},{SECRET_KEY}")
+    found = secrets_line(await diagnose(rotated, 5))
+    assert found.status == "WARN" and "relaygate secrets rotate" in found.fix
+    for key in (None, new_key()):
+        found = secrets_line(await diagnose(msgspec_replace(settings, secret_key=key), 5))
+        assert found.status == "FAIL", found
+        assert SECRET_KEY not in found.line()
