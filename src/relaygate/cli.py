@@ -121,6 +121,7 @@ def prepare_database(settings: Settings) -> None:
     try:
         upgrade(settings.database_url)
         secret = asyncio.run(ensure_admin_key(settings))
+        asyncio.run(_check_provider_secrets(settings))  # before any worker starts
     except (OSError, SQLAlchemyError) as exc:
         raise ConfigError(
             f"database_url: cannot use {safe_url(settings.database_url)}: "
@@ -133,6 +134,21 @@ def prepare_database(settings: Settings) -> None:
             "with 'relaygate keys create' or POST /admin/keys.\n",
             flush=True,
         )
+
+
+async def _check_provider_secrets(settings: Settings) -> None:
+    """Stored provider secrets (BYOK) and no key to read them: a configuration error."""
+    from relaygate.store.engine import create_engine
+    from relaygate.vault.crypto import SecretBox
+    from relaygate.vault.service import check_readable
+    from relaygate.vault.store import VaultStore
+
+    box = SecretBox.from_setting(settings.secret_key)
+    engine = create_engine(settings.database_url)
+    try:
+        await check_readable(VaultStore(engine), box)
+    finally:
+        await engine.dispose()
 
 
 def _doctor(args: argparse.Namespace) -> None:

@@ -131,3 +131,24 @@ async def test_new_key_prints_a_usable_key() -> None:
 
     box = SecretBox([key])
     assert box.decrypt(box.encrypt("sk-x")) == "sk-x"
+
+
+async def test_serve_without_the_key_stops_with_a_clear_error(
+    fake_openai: FakeOpenAI, tmp_path: Any
+) -> None:
+    database = f"sqlite+aiosqlite:///{tmp_path / 'r.db'}"
+    settings = byok_settings(fake_openai.base_url, database_url=database)
+    async with running_gateway(settings) as gateway:
+        await (await user(gateway, "alice")).add_key("openai", USERS["alice"])
+    config = tmp_path / "relaygate.yaml"
+    config.write_text(f"discover_ollama: []\nmock_model: true\ndatabase_url: {database}\nport: 0\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAYGATE_")}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "relaygate", "serve", "--config", str(config),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
+    )  # fmt: skip
+    output, _ = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 2, output.decode()
+    assert "1 provider secret(s)" in output.decode()
+    assert "RELAYGATE_SECRET_KEY is not set" in output.decode()
+    assert USERS["alice"] not in output.decode()

@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 
     from relaygate.auth.principal import Principal
 
-__all__ = ["KeyOwner", "Picked", "Vault", "owner_of"]
+__all__ = ["KeyOwner", "Picked", "Vault", "check_readable", "owner_of"]
 
 KeyOwner = Literal["user", "tenant"]
 # X-Relaygate-Provider values that mean "the usual choice" rather than a type or an id
@@ -67,6 +67,28 @@ _ADAPTERS: dict[str, tuple[str, Callable[..., Provider]]] = {
     "gemini": ("gemini", GeminiProvider),
     "anthropic": ("anthropic", AnthropicProvider),
 }
+
+
+async def check_readable(store: VaultStore, box: SecretBox | None) -> None:
+    """A ConfigError when stored provider secrets exist that ``box`` cannot open (no key
+    at all, or none of the keys they are under): the gateway must not start so."""
+    counts = await store.fingerprints()
+    stored = sum(counts.values())
+    if stored and box is None:
+        raise ConfigError(
+            f"secret_key: the database holds {stored} provider secret(s), encrypted, "
+            "and RELAYGATE_SECRET_KEY is not set; set it to the key they were stored "
+            "with (see docs/byok.md). The gateway never reads them as plaintext."
+        )
+    if box is not None:
+        unreadable = {fp: n for fp, n in counts.items() if not box.readable(fp)}
+        if unreadable:
+            names = ", ".join(f"{fp} ({n})" for fp, n in sorted(unreadable.items()))
+            raise ConfigError(
+                f"secret_key: {sum(unreadable.values())} provider secret(s) are encrypted "
+                f"under a key RELAYGATE_SECRET_KEY does not list (fingerprints: {names}); "
+                "add that key back (after the newest), then run 'relaygate secrets rotate'"
+            )
 
 
 def owner_of(principal: Principal) -> Owner | None:
@@ -132,23 +154,7 @@ class Vault:
 
     async def open(self) -> None:
         """Refuse to start when stored secrets could not be read; load the index."""
-        counts = await self.store.fingerprints()
-        stored = sum(counts.values())
-        if stored and self.box is None:
-            raise ConfigError(
-                f"secret_key: the database holds {stored} provider secret(s), encrypted, "
-                "and RELAYGATE_SECRET_KEY is not set; set it to the key they were stored "
-                "with (see docs/byok.md). The gateway never reads them as plaintext."
-            )
-        if self.box is not None:
-            unreadable = {fp: n for fp, n in counts.items() if not self.box.readable(fp)}
-            if unreadable:
-                names = ", ".join(f"{fp} ({n})" for fp, n in sorted(unreadable.items()))
-                raise ConfigError(
-                    f"secret_key: {sum(unreadable.values())} provider secret(s) are encrypted "
-                    f"under a key RELAYGATE_SECRET_KEY does not list (fingerprints: {names}); "
-                    "add that key back (after the newest), then run 'relaygate secrets rotate'"
-                )
+        await check_readable(self.store, self.box)
         await self.reload()
 
     def start(self) -> None:
