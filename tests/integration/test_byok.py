@@ -686,3 +686,25 @@ async def test_doctor_reports_secrets_it_could_not_read(
         found = secrets_line(await diagnose(msgspec_replace(settings, secret_key=key), 5))
         assert found.status == "FAIL", found
         assert SECRET_KEY not in found.line()
+
+
+async def test_a_key_made_for_a_user_over_the_admin_api_shares_that_users_keys(
+    gateway: RunningGateway,
+) -> None:
+    alice = await user(gateway, "alice")
+    stored = await alice.add_key("openai", ALICE_OPENAI)
+    admin = Client(gateway, gateway.admin_key)
+    tenant = await gateway.state.identity.tenant_by_name("cafe")
+    assert tenant is not None
+    status, made, _ = await admin.call(
+        "POST", "/admin/keys", {"tenant_id": tenant.id, "user": "alice", "tier": "unlimited"}
+    )
+    assert status == 201 and made["key"]["user"] == "alice", made
+    status, listed, _ = await Client(gateway, made["api_key"]).call("GET", "/api/ai/api-keys")
+    assert [k["id"] for k in listed] == [stored["id"]]
+    status, changed, _ = await admin.call(
+        "PATCH", f"/admin/keys/{made['key']['id']}", {"user": "bob"}
+    )
+    assert status == 200 and changed["user"] == "bob"
+    status, listed, _ = await Client(gateway, made["api_key"]).call("GET", "/api/ai/api-keys")
+    assert listed == []  # now bob's key: alice's provider keys are not his

@@ -117,9 +117,6 @@ usage_daily = Table(
     Column("cached_requests", BigInteger, nullable=False),
     Column("error_requests", BigInteger, nullable=False),
     Column("cost", Float, nullable=False),
-    # "user" or "tenant": served with the caller's own (or its tenant's) provider key
-    # (BYOK); None: with the operator's. See vault/.
-    Column("billed_to", String(8), nullable=True),
 )
 
 # The response cache's third tier: popular answers kept long (cache/database.py).
