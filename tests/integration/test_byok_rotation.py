@@ -81,12 +81,12 @@ async def test_rotation_while_serving(fake_openai: FakeOpenAI, database_url: str
         )  # fmt: skip
         output, _ = await rotate.communicate()
         during = len(served)
+        done.set()
+        await serving  # raises if any request during the rotation failed
         await gateway.state.vault.reload()  # what the poll does within poll_interval
         for _ in range(2):
             for name, client in clients.items():
                 await served_with_own_key(client, USERS[name], fake_openai)
-        done.set()
-        await serving  # raises if any request during the rotation failed
         assert rotate.returncode == 0, output.decode()
         assert "Re-encrypted 3 provider key(s)" in output.decode()
         assert during > 0  # requests were served while the command ran
