@@ -69,6 +69,7 @@ class AppState:
     redis: redis.Redis | None = None
     key_events: KeyEvents | None = None
     cache_events: Events | None = None
+    vault_events: Events | None = None
     jwt: JWTVerifier | None = None
     draining: bool = False
 
@@ -170,6 +171,12 @@ async def open_state(settings: Settings, log: logging.Logger) -> AppState:
             )
             state.cache.publish = state.cache_events.publish_text
             state.cache_events.start()
+        # users' provider keys and configurations changed on another worker or replica
+        state.vault_events = Events(
+            client, settings.redis_prefix, "vault", vault.on_remote_change, log
+        )
+        vault.publish = state.vault_events.publish_text
+        state.vault_events.start()
     auth.start()
     state.responses.start()
     vault.start()
@@ -184,6 +191,8 @@ async def close_state(state: AppState) -> None:
         await state.key_events.aclose()
     if state.cache_events is not None:
         await state.cache_events.aclose()
+    if state.vault_events is not None:
+        await state.vault_events.aclose()
     await state.cache.aclose()
     if state.jwt is not None:
         await state.jwt.aclose()

@@ -708,3 +708,34 @@ async def test_a_key_made_for_a_user_over_the_admin_api_shares_that_users_keys(
     assert status == 200 and changed["user"] == "bob"
     status, listed, _ = await Client(gateway, made["api_key"]).call("GET", "/api/ai/api-keys")
     assert listed == []  # now bob's key: alice's provider keys are not his
+
+
+async def test_a_change_reaches_another_replica_through_redis(
+    fakes: tuple[FakeOpenAI, FakeGemini], redis_server: Any
+) -> None:
+    """Two gateways on one database and one Redis; their poll is off (an hour): a key and a
+    configuration added on one serve on the other as soon as the message arrives."""
+    import time
+
+    openai_fake, _ = fakes
+    common = {"redis_url": redis_server.url, "redis_prefix": f"byok{time.time_ns()}:"}
+    one = byok_settings(openai_fake.base_url, byok={"poll_interval": 3600}, **common)
+    two = byok_settings(
+        openai_fake.base_url, byok={"poll_interval": 3600}, database_url=one.database_url,
+        **common,
+    )  # fmt: skip
+    async with running_gateway(one) as first, running_gateway(two) as second:
+        alice = await user(first, "alice")
+        status, _, headers = await Client(second, alice.secret).chat()
+        assert status == 200 and headers["x-relaygate-key-owner"] == "server"
+        key = await alice.add_key("openai", ALICE_OPENAI)
+        await alice.configure("openai", api_key_id=key["id"], config={"model": "m"})
+        owner = "server"
+        for _ in range(100):  # the message is on its way (bounded: 5 s)
+            _, _, headers = await Client(second, alice.secret).chat()
+            owner = headers["x-relaygate-key-owner"]
+            if owner == "user":
+                break
+            await asyncio.sleep(0.05)
+        assert owner == "user"
+        assert openai_fake.requests[-1].headers["authorization"] == f"Bearer {ALICE_OPENAI}"

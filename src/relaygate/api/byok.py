@@ -254,7 +254,7 @@ class ByokAPI:
             masked=mask(body.api_key), ciphertext=box.encrypt(body.api_key),
             key_fingerprint=box.newest, expires_at=expires_at,
         )  # fmt: skip
-        await self.vault.reload()
+        await self.vault.changed()
         self.state.log.info("byok: %s stored provider key %d", principal.subject, row.id)
         answer = row.public(utcnow())
         if check is not None:
@@ -268,7 +268,7 @@ class ByokAPI:
     async def delete_key(self, request: Request, principal: Principal, who: Owner) -> Response:
         key_id = _path_id(request, "api_key_id", "API key")
         await self.store.delete_secret(who, key_id, tenant_admin=principal.is_admin)
-        await self.vault.reload()
+        await self.vault.changed()
         self.state.log.info("byok: %s deleted provider key %d", principal.subject, key_id)
         return _json({"id": key_id, "deleted": True})
 
@@ -284,7 +284,7 @@ class ByokAPI:
             base_url=base_url, config=_settings(body.config), is_default=body.is_default,
             is_active=body.is_active,
         )  # fmt: skip
-        await self.vault.reload()
+        await self.vault.changed()
         return _json(row.public(), 201)
 
     async def list_configs(self, request: Request, principal: Principal, who: Owner) -> Response:
@@ -310,13 +310,13 @@ class ByokAPI:
         if "config" in changes:
             changes["config"] = _settings(changes["config"])
         row = await self.store.update_config(who, config_id, changes)
-        await self.vault.reload()
+        await self.vault.changed()
         return _json(row.public())
 
     async def delete_config(self, request: Request, principal: Principal, who: Owner) -> Response:
         config_id = _path_id(request, "config_id", "provider configuration")
         await self.store.delete_config(who, config_id)
-        await self.vault.reload()
+        await self.vault.changed()
         return _json({"id": config_id, "deleted": True})
 
     async def _checked(

@@ -144,6 +144,9 @@ class Vault:
         self._signature: tuple[Any, ...] | None = None
         self._used: dict[int, float] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._reloading: asyncio.Task[None] | None = None
+        # set when Redis is configured: tells every worker and replica at once
+        self.publish: Callable[[str], Awaitable[None]] | None = None
 
     @property
     def active(self) -> bool:
@@ -166,6 +169,8 @@ class Vault:
         ]
 
     async def aclose(self) -> None:
+        if self._reloading is not None:
+            self._tasks.append(self._reloading)
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -192,6 +197,24 @@ class Vault:
     async def _poll(self) -> None:
         if await self.store.signature() != self._signature:
             await self.reload()
+
+    async def changed(self) -> None:
+        """After a change made here: reload now, and tell the other workers (Redis);
+        without Redis they see it at their next poll."""
+        await self.reload()
+        if self.publish is not None:
+            await self.publish("changed")
+
+    def on_remote_change(self, _message: str) -> None:
+        """Another worker changed something: reload soon (one reload at a time)."""
+        if self._reloading is None or self._reloading.done():
+            self._reloading = asyncio.ensure_future(self._reload_quietly())
+
+    async def _reload_quietly(self) -> None:
+        try:
+            await self.reload()
+        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            self.log.warning("vault reload failed (%s); the poll retries", type(exc).__name__)
 
     async def reload(self) -> None:
         """Read every configuration and secret row again (ciphertexts only)."""
