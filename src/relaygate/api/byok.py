@@ -12,8 +12,8 @@
 Every route acts for the caller's owner (its user, else its key; see
 ``Principal.owner``) within its tenant: another owner's id answers 404, exactly as
 an id that does not exist. Errors are in OpenAI's shape, as for seed 003's /api/keys.
-Each change reloads this worker's vault index at once; other workers see it within
-``byok.poll_interval``.
+Each change reloads this worker's vault index at once; other workers hear of it through
+Redis when configured, else within ``byok.poll_interval``.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from relaygate.net.ssrf import (
@@ -138,10 +138,15 @@ async def test_generated_private_ipv6_is_refused(ip: ipaddress.IPv6Address) -> N
 
 
 @given(st.integers(0, 2**32 - 1).map(ipaddress.IPv4Address))
+@example(ipaddress.IPv4Address("224.0.0.0"))  # multicast Python calls global
+@example(ipaddress.IPv4Address("100.64.0.0"))  # shared (CGNAT)
+@example(ipaddress.IPv4Address("192.0.0.9"))  # a global one inside a special block
 def test_refusal_agrees_with_is_global(ip: ipaddress.IPv4Address) -> None:
-    assert (refusal(ip) is None) == ip.is_global
+    """Public unicast only: Python counts some multicast as global; the policy does not."""
+    public = ip.is_global and not ip.is_multicast
+    assert (refusal(ip) is None) == public
     mapped = ipaddress.IPv6Address(f"::ffff:{ip}")
-    assert (refusal(mapped) is None) == ip.is_global
+    assert (refusal(mapped) is None) == public
 
 
 # at the socket: whatever a name resolved to earlier, the address connected to
