@@ -188,7 +188,7 @@ def check_answer(path: str, status: int, headers: Mapping[str, str], body: bytes
 def check_shape(path: str, error: Any) -> None:
     """Ollama's ``{"error": "..."}`` under /api/ (but seed 003's /api/keys and /api/stats),
     OpenAI's ``{"error": {"message", "type", "param", "code"}}`` everywhere else."""
-    seed = path in ("/api/keys", "/api/stats") or path.startswith("/api/keys/")
+    seed = path in ("/api/keys", "/api/stats") or path.startswith(("/api/keys/", "/api/ai/"))
     if (path == "/api" or path.startswith("/api/")) and not seed:
         assert set(error) == {"error"} and isinstance(error["error"], str), error
         assert error["error"] and "Traceback" not in error["error"]

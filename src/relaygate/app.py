@@ -14,6 +14,8 @@ from collections.abc import Awaitable, Callable
 from relaygate import __version__
 from relaygate.api.admin import build_admin_app
 from relaygate.api.anthropic_format import AnthropicCountTokens, AnthropicFormat
+from relaygate.api.byok import PREFIX as BYOK_PREFIX
+from relaygate.api.byok import build_byok_app
 from relaygate.api.cors import CORS
 from relaygate.api.http import send_error
 from relaygate.api.ollama import OllamaChatFormat, OllamaGenerateFormat, OllamaTags
@@ -58,6 +60,7 @@ class Gateway:
         self._model_route: dict[str, Handler] = {}
         self._response_route: dict[str, Handler] = {}
         self._admin: Handler | None = None
+        self._byok: Handler | None = None  # /api/ai/*: users' own provider keys (BYOK)
         # Old URLs (settings.paths): empty and None when unset, so routing pays one check.
         self._aliases: dict[str, str] = dict(settings.paths.aliases)
         self._mount = settings.paths.prefix + "/" if settings.paths.prefix else None
@@ -96,6 +99,8 @@ class Gateway:
         if methods is None:
             if self._admin is not None and path.startswith(ADMIN_PREFIXES):
                 return self._admin
+            if self._byok is not None and path.startswith(BYOK_PREFIX):
+                return self._byok
             return _not_found
         handler = methods.get(scope["method"])
         if handler is None:
@@ -126,10 +131,8 @@ class Gateway:
                 raise ConfigError(f"paths.aliases[{alias!r}]: {problem}")
 
     def _serves(self, path: str) -> bool:
-        return (
-            path in self._routes
-            or path.startswith(("/v1/models/", RESPONSE_PREFIX))
-            or path.startswith(ADMIN_PREFIXES)
+        return path in self._routes or path.startswith(
+            ("/v1/models/", RESPONSE_PREFIX, *ADMIN_PREFIXES, BYOK_PREFIX)
         )
 
     def served_routes(self) -> dict[str, list[str]]:
@@ -144,9 +147,10 @@ class Gateway:
             table[MODEL_ROUTE] = sorted(self._model_route)
         if self._response_route:
             table[RESPONSE_ROUTE] = sorted(self._response_route)
-        for route in getattr(self._admin, "routes", ()):
-            methods = getattr(route, "methods", None) or ()
-            table[route.path] = sorted(set(methods) - {"HEAD"})
+        for app in (self._admin, self._byok):
+            for route in getattr(app, "routes", ()):
+                methods = getattr(route, "methods", None) or ()
+                table[route.path] = sorted(set(methods) - {"HEAD"})
         return table
 
     async def _escaped(self, scope: Scope, send: Send) -> None:
@@ -226,6 +230,7 @@ class Gateway:
         stored = StoredResponses(state)
         self._response_route = {"GET": stored.get, "DELETE": stored.delete}
         self._admin = build_admin_app(state)
+        self._byok = build_byok_app(state)
         try:
             self._check_paths()
         except ConfigError:

@@ -18,6 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from relaygate import __version__
 from relaygate.cli_admin import add_commands
+from relaygate.cli_secrets import add_secrets_commands
 from relaygate.errors import ConfigError
 from relaygate.observability.logging import configure_logging
 from relaygate.settings import Settings, load_settings
@@ -66,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     db.set_defaults(handler=lambda _args: db.print_help())
 
     add_commands(commands)
+    add_secrets_commands(commands)
 
     doctor = commands.add_parser(
         "doctor",
@@ -119,6 +121,7 @@ def prepare_database(settings: Settings) -> None:
     try:
         upgrade(settings.database_url)
         secret = asyncio.run(ensure_admin_key(settings))
+        asyncio.run(_check_provider_secrets(settings))  # before any worker starts
     except (OSError, SQLAlchemyError) as exc:
         raise ConfigError(
             f"database_url: cannot use {safe_url(settings.database_url)}: "
@@ -131,6 +134,21 @@ def prepare_database(settings: Settings) -> None:
             "with 'relaygate keys create' or POST /admin/keys.\n",
             flush=True,
         )
+
+
+async def _check_provider_secrets(settings: Settings) -> None:
+    """Stored provider secrets (BYOK) and no key to read them: a configuration error."""
+    from relaygate.store.engine import create_engine
+    from relaygate.vault.crypto import SecretBox
+    from relaygate.vault.service import check_readable
+    from relaygate.vault.store import VaultStore
+
+    box = SecretBox.from_setting(settings.secret_key)
+    engine = create_engine(settings.database_url)
+    try:
+        await check_readable(VaultStore(engine), box)
+    finally:
+        await engine.dispose()
 
 
 def _doctor(args: argparse.Namespace) -> None:

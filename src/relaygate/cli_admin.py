@@ -55,6 +55,7 @@ def _add_keys(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     create.add_argument("--name", default="", help="a label for the key")
     create.add_argument("--description", default="")
     create.add_argument("--expires-in-days", type=_positive_int, metavar="DAYS")
+    create.add_argument("--user", help="the user the key belongs to (owns its provider keys)")
     create.add_argument("--quiet", action="store_true", help="print only the secret")
 
     imported = _command(
@@ -70,6 +71,7 @@ def _add_keys(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     imported.add_argument("--name", default="", help="a label for the key")
     imported.add_argument("--description", default="")
     imported.add_argument("--expires-in-days", type=_positive_int, metavar="DAYS")
+    imported.add_argument("--user", help="the user the key belongs to (owns its provider keys)")
     imported.add_argument(
         "--secret-env", metavar="VAR",
         help="read the secret from this environment variable instead of stdin "
@@ -214,6 +216,7 @@ async def _store_key(
         expires_at=expiry(None, args.expires_in_days),
         secret=secret,
         imported=secret is not None,
+        user=args.user or None,
     )
 
 

@@ -189,6 +189,62 @@ async def _database(
         await engine.dispose()
     report.add("OK", f"database {shown}: connected")
     report.findings.append(_migrations(current, *migrations))
+    await _provider_secrets(settings, report)
+
+
+SECRETS_DOC = "see docs/byok.md"
+
+
+async def _provider_secrets(settings: Settings, report: _Report) -> None:
+    """Whether every stored provider secret (BYOK) is readable with RELAYGATE_SECRET_KEY."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from relaygate.store.engine import create_engine
+    from relaygate.vault.crypto import SecretBox
+    from relaygate.vault.store import VaultStore
+
+    try:
+        box = SecretBox.from_setting(settings.secret_key)
+    except ConfigError as exc:
+        report.add("FAIL", f"provider secrets: {exc}", SECRETS_DOC)
+        return
+    engine = create_engine(settings.database_url)
+    try:
+        counts = await VaultStore(engine).fingerprints()
+    except SQLAlchemyError:
+        return  # no vault table yet: the migration warning above says what to do
+    finally:
+        await engine.dispose()
+    stored = sum(counts.values())
+    if box is None:
+        if stored:
+            report.add(
+                "FAIL",
+                f"provider secrets: {stored} stored, and RELAYGATE_SECRET_KEY is not set "
+                "(the gateway refuses to start)",
+                f"set RELAYGATE_SECRET_KEY to the key they were stored with; {SECRETS_DOC}",
+            )
+        else:
+            report.add("OK", "provider secrets: none stored; no secret key set (users cannot "
+                       "store provider keys until RELAYGATE_SECRET_KEY is set)")  # fmt: skip
+        return
+    unreadable = sum(n for fp, n in counts.items() if not box.readable(fp))
+    older = sum(n for fp, n in counts.items() if box.readable(fp) and fp != box.newest)
+    if unreadable:
+        report.add(
+            "FAIL",
+            f"provider secrets: {unreadable} of {stored} are under a key RELAYGATE_SECRET_KEY "
+            "does not list (the gateway refuses to start)",
+            "add that key back after the newest, then run 'relaygate secrets rotate'",
+        )
+    elif older:
+        report.add(
+            "WARN",
+            f"provider secrets: {older} of {stored} are still under an older key",
+            "run 'relaygate secrets rotate', then drop the old key from RELAYGATE_SECRET_KEY",
+        )
+    else:
+        report.add("OK", f"provider secrets: {stored} stored, all under the newest key")
 
 
 def _sqlite_exists(url: str) -> bool:

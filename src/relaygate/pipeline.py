@@ -18,11 +18,14 @@ the others pay nothing.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
+
+import msgspec
 
 from relaygate.asgi import (
     ASGIApp,
@@ -37,6 +40,7 @@ from relaygate.asgi import (
     send_bytes,
 )
 from relaygate.auth.credentials import read_credential
+from relaygate.cache.response import BYPASS
 from relaygate.errors import (
     NoHealthyDeployment,
     RateLimited,
@@ -47,6 +51,7 @@ from relaygate.errors import (
 )
 from relaygate.redact import scrub
 from relaygate.usage.accounting import Served
+from relaygate.vault.service import SERVER_HEADERS, Picked
 
 if TYPE_CHECKING:
     from relaygate.auth.principal import Principal
@@ -68,6 +73,8 @@ __all__ = [
 JSON = dict[str, Any]
 Headers = tuple[tuple[bytes, bytes], ...]
 _NOTHING_USED = {"prompt_tokens": 0, "completion_tokens": 0}
+AUTO_MODEL = "auto"  # "serve me as my provider configuration says" (BYOK)
+BYOK_LABEL = "byok"  # the metric label of requests served by a user's own provider
 
 
 class WireFormat(Protocol):
@@ -131,12 +138,20 @@ class Hooks:
     ``async authenticate(scope) -> Principal``
         Who the request is, in place of the gateway's keys (a webhook whose caller
         cannot send a key proves a shared secret instead); may raise a RelaygateError.
+
+    and this attribute:
+
+    ``user_providers = True``
+        A task endpoint: every request is served by the caller's own provider
+        configuration when it has one (BYOK, seed 004), else by the server's default.
+        Other routes do so only for model ``auto`` or with ``X-Relaygate-Provider``.
     """
 
     prepare: Callable[[Call, Principal], Awaitable[None]] | None = None
     completed: Callable[[Call, Principal], None] | None = None
     stream_error: Callable[[Call, RelaygateError], bytes] | None = None
     authenticate: Callable[[Scope], Awaitable[Principal]] | None = None
+    user_providers: bool = False
 
     @classmethod
     def of(cls, fmt: WireFormat) -> Hooks:
@@ -145,6 +160,7 @@ class Hooks:
             getattr(fmt, "completed", None),
             getattr(fmt, "stream_error", None),
             getattr(fmt, "authenticate", None),
+            bool(getattr(fmt, "user_providers", False)),
         )
 
 
@@ -239,8 +255,16 @@ class Pipeline:
         )
         call = fmt.parse(kind, body, served.request_id)
         call.credential = read_credential(scope)  # scrubbed from any upstream error text
+        picked: Picked | None = None
+        chosen: list[tuple[bytes, bytes]] = []
+        if hooks.user_providers or call.model == AUTO_MODEL or self._asks_provider(scope):
+            picked, chosen = self._user_provider(call, principal, scope, hooks.user_providers)
         served.model, served.body = call.model, call.body
-        outcome.model = state.router.get(call.model).name
+        if picked is None:
+            outcome.model = state.router.get(call.model).name
+        else:  # the caller's own key: billed to it, never the operator's money
+            outcome.model = BYOK_LABEL
+            served.billed_to = picked.key_owner
         if hooks.prepare is not None:  # before the cache key and admission: may change the prompt
             await hooks.prepare(call, principal)
             served.body = call.body
@@ -248,6 +272,8 @@ class Pipeline:
         plan = state.cache.plan(
             kind, call.model, call.body, principal, control.decode("latin-1") if control else None
         )
+        if picked is not None:
+            plan = BYPASS  # one user's provider answers: never shared through the cache
         admitted = await state.admission.admit(
             principal,
             served.request_id,
@@ -255,8 +281,9 @@ class Pipeline:
             endpoint=scope["path"],
             body_size=len(body),
             max_output_tokens=call.max_output_tokens,
+            own_key=picked is not None,
         )
-        call.headers = admitted.headers
+        call.headers = admitted.headers + chosen if chosen else admitted.headers
         try:
             await self._run(fmt, call, plan, receive, send, outcome, hooks)
             if hooks.completed is not None and outcome.status == 200:
@@ -273,6 +300,37 @@ class Pipeline:
             elif call.served_by is not None:
                 served.provider, served.deployment = call.served_by
             await state.admission.settle(admitted, charged, served.provider, served.deployment)
+
+    def _asks_provider(self, scope: Scope) -> bool:
+        """Whether the request names a provider (only looked for when the vault is on)."""
+        return self.state.vault.active and header(scope, b"x-relaygate-provider") is not None
+
+    def _user_provider(
+        self, call: Call, principal: Principal, scope: Scope, task: bool
+    ) -> tuple[Picked | None, list[tuple[bytes, bytes]]]:
+        """Seed 004's choice: the caller's own provider configuration, else the server's
+        default model (for ``auto``: the first configured model, else ``mock``).
+        Returns the choice and the response headers that say who served it."""
+        state = self.state
+        raw = header(scope, b"x-relaygate-provider") if state.vault.active else None
+        wanted = raw.decode("latin-1").strip().lower() if raw is not None else None
+        picked = None
+        if state.vault.active and wanted != "server":
+            picked = state.vault.pick(principal, wanted)
+        if picked is None:
+            if call.model == AUTO_MODEL and AUTO_MODEL not in state.router.models:
+                call.model = next(iter(state.router.models), AUTO_MODEL)  # else a 404 below
+                call.body["model"] = call.model
+            return None, list(SERVER_HEADERS) if state.vault.active else []
+        deployment = picked.deployment
+        if task or call.model == AUTO_MODEL:  # the configuration's model
+            call.model = deployment.upstream_model or call.model
+        else:  # the model the client named, at the client's own provider
+            deployment = dataclasses.replace(deployment, upstream_model=call.model)
+        call.route = [deployment]
+        call.body["model"] = call.model
+        _apply_defaults(call, picked.config.config)
+        return picked, picked.headers
 
     async def _run(
         self,
@@ -446,6 +504,23 @@ def _keep_text(chunk: JSON, call: Call) -> None:
             call.relayed.append(text)
 
 
+def _apply_defaults(call: Call, config: dict[str, Any]) -> None:
+    """A provider configuration's temperature and max_tokens, where the request set none."""
+    if call.kind == "embedding":
+        return
+    params: Any = call.params
+    for name in ("temperature", "max_tokens"):
+        value = config.get(name)
+        if value is None or call.body.get(name) is not None:
+            continue
+        if name == "max_tokens" and call.body.get("max_completion_tokens") is not None:
+            continue
+        call.body[name] = value
+        if hasattr(params, name) and getattr(params, name) is None:
+            call.params = msgspec.structs.replace(params, **{name: value})
+            params = call.params
+
+
 def _internal_error(request_id: str) -> RelaygateError:
     return RelaygateError(f"Internal error; the gateway's log has details under {request_id}.")
 
@@ -453,7 +528,7 @@ def _internal_error(request_id: str) -> RelaygateError:
 async def complete(state: AppState, call: Call) -> tuple[JSON, Deployment]:
     """Call the first deployment that answers; return its (OpenAI-shaped) body."""
     last: UpstreamError | None = None
-    for deployment in state.router.plan(call.model):
+    for deployment in call.route or state.router.plan(call.model):
         provider = deployment.provider
         call.served_by = (deployment.provider_name, deployment.name)
         method = provider.embed if call.kind == "embedding" else provider.complete
@@ -484,7 +559,7 @@ async def open_stream(state: AppState, call: Call) -> UpstreamStream:
     deployment is replaced by the next one in the plan.
     """
     last: UpstreamError | None = None
-    for deployment in state.router.plan(call.model):
+    for deployment in call.route or state.router.plan(call.model):
         call.served_by = (deployment.provider_name, deployment.name)
         started = time.monotonic()
         stream = UpstreamStream(deployment, deployment.provider.stream(deployment, call))

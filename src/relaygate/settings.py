@@ -13,6 +13,7 @@ line, or the ``RELAYGATE_*`` variable that set it.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
 import typing
@@ -675,6 +676,61 @@ class PathsConfig(_Config, kw_only=True):
     ) = None
 
 
+BYOK_TYPES: tuple[str, ...] = (
+    "openai", "gemini", "anthropic", "openwebui", "ollama", "openai-compatible",
+)  # fmt: skip
+
+
+def _default_byok_urls() -> dict[str, str]:
+    return {
+        "openai": "https://api.openai.com/v1",
+        "gemini": "https://generativelanguage.googleapis.com/v1beta",
+        "anthropic": "https://api.anthropic.com",
+    }
+
+
+def _default_byok_models() -> dict[str, str]:
+    return {
+        "openai": "gpt-4o-mini",
+        "gemini": "gemini-1.5-flash",
+        "anthropic": "claude-3-5-haiku-latest",
+    }
+
+
+class ByokConfig(_Config, kw_only=True):
+    """Users' own provider keys and configurations (docs/byok.md).
+
+    ``allow_networks``: address ranges (CIDR) a user's own base URL (``ollama``,
+    ``openwebui``, ``openai-compatible``) may reach although the SSRF policy refuses
+    them otherwise, e.g. ``["192.168.1.0/24"]`` for a home Ollama on the LAN.
+    ``base_urls``: where the cloud types are called (the operator's choice, never the
+    user's). ``default_models``: the model of a configuration that names none.
+    """
+
+    allow_networks: list[str] = msgspec.field(default_factory=list)
+    base_urls: dict[str, str] = msgspec.field(default_factory=_default_byok_urls)
+    default_models: dict[str, str] = msgspec.field(default_factory=_default_byok_models)
+    max_cached_providers: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1024
+    poll_interval: ServerSeconds = 5.0
+    last_used_interval: ServerSeconds = 10.0
+    check_timeout: ServerSeconds = 10.0
+    timeouts: Timeouts = msgspec.field(default_factory=Timeouts)
+
+    def __post_init__(self) -> None:
+        for value in self.allow_networks:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"allow_networks: {value!r} is not an address range such as 192.168.1.0/24"
+                ) from None
+        for name in (*self.base_urls, *self.default_models):
+            if name not in ("openai", "gemini", "anthropic"):
+                raise ValueError(
+                    f"{name!r} is not a cloud provider type (openai, gemini, anthropic)"
+                )
+
+
 class Settings(_Config, kw_only=True):
     """Everything relaygate reads at start."""
 
@@ -694,6 +750,9 @@ class Settings(_Config, kw_only=True):
     redis_url: str | None = None
     redis_prefix: str = "relaygate:"
     admin_key: str | None = None
+    # Fernet keys for provider secrets at rest, comma-separated, newest first (docs/byok.md)
+    secret_key: str | None = None
+    byok: ByokConfig = msgspec.field(default_factory=ByokConfig)
     auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
     tiers: dict[str, TierConfig] = msgspec.field(default_factory=default_tiers)
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
@@ -860,7 +919,7 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[tuple[str, 
             if not isinstance(target, dict):
                 raise ConfigError(f"{part} is not a section of settings", source=_variable(key))
         name = parts[-1]
-        if name in ("discover_ollama", "allow_origins", "allow_headers"):
+        if name in ("discover_ollama", "allow_origins", "allow_headers", "allow_networks"):
             target[name] = [u.strip() for u in raw.split(",") if u.strip()]
         elif name == "models":
             raise ConfigError(

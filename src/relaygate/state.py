@@ -37,6 +37,7 @@ from relaygate.usage.accounting import Recorder
 from relaygate.usage.outbox import Outbox
 from relaygate.usage.tokens import LazyTokenizer
 from relaygate.usage.writer import UsageWriter
+from relaygate.vault.service import Vault
 
 if TYPE_CHECKING:
     import redis.asyncio as redis
@@ -64,9 +65,11 @@ class AppState:
     writer: UsageWriter
     cache: ResponseCache
     responses: ResponseKeeper  # the Responses API's stored answers
+    vault: Vault  # users' own provider keys and configurations (BYOK)
     redis: redis.Redis | None = None
     key_events: KeyEvents | None = None
     cache_events: Events | None = None
+    vault_events: Events | None = None
     jwt: JWTVerifier | None = None
     draining: bool = False
 
@@ -124,6 +127,17 @@ async def open_state(settings: Settings, log: logging.Logger) -> AppState:
     )
     router = await build_router(settings, log, client)
     keys = {key for m in router.models.values() for d in m.deployments for key in d.known_secrets}
+    vault = Vault(settings, engine, log, known_secrets=tuple(sorted(keys)))
+    try:  # stored provider secrets and no key to read them: refuse to start
+        await vault.open()
+    except BaseException:
+        await close_providers(router)
+        if jwt is not None:
+            await jwt.aclose()
+        if client is not None:
+            await client.aclose()
+        await engine.dispose()
+        raise
     # Provider keys and the task webhook's shared secret, scrubbed from every log line.
     install_log_scrubber(log, [*keys, settings.tasks.webhook.secret])
     metrics = Metrics(settings.prometheus_multiproc_dir)
@@ -157,28 +171,49 @@ async def open_state(settings: Settings, log: logging.Logger) -> AppState:
         writer=writer,
         cache=_cache(settings, client, engine, metrics, log),
         responses=ResponseKeeper(ResponseStore(engine), log),
+        vault=vault,
         redis=client,
         jwt=jwt,
     )
     if client is not None:
-        from relaygate.auth.invalidation import Events, KeyEvents
-
-        state.key_events = KeyEvents(client, settings.redis_prefix, auth.invalidate, log)
-        state.key_events.start()
-        if state.cache.memory is not None:  # other workers' memory tiers hear invalidations
-            state.cache_events = Events(
-                client, settings.redis_prefix, "cache", state.cache.on_invalidation, log
-            )
-            state.cache.publish = state.cache_events.publish_text
-            state.cache_events.start()
-    for prober in router.probers:
-        prober.after_tick.append(state.observe_nodes)
-    for pool in router.pools.values():
-        pool.on_eject.append(lambda node: metrics.node_ejected(node.pool, node.name))
-    state.observe_nodes()
+        _listen(state, client)
+    _watch_nodes(state)
     auth.start()
     state.responses.start()
+    vault.start()
     return state
+
+
+def _listen(state: AppState, client: redis.Redis) -> None:
+    """Other workers' and replicas' changes, heard through Redis: keys, cache entries,
+    users' provider keys and configurations."""
+    from relaygate.auth.invalidation import Events, KeyEvents
+
+    state.key_events = KeyEvents(
+        client, state.settings.redis_prefix, state.auth.invalidate, state.log
+    )
+    state.key_events.start()
+    if state.cache.memory is not None:  # other workers' memory tiers hear invalidations
+        state.cache_events = Events(
+            client, state.settings.redis_prefix, "cache", state.cache.on_invalidation, state.log
+        )
+        state.cache.publish = state.cache_events.publish_text
+        state.cache_events.start()
+    # users' provider keys and configurations changed on another worker or replica
+    state.vault_events = Events(
+        client, state.settings.redis_prefix, "vault", state.vault.on_remote_change, state.log
+    )
+    state.vault.publish = state.vault_events.publish_text
+    state.vault_events.start()
+
+
+def _watch_nodes(state: AppState) -> None:
+    """Pool nodes in /metrics: after every probe round, and each ejection as it happens."""
+    for prober in state.router.probers:
+        prober.after_tick.append(state.observe_nodes)
+    for pool in state.router.pools.values():
+        pool.on_eject.append(lambda node: state.metrics.node_ejected(node.pool, node.name))
+    state.observe_nodes()
 
 
 async def close_state(state: AppState) -> None:
@@ -189,10 +224,13 @@ async def close_state(state: AppState) -> None:
         await state.key_events.aclose()
     if state.cache_events is not None:
         await state.cache_events.aclose()
+    if state.vault_events is not None:
+        await state.vault_events.aclose()
     await state.cache.aclose()
     if state.jwt is not None:
         await state.jwt.aclose()
     await close_providers(state.router)
+    await state.vault.aclose()
     await state.responses.aclose(drain_timeout=state.settings.graceful_shutdown_seconds)
     # Every record appended so far is flushed to the outbox and written if the
     # database takes it within the drain time; what remains stays durable on disk.
@@ -300,6 +338,7 @@ def _jwt_check(verifier: JWTVerifier):  # type: ignore[no-untyped-def]
             tier=identity.tier,
             tenant_id=identity.tenant,
             expires_at=identity.expires_at,
+            user=identity.subject,
         )
 
     return check

@@ -20,7 +20,7 @@ from tests.keys import new_key
 USER = [{"role": "user", "content": "hi"}]
 PUBLIC_FIELDS = {
     "id", "tenant_id", "tenant_name", "prefix", "name", "description", "role", "tier", "limits",
-    "enabled", "expires_at", "last_used_at", "metadata", "created_at", "revoked", "cache",
+    "enabled", "expires_at", "last_used_at", "metadata", "created_at", "revoked", "cache", "user",
 }  # fmt: skip
 ADMIN_ROUTES = [
     ("GET", "/admin/keys"),

@@ -22,6 +22,7 @@ from relaygate.api.openapi import (
     OllamaError,
     operation_for,
 )
+from relaygate.vault.store import Owner
 from tests.conftest import MOCK
 from tests.gateway import RunningGateway, make_settings, running_gateway
 from tests.keys import new_key
@@ -101,10 +102,28 @@ async def concrete(gateway: RunningGateway, path: str) -> str:
     tenant = await gateway.state.identity.tenant_by_name(f"docs-{n}")
     assert tenant is not None
     values = {"key_id": key_id, "tenant_id": tenant.id, "model": "mock"}
+    if "{api_key_id}" in path or "{config_id}" in path:  # the caller's own (BYOK)
+        values.update(await _provider_ids(gateway))
     if "{response_id}" in path:  # a stored response of the caller's (a DELETE may remove it)
         async with gateway.client() as client:
             values["response_id"] = (await client.responses.create(model="mock", input="hi")).id
     return re.sub(r"\{([^}]+)\}", lambda m: values[m.group(1)], path)
+
+
+async def _provider_ids(gateway: RunningGateway) -> dict[str, str]:
+    """A provider key and a provider configuration of the admin key's own (it calls)."""
+    admin = next(r for r in await gateway.state.identity.list_keys() if r.role == "admin")
+    who = Owner(admin.tenant_id, f"key:{admin.id}")
+    store = gateway.state.vault.store
+    secret = await store.add_secret(
+        who, shared=False, provider="openai", key_name="docs", masked="...",
+        ciphertext=b"not read", key_fingerprint="0" * 16, expires_at=None,
+    )  # fmt: skip
+    config = await store.add_config(
+        who, provider_type="openai", api_key_id=secret.id, base_url=None, config={},
+        is_default=False, is_active=True,
+    )  # fmt: skip
+    return {"api_key_id": str(secret.id), "config_id": str(config.id)}
 
 
 async def test_documented_error_shapes_are_the_real_ones(gateway: RunningGateway) -> None:

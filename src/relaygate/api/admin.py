@@ -68,6 +68,7 @@ Description = Annotated[str, msgspec.Meta(max_length=4000)]
 Days = Annotated[int, msgspec.Meta(ge=1, le=36_500)]
 PerHour = Count  # bounded as every limit is (settings.MAX_COUNT)
 Metadata = dict[str, Any]
+UserName = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 S = TypeVar("S", bound="_Body")
 
 
@@ -86,6 +87,7 @@ class KeyCreate(_Body):
     expires_in_days: Days | None = None
     metadata: Metadata | None = None
     cache: KeyCache | None = None
+    user: UserName | None = None  # the user the key belongs to (BYOK ownership)
 
 
 class KeyImport(KeyCreate):
@@ -113,6 +115,7 @@ class KeyPatch(_Body):
     role: Role | Unset = _UNSET
     metadata: Metadata | Unset | None = _UNSET
     cache: KeyCachePatch | Unset | None = _UNSET
+    user: UserName | Unset | None = _UNSET
 
 
 class TenantCreate(_Body):
@@ -371,6 +374,7 @@ class AdminAPI:
             principal, tenant, tier, role=body.role, name=body.name,
             description=body.description, limits=limits_dict(body.limits),
             expires_at=expires_at, metadata=body.metadata, cache=_cache_dict(body.cache),
+            user=body.user,
         )  # fmt: skip
         return _json({"key": _public(record), "api_key": secret}, 201)
 
@@ -386,7 +390,7 @@ class AdminAPI:
             principal, tenant, tier, role=body.role, name=body.name,
             description=body.description, limits=limits_dict(body.limits),
             expires_at=expires_at, metadata=body.metadata, cache=_cache_dict(body.cache),
-            secret=secret, imported=True,
+            secret=secret, imported=True, user=body.user,
         )  # fmt: skip
         return _json({"key": _public(record), "imported": True}, 201)
 

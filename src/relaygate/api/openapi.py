@@ -34,6 +34,7 @@ from relaygate.api.admin import (
     TenantPatch,
 )
 from relaygate.api.anthropic_schema import CountTokensRequest, MessagesRequest
+from relaygate.api.byok import ApiKeyCreate, ProviderConfigCreate, ProviderConfigPatch
 from relaygate.api.ollama import OllamaChat, OllamaGenerate
 from relaygate.api.ollama_embed import OllamaEmbed, OllamaEmbeddings
 from relaygate.api.ollama_meta import OLLAMA_VERSION, ShowRequest
@@ -347,6 +348,68 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         errors=_ADMIN,
         answer='`{"api_key", "key_id", "tenant_id", "tier", "rate_limit", "expires_at", '
         '"created_at"}`.',
+    ),
+    ("POST", "/api/ai/api-keys"): Operation(
+        "Store one of your provider keys, encrypted (seed 004)",
+        "Your provider keys (BYOK)",
+        body=ApiKeyCreate,
+        errors=(400, 401, 403, 503),
+        created=True,
+        answer="The key, masked (`masked_key`: `sk-...xyz123`), never the secret; with "
+        '`check: true`, also `check`: `{"ok", "models"}` or `{"ok": false, "error"}`.',
+    ),
+    ("GET", "/api/ai/api-keys"): Operation(
+        "List your provider keys and your tenant's shared ones, masked (seed 004)",
+        "Your provider keys (BYOK)",
+        errors=(401, 503),
+        answer="A JSON array of keys: `id`, `provider`, `key_name`, `masked_key`, `shared`, "
+        "`expires_at`, `expired`, `last_used_at`.",
+    ),
+    ("DELETE", "/api/ai/api-keys/{api_key_id}"): Operation(
+        "Delete one of your provider keys (a tenant admin: a shared one too)",
+        "Your provider keys (BYOK)",
+        errors=(401, 404, 503),
+        answer='`{"id", "deleted": true}`.',
+    ),
+    ("POST", "/api/ai/provider-config"): Operation(
+        "Configure a provider (seed 004's web client)",
+        "Your provider keys (BYOK)",
+        body=ProviderConfigCreate,
+        errors=(400, 401, 404, 503),
+        created=True,
+        answer="The configuration: `id`, `provider_type`, `api_key_id`, `base_url`, "
+        "`config`, `is_default`, `is_active`.",
+    ),
+    ("POST", "/api/ai/provider-configs"): Operation(
+        "Configure a provider (seed 004's iOS client)",
+        "Your provider keys (BYOK)",
+        body=ProviderConfigCreate,
+        errors=(400, 401, 404, 503),
+        created=True,
+        answer="The configuration.",
+    ),
+    ("GET", "/api/ai/provider-configs"): Operation(
+        "List your provider configurations",
+        "Your provider keys (BYOK)",
+        errors=(401, 503),
+        answer="A JSON array of configurations.",
+    ),
+    ("GET", "/api/ai/provider-configs/{config_id}"): Operation(
+        "Read one of your provider configurations",
+        "Your provider keys (BYOK)",
+        errors=(401, 404, 503),
+    ),
+    ("PATCH", "/api/ai/provider-configs/{config_id}"): Operation(
+        "Change one of your provider configurations",
+        "Your provider keys (BYOK)",
+        body=ProviderConfigPatch,
+        errors=(400, 401, 404, 503),
+    ),
+    ("DELETE", "/api/ai/provider-configs/{config_id}"): Operation(
+        "Delete one of your provider configurations",
+        "Your provider keys (BYOK)",
+        errors=(401, 404, 503),
+        answer='`{"id", "deleted": true}`.',
     ),
     ("GET", "/api/keys"): Operation(
         "List keys (seed 003): all for an admin, its own for a user",

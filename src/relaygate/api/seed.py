@@ -51,6 +51,7 @@ class GenerateFormat:
 
     name = "seed"
     json_type_required = True
+    user_providers = True  # a task endpoint: the caller's own provider configuration (BYOK)
     stream_headers = (
         (b"content-type", b"application/x-ndjson"),
         (b"cache-control", b"no-cache"),

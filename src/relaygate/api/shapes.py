@@ -44,7 +44,7 @@ _encode = msgspec.json.encode
 _OLLAMA_PREFIX = "/api/"
 # seed 003's own routes under /api/ keep the shape they always had (OpenAI's)
 _SEED_EXACT = frozenset({"/api/keys", "/api/stats"})
-_SEED_PREFIXES = ("/api/keys/",)
+_SEED_PREFIXES = ("/api/keys/", "/api/ai/")  # /api/ai/: seed 004's provider keys (BYOK)
 _ANTHROPIC = "/v1/messages"
 _ANTHROPIC_TYPES = {
     400: "invalid_request_error",

@@ -196,6 +196,7 @@ class TaskFormat:
     name = "tasks"
     json_type_required = True
     stream_headers = ((b"content-type", b"application/json"),)
+    user_providers = True  # served by the caller's own provider configuration (BYOK)
 
     def __init__(
         self,

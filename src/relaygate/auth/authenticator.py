@@ -259,5 +259,6 @@ def _entry(record: KeyRecord) -> _Entry:
             limits=msgspec.convert(record.limits, LimitSet) if record.limits else None,
             cache=msgspec.convert(record.cache, KeyCache) if record.cache else None,
             expires_at=expires,
+            user=record.user,
         )
     return _Entry(record.id, principal, expires, record.updated_at)

@@ -28,7 +28,16 @@ class Principal:
     limits: LimitSet | None = None
     cache: KeyCache | None = None  # the key's own cache settings
     expires_at: float | None = None
+    user: str | None = None  # the user behind the credential: a JWT's subject, a key's user
 
     @property
     def is_admin(self) -> bool:
         return self.role == "admin"
+
+    @property
+    def owner(self) -> str | None:
+        """Who owns provider secrets made with this credential (BYOK): its user, else the
+        key itself; an anonymous caller owns none."""
+        if self.kind == "anonymous":
+            return None
+        return self.user or self.subject

@@ -110,16 +110,28 @@ class Admission:
         endpoint: str,
         body_size: int,
         max_output_tokens: int | None,
+        own_key: bool = False,
     ) -> Admitted:
-        """Consume every applicable limit, or raise RateLimited naming the one that is full."""
+        """Consume every applicable limit, or raise RateLimited naming the one that is full.
+
+        ``own_key``: the caller's own provider key serves the request (BYOK): it costs the
+        operator nothing, so money budgets neither refuse nor count it; every other
+        limit (requests, tokens, concurrency) still applies.
+        """
         prompt = body_size // BYTES_PER_TOKEN
         completion = max_output_tokens or DEFAULT_COMPLETION_RESERVE
         # The worst case of a priced model; settle charges what it really cost.
-        micros = round(priced(self.pricing.ceiling(model), prompt, completion) * MICROS)
+        micros = (
+            0
+            if own_key
+            else round(priced(self.pricing.ceiling(model), prompt, completion) * MICROS)
+        )
         rules = self.rules(
             principal, model=model, endpoint=endpoint,
             reserve_tokens=prompt + completion, reserve_micros=micros,
         )  # fmt: skip
+        if own_key:
+            rules = [rule for rule in rules if not rule.name.startswith("budget_")]
         if not rules:
             return Admitted(None, [], 0, model)
         if self.primer is not None:

@@ -26,6 +26,7 @@ from relaygate.errors import (
     UpstreamStatusError,
     UpstreamTimeout,
 )
+from relaygate.net.ssrf import AddressNotAllowed
 from relaygate.redact import scrub
 
 if TYPE_CHECKING:
@@ -147,7 +148,10 @@ def translate_errors(deployment: Upstream, call: Call | None = None) -> Iterator
 
 
 def _os_reason(error: OSError) -> str:
-    """A socket error's plain description, without the address it was connecting to."""
+    """A socket error's plain description, without the address it was connecting to
+    (the SSRF policy's refusal says which address, of the user's own URL, and why)."""
+    if isinstance(error, AddressNotAllowed):
+        return str(error)
     if error.errno:
         return os.strerror(error.errno).lower()
     return type(error).__name__

@@ -111,8 +111,10 @@ class OpenAIProvider:
                     return
                 yield _chunk(data, deployment, call)
 
-    async def list_models(self) -> list[str]:
-        async with self._session.get(self.base_url + self.models_path) as response:
+    async def list_models(self, api_key: str | None = None) -> list[str]:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+        url = self.base_url + self.models_path
+        async with self._session.get(url, headers=headers) as response:
             response.raise_for_status()
             body = _decode(await response.read())
         return [str(m["id"]) for m in body.get("data", []) if isinstance(m, dict) and "id" in m]

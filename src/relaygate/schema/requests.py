@@ -212,6 +212,8 @@ class Call:
     started: float = field(default_factory=time.perf_counter)
     wire: dict[str, Any] = field(default_factory=dict)  # an inbound API's own state
     credential: str | None = field(default=None, repr=False)  # the caller's; scrubbed from errors
+    # the deployments to try instead of the router's plan: the caller's own provider (BYOK)
+    route: list[Any] | None = field(default=None, repr=False)
 
     @property
     def include_usage(self) -> bool:

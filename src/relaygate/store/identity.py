@@ -75,6 +75,7 @@ class KeyRecord:
     updated_at: datetime
     revoked_at: datetime | None
     cache: dict[str, Any] | None = None  # the key's own cache settings (settings.KeyCache)
+    user: str | None = None  # the user the key belongs to (BYOK); None: its own owner
 
     def usable(self, now: datetime) -> bool:
         """Enabled, not revoked, not expired."""
@@ -94,7 +95,7 @@ class KeyRecord:
             "tier": self.tier, "limits": self.limits, "enabled": self.enabled,
             "expires_at": iso(self.expires_at), "last_used_at": iso(self.last_used_at),
             "metadata": self.metadata, "created_at": iso(self.created_at),
-            "revoked": self.revoked_at is not None, "cache": self.cache,
+            "revoked": self.revoked_at is not None, "cache": self.cache, "user": self.user,
         }  # fmt: skip
 
 
@@ -103,11 +104,12 @@ _KEY_COLUMNS = (
     api_keys.c.name, api_keys.c.description, api_keys.c.role, api_keys.c.tier,
     api_keys.c.limits, api_keys.c.enabled, api_keys.c.expires_at, api_keys.c.last_used_at,
     api_keys.c.meta, api_keys.c.created_at, api_keys.c.updated_at, api_keys.c.revoked_at,
-    api_keys.c.cache,
+    api_keys.c.cache, api_keys.c.user,
 )  # fmt: skip
 _KEY_SELECT = sa.select(*_KEY_COLUMNS).join(tenants, tenants.c.id == api_keys.c.tenant_id)
 _EDITABLE = {
     "name", "description", "role", "tier", "limits", "enabled", "expires_at", "metadata", "cache",
+    "user",
 }  # fmt: skip
 
 
@@ -212,6 +214,7 @@ class IdentityStore:
         cache: dict[str, Any] | None = None,
         secret: str | None = None,
         imported: bool = False,
+        user: str | None = None,
     ) -> tuple[KeyRecord, str]:
         """A new key; returns the record and the secret, which is never shown again.
 
@@ -230,7 +233,7 @@ class IdentityStore:
                     id=key_id, tenant_id=tenant_id, key_hash=hash_secret(secret),
                     prefix=shown, name=name, description=description,
                     role=role, tier=tier, limits=limits, enabled=True, expires_at=expires_at,
-                    meta=metadata, cache=cache, created_at=now, updated_at=now,
+                    meta=metadata, cache=cache, created_at=now, updated_at=now, user=user,
                 ))  # fmt: skip
         except IntegrityError:
             raise Conflict("That key already exists.") from None

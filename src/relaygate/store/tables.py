@@ -23,6 +23,8 @@ from sqlalchemy import (
 __all__ = [
     "api_keys",
     "metadata",
+    "provider_configs",
+    "provider_secrets",
     "response_cache",
     "stored_responses",
     "tenants",
@@ -61,6 +63,8 @@ api_keys = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("revoked_at", DateTime(timezone=True), nullable=True),
     Column("cache", JSON, nullable=True),  # the key's cache settings (settings.KeyCache)
+    # the user the key belongs to (BYOK ownership); None: the key is its own owner
+    Column("user", String(200), nullable=True),
 )
 Index("ix_api_keys_tenant_id", api_keys.c.tenant_id)
 Index("ix_api_keys_updated_at", api_keys.c.updated_at)
@@ -90,6 +94,9 @@ usage_records = Table(
     Column("ttft_ms", Float, nullable=True),
     Column("client_ip", String(64), nullable=True),
     Column("cost", Float, nullable=False),
+    # "user" or "tenant": served with the caller's own (or its tenant's) provider key
+    # (BYOK); None: with the operator's. See vault/.
+    Column("billed_to", String(8), nullable=True),
 )
 Index("ix_usage_records_tenant_created", usage_records.c.tenant_id, usage_records.c.created_at)
 Index("ix_usage_records_key_created", usage_records.c.key_id, usage_records.c.created_at)
@@ -145,3 +152,46 @@ stored_responses = Table(
 )
 Index("ix_responses_owner_created", stored_responses.c.owner, stored_responses.c.created_at)
 Index("ix_responses_expires_at", stored_responses.c.expires_at)
+
+# Users' own provider keys (vault/), encrypted (vault/crypto.py). ``owner`` is the user
+# (JWT subject, a key's ``user``, or ``key:<id>``); "" with ``shared``: the tenant's.
+# ``tenant_id`` is "" for callers without a tenant. ``key_fingerprint`` names the master
+# key the ciphertext is under; ``version`` changes whenever the ciphertext does.
+provider_secrets = Table(
+    "provider_secrets",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("tenant_id", String(40), nullable=False),
+    Column("owner", String(300), nullable=False),
+    Column("shared", Boolean, nullable=False),
+    Column("provider", String(32), nullable=False),
+    Column("key_name", String(200), nullable=False),
+    Column("masked", String(32), nullable=False),
+    Column("ciphertext", LargeBinary, nullable=False),
+    Column("key_fingerprint", String(16), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=True),
+    Column("last_used_at", DateTime(timezone=True), nullable=True),
+)
+Index("ix_provider_secrets_owner", provider_secrets.c.tenant_id, provider_secrets.c.owner)
+
+# A user's provider choices (seed 004's AIProviderConfig); ``config`` is
+# {model, temperature, max_tokens}; ``base_url`` only for the self-hosted types.
+provider_configs = Table(
+    "provider_configs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("tenant_id", String(40), nullable=False),
+    Column("owner", String(300), nullable=False),
+    Column("provider_type", String(32), nullable=False),
+    Column("api_key_id", Integer, nullable=True),
+    Column("base_url", String(2048), nullable=True),
+    Column("config", JSON, nullable=False),
+    Column("is_default", Boolean, nullable=False),
+    Column("is_active", Boolean, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+Index("ix_provider_configs_owner", provider_configs.c.tenant_id, provider_configs.c.owner)

@@ -55,6 +55,7 @@ class Served:
     rejected: bool = False  # refused by the gateway itself (input, limits), not upstream
     http_status: int = 500
     ttft: float | None = None
+    billed_to: str | None = None  # "user" / "tenant": the caller's own provider key (BYOK)
 
 
 def status_for(http_status: int) -> Status:
@@ -105,7 +106,8 @@ class Recorder:
             duration_ms=(time.time() - served.started) * 1000,
             ttft_ms=None if served.ttft is None else served.ttft * 1000,
             client_ip=served.client_ip,
-            cost=self._cost(served, prompt, completion),
+            cost=0.0 if served.billed_to else self._cost(served, prompt, completion),
+            billed_to=served.billed_to,
         )
         self.append(record)
         return record

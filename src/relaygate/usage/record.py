@@ -36,4 +36,7 @@ class UsageRecord(msgspec.Struct, kw_only=True, omit_defaults=False):
     duration_ms: float = 0.0
     ttft_ms: float | None = None
     client_ip: str | None = None
-    cost: float = 0.0  # estimate, in US dollars
+    cost: float = 0.0  # estimate, in US dollars, of what the operator pays
+    # "user" / "tenant": served with the caller's own (or its tenant's) provider key, so
+    # billed to that key and costing the operator nothing; None: the operator's key
+    billed_to: str | None = None

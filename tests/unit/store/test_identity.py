@@ -338,6 +338,7 @@ async def test_public_never_contains_hash_or_secret(store: IdentityStore) -> Non
         assert set(public) == {
             "id", "tenant_id", "prefix", "name", "description", "role", "tier", "limits",
             "enabled", "expires_at", "last_used_at", "metadata", "created_at", "revoked", "cache",
+            "user",
         }  # fmt: skip
     assert tenant.public() == {
         "id": tenant.id, "name": "acme", "tier": None, "created_at": tenant.created_at.isoformat(),

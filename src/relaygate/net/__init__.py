@@ -1,0 +1,1 @@
+"""Outbound network policy: which addresses a user-supplied URL may reach."""

@@ -1,0 +1,1 @@
+"""Users' own provider keys (BYOK): encryption at rest, storage, provider choice."""
