@@ -314,28 +314,8 @@ def test_the_kustomization_lists_files_that_exist() -> None:
     assert {"Deployment", "Service", "ConfigMap", "PodDisruptionBudget", "Secret"} <= kinds
 
 
-def test_the_deployment_probes_ready_and_health_on_the_configured_port() -> None:
-    c = container()
-    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-    assert ports == {"http": config().port}
-    assert c["readinessProbe"]["httpGet"]["path"] == "/ready"
-    assert c["livenessProbe"]["httpGet"]["path"] == "/health"
-    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
-        assert c[probe]["httpGet"]["port"] in ports
-        assert_served(c[probe]["httpGet"]["path"])
-    assert pinned(c["image"])
-    assert_cli_command(c["args"])
-    deployment = k8s_objects()["Deployment"]
-    assert deployment["spec"]["replicas"] >= 2
-    pod = deployment["spec"]["template"]["spec"]
-    assert pod["terminationGracePeriodSeconds"] > config().graceful_shutdown_seconds
-    uid = re.search(r"--uid (\d+)", " ".join(instruction_args("RUN")))
-    assert uid is not None and pod["securityContext"]["runAsUser"] == int(uid.group(1))
-    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
-    assert annotations["prometheus.io/port"] == str(config().port)
-
-
-def test_the_deployment_environment_is_settings_relaygate_reads() -> None:
+def deployment_env() -> dict[str, str]:
+    """The container's environment, with the Secret's values stood in for."""
     objects = k8s_objects()
     secret_keys = set(objects["Secret"]["stringData"])
     env: dict[str, str] = {}
@@ -351,6 +331,38 @@ def test_the_deployment_environment_is_settings_relaygate_reads() -> None:
             )
         else:
             env[var["name"]] = var["value"]
+    return env
+
+
+def test_the_deployment_probes_ready_and_health_on_the_ports_that_serve_them() -> None:
+    c = container()
+    settings = settings_from(deployment_env())
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports["http"] == settings.port == config().port
+    ops = settings.ops.address  # /metrics and /ready answer only there when it is set
+    assert ops is not None and ports["ops"] == ops[1] != settings.port
+    assert ops[0] == "0.0.0.0"  # the kubelet and Prometheus come from outside the pod
+    assert c["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "ops"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        assert c[probe]["httpGet"]["port"] in ports
+        assert_served(c[probe]["httpGet"]["path"])
+    assert pinned(c["image"])
+    assert_cli_command(c["args"])
+    deployment = k8s_objects()["Deployment"]
+    assert deployment["spec"]["replicas"] >= 2
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] > settings.graceful_shutdown_seconds
+    uid = re.search(r"--uid (\d+)", " ".join(instruction_args("RUN")))
+    assert uid is not None and pod["securityContext"]["runAsUser"] == int(uid.group(1))
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(ops[1])
+    assert annotations["prometheus.io/path"] == "/metrics"
+
+
+def test_the_deployment_environment_is_settings_relaygate_reads() -> None:
+    objects = k8s_objects()
+    env = deployment_env()
     settings = settings_from(env)
     assert settings.admin_key == SECRET_PLACEHOLDER
     assert settings.database_url.startswith("postgresql+asyncpg://")
