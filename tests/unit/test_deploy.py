@@ -144,6 +144,12 @@ def test_the_image_runs_relaygate_as_a_non_root_user_with_a_health_check() -> No
     (cmd,) = instruction_args("CMD")
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     assert exec_form(entrypoint) == ["relaygate"]
+    # the data folder volumes are mounted on exists in the image, owned by that user
+    (workdir,) = instruction_args("WORKDIR")[-1:]
+    gateway = compose()["services"]["relaygate"]
+    data = [v.split(":")[1] for v in gateway["volumes"] if not v.startswith(".")]
+    assert data == [f"{workdir}/data"]
+    assert f"install -d -o {user} -g {user} {workdir}/data" in " ".join(instruction_args("RUN"))
     assert "relaygate" in pyproject["project"]["scripts"]
     assert_cli_command(exec_form(cmd))
     (healthcheck,) = instruction_args("HEALTHCHECK")
@@ -370,6 +376,9 @@ def test_the_deployment_environment_is_settings_relaygate_reads() -> None:
     mount = {m["name"]: m["mountPath"] for m in container()["volumeMounts"]}
     folder, _, filename = env["RELAYGATE_CONFIG"].rpartition("/")
     assert mount["config"] == folder
+    (workdir,) = instruction_args("WORKDIR")[-1:]
+    assert mount["data"] == f"{workdir}/data"  # the usage outbox, under a read-only root
+    assert mount["tmp"] == "/tmp"  # the workers' metrics files
     volumes = {v["name"]: v for v in objects["Deployment"]["spec"]["template"]["spec"]["volumes"]}
     assert volumes["config"]["configMap"]["name"] == objects["ConfigMap"]["metadata"]["name"]
     assert filename in objects["ConfigMap"]["data"]
