@@ -6,6 +6,7 @@ import json
 import logging
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -20,6 +21,7 @@ from relaygate.observability.logging import (
 from relaygate.redact import LogScrubber
 from relaygate.server import server_config
 from relaygate.settings import load_settings
+from relaygate.usage.accounting import Served
 
 
 def record(
@@ -112,3 +114,35 @@ def test_a_process_configured_for_json_writes_json_lines() -> None:
     )
     (line,) = result.stderr.splitlines()
     assert json.loads(line)["message"] == "hello there"
+
+
+class Kept(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_each_access_line_is_its_own_record_with_its_own_time_and_fields() -> None:
+    logger = logging.getLogger("relaygate.test-access")
+    kept = Kept()
+    logger.addHandler(kept)
+    logger.propagate = False
+    try:
+        access = AccessLog(logger)
+        before = time.time()
+        first = Served("req_1", "openai", "/v1/chat/completions", key_id="key_a")
+        second = Served("req_2", "ollama", "/api/chat")
+        access.served(first, "m", 200, 0.25, 0.01, None)
+        access.served(second, "unknown", 404, 0.002, None, None)
+    finally:
+        logger.removeHandler(kept)
+    one, two = (json.loads(JsonFormatter().format(r)) for r in kept.records)
+    assert (one["request_id"], one["status"], one["key_id"]) == ("req_1", 200, "key_a")
+    assert (two["request_id"], two["status"], two["key_id"]) == ("req_2", 404, None)
+    assert one["duration_ms"] == 250 and one["ttfb_ms"] == 10 and two["ttfb_ms"] is None
+    assert kept.records[0] is not kept.records[1]
+    assert all(r.created >= before and r.levelno == logging.INFO for r in kept.records)
+    assert all(r.name == "relaygate.test-access" for r in kept.records)
