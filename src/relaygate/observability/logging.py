@@ -16,6 +16,7 @@ cut to :data:`PROMPT_CHARS` characters.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -62,8 +63,17 @@ def uses_own_handlers(settings: Settings) -> bool:
     return settings.log_format == "json"
 
 
+_BARE = re.compile(r'[^\s"=]+')
+
+
 def _fields_text(fields: dict[str, Any]) -> str:
-    return " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
+    """``key=value`` pairs; a value with spaces, quotes or newlines (a prompt) is JSON-quoted,
+    so that one line stays one line."""
+    return " ".join(
+        f"{k}={v if not isinstance(v, str) or _BARE.fullmatch(v) else _encode(v).decode()}"
+        for k, v in fields.items()
+        if v is not None
+    )
 
 
 class TextFormatter(logging.Formatter):

@@ -61,6 +61,10 @@ def test_json_lines_keep_a_scrubbed_traceback_on_one_line() -> None:
 def test_text_lines_show_fields_as_key_value_pairs() -> None:
     line = TextFormatter().format(record("request", fields={"status": 200, "key_id": None}))
     assert line.endswith("WARNING relaygate: request status=200")
+    prompt = 'two\nlines with "quotes"'
+    line = TextFormatter().format(record("request", fields={"model": "m", "prompt": prompt}))
+    assert line.endswith('request model=m prompt="two\\nlines with \\"quotes\\""')
+    assert "\n" not in line
 
 
 @pytest.fixture
