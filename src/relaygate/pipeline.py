@@ -226,9 +226,13 @@ class Pipeline:
             elapsed = time.perf_counter() - started
             ttfb = outcome.ttfb or elapsed
             state.metrics.finished(outcome.model, fmt.name, outcome.status, elapsed, ttfb)
+            record = None
             if outcome.admitted:
                 served.http_status, served.ttft = outcome.status, outcome.ttfb
-                state.recorder.record(served)
+                record = state.recorder.record(served)
+            access = state.access_log  # None when off: no work
+            if access is not None:
+                access.served(served, outcome.model, outcome.status, elapsed, outcome.ttfb, record)
 
     async def _serve(
         self,

@@ -41,6 +41,7 @@ from relaygate.errors import (
     RequestTimeout,
     TooManyConnections,
 )
+from relaygate.observability.logging import uses_own_handlers
 from relaygate.settings import HttpConfig, Settings
 
 __all__ = [
@@ -305,6 +306,8 @@ def server_config(settings: Settings, app: ASGIApp | str, **overrides: Any) -> S
         "log_level": settings.log_level,
         "backlog": 4096,
     }
+    if uses_own_handlers(settings):  # uvicorn's lines through relaygate's (JSON) handler
+        options["log_config"] = None
     options.update(overrides)
     return ServerConfig(app, limits=settings.http, **options)
 

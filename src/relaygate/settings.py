@@ -740,6 +740,10 @@ class Settings(_Config, kw_only=True):
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1024 * 1024
     graceful_shutdown_seconds: NonNegative = 30.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # text: human-readable lines; json: one JSON object per line (log collectors)
+    log_format: Literal["text", "json"] = "text"
+    access_log: bool = False  # one line per inference request, at info (docs/deploy.md#logs)
+    log_prompts: bool = False  # add the prompt (scrubbed, cut) to each access line
     models: list[ModelConfig] = msgspec.field(default_factory=list)
     routing: RoutingConfig = msgspec.field(default_factory=RoutingConfig)
     pools: dict[PoolName, PoolConfig] = msgspec.field(default_factory=dict)

@@ -23,6 +23,7 @@ from relaygate.limits.admission import Admission
 from relaygate.limits.base import Limiter
 from relaygate.limits.memory import MemoryLimiter
 from relaygate.limits.quotas import QuotaPrimer
+from relaygate.observability.logging import AccessLog
 from relaygate.observability.metrics import Metrics
 from relaygate.redact import install_log_scrubber
 from relaygate.routing.catalog import build_router, close_providers
@@ -71,6 +72,7 @@ class AppState:
     cache_events: Events | None = None
     vault_events: Events | None = None
     jwt: JWTVerifier | None = None
+    access_log: AccessLog | None = None  # None: off, and no work per request
     draining: bool = False
 
     @property
@@ -174,6 +176,7 @@ async def open_state(settings: Settings, log: logging.Logger) -> AppState:
         vault=vault,
         redis=client,
         jwt=jwt,
+        access_log=AccessLog.from_settings(settings),
     )
     if client is not None:
         _listen(state, client)

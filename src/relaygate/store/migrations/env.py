@@ -11,6 +11,7 @@ from relaygate.store.engine import create_engine
 from relaygate.store.tables import metadata
 
 config = context.config
+MIGRATION_LOCK = 0x72656C6179  # "relay": the advisory lock key of relaygate's migrations
 
 
 def _run(connection: Connection) -> None:
@@ -21,6 +22,11 @@ def _run(connection: Connection) -> None:
         compare_type=True,
     )
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            # Replicas starting together take turns, until this transaction ends; each
+            # reads the schema's revision only once it holds the lock, so the others
+            # find the head and do nothing. (SQLite: one file, one machine, no replicas.)
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
         context.run_migrations()
 
 
