@@ -18,6 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from relaygate import __version__
 from relaygate.cli_admin import add_commands
+from relaygate.cli_nodes import add_node_commands
 from relaygate.errors import ConfigError
 from relaygate.observability.logging import configure_logging
 from relaygate.settings import Settings, load_settings
@@ -66,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     db.set_defaults(handler=lambda _args: db.print_help())
 
     add_commands(commands)
+    add_node_commands(commands)
 
     doctor = commands.add_parser(
         "doctor",

@@ -293,7 +293,9 @@ def server_config(settings: Settings, app: ASGIApp | str, **overrides: Any) -> S
         "host": settings.host,
         "port": settings.port,
         "loop": "uvloop",
-        "ws": "none",
+        # WebSocket only for dial-out nodes (/nodes/connect, tunnel/hub.py)
+        "ws": "websockets-sansio",
+        "ws_max_size": settings.max_body_bytes + 1024 * 1024,
         "lifespan": "on",
         "access_log": False,
         "server_header": False,

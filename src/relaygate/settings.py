@@ -55,6 +55,7 @@ DEFAULT_BASE_URLS = {
     "anthropic": "https://api.anthropic.com",
 }
 Positive = Annotated[float, msgspec.Meta(gt=0)]
+NODE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"  # a dial-out node's name (store/nodes.py)
 NonNegative = Annotated[float, msgspec.Meta(ge=0)]
 
 
@@ -81,8 +82,11 @@ class Timeouts(_Config, kw_only=True):
 class DeploymentConfig(_Config, kw_only=True):
     """One upstream that can serve a model."""
 
-    provider: Literal["openai", "ollama", "gemini", "anthropic", "openwebui", "mock"]
-    base_url: str | None = None  # required, except for mock, gemini and anthropic
+    provider: Literal["openai", "ollama", "gemini", "anthropic", "openwebui", "mock", "node"]
+    base_url: str | None = None  # required, except for mock, node, gemini and anthropic
+    # node only: the name of a node that dials out to the gateway (``relaygate node``);
+    # its local server's kind (Ollama or OpenAI-compatible) is what the node registers
+    node: Annotated[str, msgspec.Meta(pattern=NODE_NAME)] | None = None
     model: str | None = None
     api_key: str | None = None
     weight: Positive = 1.0
@@ -124,6 +128,26 @@ class ModelConfig(_Config, kw_only=True):
     fallbacks: list[str] = msgspec.field(default_factory=list)
     cache: ModelCacheConfig | None = None
     price: Price | None = None  # this model's price, ahead of ``usage.prices``
+
+
+class NodesConfig(_Config, kw_only=True):
+    """Nodes that dial out to the gateway (``relaygate node``, docs/nodes-dial-out.md).
+
+    ``serve_registered``: every model a connected node registers is served under its
+    own name (unless a configured model has that name), and listed, while the node
+    is connected. ``heartbeat_interval``: how often a node says it is alive (and
+    sends its current models); ``heartbeat_timeout``: silence after which its
+    connection is cut and its requests fail over. ``revocation_poll``: how often
+    the database is asked whether a connected node's token was revoked (Redis,
+    when configured, tells every replica at once). ``timeouts``: of the deployments
+    of registered models.
+    """
+
+    serve_registered: bool = True
+    heartbeat_interval: Annotated[float, msgspec.Meta(gt=0, le=300)] = 5.0
+    heartbeat_timeout: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 15.0
+    revocation_poll: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 1.0
+    timeouts: Timeouts = msgspec.field(default_factory=Timeouts)
 
 
 class RoutingConfig(_Config, kw_only=True):
@@ -621,6 +645,7 @@ class Settings(_Config, kw_only=True):
     ops: OpsConfig = msgspec.field(default_factory=OpsConfig)
     tasks: TasksConfig = msgspec.field(default_factory=TasksConfig)
     paths: PathsConfig = msgspec.field(default_factory=PathsConfig)
+    nodes: NodesConfig = msgspec.field(default_factory=NodesConfig)
     config_path: str | None = None
     prometheus_multiproc_dir: str | None = None
 
@@ -1019,6 +1044,17 @@ def _check_deployment(
     if dep.provider == "mock":
         return
     _check_provider_fields(dep, path, lines, source)
+    if dep.provider == "node":
+        problem = None
+        if dep.node is None:
+            problem = (path, "node: required for provider 'node' (the node's name)")
+        elif dep.base_url is not None:
+            problem = ((*path, "base_url"), "base_url: a node has none (it dials out)")
+        if problem is not None:
+            where, text = problem
+            msg = f"{_dotted(path)}.{text}"
+            raise ConfigError(msg, source=source, line=_line_of(where, lines))
+        return
     if not dep.base_url and dep.provider in DEFAULT_BASE_URLS:
         dep.base_url = DEFAULT_BASE_URLS[dep.provider]
     if not dep.base_url:
@@ -1038,6 +1074,7 @@ _PROVIDER_FIELDS = {
     "default_max_tokens": "anthropic",
     "organization": "openai",
     "project": "openai",
+    "node": "node",
 }
 
 

@@ -30,9 +30,12 @@ from relaygate.routing.router import Model, Router
 from relaygate.settings import Settings
 from relaygate.store.engine import create_engine, safe_url
 from relaygate.store.identity import IdentityStore
+from relaygate.store.nodes import NodeTokenStore
 from relaygate.store.responses import ResponseStore
 from relaygate.store.responses_keeper import ResponseKeeper
 from relaygate.store.schema import SCHEMA_REVISION, current_revision
+from relaygate.tunnel.hub import Hub
+from relaygate.tunnel.serving import RegisteredModels
 from relaygate.usage.accounting import Recorder
 from relaygate.usage.outbox import Outbox
 from relaygate.usage.tokens import LazyTokenizer
@@ -64,9 +67,11 @@ class AppState:
     writer: UsageWriter
     cache: ResponseCache
     responses: ResponseKeeper  # the Responses API's stored answers
+    hub: Hub  # dial-out nodes connected to this worker (tunnel/)
     redis: redis.Redis | None = None
     key_events: KeyEvents | None = None
     cache_events: Events | None = None
+    node_events: Events | None = None  # node token revocations, to every replica
     jwt: JWTVerifier | None = None
     draining: bool = False
 
@@ -107,7 +112,9 @@ async def open_state(settings: Settings, log: logging.Logger) -> AppState:
     auth = Authenticator(
         settings.auth, identity, log, jwt=_jwt_check(jwt) if jwt else None, pubsub=bool(client)
     )
-    router = await build_router(settings, log)
+    hub = Hub(NodeTokenStore(engine), settings.nodes, log)
+    router = await build_router(settings, log, nodes=hub.link)
+    hub.listeners.append(RegisteredModels(hub, router, settings.nodes))
     keys = {key for m in router.models.values() for d in m.deployments for key in d.known_secrets}
     # Provider keys and the task webhook's shared secret, scrubbed from every log line.
     install_log_scrubber(log, [*keys, settings.tasks.webhook.secret])
@@ -144,6 +151,7 @@ async def open_state(settings: Settings, log: logging.Logger) -> AppState:
         responses=ResponseKeeper(ResponseStore(engine), log),
         redis=client,
         jwt=jwt,
+        hub=hub,
     )
     if client is not None:
         from relaygate.auth.invalidation import Events, KeyEvents
@@ -156,6 +164,10 @@ async def open_state(settings: Settings, log: logging.Logger) -> AppState:
             )
             state.cache.publish = state.cache_events.publish_text
             state.cache_events.start()
+        state.node_events = Events(client, settings.redis_prefix, "nodes", hub.on_revoked, log)
+        hub.publish = state.node_events.publish_text
+        state.node_events.start()
+    hub.start()
     auth.start()
     state.responses.start()
     return state
@@ -164,6 +176,9 @@ async def open_state(settings: Settings, log: logging.Logger) -> AppState:
 async def close_state(state: AppState) -> None:
     state.draining = True
     await state.auth.aclose()
+    await state.hub.aclose()
+    if state.node_events is not None:
+        await state.node_events.aclose()
     await state.admission.limiter.aclose()
     if state.key_events is not None:
         await state.key_events.aclose()

@@ -22,6 +22,7 @@ from relaygate.api.openapi import (
     OllamaError,
     operation_for,
 )
+from relaygate.store.nodes import NodeTokenStore
 from tests.conftest import MOCK
 from tests.gateway import RunningGateway, make_settings, running_gateway
 from tests.keys import new_key
@@ -101,6 +102,9 @@ async def concrete(gateway: RunningGateway, path: str) -> str:
     tenant = await gateway.state.identity.tenant_by_name(f"docs-{n}")
     assert tenant is not None
     values = {"key_id": key_id, "tenant_id": tenant.id, "model": "mock"}
+    if "{token_id}" in path:  # a node token (a DELETE revokes it)
+        record, _ = await NodeTokenStore(gateway.state.engine).create(f"docs-{n}")
+        values["token_id"] = record.id
     if "{response_id}" in path:  # a stored response of the caller's (a DELETE may remove it)
         async with gateway.client() as client:
             values["response_id"] = (await client.responses.create(model="mock", input="hi")).id

@@ -23,11 +23,13 @@ from relaygate.providers.mock import MockProvider
 from relaygate.providers.ollama import OllamaProvider
 from relaygate.providers.openai import OpenAIProvider
 from relaygate.providers.openwebui import OpenWebUIProvider
+from relaygate.providers.tunnel import TunnelProvider
 from relaygate.routing.health import Health
 from relaygate.routing.router import Deployment, Model, Router
 from relaygate.settings import DeploymentConfig, ModelConfig, RoutingConfig, Settings, Timeouts
+from relaygate.tunnel.client import Finder
 
-__all__ = ["build_router", "close_providers"]
+__all__ = ["build_router", "close_providers", "deployment_name"]
 
 _ADAPTERS: dict[str, Callable[..., Provider]] = {
     "openai": OpenAIProvider,
@@ -65,10 +67,20 @@ MOCK_DESCRIPTION = (
 class _Pools:
     """One provider (and its session) per upstream, created on first use."""
 
-    def __init__(self, policy: RoutingConfig) -> None:
+    def __init__(self, policy: RoutingConfig, nodes: Finder | None = None) -> None:
         self.policy = policy
         self.providers: dict[tuple[str, str, Options], Provider] = {}
         self.mock = MockProvider()
+        self.nodes = nodes
+
+    def node(self, name: str) -> Provider:
+        """The provider of dial-out node ``name`` (one per node, shared by its models)."""
+        key = ("node", name, ())
+        existing = self.providers.get(key)
+        if existing is None:
+            existing = TunnelProvider(name, self.nodes or _no_nodes)
+            self.providers[key] = existing
+        return existing
 
     def get(
         self,
@@ -77,6 +89,8 @@ class _Pools:
         max_connections: int,
         config: DeploymentConfig | None = None,
     ) -> Provider:
+        if provider == "node" and config is not None and config.node is not None:
+            return self.node(config.node)
         if provider == "mock" or base_url is None:
             return self.mock
         options = _options(config)
@@ -102,8 +116,15 @@ def new_session(max_connections: int) -> aiohttp.ClientSession:
     )
 
 
-async def build_router(settings: Settings, log: logging.Logger) -> Router:
-    pools = _Pools(settings.routing)
+def _no_nodes(_name: str) -> None:
+    return None
+
+
+async def build_router(
+    settings: Settings, log: logging.Logger, nodes: Finder | None = None
+) -> Router:
+    """The model table; ``nodes`` finds a connected dial-out node by name (tunnel/hub.py)."""
+    pools = _Pools(settings.routing, nodes)
     models = [_model(config, pools) for config in settings.models]
     known = {m.name for m in models}
     for url in settings.ollama_discovery_urls:
@@ -138,7 +159,7 @@ def _model(config: ModelConfig, pools: _Pools) -> Model:
 def _deployment(
     model: str, index: int, config: DeploymentConfig, pools: _Pools, count: int
 ) -> Deployment:
-    name = model if count == 1 else f"{model}#{index + 1}"
+    name = deployment_name(model, index, count, config)
     return Deployment(
         name=name,
         model=model,
@@ -151,6 +172,13 @@ def _deployment(
         api_key=config.api_key,
         chunk_delay=config.chunk_delay,
     )
+
+
+def deployment_name(model: str, index: int, count: int, config: DeploymentConfig) -> str:
+    """The router's name of a deployment; a node's says which node (``llama3@mac``), which
+    the usage record keeps (its ``deployment`` field)."""
+    name = model if count == 1 else f"{model}#{index + 1}"
+    return f"{name}@{config.node}" if config.provider == "node" else name
 
 
 def _mock_model(pools: _Pools) -> Model:

@@ -23,6 +23,7 @@ from sqlalchemy import (
 __all__ = [
     "api_keys",
     "metadata",
+    "node_tokens",
     "response_cache",
     "stored_responses",
     "tenants",
@@ -145,3 +146,17 @@ stored_responses = Table(
 )
 Index("ix_responses_owner_created", stored_responses.c.owner, stored_responses.c.created_at)
 Index("ix_responses_expires_at", stored_responses.c.expires_at)
+
+# Tokens of nodes that dial out to the gateway (tunnel/): one name per node, the
+# token's SHA-256 only. A node token serves; it never authenticates an API call.
+node_tokens = Table(
+    "node_tokens",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("prefix", String(32), nullable=False),  # shown in lists: "rgn_AbCdEf"
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+)
+Index("ix_node_tokens_name", node_tokens.c.name)
