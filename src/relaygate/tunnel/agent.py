@@ -145,6 +145,9 @@ class NodeAgent:
 
     async def _connect_once(self, gateway: aiohttp.ClientSession) -> None:
         hello = await self._hello()
+        log.debug(
+            "connecting to %s (%s server, %d models)", self.url, hello.kind, len(hello.models)
+        )
         headers = {"Authorization": f"Bearer {self.config.token}"}
         try:
             ws = await gateway.ws_connect(
@@ -168,6 +171,7 @@ class NodeAgent:
                 async with lock:
                     await ws.send_bytes(encode(frame))
 
+            log.debug("connected; registering")
             await send(hello)
             async with asyncio.timeout(self.config.connect_timeout):
                 welcome, why = await _receive(ws)
@@ -289,6 +293,11 @@ class NodeAgent:
             self._running += 1
             try:
                 await self._call(request, send)
+            except (aiohttp.ClientError, OSError, asyncio.CancelledError):
+                raise  # the gateway connection is gone, or the request was cancelled
+            except Exception:  # never leave the gateway waiting for an answer
+                log.exception("request %d failed in the agent", request.id)
+                await send(Failed(request.id, "protocol", "the node agent failed"))
             finally:
                 self._running -= 1
 
@@ -301,7 +310,9 @@ class NodeAgent:
                 request.method, self.upstream + request.path, data=request.body or None,
                 headers=headers,
             ) as response:  # fmt: skip
-                kept = [(k, v) for k, v in response.headers.items() if k.lower() not in _HOP_BY_HOP]
+                kept = [
+                    (str(k), v) for k, v in response.headers.items() if k.lower() not in _HOP_BY_HOP
+                ]
                 await send(Head(request.id, response.status, response.reason or "", kept))
                 started = True
                 async for data in response.content.iter_chunked(CHUNK):
