@@ -14,6 +14,7 @@ import logging
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -27,7 +28,8 @@ __all__ = ["add_node_commands"]
 
 EXIT_REFUSED = 1
 Job = Callable[[NodeTokenStore, argparse.Namespace], Awaitable[list[str]]]
-Commands = argparse._SubParsersAction[argparse.ArgumentParser]
+if TYPE_CHECKING:
+    Commands = argparse._SubParsersAction[argparse.ArgumentParser]
 
 AGENT_DESCRIPTION = """\
 Run beside a model server (Ollama, or an OpenAI-compatible server such as vLLM,
