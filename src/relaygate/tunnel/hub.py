@@ -248,7 +248,7 @@ class Hub:
     async def _watch(self) -> None:
         """Heartbeat deadlines, and revocations made where no message reached us."""
         every = min(self.config.revocation_poll, self.config.heartbeat_interval)
-        last_poll = 0.0
+        last_poll = time.monotonic()
         while True:
             await asyncio.sleep(every)
             now = time.monotonic()
