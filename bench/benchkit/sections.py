@@ -9,6 +9,7 @@ from .auth_sections import auth_cost
 from .cache_sections import cache_cost
 from .common import Options, Section
 from .http_sections import latency, open_loop, throughput
+from .node_sections import node_cost
 from .stream_sections import held_streams, idle_rss, streaming
 from .usage_sections import usage_cost
 
@@ -23,4 +24,5 @@ SECTIONS: dict[str, tuple[str, Callable[[Section, Options], None]]] = {
     "usage": ("8. Usage accounting cost and durability", usage_cost),
     "cache": ("9. Response cache: hit latency and warm-cache throughput", cache_cost),
     "apis": ("10. Added latency per inbound API at concurrency 1", api_latency),
+    "nodes": ("11. Dial-out node: added time to first chunk, 200 streams via one agent", node_cost),
 }

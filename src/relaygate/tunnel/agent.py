@@ -125,8 +125,10 @@ class NodeAgent:
     async def run(self) -> int:
         """Serve until refused (returns EXIT_REFUSED) or cancelled."""
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.config.connect_timeout)
+        # --capacity bounds the requests to the local server, not aiohttp's pool (100)
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
         async with (
-            aiohttp.ClientSession(timeout=timeout, trust_env=False) as local,
+            aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False) as local,
             aiohttp.ClientSession(timeout=timeout) as gateway,
         ):
             self._local = local
