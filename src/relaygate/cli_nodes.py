@@ -12,9 +12,9 @@ import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -141,10 +141,19 @@ def _run_agent(args: argparse.Namespace) -> None:
     except ValueError as exc:
         raise ConfigError(f"--gateway: {exc}") from None
     try:
-        code = asyncio.run(agent.run())
+        code = _run_loop(agent.run())
     except KeyboardInterrupt:
         code = 0
     raise SystemExit(code)
+
+
+def _run_loop(job: Coroutine[Any, Any, int]) -> int:
+    """On uvloop where it exists (as the gateway runs), else asyncio's loop (Windows)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(job)
+    return uvloop.run(job)
 
 
 def _add_tokens(commands: Commands) -> None:
