@@ -178,7 +178,7 @@ def _config_check(args: argparse.Namespace) -> None:
                 (
                     model.name,
                     dep.provider,
-                    _mask_url(dep.base_url) if dep.base_url else "-",
+                    _mask_url(dep.base_url) if dep.base_url else _node(dep.node),
                     dep.model or model.name,
                     f"{dep.weight:g}",
                     mask_secret(dep.api_key),
@@ -192,6 +192,11 @@ def _config_check(args: argparse.Namespace) -> None:
         print("plus the development model 'mock'")
     for url in settings.ollama_discovery_urls:
         print(f"plus every model of the Ollama server at {_mask_url(url)}, if it answers at start")
+
+
+def _node(name: str | None) -> str:
+    """Where a deployment without a base URL is: a dial-out node's name, else nowhere."""
+    return f"node {name} (dials out)" if name else "-"
 
 
 def mask_secret(secret: str | None) -> str:
