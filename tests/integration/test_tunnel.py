@@ -268,3 +268,26 @@ async def test_a_slow_stream_is_cancelled_at_the_node_when_the_client_leaves(
         await stream.close()
         await asyncio.wait_for(fake_ollama.client_gone.wait(), 10)
         assert fake_ollama.completed_streams == 0
+
+
+async def test_an_ollama_stream_cut_mid_way_ends_with_an_error_line(
+    gateway: RunningGateway, fake_ollama: FakeOllama
+) -> None:
+    """The error event is in the client's own shape: an Ollama client's error line."""
+    fake_ollama.models = ["m1:1b"]
+    words = " ".join(f"w{i}" for i in range(300))
+    fake_ollama.push(Script(content=words, chunk_delay=0.2))
+    async with (
+        agent(gateway, "box", fake_ollama.base_url) as (_, task),
+        ollama.AsyncClient(host=gateway.url, headers=gateway.headers) as client,
+    ):
+        received: list[str] = []
+        with pytest.raises(ollama.ResponseError) as failed:
+            async for part in await client.chat(
+                model="fixed", messages=[{"role": "user", "content": "x"}], stream=True
+            ):
+                received.append(part.message.content or "")
+                if len(received) == 3:
+                    task.cancel()  # the agent stops: its connection closes
+        assert "lost mid-response" in failed.value.error
+        assert 3 <= len(received) < 300
