@@ -17,6 +17,9 @@ import pytest
 import sqlalchemy as sa
 
 from relaygate.auth.keys import hash_secret
+from relaygate.errors import NotFound
+from relaygate.store.engine import create_engine
+from relaygate.store.nodes import NodeTokenStore
 from relaygate.store.tables import node_tokens
 from relaygate.tunnel.agent import EXIT_REFUSED, AgentConfig, NodeAgent
 from tests.conftest import MOCK
@@ -124,3 +127,24 @@ async def test_a_revocation_elsewhere_cuts_the_node_off_in_every_replica(
         assert await asyncio.wait_for(task, 10) == EXIT_REFUSED
         assert first.state.hub.link("box") is None
         assert "m:1b" not in first.state.router.models
+
+
+async def test_the_token_store_on_each_database(database_url: str) -> None:
+    engine = create_engine(database_url)
+    try:
+        store = NodeTokenStore(engine)
+        first, secret = await store.create("mac")
+        second, _ = await store.create("mac")  # a second token for the same node (rotation)
+        assert (await store.check(secret)) == first
+        assert await store.check(secret + "x") is None
+        assert await store.revoked_among([first.id, second.id, "node_gone"]) == {"node_gone"}
+        revoked = await store.revoke(first.id)
+        assert revoked.revoked_at is not None and revoked.created_at.tzinfo is not None
+        assert await store.check(secret) is None
+        assert await store.revoked_among([first.id, second.id]) == {first.id}
+        assert [t.id for t in await store.list()] == [second.id]
+        assert {t.id for t in await store.list(include_revoked=True)} == {first.id, second.id}
+        with pytest.raises(NotFound):
+            await store.revoke("node_0000000000000000")
+    finally:
+        await engine.dispose()
