@@ -156,7 +156,7 @@ class NodeAgent:
                 self.url,
                 headers=headers,
                 protocols=(PROTOCOL,),
-                heartbeat=20.0,
+                heartbeat=10.0,  # a WebSocket ping; no pong within 5 s: reconnect
                 max_msg_size=MAX_MESSAGE,
                 autoping=True,
             )
