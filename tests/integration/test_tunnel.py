@@ -179,6 +179,11 @@ async def test_unknown_token_and_token_in_url_are_refused(gateway: RunningGatewa
         with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
             await session.ws_connect(url + f"?token={secret}", protocols=("relaygate-node.v1",))
         assert refused.value.status == 401
+        # no other route takes a WebSocket, with any credential
+        other = gateway.url.replace("http", "ws") + "/v1/chat/completions"
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await session.ws_connect(other, headers={"Authorization": f"Bearer {secret}"})
+        assert refused.value.status == 403
     node = NodeAgent(AgentConfig(gateway=gateway.url, token="rgn_wrong", upstream="http://x"))
     node.kind = "ollama"
     assert await node.run() == EXIT_REFUSED
