@@ -10,6 +10,7 @@ nginx /slow/v1, ~6.4 s each) at once through a second agent, all on its one conn
 from __future__ import annotations
 
 import json
+import os
 import urllib.request
 
 from . import procs, sse_client
@@ -62,15 +63,24 @@ def agent_argv(gateway: str, token: str, node: str) -> list[str]:
     ]  # fmt: skip
 
 
-def _start_agents(gw: Gateway, opts: Options, sec: Section) -> None:
+def _start_agents(gw: Gateway, opts: Options, sec: Section) -> dict[str, int]:
+    """Start one agent per node; their pids by node."""
+    pids = {}
     for node in NODES:
         token = _post_json(gw.base + "/admin/node-tokens", {"name": node}, opts.headers)
         argv = agent_argv(gw.base, str(token["token"]), node)
-        procs.spawn(argv, WORK_DIR / f"node-{node}.log")
+        pids[node] = procs.spawn(argv, WORK_DIR / f"node-{node}.log").pid
         shown = [("<node token>" if a == token["token"] else a) for a in argv]
         sec.details.append(f"Agent: `{cmdline(shown)}`")
     if not wait_for(lambda: _connected(gw.base, opts.headers) >= set(NODES), 20, 0.1):
         raise BenchError("the node agents did not connect within 20 s (see bench/.work/node-*.log)")
+    return pids
+
+
+def _cpu_ms(pid: int) -> float:
+    """CPU time (user + system) a process has used, in ms."""
+    ticks = procs.cpu_ticks().get(pid, 0)
+    return ticks * 1000 / os.sysconf("SC_CLK_TCK")
 
 
 def node_cost(sec: Section, opts: Options) -> None:
@@ -91,7 +101,7 @@ def node_cost(sec: Section, opts: Options) -> None:
     with Gateway(opts, workers=1) as gw:
         sec.details.append(gw.line())
         check_gateway(opts, gw)
-        _start_agents(gw, opts, sec)
+        agents = _start_agents(gw, opts, sec)
         pairs50: list[tuple[float, float]] = []
         pairs99: list[tuple[float, float]] = []
         rows = []
@@ -99,8 +109,11 @@ def node_cost(sec: Section, opts: Options) -> None:
             sse_client.run_async(
                 sse_client.sequential(GATEWAY_PORT, CHAT, body, 100, headers=opts.headers)
             )
+        cpu: list[float] = []  # the agent's CPU ms per stream, per round
         for i in range(1, rounds + 1):
+            before = _cpu_ms(agents["bench"])
             samples = _interleaved(opts)
+            cpu.append((_cpu_ms(agents["bench"]) - before) / opts.streams)
             stats = {}
             for label, got in samples.items():
                 ok = [s.ttfc_s * 1000 for s in got if s.ok]
@@ -112,6 +125,11 @@ def node_cost(sec: Section, opts: Options) -> None:
             pairs99.append((stats["direct deployment"][1], stats["via node"][1]))
         sec.targets.append(added("dial-out node: added TTFC p99", 5.0, pairs99))
         sec.targets.append(added("dial-out node: added TTFC p50", 5.0, pairs50))
+        sec.details.append(
+            "The agent's own CPU per stream (64 events relayed), per round: "
+            + ", ".join(f"{ms:.3f} ms" for ms in cpu)
+            + " (a cost that does not depend on how busy the machine is)."
+        )
         gauge = sse_client.OpenGauge()
         held = sse_client.run_async(
             sse_client.concurrent(
@@ -131,7 +149,7 @@ def node_cost(sec: Section, opts: Options) -> None:
         )
         sec.data.update(
             {"ttfc_pairs_p50": pairs50, "ttfc_pairs_p99": pairs99, "held_ok": good,
-             "held_peak": gauge.peak}
+             "held_peak": gauge.peak, "agent_cpu_ms_per_stream": cpu}
         )  # fmt: skip
     sec.details += ["", *stream_table(rows)]
 
