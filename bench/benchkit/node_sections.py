@@ -128,7 +128,7 @@ def node_cost(sec: Section, opts: Options) -> None:
         sec.details.append(
             "The agent's own CPU per stream (64 events relayed), per round: "
             + ", ".join(f"{ms:.3f} ms" for ms in cpu)
-            + " (a cost that does not depend on how busy the machine is)."
+            + " (CPU time: far less skewed by a busy machine than wall time)."
         )
         gauge = sse_client.OpenGauge()
         held = sse_client.run_async(
