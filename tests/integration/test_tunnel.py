@@ -296,3 +296,30 @@ async def test_an_ollama_stream_cut_mid_way_ends_with_an_error_line(
                     task.cancel()  # the agent stops: its connection closes
         assert "lost mid-response" in failed.value.error
         assert 3 <= len(received) < 300
+
+
+async def test_a_token_store_failure_is_retried_not_a_refusal(
+    gateway: RunningGateway, fake_ollama: FakeOllama, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database outage must not stop agents for good (exit 3 is for refused tokens)."""
+    hub = gateway.state.hub
+    check = hub.tokens.check
+    failures = 0
+
+    async def failing(secret: str) -> Any:
+        nonlocal failures
+        if failures < 2:
+            failures += 1
+            raise OSError("database down")
+        return await check(secret)
+
+    monkeypatch.setattr(hub.tokens, "check", failing)  # a fault no fake server can produce
+    url = gateway.url.replace("http", "ws") + "/nodes/connect"
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            headers = {"Authorization": "Bearer rgn_x"}
+            await session.ws_connect(url, headers=headers, protocols=("relaygate-node.v1",))
+        assert refused.value.status == 503
+    async with agent(gateway, "box", fake_ollama.base_url) as (_, task):
+        assert not task.done() and failures == 2
+        assert hub.link("box") is not None

@@ -161,10 +161,10 @@ class NodeAgent:
                 autoping=True,
             )
         except aiohttp.WSServerHandshakeError as exc:
-            if exc.status in (401, 403):
-                raise Refused(
-                    f"HTTP {exc.status}: the node token is not valid (revoked?)"
-                ) from None
+            if exc.status == 401:
+                raise Refused("HTTP 401: the node token is not valid (revoked?)") from None
+            if exc.status == 403:
+                raise Refused(f"HTTP 403: is {self.url} the gateway's node route?") from None
             raise
         async with ws:
             lock = asyncio.Lock()

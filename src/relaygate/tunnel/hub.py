@@ -274,7 +274,12 @@ class Hub:
         message = await receive()
         if message["type"] != "websocket.connect":
             return
-        token = await self._authenticate(scope)
+        try:
+            token = await self._authenticate(scope)
+        except Exception as exc:  # the token store failed: a retry may succeed, no refusal
+            self.log.warning("node token check failed: %s", type(exc).__name__)
+            await _deny(scope, send, 503, "The token store could not answer; retry shortly.")
+            return
         if token is None:
             await _deny(scope, send, 401, "A valid node token is required (Authorization: Bearer).")
             return
@@ -301,11 +306,7 @@ class Hub:
         scheme, _, secret = value.decode("latin-1").partition(" ")
         if scheme.lower() != "bearer" or not secret.strip():
             return None
-        try:
-            return await self.tokens.check(secret.strip())
-        except Exception as exc:
-            self.log.warning("node token check failed: %s", type(exc).__name__)
-            return None
+        return await self.tokens.check(secret.strip())
 
     async def _hello(self, token: NodeToken, receive: Receive, send: Send) -> NodeLink | None:
         try:
@@ -374,8 +375,9 @@ async def _next_frame(receive: Receive) -> Frame | Hello | None:
 
 async def _deny(scope: Scope, send: Send, status: int, message: str) -> None:
     """Refuse the handshake with an HTTP answer (or a plain close where the server
-    cannot send one)."""
-    body = msgspec.json.encode({"error": {"message": message, "type": "authentication_error"}})
+    cannot send one). A node agent stops on 401 and retries anything else."""
+    kind = {401: "authentication_error", 503: "service_unavailable"}.get(status, "invalid_request")
+    body = msgspec.json.encode({"error": {"message": message, "type": kind}})
     if "websocket.http.response" in (scope.get("extensions") or {}):
         await send(
             {
