@@ -47,11 +47,16 @@ def make_settings(models: list[dict[str, Any]] | None = None, **overrides: Any) 
 
 class RunningGateway:
     def __init__(
-        self, app: Gateway, port: int, admin_key: str, ops_port: int | None = None
+        self,
+        app: Gateway,
+        port: int,
+        admin_key: str,
+        ops_port: int | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
         self.app = app
         self.port = port
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"http://{host}:{port}"
         self.ops_port = ops_port
         self.ops_url = f"http://127.0.0.1:{ops_port}" if ops_port else None
         self.admin_key = admin_key
@@ -97,11 +102,15 @@ async def prepare_database(settings: Settings) -> str:
 
 
 @asynccontextmanager
-async def running_gateway(settings: Settings) -> AsyncIterator[RunningGateway]:
+async def running_gateway(
+    settings: Settings, host: str = "127.0.0.1"
+) -> AsyncIterator[RunningGateway]:
+    """The gateway on a free port of ``host`` (loopback unless a test needs another
+    local address, such as a network namespace bridge's)."""
     admin_key = await prepare_database(settings)
     app = create_app(settings)
     server, sockets = build_server(
-        msgspec.structs.replace(settings, host="127.0.0.1", port=0),
+        msgspec.structs.replace(settings, host=host, port=0),
         app,
         loop="auto",
         log_level="warning",
@@ -115,7 +124,7 @@ async def running_gateway(settings: Settings) -> AsyncIterator[RunningGateway]:
                 task.result()
                 raise RuntimeError("gateway did not start")
             await asyncio.sleep(0.005)
-        yield RunningGateway(app, sockets[0].getsockname()[1], admin_key, app.ops_port)
+        yield RunningGateway(app, sockets[0].getsockname()[1], admin_key, app.ops_port, host)
     finally:
         server.should_exit = True
         await task

@@ -11,6 +11,7 @@ from .common import Options, Section
 from .http_sections import latency, open_loop, throughput
 from .node_sections import nodes_scaling
 from .stream_sections import held_streams, idle_rss, streaming
+from .tunnel_sections import node_cost
 from .usage_sections import usage_cost
 
 SECTIONS: dict[str, tuple[str, Callable[[Section, Options], None]]] = {
@@ -25,4 +26,8 @@ SECTIONS: dict[str, tuple[str, Callable[[Section, Options], None]]] = {
     "cache": ("9. Response cache: hit latency and warm-cache throughput", cache_cost),
     "apis": ("10. Added latency per inbound API at concurrency 1", api_latency),
     "nodes": ("11. A pool of 4 equal model nodes: throughput vs one node", nodes_scaling),
+    "dialout": (
+        "12. Dial-out node: added time to first chunk, 200 streams via one agent",
+        node_cost,
+    ),
 }

@@ -35,6 +35,7 @@ from relaygate.observability.logging import configure_logging
 from relaygate.pipeline import Pipeline
 from relaygate.settings import Settings, load_settings
 from relaygate.state import AppState, close_state, open_state
+from relaygate.tunnel.hub import CONNECT_PATH
 
 __all__ = ["AppState", "Gateway", "create_app"]
 
@@ -79,8 +80,23 @@ class Gateway:
                     await self._cors(scope, receive, send)
             except Exception:
                 await self._escaped(scope, send)
+        elif scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The one WebSocket route: dial-out nodes connecting (tunnel/hub.py)."""
+        on_ops = (
+            self.ops_port is not None and (scope.get("server") or (None, None))[1] == self.ops_port
+        )
+        if self.state is None or scope["path"] != CONNECT_PATH or on_ops:
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        try:
+            await self.state.hub.serve(scope, receive, send)
+        except Exception:
+            self.log.exception("node connection failed")
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._route(scope)(scope, receive, send)

@@ -18,10 +18,11 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from relaygate import __version__
 from relaygate.cli_admin import add_commands
+from relaygate.cli_nodes import add_node_commands
 from relaygate.cli_secrets import add_secrets_commands
 from relaygate.errors import ConfigError
 from relaygate.observability.logging import configure_logging
-from relaygate.settings import Settings, load_settings
+from relaygate.settings import DeploymentConfig, Settings, load_settings
 
 __all__ = ["main"]
 
@@ -68,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
 
     add_commands(commands)
     add_secrets_commands(commands)
+    add_node_commands(commands)
 
     doctor = commands.add_parser(
         "doctor",
@@ -194,7 +196,7 @@ def _config_check(args: argparse.Namespace) -> None:
                 (
                     model.name,
                     dep.provider,
-                    f"pool {dep.pool}" if dep.pool else _mask_url(dep.base_url or "-"),
+                    _where(dep),
                     dep.model or model.name,
                     f"{dep.weight:g}",
                     mask_secret(dep.api_key),
@@ -214,6 +216,18 @@ def _config_check(args: argparse.Namespace) -> None:
         print("plus the development model 'mock'")
     for url in settings.ollama_discovery_urls:
         print(f"plus every model of the Ollama server at {_mask_url(url)}, if it answers at start")
+
+
+def _where(dep: DeploymentConfig) -> str:
+    """Where a deployment's requests go: its pool, its base URL (masked) or its node."""
+    if dep.pool:
+        return f"pool {dep.pool}"
+    return _mask_url(dep.base_url) if dep.base_url else _node(dep.node)
+
+
+def _node(name: str | None) -> str:
+    """Where a deployment without a base URL is: a dial-out node's name, else nowhere."""
+    return f"node {name} (dials out)" if name else "-"
 
 
 def mask_secret(secret: str | None) -> str:

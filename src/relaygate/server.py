@@ -122,6 +122,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_phase = _IDLE
         self._over_cap = False
+        self._upgraded = False  # handed to the WebSocket protocol: no more timers here
         self.url = b""
 
     # connection
@@ -159,7 +160,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._feed(data)
         elif not self._feed_up_to_limit(data):
             return
-        if self.transport.is_closing():
+        if self.transport.is_closing() or self._upgraded:
             return
         left = self._head_left
         phase = _BODY if left is None else _HEAD if left < self._head_limit else _IDLE
@@ -194,7 +195,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
                 return
             raise
         except httptools.HttpParserUpgrade:
-            pass  # no upgrades served: the request was passed on as a plain one
+            if self._should_upgrade():  # a WebSocket: only dial-out nodes (/nodes/connect)
+                self._cancel_timer()
+                self._upgraded = True
+                self.handle_websocket_upgrade()
+            # any other upgrade was passed on as a plain request
         except httptools.HttpParserError:
             self._close_with(InvalidRequest("Invalid HTTP request received."))
 
@@ -294,7 +299,9 @@ def server_config(settings: Settings, app: ASGIApp | str, **overrides: Any) -> S
         "host": settings.host,
         "port": settings.port,
         "loop": "uvloop",
-        "ws": "none",
+        # WebSocket only for dial-out nodes (/nodes/connect, tunnel/hub.py)
+        "ws": "websockets-sansio",
+        "ws_max_size": settings.max_body_bytes + 1024 * 1024,
         "lifespan": "on",
         "access_log": False,
         "server_header": False,

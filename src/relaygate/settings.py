@@ -60,6 +60,7 @@ DEFAULT_BASE_URLS = {
     "anthropic": "https://api.anthropic.com",
 }
 Positive = Annotated[float, msgspec.Meta(gt=0)]
+NODE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"  # a dial-out node's name (store/nodes.py)
 NonNegative = Annotated[float, msgspec.Meta(ge=0)]
 # node and pool names: shown in /admin/nodes and used as metric labels
 NodeName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
@@ -104,11 +105,15 @@ class NodeConfig(_Config, kw_only=True):
 class DeploymentConfig(_Config, kw_only=True):
     """One upstream that can serve a model."""
 
-    provider: Literal["openai", "ollama", "gemini", "anthropic", "openwebui", "mock"]
-    base_url: str | None = None  # required, except for mock, gemini, anthropic and pools
+    provider: Literal["openai", "ollama", "gemini", "anthropic", "openwebui", "mock", "node"]
+    # required, except for mock, node, gemini, anthropic and pools
+    base_url: str | None = None
     pool: PoolName | None = None  # a pool of nodes (``pools``) in place of one base_url
     # or the nodes themselves: a pool of its own, serving this model only
     nodes: Annotated[list[NodeConfig], msgspec.Meta(min_length=1, max_length=1000)] | None = None
+    # node only: the name of a node that dials out to the gateway (``relaygate node``);
+    # its local server's kind (Ollama or OpenAI-compatible) is what the node registers
+    node: Annotated[str, msgspec.Meta(pattern=NODE_NAME)] | None = None
     model: str | None = None
     api_key: str | None = None
     weight: Positive = 1.0
@@ -156,6 +161,26 @@ class ModelConfig(_Config, kw_only=True):
     order: Literal["weighted", "preference"] = "weighted"
     cache: ModelCacheConfig | None = None
     price: Price | None = None  # this model's price, ahead of ``usage.prices``
+
+
+class NodesConfig(_Config, kw_only=True):
+    """Nodes that dial out to the gateway (``relaygate node``, docs/nodes-dial-out.md).
+
+    ``serve_registered``: every model a connected node registers is served under its
+    own name (unless a configured model has that name), and listed, while the node
+    is connected. ``heartbeat_interval``: how often a node says it is alive (and
+    sends its current models); ``heartbeat_timeout``: silence after which its
+    connection is cut and its requests fail over. ``revocation_poll``: how often
+    the database is asked whether a connected node's token was revoked (Redis,
+    when configured, tells every replica at once). ``timeouts``: of the deployments
+    of registered models.
+    """
+
+    serve_registered: bool = True
+    heartbeat_interval: Annotated[float, msgspec.Meta(gt=0, le=300)] = 5.0
+    heartbeat_timeout: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 15.0
+    revocation_poll: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 1.0
+    timeouts: Timeouts = msgspec.field(default_factory=Timeouts)
 
 
 class RoutingConfig(_Config, kw_only=True):
@@ -768,6 +793,7 @@ class Settings(_Config, kw_only=True):
     ops: OpsConfig = msgspec.field(default_factory=OpsConfig)
     tasks: TasksConfig = msgspec.field(default_factory=TasksConfig)
     paths: PathsConfig = msgspec.field(default_factory=PathsConfig)
+    nodes: NodesConfig = msgspec.field(default_factory=NodesConfig)
     config_path: str | None = None
     prometheus_multiproc_dir: str | None = None
 
@@ -1277,6 +1303,17 @@ def _check_deployment(
     if dep.provider == "mock":
         return
     _check_provider_fields(dep, path, lines, source)
+    if dep.provider == "node":
+        problem = None
+        if dep.node is None:
+            problem = (path, "node: required for provider 'node' (the node's name)")
+        elif dep.base_url is not None:
+            problem = ((*path, "base_url"), "base_url: a node has none (it dials out)")
+        if problem is not None:
+            where, text = problem
+            msg = f"{_dotted(path)}.{text}"
+            raise ConfigError(msg, source=source, line=_line_of(where, lines))
+        return
     if not dep.base_url and dep.provider in DEFAULT_BASE_URLS:
         dep.base_url = DEFAULT_BASE_URLS[dep.provider]
     if not dep.base_url:
@@ -1296,6 +1333,7 @@ _PROVIDER_FIELDS = {
     "default_max_tokens": "anthropic",
     "organization": "openai",
     "project": "openai",
+    "node": "node",
 }
 
 

@@ -31,9 +31,12 @@ from relaygate.routing.router import Model, Router
 from relaygate.settings import Settings
 from relaygate.store.engine import create_engine, safe_url
 from relaygate.store.identity import IdentityStore
+from relaygate.store.nodes import NodeTokenStore
 from relaygate.store.responses import ResponseStore
 from relaygate.store.responses_keeper import ResponseKeeper
 from relaygate.store.schema import SCHEMA_REVISION, current_revision
+from relaygate.tunnel.hub import Hub
+from relaygate.tunnel.serving import RegisteredModels
 from relaygate.usage.accounting import Recorder
 from relaygate.usage.outbox import Outbox
 from relaygate.usage.tokens import LazyTokenizer
@@ -67,10 +70,12 @@ class AppState:
     cache: ResponseCache
     responses: ResponseKeeper  # the Responses API's stored answers
     vault: Vault  # users' own provider keys and configurations (BYOK)
+    hub: Hub  # dial-out nodes connected to this worker (tunnel/)
     redis: redis.Redis | None = None
     key_events: KeyEvents | None = None
     cache_events: Events | None = None
     vault_events: Events | None = None
+    node_events: Events | None = None  # node token revocations, to every replica
     jwt: JWTVerifier | None = None
     access_log: AccessLog | None = None  # None: off, and no work per request
     draining: bool = False
@@ -127,7 +132,9 @@ async def open_state(settings: Settings, log: logging.Logger) -> AppState:
     auth = Authenticator(
         settings.auth, identity, log, jwt=_jwt_check(jwt) if jwt else None, pubsub=bool(client)
     )
-    router = await build_router(settings, log, client)
+    hub = Hub(NodeTokenStore(engine), settings.nodes, log)
+    router = await build_router(settings, log, client, nodes=hub.link)
+    hub.listeners.append(RegisteredModels(hub, router, settings.nodes))
     keys = {key for m in router.models.values() for d in m.deployments for key in d.known_secrets}
     vault = Vault(settings, engine, log, known_secrets=tuple(sorted(keys)))
     try:  # stored provider secrets and no key to read them: refuse to start
@@ -177,10 +184,12 @@ async def open_state(settings: Settings, log: logging.Logger) -> AppState:
         redis=client,
         jwt=jwt,
         access_log=AccessLog.from_settings(settings),
+        hub=hub,
     )
     if client is not None:
         _listen(state, client)
     _watch_nodes(state)
+    hub.start()
     auth.start()
     state.responses.start()
     vault.start()
@@ -208,6 +217,12 @@ def _listen(state: AppState, client: redis.Redis) -> None:
     )
     state.vault.publish = state.vault_events.publish_text
     state.vault_events.start()
+    # node tokens revoked on another replica: their nodes are cut off here too
+    state.node_events = Events(
+        client, state.settings.redis_prefix, "nodes", state.hub.on_revoked, state.log
+    )
+    state.hub.publish = state.node_events.publish_text
+    state.node_events.start()
 
 
 def _watch_nodes(state: AppState) -> None:
@@ -222,6 +237,9 @@ def _watch_nodes(state: AppState) -> None:
 async def close_state(state: AppState) -> None:
     state.draining = True
     await state.auth.aclose()
+    await state.hub.aclose()
+    if state.node_events is not None:
+        await state.node_events.aclose()
     await state.admission.limiter.aclose()
     if state.key_events is not None:
         await state.key_events.aclose()

@@ -22,6 +22,7 @@ from relaygate.api.openapi import (
     OllamaError,
     operation_for,
 )
+from relaygate.store.nodes import NodeTokenStore
 from relaygate.vault.store import Owner
 from tests.conftest import MOCK
 from tests.gateway import RunningGateway, make_settings, running_gateway
@@ -104,6 +105,9 @@ async def concrete(gateway: RunningGateway, path: str) -> str:
     values = {"key_id": key_id, "tenant_id": tenant.id, "model": "mock"}
     if "{api_key_id}" in path or "{config_id}" in path:  # the caller's own (BYOK)
         values.update(await _provider_ids(gateway))
+    if "{token_id}" in path:  # a node token (a DELETE revokes it)
+        record, _ = await NodeTokenStore(gateway.state.engine).create(f"docs-{n}")
+        values["token_id"] = record.id
     if "{response_id}" in path:  # a stored response of the caller's (a DELETE may remove it)
         async with gateway.client() as client:
             values["response_id"] = (await client.responses.create(model="mock", input="hi")).id

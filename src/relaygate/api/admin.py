@@ -30,6 +30,7 @@ from starlette.routing import Route
 
 from relaygate.api.admin_deployments import DeploymentsAdminAPI
 from relaygate.api.admin_nodes import NodesAdminAPI
+from relaygate.api.admin_tunnel import NodeTokensAdminAPI
 from relaygate.api.admin_usage import UsageAdminAPI
 from relaygate.api.http import decode_json_object
 from relaygate.api.shapes import error_renderer_for, internal_error
@@ -616,7 +617,7 @@ class AdminAPI:
 
 def build_admin_app(state: AppState) -> Starlette:
     """The Starlette app serving /admin/*, /auth/create-key and /api/keys*."""
-    api, usage = AdminAPI(state), UsageAdminAPI(state)
+    api, usage, nodes = AdminAPI(state), UsageAdminAPI(state), NodeTokensAdminAPI(state)
     table: dict[str, dict[str, tuple[Endpoint, bool]]] = {
         "/admin/keys": {"POST": (api.create_key, True), "GET": (api.list_keys, True)},
         # Before /admin/keys/{key_id}: "import" is no key id.
@@ -638,6 +639,8 @@ def build_admin_app(state: AppState) -> Starlette:
         "/admin/cache": {"GET": (usage.cache_stats, True), "DELETE": (usage.cache_clear, True)},
         "/admin/deployments": {"GET": (DeploymentsAdminAPI(state).deployments, True)},
         "/admin/nodes": {"GET": (NodesAdminAPI(state).nodes, True)},
+        "/admin/node-tokens": {"POST": (nodes.create, True), "GET": (nodes.list, True)},
+        "/admin/node-tokens/{token_id}": {"DELETE": (nodes.revoke, True)},
         "/auth/create-key": {"POST": (api.seed_create_key, True)},
         "/api/keys": {"GET": (api.seed_list_keys, False), "POST": (api.seed_create_api_key, True)},
         "/api/keys/{key_id}": {

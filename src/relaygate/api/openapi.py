@@ -33,6 +33,7 @@ from relaygate.api.admin import (
     TenantCreate,
     TenantPatch,
 )
+from relaygate.api.admin_tunnel import NodeTokenCreate
 from relaygate.api.anthropic_schema import CountTokensRequest, MessagesRequest
 from relaygate.api.byok import ApiKeyCreate, ProviderConfigCreate, ProviderConfigPatch
 from relaygate.api.ollama import OllamaChat, OllamaGenerate
@@ -529,6 +530,33 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         '"last_error_class", "last_error", "last_probe_at"}], "pools": [{"pool", "provider", '
         '"balance", "nodes", "ejected", "max_ejection_percent"}]}`: state is healthy, down, '
         "ejected or unknown, and reason says why; see docs/nodes.md.",
+    ),
+    ("POST", "/admin/node-tokens"): Operation(
+        "Create a node token",
+        "Admin",
+        auth="admin",
+        body=NodeTokenCreate,
+        errors=_ADMIN,
+        created=True,
+        answer="The token's record, with the secret (`token`) shown this once.",
+        description="A node token lets `relaygate node` dial out to the gateway and serve "
+        "its local model server (docs/nodes-dial-out.md); it cannot call the API.",
+    ),
+    ("GET", "/admin/node-tokens"): Operation(
+        "List node tokens",
+        "Admin",
+        auth="admin",
+        errors=_ADMIN,
+        query=(("all", "`true`: include revoked tokens."),),
+        answer='`{"object": "list", "data": [{"id", "name", "prefix", "created_at", '
+        '"revoked_at", "connected"}]}`; never a secret.',
+    ),
+    ("DELETE", "/admin/node-tokens/{token_id}"): Operation(
+        "Revoke a node token",
+        "Admin",
+        auth="admin",
+        errors=_ADMIN,
+        description="The node is cut off at once; its requests in flight fail over.",
     ),
     ("GET", "/admin/usage"): Operation(
         "Usage report",

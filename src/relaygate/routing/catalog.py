@@ -26,6 +26,7 @@ from relaygate.providers.mock import MockProvider
 from relaygate.providers.ollama import OllamaProvider
 from relaygate.providers.openai import OpenAIProvider
 from relaygate.providers.openwebui import OpenWebUIProvider
+from relaygate.providers.tunnel import TunnelProvider
 from relaygate.routing.discovery import HttpMember, MemoryNodeStore, NodeStore, Prober
 from relaygate.routing.health import Health
 from relaygate.routing.pools import Pool, PoolProvider
@@ -38,12 +39,13 @@ from relaygate.settings import (
     Settings,
     Timeouts,
 )
+from relaygate.tunnel.client import Finder
 from relaygate.usage.accounting import LOCAL_PROVIDERS, Pricing
 
 if TYPE_CHECKING:
     import redis.asyncio as redis
 
-__all__ = ["build_router", "close_providers"]
+__all__ = ["build_router", "close_providers", "deployment_name"]
 
 _ADAPTERS: dict[str, Callable[..., Provider]] = {
     "openai": OpenAIProvider,
@@ -81,12 +83,22 @@ MOCK_DESCRIPTION = (
 class _Pools:
     """One provider (and its session) per upstream, created on first use."""
 
-    def __init__(self, policy: RoutingConfig) -> None:
+    def __init__(self, policy: RoutingConfig, nodes: Finder | None = None) -> None:
         self.policy = policy
         self.providers: dict[tuple[str, str, Options], Provider] = {}
         self.mock = MockProvider()
         self.pools: dict[str, Pool] = {}
         self.pool_providers: dict[str, PoolProvider] = {}
+        self.nodes = nodes
+
+    def node(self, name: str) -> Provider:
+        """The provider of dial-out node ``name`` (one per node, shared by its models)."""
+        key = ("node", name, ())
+        existing = self.providers.get(key)
+        if existing is None:
+            existing = TunnelProvider(name, self.nodes or _no_nodes)
+            self.providers[key] = existing
+        return existing
 
     def get(
         self,
@@ -95,6 +107,8 @@ class _Pools:
         max_connections: int,
         config: DeploymentConfig | None = None,
     ) -> Provider:
+        if provider == "node" and config is not None and config.node is not None:
+            return self.node(config.node)
         if provider == "mock" or base_url is None:
             return self.mock
         options = _options(config)
@@ -124,12 +138,20 @@ def new_session(max_connections: int, api_key: str | None = None) -> aiohttp.Cli
     )
 
 
+def _no_nodes(_name: str) -> None:
+    return None
+
+
 async def build_router(
-    settings: Settings, log: logging.Logger, client: redis.Redis | None = None
+    settings: Settings,
+    log: logging.Logger,
+    client: redis.Redis | None = None,
+    nodes: Finder | None = None,
 ) -> Router:
     """The model table; pools are probed once (each node within its probe_timeout)
-    before the gateway serves, then in the background."""
-    pools = _Pools(settings.routing)
+    before the gateway serves, then in the background. ``nodes`` finds a connected
+    dial-out node by name (tunnel/hub.py)."""
+    pools = _Pools(settings.routing, nodes)
     for name, config in settings.pools.items():
         pools.pools[name] = _pool(name, config, settings.routing)
     models = [_model(config, pools) for config in settings.models]
@@ -265,7 +287,7 @@ def _deployment(
 ) -> Deployment:
     if config.pool is not None:
         return _pooled(model, index, config, pools, count)
-    name = model if count == 1 else f"{model}#{index + 1}"
+    name = deployment_name(model, index, count, config)
     return Deployment(
         name=name,
         model=model,
@@ -301,6 +323,13 @@ def _pooled(
         chunk_delay=config.chunk_delay,
         pool=pool,
     )
+
+
+def deployment_name(model: str, index: int, count: int, config: DeploymentConfig) -> str:
+    """The router's name of a deployment; a node's says which node (``llama3@mac``), which
+    the usage record keeps (its ``deployment`` field)."""
+    name = model if count == 1 else f"{model}#{index + 1}"
+    return f"{name}@{config.node}" if config.provider == "node" else name
 
 
 def _mock_model(pools: _Pools) -> Model:

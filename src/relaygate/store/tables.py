@@ -23,6 +23,7 @@ from sqlalchemy import (
 __all__ = [
     "api_keys",
     "metadata",
+    "node_tokens",
     "provider_configs",
     "provider_secrets",
     "response_cache",
@@ -195,3 +196,16 @@ provider_configs = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 Index("ix_provider_configs_owner", provider_configs.c.tenant_id, provider_configs.c.owner)
+# Tokens of nodes that dial out to the gateway (tunnel/): one name per node, the
+# token's SHA-256 only. A node token serves; it never authenticates an API call.
+node_tokens = Table(
+    "node_tokens",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("prefix", String(32), nullable=False),  # shown in lists: "rgn_AbCdEf"
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+)
+Index("ix_node_tokens_name", node_tokens.c.name)

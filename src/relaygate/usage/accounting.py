@@ -31,7 +31,7 @@ __all__ = [
     "undated",
 ]
 
-LOCAL_PROVIDERS = ("ollama", "mock")
+LOCAL_PROVIDERS = ("ollama", "mock", "node")  # your own hardware: free
 
 
 @dataclass(slots=True)
