@@ -17,7 +17,7 @@ export default defineConfig({
     proxy: Object.fromEntries(
       ['/v1', '/admin', '/usage', '/api', '/ai', '/health'].map((p) => [
         p,
-        process.env.RELAYGATE_URL ?? 'http://127.0.0.1:8080',
+        process.env.RELAYGATE_URL ?? 'http://127.0.0.1:8000',
       ]),
     ),
   },

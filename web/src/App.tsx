@@ -35,7 +35,8 @@ function makeClient(onUnauthorized: (message: string) => void): QueryClient {
     mutationCache: new MutationCache({ onError: check }),
     defaultOptions: {
       queries: {
-        retry: (count, error) => !(error instanceof ApiError && error.status >= 400 && error.status < 500) && count < 2,
+        retry: (count, error) =>
+          !(error instanceof ApiError && error.status >= 400 && error.status < 500) && count < 2,
         refetchOnWindowFocus: false,
         staleTime: 10_000,
       },
@@ -48,15 +49,16 @@ export function App() {
   const [auth, setAuth] = useState<{ key: string; role: Role } | null>(null)
   const [revokedNotice, setRevokedNotice] = useState<string | null>(null)
   const stored = loadKey(window.localStorage)
-  const client = useMemo(
-    () =>
-      makeClient((message) => {
-        window.localStorage.removeItem(KEY_ITEM)
-        setRevokedNotice(`The gateway no longer accepts this key (revoked, disabled or expired): ${message}`)
-        setAuth(null)
-      }),
-    [],
-  )
+  const refused = (message: string) => {
+    window.localStorage.removeItem(KEY_ITEM)
+    setRevokedNotice(
+      `The gateway no longer accepts this key: it was revoked or disabled, or it expired ` +
+        `(${message.split('. ')[0]}). Sign in with another key.`,
+    )
+    setAuth(null)
+  }
+  // eslint-disable-next-line react-hooks/exhaustive-deps
+  const client = useMemo(() => makeClient(refused), [])
 
   const signOut = () => {
     forgetAll(window.localStorage)
@@ -78,7 +80,7 @@ export function App() {
       />
     )
   }
-  const session: SignedIn = { base, key: auth.key, role: auth.role, signOut }
+  const session: SignedIn = { base, key: auth.key, role: auth.role, signOut, refused }
   return (
     <QueryClientProvider client={client}>
       <SessionContext.Provider value={session}>
@@ -121,7 +123,11 @@ function Shell({ role, onSignOut }: { role: Role; onSignOut: () => void }) {
           <ul>
             {pages.map((p) => (
               <li key={p}>
-                <a href={pathOf(p)} aria-current={p === page ? 'page' : undefined} onClick={(e) => go(e, p)}>
+                <a
+                  href={pathOf(p)}
+                  aria-current={p === page ? 'page' : undefined}
+                  onClick={(e) => go(e, p)}
+                >
                   {TITLES[p]}
                 </a>
               </li>
@@ -145,4 +151,3 @@ function Shell({ role, onSignOut }: { role: Role; onSignOut: () => void }) {
     </div>
   )
 }
-

@@ -6,6 +6,8 @@ import type { Role, Session } from './api/client'
 export interface SignedIn extends Session {
   role: Role
   signOut: () => void
+  /** The gateway refused the key (401): back to sign-in, saying why. */
+  refused: (message: string) => void
 }
 
 export const SessionContext = createContext<SignedIn | null>(null)

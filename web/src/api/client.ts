@@ -254,7 +254,8 @@ export const api = {
     call<{ key: Key; imported: boolean }>(s, 'POST', '/admin/keys/import', body),
   patchKey: (s: Session, id: string, body: KeyPatch) =>
     call<Key>(s, 'PATCH', `/admin/keys/${encodeURIComponent(id)}`, body),
-  revokeKey: (s: Session, id: string) => call<Key>(s, 'DELETE', `/admin/keys/${encodeURIComponent(id)}`),
+  revokeKey: (s: Session, id: string) =>
+    call<Key>(s, 'DELETE', `/admin/keys/${encodeURIComponent(id)}`),
   rotateKey: (s: Session, id: string) =>
     call<{ key: Key; api_key: string }>(s, 'POST', `/admin/keys/${encodeURIComponent(id)}/rotate`),
   tenants: (s: Session) => call<{ data: Tenant[] }>(s, 'GET', '/admin/tenants'),
@@ -262,9 +263,17 @@ export const api = {
     call<Tenant>(s, 'POST', '/admin/tenants', body),
 
   usage: (s: Session, filters: UsageFilters, groupBy: GroupBy, top = 5) =>
-    call<UsageReport>(s, 'GET', `/admin/usage${query({ ...filters, group_by: groupBy, top: String(top) })}`),
+    call<UsageReport>(
+      s,
+      'GET',
+      `/admin/usage${query({ ...filters, group_by: groupBy, top: String(top) })}`,
+    ),
   latency: (s: Session, filters: UsageFilters, bucket: 'hour' | 'day') =>
-    call<{ bucket: string; data: LatencyRow[] }>(s, 'GET', `/admin/usage/latency${query({ ...filters, bucket })}`),
+    call<{ bucket: string; data: LatencyRow[] }>(
+      s,
+      'GET',
+      `/admin/usage/latency${query({ ...filters, bucket })}`,
+    ),
   async exportCsv(s: Session, filters: UsageFilters): Promise<Blob> {
     const response = await fetch(`${s.base}/admin/usage/export.csv${query({ ...filters })}`, {
       headers: headers(s),

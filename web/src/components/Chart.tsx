@@ -15,8 +15,11 @@ export function TimeChart({
   times,
   series,
   format,
+  xRange,
 }: {
   title: string
+  /** The time range shown, in seconds since the epoch (the data may cover less of it). */
+  xRange?: [number, number]
   /** Seconds since the epoch. */
   times: number[]
   series: Series[]
@@ -26,14 +29,16 @@ export function TimeChart({
   useEffect(() => {
     const element = box.current
     if (!element || times.length === 0) return
-    const width = () => Math.max(element.clientWidth, 200)
+    // The figure's width, not the box's: the box holds a canvas of the previous width.
+    const holder = element.parentElement ?? element
+    const width = () => Math.max(holder.clientWidth - 24, 160)
     const plot = new uPlot(
       {
         width: width(),
         height: 180,
         legend: { show: true },
         cursor: { drag: { x: false, y: false } },
-        scales: { x: { time: true } },
+        scales: { x: xRange ? { time: true, range: () => xRange } : { time: true } },
         axes: [
           { stroke: 'currentColor', grid: { stroke: 'rgba(128,128,128,0.15)' } },
           {
@@ -58,38 +63,44 @@ export function TimeChart({
       element,
     )
     const observer = new ResizeObserver(() => plot.setSize({ width: width(), height: 180 }))
-    observer.observe(element)
+    observer.observe(holder)
     return () => {
       observer.disconnect()
       plot.destroy()
     }
-  }, [times, series, format])
+  }, [times, series, format, xRange])
   return (
     <figure className="chart">
       <figcaption>{title}</figcaption>
-      {times.length === 0 ? <p className="muted">No data in this range.</p> : <div ref={box} aria-hidden="true" />}
+      {times.length === 0 ? (
+        <p className="muted">No data in this range.</p>
+      ) : (
+        <div ref={box} className="plot" aria-hidden="true" />
+      )}
       {times.length > 0 ? (
-        <table className="sr-only">
-          <caption>{title}</caption>
-          <thead>
-            <tr>
-              <th>Time</th>
-              {series.map((s) => (
-                <th key={s.label}>{s.label}</th>
-              ))}
-            </tr>
-          </thead>
-          <tbody>
-            {times.map((t, i) => (
-              <tr key={t}>
-                <td>{new Date(t * 1000).toISOString()}</td>
+        <div className="sr-only">
+          <table>
+            <caption>{title}</caption>
+            <thead>
+              <tr>
+                <th>Time</th>
                 {series.map((s) => (
-                  <td key={s.label}>{format(s.values[i] ?? null)}</td>
+                  <th key={s.label}>{s.label}</th>
                 ))}
               </tr>
-            ))}
-          </tbody>
-        </table>
+            </thead>
+            <tbody>
+              {times.map((t, i) => (
+                <tr key={t}>
+                  <td>{new Date(t * 1000).toISOString()}</td>
+                  {series.map((s) => (
+                    <td key={s.label}>{format(s.values[i] ?? null)}</td>
+                  ))}
+                </tr>
+              ))}
+            </tbody>
+          </table>
+        </div>
       ) : null}
     </figure>
   )

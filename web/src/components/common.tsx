@@ -61,7 +61,15 @@ export function Stat({ label, value, hint }: { label: string; value: ReactNode; 
   )
 }
 
-export function Section({ title, children, actions }: { title: string; children: ReactNode; actions?: ReactNode }) {
+export function Section({
+  title,
+  children,
+  actions,
+}: {
+  title: string
+  children: ReactNode
+  actions?: ReactNode
+}) {
   return (
     <section className="card" aria-label={title}>
       <div className="card-head">
@@ -74,6 +82,12 @@ export function Section({ title, children, actions }: { title: string; children:
 }
 
 /** A state shown as a coloured word (never colour alone). */
-export function Badge({ tone, children }: { tone: 'ok' | 'warn' | 'bad' | 'off'; children: ReactNode }) {
+export function Badge({
+  tone,
+  children,
+}: {
+  tone: 'ok' | 'warn' | 'bad' | 'off'
+  children: ReactNode
+}) {
   return <span className={`badge ${tone}`}>{children}</span>
 }

@@ -42,10 +42,25 @@ export interface Book {
 }
 
 export const MAX_CONVERSATIONS = 50
-export const DEFAULT_SETTINGS: Settings = { model: '', system: '', temperature: 0.7, maxTokens: 1024 }
+export const DEFAULT_SETTINGS: Settings = {
+  model: '',
+  system: '',
+  temperature: 0.7,
+  maxTokens: 1024,
+}
 
-export function newConversation(id: string, now: number, settings?: Partial<Settings>): Conversation {
-  return { id, title: 'New chat', updatedAt: now, settings: { ...DEFAULT_SETTINGS, ...settings }, messages: [] }
+export function newConversation(
+  id: string,
+  now: number,
+  settings?: Partial<Settings>,
+): Conversation {
+  return {
+    id,
+    title: 'New chat',
+    updatedAt: now,
+    settings: { ...DEFAULT_SETTINGS, ...settings },
+    messages: [],
+  }
 }
 
 export function emptyBook(id: string, now: number): Book {
@@ -56,10 +71,17 @@ export function currentConversation(book: Book): Conversation {
   return book.conversations.find((c) => c.id === book.current) ?? book.conversations[0]!
 }
 
-function update(book: Book, id: string, now: number, change: (c: Conversation) => Conversation): Book {
+function update(
+  book: Book,
+  id: string,
+  now: number,
+  change: (c: Conversation) => Conversation,
+): Book {
   return {
     ...book,
-    conversations: book.conversations.map((c) => (c.id === id ? { ...change(c), updatedAt: now } : c)),
+    conversations: book.conversations.map((c) =>
+      c.id === id ? { ...change(c), updatedAt: now } : c,
+    ),
   }
 }
 
@@ -114,7 +136,12 @@ export function failReply(book: Book, id: string, message: string, now: number):
   })
 }
 
-export function changeSettings(book: Book, id: string, settings: Partial<Settings>, now: number): Book {
+export function changeSettings(
+  book: Book,
+  id: string,
+  settings: Partial<Settings>,
+  now: number,
+): Book {
   return update(book, id, now, (c) => ({ ...c, settings: { ...c.settings, ...settings } }))
 }
 
@@ -150,7 +177,11 @@ export function isBook(value: unknown): value is Book {
     Array.isArray(v.conversations) &&
     v.conversations.length > 0 &&
     v.conversations.every(
-      (c) => c && typeof c.id === 'string' && Array.isArray(c.messages) && typeof c.settings === 'object',
+      (c) =>
+        c &&
+        typeof c.id === 'string' &&
+        Array.isArray(c.messages) &&
+        typeof c.settings === 'object',
     )
   )
 }

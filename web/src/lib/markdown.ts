@@ -18,7 +18,20 @@ import typescript from 'highlight.js/lib/languages/typescript'
 import xml from 'highlight.js/lib/languages/xml'
 import yaml from 'highlight.js/lib/languages/yaml'
 
-for (const [name, language] of Object.entries({ bash, css, go, java, javascript, json, python, rust, sql, typescript, xml, yaml })) {
+for (const [name, language] of Object.entries({
+  bash,
+  css,
+  go,
+  java,
+  javascript,
+  json,
+  python,
+  rust,
+  sql,
+  typescript,
+  xml,
+  yaml,
+})) {
   hljs.registerLanguage(name, language)
 }
 hljs.registerAliases(['sh', 'shell', 'zsh'], { languageName: 'bash' })
@@ -29,7 +42,11 @@ hljs.registerAliases(['html', 'svg'], { languageName: 'xml' })
 hljs.registerAliases(['yml'], { languageName: 'yaml' })
 
 export function escapeHtml(text: string): string {
-  return text.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;')
+  return text
+    .replace(/&/g, '&amp;')
+    .replace(/</g, '&lt;')
+    .replace(/>/g, '&gt;')
+    .replace(/"/g, '&quot;')
 }
 
 const marked = new Marked({
@@ -42,7 +59,9 @@ const marked = new Marked({
     code(token: Tokens.Code): string {
       const lang = (token.lang ?? '').trim().split(/\s+/)[0]?.toLowerCase() ?? ''
       const known = lang && hljs.getLanguage(lang)
-      const body = known ? hljs.highlight(token.text, { language: lang }).value : escapeHtml(token.text)
+      const body = known
+        ? hljs.highlight(token.text, { language: lang }).value
+        : escapeHtml(token.text)
       const label = lang ? `<span class="code-lang">${escapeHtml(lang)}</span>` : ''
       return `<pre class="code">${label}<code class="hljs">${body}</code></pre>`
     },
@@ -51,5 +70,8 @@ const marked = new Marked({
 
 export function renderMarkdown(text: string): string {
   const html = marked.parse(text, { async: false })
-  return DOMPurify.sanitize(html, { FORBID_TAGS: ['style', 'form', 'input', 'iframe'], FORBID_ATTR: ['style'] })
+  return DOMPurify.sanitize(html, {
+    FORBID_TAGS: ['style', 'form', 'input', 'iframe'],
+    FORBID_ATTR: ['style'],
+  })
 }

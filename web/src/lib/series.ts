@@ -21,16 +21,24 @@ export function epochOf(label: string | null | undefined): number | null {
 }
 
 /** Rows in time order with their times; rows without a parseable time are left out. */
-export function timeline<T extends Row | LatencyRow>(rows: T[], field: 'hour' | 'day'): { times: number[]; rows: T[] } {
+export function timeline<T extends Row | LatencyRow>(
+  rows: T[],
+  field: 'hour' | 'day',
+): { times: number[]; rows: T[] } {
   const pairs = rows
-    .map((row) => ({ row, t: epochOf((row as unknown as Record<string, string | undefined>)[field]) }))
+    .map((row) => ({
+      row,
+      t: epochOf((row as unknown as Record<string, string | undefined>)[field]),
+    }))
     .filter((p): p is { row: T; t: number } => p.t !== null)
     .sort((a, b) => a.t - b.t)
   return { times: pairs.map((p) => p.t), rows: pairs.map((p) => p.row) }
 }
 
 /** A name for an id, from a list of {id, name}: "name" when known, else the id. */
-export function namer(items: { id: string; name: string }[] | undefined): (id: string | null | undefined) => string {
+export function namer(
+  items: { id: string; name: string }[] | undefined,
+): (id: string | null | undefined) => string {
   const names = new Map((items ?? []).map((i) => [i.id, i.name]))
   return (id) => {
     if (!id) return '(none)'

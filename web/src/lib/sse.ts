@@ -91,7 +91,11 @@ export function parseChatEvent(event: SseEvent): ChatDelta {
   try {
     chunk = JSON.parse(event.data)
   } catch {
-    return { text: '', done: false, error: `The stream sent something that is not JSON: ${event.data.slice(0, 80)}` }
+    return {
+      text: '',
+      done: false,
+      error: `The stream sent something that is not JSON: ${event.data.slice(0, 80)}`,
+    }
   }
   const body = chunk as {
     error?: { message?: string } | string

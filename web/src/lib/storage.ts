@@ -26,7 +26,12 @@ export function forgetAll(storage: StorageLike): void {
   storage.removeItem(CONVERSATIONS_ITEM)
 }
 
-export function loadJson<T>(storage: StorageLike, item: string, fallback: T, valid: (v: unknown) => v is T): T {
+export function loadJson<T>(
+  storage: StorageLike,
+  item: string,
+  fallback: T,
+  valid: (v: unknown) => v is T,
+): T {
   const raw = storage.getItem(item)
   if (!raw) return fallback
   try {

@@ -23,12 +23,28 @@ function isFigure(value: unknown): value is LimitFigure {
 
 export function Account() {
   const session = useSession()
-  const limits = useQuery({ queryKey: ['my-limits'], queryFn: () => api.myLimits(session), refetchInterval: 15_000 })
-  const stats = useQuery({ queryKey: ['my-stats'], queryFn: () => api.myStats(session), refetchInterval: 15_000 })
-  const providerKeys = useQuery({ queryKey: ['provider-keys'], queryFn: () => api.providerKeys(session) })
-  const configs = useQuery({ queryKey: ['provider-configs'], queryFn: () => api.providerConfigs(session) })
+  const limits = useQuery({
+    queryKey: ['my-limits'],
+    queryFn: () => api.myLimits(session),
+    refetchInterval: 15_000,
+  })
+  const stats = useQuery({
+    queryKey: ['my-stats'],
+    queryFn: () => api.myStats(session),
+    refetchInterval: 15_000,
+  })
+  const providerKeys = useQuery({
+    queryKey: ['provider-keys'],
+    queryFn: () => api.providerKeys(session),
+  })
+  const configs = useQuery({
+    queryKey: ['provider-configs'],
+    queryFn: () => api.providerConfigs(session),
+  })
 
-  const figures = Object.entries(limits.data ?? {}).filter((e): e is [string, LimitFigure] => isFigure(e[1]))
+  const figures = Object.entries(limits.data ?? {}).filter((e): e is [string, LimitFigure] =>
+    isFigure(e[1]),
+  )
   return (
     <>
       <Section title="My usage">
@@ -40,7 +56,10 @@ export function Account() {
               <Stat label="Requests" value={formatCount(stats.data.requests)} />
               <Stat label="Tokens" value={formatCount(stats.data.total_tokens)} />
               <Stat label="Cost" value={formatCost(stats.data.cost)} />
-              <Stat label="Avg response time" value={formatMs(stats.data.average_response_time_ms)} />
+              <Stat
+                label="Avg response time"
+                value={formatMs(stats.data.average_response_time_ms)}
+              />
               <Stat label="Cache hit rate" value={formatRate(stats.data.cache_hit_rate)} />
               <Stat label="Errors" value={formatCount(stats.data.errors)} />
             </div>
@@ -49,9 +68,15 @@ export function Account() {
                 <thead>
                   <tr>
                     <th scope="col">Model</th>
-                    <th scope="col" className="num">Requests</th>
-                    <th scope="col" className="num">Tokens</th>
-                    <th scope="col" className="num">Cost</th>
+                    <th scope="col" className="num">
+                      Requests
+                    </th>
+                    <th scope="col" className="num">
+                      Tokens
+                    </th>
+                    <th scope="col" className="num">
+                      Cost
+                    </th>
                   </tr>
                 </thead>
                 <tbody>
@@ -71,7 +96,11 @@ export function Account() {
       </Section>
       <Section title="My limits">
         <ErrorNote error={limits.error} what="Limits" />
-        {limits.data ? <p>Tier: <strong>{limits.data.tier}</strong></p> : null}
+        {limits.data ? (
+          <p>
+            Tier: <strong>{limits.data.tier}</strong>
+          </p>
+        ) : null}
         {figures.length ? (
           <ul className="limits-list">
             {figures.map(([name, f]) => {
@@ -83,34 +112,58 @@ export function Account() {
                   <div className="limit-head">
                     <span>{LIMIT_NAMES[name] ?? name}</span>
                     <span>
-                      {f.limit == null ? 'no limit' : `${show(f.remaining)} left of ${show(f.limit)}`}
+                      {f.limit == null
+                        ? 'no limit'
+                        : `${show(f.remaining)} left of ${show(f.limit)}`}
                     </span>
                   </div>
                   {f.limit != null ? (
-                    <progress max={1} value={share} aria-label={`${LIMIT_NAMES[name] ?? name}: ${show(f.used)} used`} />
+                    <progress
+                      max={1}
+                      value={share}
+                      aria-label={`${LIMIT_NAMES[name] ?? name}: ${show(f.used)} used`}
+                    />
                   ) : null}
-                  {f.window_reset ? <div className="muted small">Resets {formatTime(f.window_reset)}</div> : null}
+                  {f.window_reset ? (
+                    <div className="muted small">Resets {formatTime(f.window_reset)}</div>
+                  ) : null}
                 </li>
               )
             })}
           </ul>
-        ) : limits.isPending ? <Loading /> : null}
+        ) : limits.isPending ? (
+          <Loading />
+        ) : null}
       </Section>
       <div className="grid2">
         <Section title="My provider keys">
           <ErrorNote error={providerKeys.error} what="Provider keys" />
-          {providerKeys.isPending ? <Loading /> : providerKeys.data === null ? (
-            <p className="muted">This gateway does not keep users' provider keys (the vault is not enabled).</p>
+          {providerKeys.isPending ? (
+            <Loading />
+          ) : providerKeys.data === null ? (
+            <p className="muted">
+              This gateway does not keep users' provider keys (the vault is not enabled).
+            </p>
           ) : (
-            <ItemList items={listOf(providerKeys.data)} fields={['provider', 'key_name', 'masked_key', 'api_key', 'expires_at', 'created_at']} empty="No provider keys stored." />
+            <ItemList
+              items={listOf(providerKeys.data)}
+              fields={['provider', 'key_name', 'masked_key', 'api_key', 'expires_at', 'created_at']}
+              empty="No provider keys stored."
+            />
           )}
         </Section>
         <Section title="My provider configurations">
           <ErrorNote error={configs.error} what="Provider configurations" />
-          {configs.isPending ? <Loading /> : configs.data === null ? (
+          {configs.isPending ? (
+            <Loading />
+          ) : configs.data === null ? (
             <p className="muted">This gateway has no per-user provider configurations.</p>
           ) : (
-            <ItemList items={listOf(configs.data)} fields={['provider_type', 'is_default', 'config', 'api_key_id']} empty="No provider configurations." />
+            <ItemList
+              items={listOf(configs.data)}
+              fields={['provider_type', 'is_default', 'config', 'api_key_id']}
+              empty="No provider configurations."
+            />
           )}
         </Section>
       </div>

@@ -39,20 +39,33 @@ export function Keys() {
   const [editing, setEditing] = useState<string | null>(null)
   const refresh = () => client.invalidateQueries({ queryKey: ['keys'] })
 
-  const tiers = Array.from(new Set([...DEFAULT_TIERS, ...(keys.data?.data.map((k) => k.tier) ?? [])]))
+  const tiers = Array.from(
+    new Set([...DEFAULT_TIERS, ...(keys.data?.data.map((k) => k.tier) ?? [])]),
+  )
   const needle = search.trim().toLowerCase()
   const shown = (keys.data?.data ?? []).filter(
     (k) =>
       (showRevoked || !k.revoked) &&
       (!needle ||
-        [k.name, k.id, k.prefix, k.tenant_name, k.tier, k.role].some((v) => v && v.toLowerCase().includes(needle))),
+        [k.name, k.id, k.prefix, k.tenant_name, k.tier, k.role].some(
+          (v) => v && v.toLowerCase().includes(needle),
+        )),
   )
 
   const action = useMutation({
-    mutationFn: async ({ key, what }: { key: Key; what: 'disable' | 'enable' | 'rotate' | 'revoke' }) => {
+    mutationFn: async ({
+      key,
+      what,
+    }: {
+      key: Key
+      what: 'disable' | 'enable' | 'rotate' | 'revoke'
+    }) => {
       if (what === 'rotate') {
         const rotated = await api.rotateKey(session, key.id)
-        setSecret({ what: `New secret of “${key.name || key.prefix}” (the old one no longer works)`, value: rotated.api_key })
+        setSecret({
+          what: `New secret of “${key.name || key.prefix}” (the old one no longer works)`,
+          value: rotated.api_key,
+        })
       } else if (what === 'revoke') {
         await api.revokeKey(session, key.id)
       } else {
@@ -88,7 +101,11 @@ export function Keys() {
         />
         <div>
           <CreateTenant tiers={tiers} />
-          <ImportKey tenants={tenants.data?.data.map((t) => t.name) ?? []} tiers={tiers} onImported={refresh} />
+          <ImportKey
+            tenants={tenants.data?.data.map((t) => t.name) ?? []}
+            tiers={tiers}
+            onImported={refresh}
+          />
         </div>
       </div>
       <Section
@@ -97,10 +114,20 @@ export function Keys() {
           <div className="toolbar">
             <label className="inline">
               Search{' '}
-              <input type="search" value={search} onChange={(e) => setSearch(e.target.value)} placeholder="name, tenant, tier…" />
+              <input
+                type="search"
+                value={search}
+                onChange={(e) => setSearch(e.target.value)}
+                placeholder="name, tenant, tier…"
+              />
             </label>
             <label className="check inline">
-              <input type="checkbox" checked={showRevoked} onChange={(e) => setShowRevoked(e.target.checked)} /> Show revoked
+              <input
+                type="checkbox"
+                checked={showRevoked}
+                onChange={(e) => setShowRevoked(e.target.checked)}
+              />{' '}
+              Show revoked
             </label>
           </div>
         }
@@ -134,7 +161,11 @@ export function Keys() {
                     void refresh()
                   }}
                   onAction={(what) => {
-                    if (what === 'revoke' && !window.confirm(`Revoke “${k.name || k.prefix}”? It stops working at once.`)) return
+                    if (
+                      what === 'revoke' &&
+                      !window.confirm(`Revoke “${k.name || k.prefix}”? It stops working at once.`)
+                    )
+                      return
                     action.mutate({ key: k, what })
                   }}
                 />
@@ -192,16 +223,37 @@ function KeyRow({
         <td>
           {k.revoked ? null : (
             <div className="actions">
-              <button type="button" className="secondary small" onClick={onEdit} aria-expanded={editing} aria-label={`Edit ${label}`}>
+              <button
+                type="button"
+                className="secondary small"
+                onClick={onEdit}
+                aria-expanded={editing}
+                aria-label={`Edit ${label}`}
+              >
                 Edit
               </button>
-              <button type="button" className="secondary small" onClick={() => onAction(k.enabled ? 'disable' : 'enable')} aria-label={`${k.enabled ? 'Disable' : 'Enable'} ${label}`}>
+              <button
+                type="button"
+                className="secondary small"
+                onClick={() => onAction(k.enabled ? 'disable' : 'enable')}
+                aria-label={`${k.enabled ? 'Disable' : 'Enable'} ${label}`}
+              >
                 {k.enabled ? 'Disable' : 'Enable'}
               </button>
-              <button type="button" className="secondary small" onClick={() => onAction('rotate')} aria-label={`Rotate ${label}`}>
+              <button
+                type="button"
+                className="secondary small"
+                onClick={() => onAction('rotate')}
+                aria-label={`Rotate ${label}`}
+              >
                 Rotate
               </button>
-              <button type="button" className="danger small" onClick={() => onAction('revoke')} aria-label={`Revoke ${label}`}>
+              <button
+                type="button"
+                className="danger small"
+                onClick={() => onAction('revoke')}
+                aria-label={`Revoke ${label}`}
+              >
                 Revoke
               </button>
             </div>
@@ -283,7 +335,11 @@ function EditKey({ k, tiers, onDone }: { k: Key; tiers: string[]; onDone: () => 
         </label>
         <label>
           Expires on (UTC, empty: never)
-          <input name="expires_at" type="date" defaultValue={k.expires_at ? k.expires_at.slice(0, 10) : ''} />
+          <input
+            name="expires_at"
+            type="date"
+            defaultValue={k.expires_at ? k.expires_at.slice(0, 10) : ''}
+          />
         </label>
       </div>
       <LimitInputs prefix={id} current={k.limits} />
@@ -295,7 +351,15 @@ function EditKey({ k, tiers, onDone }: { k: Key; tiers: string[]; onDone: () => 
   )
 }
 
-function KeyFieldsInputs({ id, tenants, tiers }: { id: string; tenants: string[]; tiers: string[] }) {
+function KeyFieldsInputs({
+  id,
+  tenants,
+  tiers,
+}: {
+  id: string
+  tenants: string[]
+  tiers: string[]
+}) {
   return (
     <>
       <div className="row">
@@ -397,12 +461,21 @@ function CreateKey({
   )
 }
 
-function ImportKey({ tenants, tiers, onImported }: { tenants: string[]; tiers: string[]; onImported: () => void }) {
+function ImportKey({
+  tenants,
+  tiers,
+  onImported,
+}: {
+  tenants: string[]
+  tiers: string[]
+  onImported: () => void
+}) {
   const session = useSession()
   const id = useId()
   const [done, setDone] = useState<string | null>(null)
   const importing = useMutation({
-    mutationFn: (form: FormData) => api.importKey(session, { ...fieldsFrom(form), secret: String(form.get('secret') ?? '') }),
+    mutationFn: (form: FormData) =>
+      api.importKey(session, { ...fieldsFrom(form), secret: String(form.get('secret') ?? '') }),
   })
   return (
     <Section title="Import an existing key">
@@ -446,7 +519,10 @@ function CreateTenant({ tiers }: { tiers: string[] }) {
   const create = useMutation({
     mutationFn: (form: FormData) => {
       const tier = String(form.get('tier') ?? '').trim()
-      return api.createTenant(session, { name: String(form.get('name') ?? '').trim(), ...(tier ? { tier } : {}) })
+      return api.createTenant(session, {
+        name: String(form.get('name') ?? '').trim(),
+        ...(tier ? { tier } : {}),
+      })
     },
     onSuccess: (tenant) => {
       setDone(`Tenant “${tenant.name}” created.`)

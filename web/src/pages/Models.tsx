@@ -11,16 +11,28 @@ import { useSession } from '../session'
 function tone(state: string): 'ok' | 'warn' | 'bad' | 'off' {
   const s = state.toLowerCase()
   if (['healthy', 'ok', 'up', 'ready', 'closed'].includes(s)) return 'ok'
-  if (['degraded', 'half_open', 'half-open', 'probing', 'busy', 'warming'].includes(s)) return 'warn'
+  if (['degraded', 'half_open', 'half-open', 'probing', 'busy', 'warming'].includes(s))
+    return 'warn'
   if (['unhealthy', 'open', 'down', 'ejected', 'offline', 'failed'].includes(s)) return 'bad'
   return 'off'
 }
 
 export function Models() {
   const session = useSession()
-  const deployments = useQuery({ queryKey: ['deployments'], queryFn: () => api.deployments(session), refetchInterval: 15_000 })
-  const traffic = useQuery({ queryKey: ['usage', 'by-model', '24h'], queryFn: () => api.usage(session, { from: '24h' }, 'model', 1) })
-  const nodes = useQuery({ queryKey: ['nodes'], queryFn: () => api.nodes(session), refetchInterval: 15_000 })
+  const deployments = useQuery({
+    queryKey: ['deployments'],
+    queryFn: () => api.deployments(session),
+    refetchInterval: 15_000,
+  })
+  const traffic = useQuery({
+    queryKey: ['usage', 'by-model', '24h'],
+    queryFn: () => api.usage(session, { from: '24h' }, 'model', 1),
+  })
+  const nodes = useQuery({
+    queryKey: ['nodes'],
+    queryFn: () => api.nodes(session),
+    refetchInterval: 15_000,
+  })
   const byModel = new Map((traffic.data?.data ?? []).map((r) => [r.model ?? '', r]))
 
   return (
@@ -37,10 +49,18 @@ export function Models() {
                 <th scope="col">Provider</th>
                 <th scope="col">Health</th>
                 <th scope="col">Last error</th>
-                <th scope="col" className="num">Requests (24 h)</th>
-                <th scope="col" className="num">Avg latency</th>
-                <th scope="col" className="num">Errors</th>
-                <th scope="col" className="num">Cost</th>
+                <th scope="col" className="num">
+                  Requests (24 h)
+                </th>
+                <th scope="col" className="num">
+                  Avg latency
+                </th>
+                <th scope="col" className="num">
+                  Errors
+                </th>
+                <th scope="col" className="num">
+                  Cost
+                </th>
               </tr>
             </thead>
             <tbody>
@@ -58,7 +78,11 @@ export function Models() {
                       <td>{d.provider}</td>
                       <td>
                         <Badge tone={tone(d.state)}>{d.state}</Badge>
-                        {d.consecutive_failures ? <div className="muted small">{d.consecutive_failures} failures in a row</div> : null}
+                        {d.consecutive_failures ? (
+                          <div className="muted small">
+                            {d.consecutive_failures} failures in a row
+                          </div>
+                        ) : null}
                       </td>
                       <td className="wrap small">
                         {d.last_error ? (
@@ -72,13 +96,23 @@ export function Models() {
                       </td>
                       {i === 0 ? (
                         <>
-                          <td rowSpan={m.deployments.length} className="num">{formatCount(figures?.requests ?? 0)}</td>
-                          <td rowSpan={m.deployments.length} className="num">{formatMs(figures?.average_response_time_ms)}</td>
+                          <td rowSpan={m.deployments.length} className="num">
+                            {formatCount(figures?.requests ?? 0)}
+                          </td>
+                          <td rowSpan={m.deployments.length} className="num">
+                            {formatMs(figures?.average_response_time_ms)}
+                          </td>
                           <td rowSpan={m.deployments.length} className="num">
                             {formatCount(figures?.errors ?? 0)}
-                            {figures?.requests ? <div className="muted small">{formatRate(figures.errors / figures.requests)}</div> : null}
+                            {figures?.requests ? (
+                              <div className="muted small">
+                                {formatRate(figures.errors / figures.requests)}
+                              </div>
+                            ) : null}
                           </td>
-                          <td rowSpan={m.deployments.length} className="num">{formatCost(figures?.cost ?? 0)}</td>
+                          <td rowSpan={m.deployments.length} className="num">
+                            {formatCost(figures?.cost ?? 0)}
+                          </td>
                         </>
                       ) : null}
                     </tr>
@@ -88,12 +122,18 @@ export function Models() {
             </tbody>
           </table>
         </div>
-        <p className="muted small">Health is the answering worker's view; it refreshes every 15 s.</p>
+        <p className="muted small">
+          Health is the answering worker's view; it refreshes every 15 s.
+        </p>
       </Section>
       <Section title="Nodes">
         <ErrorNote error={nodes.error} what="Nodes" />
-        {nodes.isPending ? <Loading /> : nodes.data === null ? (
-          <p className="muted">No node pools are configured on this gateway (GET /admin/nodes is not served).</p>
+        {nodes.isPending ? (
+          <Loading />
+        ) : nodes.data === null ? (
+          <p className="muted">
+            No node pools are configured on this gateway (GET /admin/nodes is not served).
+          </p>
         ) : (
           <NodeTable nodes={listOf(nodes.data)} />
         )}
@@ -117,7 +157,14 @@ function cell(node: Json, keys: string[]): string {
   for (const k of keys) {
     const v = node[k]
     if (v === undefined || v === null) continue
-    if (Array.isArray(v)) return v.map((x) => (typeof x === 'object' && x ? String((x as Json).name ?? JSON.stringify(x)) : String(x))).join(', ') || '—'
+    if (Array.isArray(v))
+      return (
+        v
+          .map((x) =>
+            typeof x === 'object' && x ? String((x as Json).name ?? JSON.stringify(x)) : String(x),
+          )
+          .join(', ') || '—'
+      )
     if (typeof v === 'number' && /ms|latency/.test(k)) return formatMs(v)
     if (typeof v === 'object') return JSON.stringify(v)
     return String(v)

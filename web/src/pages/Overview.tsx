@@ -57,7 +57,11 @@ export function Overview() {
       ],
       tokens: [
         { label: 'Prompt tokens', values: rows.map((r) => r.prompt_tokens), color: '#8b5cf6' },
-        { label: 'Completion tokens', values: rows.map((r) => r.completion_tokens), color: '#f59e0b' },
+        {
+          label: 'Completion tokens',
+          values: rows.map((r) => r.completion_tokens),
+          color: '#f59e0b',
+        },
       ],
       cost: [{ label: 'Cost', values: rows.map((r) => r.cost), color: '#0ea5e9' }],
     }
@@ -75,6 +79,14 @@ export function Overview() {
     }
   }, [latency.data, bucket])
 
+  const xRange = useMemo((): [number, number] => {
+    const now = Date.now() / 1000
+    const span = { '24h': 86_400, '7d': 7 * 86_400, '30d': 30 * 86_400 }[range]
+    const step = bucket === 'hour' ? 3600 : 86_400
+    return [Math.floor((now - span) / step) * step, Math.ceil(now / step) * step]
+    // a new range each time the data arrives, so the window follows the clock
+    // eslint-disable-next-line react-hooks/exhaustive-deps
+  }, [range, bucket, usage.dataUpdatedAt])
   const totals = usage.data?.totals
   return (
     <>
@@ -95,15 +107,49 @@ export function Overview() {
         </div>
       ) : null}
       <div className="grid2">
-        <TimeChart title="Requests, errors and cache hits" times={traffic.times} series={traffic.requests} format={formatCountOrDash} />
-        <TimeChart title="Latency percentiles (answered requests)" times={percentiles.times} series={percentiles.series} format={formatMs} />
-        <TimeChart title="Tokens" times={traffic.times} series={traffic.tokens} format={formatCountOrDash} />
-        <TimeChart title="Cost (US dollars)" times={traffic.times} series={traffic.cost} format={formatCost} />
+        <TimeChart
+          title="Requests, errors and cache hits"
+          times={traffic.times}
+          series={traffic.requests}
+          format={formatCountOrDash}
+          xRange={xRange}
+        />
+        <TimeChart
+          title="Latency percentiles (answered requests)"
+          times={percentiles.times}
+          series={percentiles.series}
+          format={formatMs}
+          xRange={xRange}
+        />
+        <TimeChart
+          title="Tokens"
+          times={traffic.times}
+          series={traffic.tokens}
+          format={formatCountOrDash}
+          xRange={xRange}
+        />
+        <TimeChart
+          title="Cost (US dollars)"
+          times={traffic.times}
+          series={traffic.cost}
+          format={formatCost}
+          xRange={xRange}
+        />
       </div>
       <div className="grid3">
-        <TopTable title="Top tenants" rows={usage.data?.top_tenants} field="tenant" name={tenantName} />
+        <TopTable
+          title="Top tenants"
+          rows={usage.data?.top_tenants}
+          field="tenant"
+          name={tenantName}
+        />
         <TopTable title="Top keys" rows={usage.data?.top_keys} field="key" name={keyName} />
-        <TopTable title="Top models" rows={usage.data?.top_models} field="model" name={(m) => m ?? '(no model)'} />
+        <TopTable
+          title="Top models"
+          rows={usage.data?.top_models}
+          field="model"
+          name={(m) => m ?? '(no model)'}
+        />
       </div>
     </>
   )
@@ -131,10 +177,18 @@ function TopTable({
           <table>
             <thead>
               <tr>
-                <th scope="col">{field === 'model' ? 'Model' : field === 'key' ? 'Key' : 'Tenant'}</th>
-                <th scope="col" className="num">Requests</th>
-                <th scope="col" className="num">Tokens</th>
-                <th scope="col" className="num">Cost</th>
+                <th scope="col">
+                  {field === 'model' ? 'Model' : field === 'key' ? 'Key' : 'Tenant'}
+                </th>
+                <th scope="col" className="num">
+                  Requests
+                </th>
+                <th scope="col" className="num">
+                  Tokens
+                </th>
+                <th scope="col" className="num">
+                  Cost
+                </th>
               </tr>
             </thead>
             <tbody>

@@ -21,6 +21,7 @@ import {
   setReplyStats,
   type Book,
   type Message,
+  type Stats,
 } from '../lib/conversations'
 import { formatCost, formatMs, formatTokens } from '../lib/format'
 import { renderMarkdown } from '../lib/markdown'
@@ -50,7 +51,10 @@ export function Playground() {
   const conversation = currentConversation(book)
   const settings = conversation.settings
   const modelIds = models.data?.data.map((m) => m.id) ?? []
-  const model = settings.model && modelIds.includes(settings.model) ? settings.model : (modelIds[0] ?? settings.model)
+  const model =
+    settings.model && modelIds.includes(settings.model)
+      ? settings.model
+      : (modelIds[0] ?? settings.model)
 
   useEffect(() => {
     window.localStorage.setItem(CONVERSATIONS_ITEM, JSON.stringify(book))
@@ -109,13 +113,21 @@ export function Playground() {
         setBook((b) => setReplyStats(b, id, { stopped: true }, Date.now()))
       } else {
         failed = true
-        const message = error instanceof ApiError ? `${error.message} (${error.status})` : String(error)
+        const message =
+          error instanceof ApiError ? `${error.message} (${error.status})` : String(error)
         setBook((b) => failReply(b, id, message, Date.now()))
       }
     } finally {
       const total = performance.now() - started
       if (!failed) {
-        setBook((b) => setReplyStats(b, id, { ttftMs: first, totalMs: total, requestId: requestId ?? undefined }, Date.now()))
+        setBook((b) =>
+          setReplyStats(
+            b,
+            id,
+            { ttftMs: first, totalMs: total, requestId: requestId ?? undefined },
+            Date.now(),
+          ),
+        )
       }
       setBusy(false)
       abort.current = null
@@ -148,7 +160,11 @@ export function Playground() {
   return (
     <div className="playground">
       <aside className="conversations" aria-label="Conversations">
-        <button type="button" onClick={() => setBook((b) => addConversation(b, newId(), Date.now()))} disabled={busy}>
+        <button
+          type="button"
+          onClick={() => setBook((b) => addConversation(b, newId(), Date.now()))}
+          disabled={busy}
+        >
           New chat
         </button>
         <ul>
@@ -184,7 +200,11 @@ export function Playground() {
               Model
               <select
                 value={model}
-                onChange={(e) => setBook((b) => changeSettings(b, conversation.id, { model: e.target.value }, Date.now()))}
+                onChange={(e) =>
+                  setBook((b) =>
+                    changeSettings(b, conversation.id, { model: e.target.value }, Date.now()),
+                  )
+                }
               >
                 {modelIds.map((m) => (
                   <option key={m} value={m}>
@@ -201,7 +221,16 @@ export function Playground() {
                 max={2}
                 step={0.1}
                 value={settings.temperature}
-                onChange={(e) => setBook((b) => changeSettings(b, conversation.id, { temperature: Number(e.target.value) }, Date.now()))}
+                onChange={(e) =>
+                  setBook((b) =>
+                    changeSettings(
+                      b,
+                      conversation.id,
+                      { temperature: Number(e.target.value) },
+                      Date.now(),
+                    ),
+                  )
+                }
               />
             </label>
             <label>
@@ -211,7 +240,16 @@ export function Playground() {
                 min={1}
                 max={1_000_000}
                 value={settings.maxTokens}
-                onChange={(e) => setBook((b) => changeSettings(b, conversation.id, { maxTokens: Number(e.target.value) }, Date.now()))}
+                onChange={(e) =>
+                  setBook((b) =>
+                    changeSettings(
+                      b,
+                      conversation.id,
+                      { maxTokens: Number(e.target.value) },
+                      Date.now(),
+                    ),
+                  )
+                }
               />
             </label>
           </div>
@@ -220,15 +258,27 @@ export function Playground() {
             <textarea
               rows={2}
               value={settings.system}
-              onChange={(e) => setBook((b) => changeSettings(b, conversation.id, { system: e.target.value }, Date.now()))}
+              onChange={(e) =>
+                setBook((b) =>
+                  changeSettings(b, conversation.id, { system: e.target.value }, Date.now()),
+                )
+              }
             />
           </label>
         </details>
         <ErrorNote error={models.error} what="Models" />
-        {models.data && modelIds.length === 0 ? <p className="error" role="alert">This key may use no model.</p> : null}
+        {models.data && modelIds.length === 0 ? (
+          <p className="error" role="alert">
+            This key may use no model.
+          </p>
+        ) : null}
         <ol className="messages" aria-label="Messages" aria-live="polite" aria-busy={busy}>
           {conversation.messages.map((m, i) => (
-            <MessageView key={i} message={m} streaming={busy && i === conversation.messages.length - 1} />
+            <MessageView
+              key={i}
+              message={m}
+              streaming={busy && i === conversation.messages.length - 1}
+            />
           ))}
           <div ref={bottom} />
         </ol>
@@ -261,10 +311,20 @@ export function Playground() {
                 Send
               </button>
             )}
-            <button type="button" className="secondary" aria-expanded={snippet === 'curl'} onClick={() => setSnippet(snippet === 'curl' ? null : 'curl')}>
+            <button
+              type="button"
+              className="secondary"
+              aria-expanded={snippet === 'curl'}
+              onClick={() => setSnippet(snippet === 'curl' ? null : 'curl')}
+            >
               curl
             </button>
-            <button type="button" className="secondary" aria-expanded={snippet === 'python'} onClick={() => setSnippet(snippet === 'python' ? null : 'python')}>
+            <button
+              type="button"
+              className="secondary"
+              aria-expanded={snippet === 'python'}
+              onClick={() => setSnippet(snippet === 'python' ? null : 'python')}
+            >
               Python
             </button>
           </div>
@@ -274,14 +334,24 @@ export function Playground() {
             <div className="card-head">
               <h2>{snippet === 'curl' ? 'curl' : 'Python (openai)'}</h2>
               <CopyButton
-                text={snippet === 'curl' ? curlSnippet(session.base, preview) : pythonSnippet(session.base, preview)}
+                text={
+                  snippet === 'curl'
+                    ? curlSnippet(session.base, preview)
+                    : pythonSnippet(session.base, preview)
+                }
                 label="Copy snippet"
               />
             </div>
             <pre className="code">
-              <code>{snippet === 'curl' ? curlSnippet(session.base, preview) : pythonSnippet(session.base, preview)}</code>
+              <code>
+                {snippet === 'curl'
+                  ? curlSnippet(session.base, preview)
+                  : pythonSnippet(session.base, preview)}
+              </code>
             </pre>
-            <p className="muted small">Set RELAYGATE_API_KEY to your key first; the snippet does not contain it.</p>
+            <p className="muted small">
+              Set RELAYGATE_API_KEY to your key first; the snippet does not contain it.
+            </p>
           </section>
         ) : null}
       </div>
@@ -289,12 +359,29 @@ export function Playground() {
   )
 }
 
+/** What is shown under a reply: "Stopped · 8 in · 18 out tokens · first token 90 ms · …". */
+export function replyFigures(s: Stats): string[] {
+  const parts: string[] = []
+  if (s.stopped) parts.push('Stopped')
+  if (s.usage)
+    parts.push(`${formatTokens(s.usage.prompt_tokens, s.usage.completion_tokens)} tokens`)
+  if (s.ttftMs !== undefined) parts.push(`first token ${formatMs(s.ttftMs)}`)
+  if (s.totalMs !== undefined) parts.push(`total ${formatMs(s.totalMs)}`)
+  if (s.cost !== undefined) parts.push(`cost ${formatCost(s.cost)}`)
+  return parts
+}
+
 function MessageView({ message, streaming }: { message: Message; streaming: boolean }) {
-  const html = useMemo(() => (message.role === 'assistant' ? renderMarkdown(message.content) : ''), [message])
+  const html = useMemo(
+    () => (message.role === 'assistant' ? renderMarkdown(message.content) : ''),
+    [message],
+  )
   const s = message.stats
   return (
     <li className={`message ${message.role}`}>
-      <div className="who">{message.role === 'user' ? 'You' : message.role === 'error' ? 'Error' : 'Assistant'}</div>
+      <div className="who">
+        {message.role === 'user' ? 'You' : message.role === 'error' ? 'Error' : 'Assistant'}
+      </div>
       {message.role === 'assistant' ? (
         <div className="markdown" dangerouslySetInnerHTML={{ __html: html }} />
       ) : (
@@ -309,11 +396,7 @@ function MessageView({ message, streaming }: { message: Message; streaming: bool
       ) : null}
       {s && message.role === 'assistant' && !streaming ? (
         <div className="reply-stats muted small" aria-label="Reply figures">
-          {s.stopped ? <span>Stopped · </span> : null}
-          {s.usage ? <span>{formatTokens(s.usage.prompt_tokens, s.usage.completion_tokens)} tokens</span> : null}
-          {s.ttftMs !== undefined ? <span> · first token {formatMs(s.ttftMs)}</span> : null}
-          {s.totalMs !== undefined ? <span> · total {formatMs(s.totalMs)}</span> : null}
-          {s.cost !== undefined ? <span> · cost {formatCost(s.cost)}</span> : null}
+          {replyFigures(s).join(' · ')}
         </div>
       ) : null}
     </li>

@@ -49,7 +49,10 @@ export function SignIn({
   return (
     <main className="signin" id="main">
       <h1>relaygate</h1>
-      <p className="muted">Sign in with a relaygate API key. Admin keys see the dashboard; any key can use the playground.</p>
+      <p className="muted">
+        Sign in with a relaygate API key. Admin keys see the dashboard; any key can use the
+        playground.
+      </p>
       {notice ? (
         <p role="alert" className="error">
           {notice}
@@ -68,7 +71,11 @@ export function SignIn({
           required
         />
         <label className="check">
-          <input type="checkbox" checked={remember} onChange={(e) => setRemember(e.target.checked)} />
+          <input
+            type="checkbox"
+            checked={remember}
+            onChange={(e) => setRemember(e.target.checked)}
+          />
           Keep the key in this browser (local storage)
         </label>
         <button type="submit" disabled={busy || !key.trim()}>
@@ -77,8 +84,8 @@ export function SignIn({
         <ErrorNote error={error} what="Sign-in failed" />
       </form>
       <p className="muted small-print">
-        The key is sent only to this gateway. "Forget key" (top right, once signed in) removes it and your
-        playground conversations from this browser.
+        The key is sent only to this gateway. "Forget key" (top right, once signed in) removes it
+        and your playground conversations from this browser.
       </p>
     </main>
   )

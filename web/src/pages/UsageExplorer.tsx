@@ -45,7 +45,11 @@ export function UsageExplorer() {
   const keyName = namer(keys.data?.data.map((k) => ({ id: k.id, name: k.name || k.prefix })))
   const tenantName = namer(tenants.data?.data)
   const label = (value: string | null | undefined) =>
-    groupBy === 'key' ? keyName(value) : groupBy === 'tenant' ? tenantName(value) : (value ?? '(none)')
+    groupBy === 'key'
+      ? keyName(value)
+      : groupBy === 'tenant'
+        ? tenantName(value)
+        : (value ?? '(none)')
 
   const apply = (event: FormEvent<HTMLFormElement>) => {
     event.preventDefault()
@@ -113,7 +117,12 @@ export function UsageExplorer() {
           </label>
           <div className="filter-buttons">
             <button type="submit">Apply filters</button>
-            <button type="button" className="secondary" onClick={() => exporting.mutate()} disabled={exporting.isPending}>
+            <button
+              type="button"
+              className="secondary"
+              onClick={() => exporting.mutate()}
+              disabled={exporting.isPending}
+            >
               {exporting.isPending ? 'Exporting…' : 'Export CSV'}
             </button>
           </div>
@@ -137,19 +146,35 @@ export function UsageExplorer() {
                 <thead>
                   <tr>
                     <th scope="col">{GROUPS.find((g) => g.value === groupBy)?.label}</th>
-                    <th scope="col" className="num">Requests</th>
-                    <th scope="col" className="num">Prompt tokens</th>
-                    <th scope="col" className="num">Completion tokens</th>
-                    <th scope="col" className="num">Avg time</th>
-                    <th scope="col" className="num">Cache hits</th>
-                    <th scope="col" className="num">Errors</th>
-                    <th scope="col" className="num">Cost</th>
+                    <th scope="col" className="num">
+                      Requests
+                    </th>
+                    <th scope="col" className="num">
+                      Prompt tokens
+                    </th>
+                    <th scope="col" className="num">
+                      Completion tokens
+                    </th>
+                    <th scope="col" className="num">
+                      Avg time
+                    </th>
+                    <th scope="col" className="num">
+                      Cache hits
+                    </th>
+                    <th scope="col" className="num">
+                      Errors
+                    </th>
+                    <th scope="col" className="num">
+                      Cost
+                    </th>
                   </tr>
                 </thead>
                 <tbody>
                   {report.data.data.map((r, i) => (
                     <tr key={`${r[groupBy] ?? ''}-${i}`}>
-                      <th scope="row" className="wrap">{label(r[groupBy])}</th>
+                      <th scope="row" className="wrap">
+                        {label(r[groupBy])}
+                      </th>
                       <td className="num">{formatCount(r.requests)}</td>
                       <td className="num">{formatCount(r.prompt_tokens)}</td>
                       <td className="num">{formatCount(r.completion_tokens)}</td>
@@ -162,7 +187,9 @@ export function UsageExplorer() {
                 </tbody>
               </table>
             </div>
-            {report.data.data.length === 0 ? <p className="muted">No usage matches these filters.</p> : null}
+            {report.data.data.length === 0 ? (
+              <p className="muted">No usage matches these filters.</p>
+            ) : null}
           </Section>
         </>
       ) : null}
