@@ -201,7 +201,7 @@ class Gateway:
         pipeline, openai = Pipeline(state), OpenAIFormat()
         models, ops, tasks = OpenAIModels(state), OpsAPI(state), TasksAPI(state)
         tags, meta = OllamaTags(state), OllamaMeta(state)
-        ui = WebUI(mount=self.settings.paths.prefix or "")
+        ui = WebUI(mount=self.settings.paths.prefix or "", oidc=self.settings.ui.oidc)
         root = ui.root_handler(meta.root)
         self._routes = {
             "/v1/chat/completions": {"POST": pipeline.route(openai, "chat")},

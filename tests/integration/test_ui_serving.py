@@ -9,9 +9,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import msgspec
 import pytest
 
 from relaygate.api.ui import WebUI
+from relaygate.errors import ConfigError
 from tests.conftest import MOCK
 from tests.gateway import RunningGateway, make_settings, running_gateway
 from tests.keys import new_key
@@ -183,3 +185,38 @@ async def test_latency_percentiles_and_top_models(gateway: RunningGateway) -> No
         async with session.get(f"{gateway.url}/admin/usage?key={key_id}", headers=headers) as r:
             report = await r.json()
         assert [(m["model"], m["requests"]) for m in report["top_models"]] == [("mock", 5)]
+
+
+async def test_config_json_offers_the_oidc_sign_in_and_the_csp_allows_its_token_call() -> None:
+    plain = make_settings(MOCK)
+    async with running_gateway(plain) as gateway:
+        status, headers, body = await fetch(gateway.url + "/ui/config.json")
+        assert status == 200 and headers["Content-Type"] == "application/json"
+        assert msgspec.json.decode(body) == {"oidc": None}
+        assert "connect-src 'self';" in headers["Content-Security-Policy"]
+    oidc = {
+        "authorization_endpoint": "https://idp.example/authorize",
+        "token_endpoint": "https://login.idp.example:8443/oauth/token",
+        "client_id": "relaygate-ui",
+    }
+    settings = make_settings(MOCK, auth={"jwt": {"secret": "s" * 32}}, ui={"oidc": oidc})
+    async with running_gateway(settings) as gateway:
+        _, headers, body = await fetch(gateway.url + "/ui/config.json")
+        assert msgspec.json.decode(body) == {
+            "oidc": {**oidc, "scopes": "openid profile email", "token": "id_token",
+                     "label": "Sign in with SSO"}
+        }  # fmt: skip
+        _, page_headers, _ = await fetch(gateway.url + "/ui/keys")
+        for h in (headers, page_headers):
+            policy = h["Content-Security-Policy"]
+            assert "connect-src 'self' https://login.idp.example:8443;" in policy
+
+
+def test_oidc_without_jwt_is_a_configuration_error() -> None:
+    oidc = {"authorization_endpoint": "https://i/a", "token_endpoint": "https://i/t",
+            "client_id": "c"}  # fmt: skip
+    with pytest.raises(ConfigError, match=r"ui.oidc: .*configure auth.jwt"):
+        make_settings(MOCK, ui={"oidc": oidc})
+    with pytest.raises(ConfigError, match=r"ui.oidc"):
+        make_settings(MOCK, auth={"jwt": {"secret": "s" * 32}},
+                      ui={"oidc": {**oidc, "token_endpoint": "javascript:alert(1)"}})  # fmt: skip

@@ -6,7 +6,7 @@ import { chromium } from 'playwright-core'
 import { mkdirSync } from 'node:fs'
 import assert from 'node:assert/strict'
 
-const [base, adminKey, shots] = process.argv.slice(2)
+const [base, adminKey, shots, mode] = process.argv.slice(2)
 mkdirSync(shots, { recursive: true })
 const DESKTOP = { width: 1366, height: 900 }
 const PHONE = { width: 390, height: 844 }
@@ -63,7 +63,39 @@ async function shoot(page, name) {
   await page.setViewportSize(DESKTOP)
 }
 
+/** ui.oidc configured: sign in through the (fake) identity provider, no key typed. */
+async function oidcScenario() {
+  const context = await browser.newContext({ viewport: DESKTOP })
+  const page = await context.newPage()
+  page.on('pageerror', (e) => {
+    throw e
+  })
+  const blocked = []
+  page.on('console', (m) => m.type() === 'error' && blocked.push(m.text()))
+  step('the sign-in page offers the identity provider')
+  await page.goto(base + '/ui/')
+  const sso = page.getByRole('button', { name: 'Sign in with SSO' })
+  await sso.waitFor()
+  await shoot(page, 'sign-in-sso')
+  step('the provider sends the user back signed in, as the role its token names')
+  await sso.click()
+  await page.getByRole('heading', { name: 'Overview', level: 1 }).waitFor()
+  assert.match(page.url(), /\/ui\/?$/) // the code and state are gone from the address
+  const token = await page.evaluate(() => localStorage.getItem('relaygate.key'))
+  assert.equal(token.split('.').length, 3, 'the stored credential is the JWT')
+  assert.deepEqual(blocked, [])
+  step('a replayed callback (wrong state) is refused')
+  await page.getByRole('button', { name: 'Forget key' }).click()
+  await page.goto(base + '/ui/?code=stolen&state=forged')
+  await page.getByRole('alert').filter({ hasText: 'not started here' }).waitFor()
+  await context.close()
+}
+
 try {
+  if (mode === 'oidc') {
+    await oidcScenario()
+    process.exit(0)
+  }
   const admin = await browser.newContext({ viewport: DESKTOP })
   const page = await admin.newPage()
   page.on('pageerror', (e) => {

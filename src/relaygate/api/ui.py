@@ -10,7 +10,9 @@ that names a missing file (it has a dot in its last segment) is a 404, not the p
 header naming text/html) is sent to the UI instead.
 
 The page needs no key to load: it holds nothing privileged, and talks to the public
-and admin APIs with the key the user types, as any client does.
+and admin APIs with the key the user types, as any client does. ``/ui/config.json`` tells
+it what it cannot know: whether an OpenID Connect provider signs users in (``ui.oidc``:
+public values only, a public client has no secret).
 """
 
 from __future__ import annotations
@@ -19,8 +21,12 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from importlib.resources.abc import Traversable
+from urllib.parse import urlsplit
+
+import msgspec
 
 from relaygate.asgi import Receive, Scope, Send, new_request_id, send_bytes
+from relaygate.settings import OIDCConfig
 
 __all__ = ["UI_PATH", "WebUI", "wants_html"]
 
@@ -42,19 +48,37 @@ _TYPES = {
 }
 _IMMUTABLE = (b"cache-control", b"public, max-age=31536000, immutable")
 _REVALIDATE = (b"cache-control", b"no-cache")
-# The page runs only its own code and talks only to this gateway: a script injected
-# through a model's answer could read the key in local storage, so none may run.
-_SECURITY = [
-    (
-        b"content-security-policy",
-        b"default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
-        b"img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
-        b"frame-ancestors 'none'; form-action 'none'",
-    ),
-    (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
-    (b"x-frame-options", b"DENY"),
-]
+CONFIG_FILE = "config.json"
+
+
+def security_headers(oidc: OIDCConfig | None) -> list[tuple[bytes, bytes]]:
+    """The page runs only its own code and talks only to this gateway (and to the
+    identity provider's token endpoint, when one is configured): a script injected
+    through a model's answer could read the key in local storage, so none may run."""
+    connect = "'self'"
+    if oidc is not None:
+        parts = urlsplit(oidc.token_endpoint)
+        connect += f" {parts.scheme}://{parts.netloc}"
+    policy = (
+        "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+        f"img-src 'self' data:; connect-src {connect}; object-src 'none'; base-uri 'none'; "
+        "frame-ancestors 'none'; form-action 'none'"
+    )
+    return [
+        (b"content-security-policy", policy.encode()),
+        (b"x-content-type-options", b"nosniff"),
+        (b"referrer-policy", b"no-referrer"),
+        (b"x-frame-options", b"DENY"),
+    ]
+
+
+def public_config(oidc: OIDCConfig | None) -> bytes:
+    """``/ui/config.json``: what the page needs to offer a sign-in through ``ui.oidc``."""
+    if oidc is None:
+        return msgspec.json.encode({"oidc": None})
+    fields = ("authorization_endpoint", "token_endpoint", "client_id", "scopes", "token", "label")
+    return msgspec.json.encode({"oidc": {name: getattr(oidc, name) for name in fields}})
+
 _MISSING = (
     b"<!doctype html><meta charset=utf-8><title>relaygate UI not built</title>"
     b"<p>This relaygate has no built web UI. Build it from a source checkout with "
@@ -100,9 +124,13 @@ class WebUI:
     (``settings.paths.prefix``): the page's absolute ``/ui/`` URLs are rewritten to it.
     """
 
-    def __init__(self, root: Traversable | None = None, mount: str = "") -> None:
+    def __init__(
+        self, root: Traversable | None = None, mount: str = "", oidc: OIDCConfig | None = None
+    ) -> None:
         self.root = root if root is not None else site_root()
         self.mount = mount.rstrip("/")
+        self.security = security_headers(oidc)
+        self.config = public_config(oidc)
         self._files: set[str] | None = None  # listed on first use, off the event loop
         self._cache: dict[str, bytes] = {}
 
@@ -128,10 +156,14 @@ class WebUI:
         if self._files is None:
             self._files = await asyncio.to_thread(_list_files, self.root)
         files = self._files
+        if name == CONFIG_FILE:
+            extra = [_REVALIDATE, *self.security]
+            await send_bytes(send, 200, self.config, request_id, _TYPES["json"], extra)
+            return
         if name in files and name != "index.html":
             body = await self._read(name)
             cache = _IMMUTABLE if name.startswith("assets/") else _REVALIDATE
-            extra = [cache, *_SECURITY]
+            extra = [cache, *self.security]
             await send_bytes(send, 200, body, request_id, _content_type(name), extra)
             return
         last = name.rsplit("/", 1)[-1]
@@ -143,7 +175,8 @@ class WebUI:
             await send_bytes(send, 503, _MISSING, request_id, _TYPES["html"], [_REVALIDATE])
             return
         page = await self._read("index.html")
-        await send_bytes(send, 200, page, request_id, _TYPES["html"], [_REVALIDATE, *_SECURITY])
+        extra = [_REVALIDATE, *self.security]
+        await send_bytes(send, 200, page, request_id, _TYPES["html"], extra)
 
     async def _read(self, name: str) -> bytes:
         body = self._cache.get(name)

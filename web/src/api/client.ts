@@ -2,6 +2,8 @@
  * Authorization header, errors in one shape. Nothing else in the UI calls fetch(),
  * except the playground's stream (api/chat.ts). */
 
+import type { OidcConfig } from '../lib/oidc'
+
 export class ApiError extends Error {
   constructor(
     message: string,
@@ -231,6 +233,12 @@ export type KeyPatch = Partial<{
 // ---- routes ----------------------------------------------------------------------------
 
 export const api = {
+  /** What the page cannot know by itself: the OIDC sign-in, when configured (no key). */
+  async uiConfig(base: string): Promise<{ oidc: OidcConfig | null }> {
+    const response = await fetch(`${base}/ui/config.json`)
+    if (!response.ok) throw await errorFrom(response)
+    return (await response.json()) as { oidc: OidcConfig | null }
+  },
   /** Who the key is: admin (the admin API answers), user (403), or an error (401...). */
   async role(s: Session): Promise<Role> {
     try {
