@@ -169,6 +169,58 @@ try {
   await shoot(page, 'keys')
   await secretBox.getByRole('button', { name: 'Done' }).click()
 
+  step("a tenant's tier, a key's tier, limits and expiry are changed in place")
+  const tierForm = page.getByRole('form', { name: 'Tier of e2e-team' })
+  await tierForm.getByLabel('Tier of e2e-team').fill('pro')
+  const tenantSaved = page.waitForResponse(
+    (r) => r.request().method() === 'PATCH' && r.url().includes('/admin/tenants/'),
+  )
+  await tierForm.getByRole('button', { name: 'Save' }).click()
+  assert.equal((await tenantSaved).status(), 200)
+  await page.getByRole('button', { name: 'Edit e2e-user' }).click()
+  const edit = page.getByRole('form', { name: 'Edit e2e-user' })
+  await edit.getByLabel('Tier').fill('pro')
+  await edit.getByLabel('Requests per hour').fill('50')
+  await edit.getByLabel(/Expires on/).fill('2099-12-31')
+  await edit.getByRole('button', { name: 'Save changes' }).click()
+  const userRow = page.getByRole('row', { name: /e2e-user/ })
+  await userRow.getByText('user · pro').waitFor()
+  await userRow.getByText(/2099/).waitFor()
+
+  step('another key: rotated (a new secret, shown once), disabled, enabled')
+  await create.getByLabel('Name', { exact: true }).fill('e2e-spare')
+  await create.getByLabel('Tenant (name or id)').fill('e2e-team')
+  await create.getByRole('button', { name: 'Create key' }).click()
+  await page
+    .getByRole('region', { name: 'New secret' })
+    .getByRole('heading', { name: /e2e-spare/ })
+    .waitFor()
+  const first = await page.getByRole('region', { name: 'New secret' }).locator('code').textContent()
+  await page.getByRole('button', { name: 'Rotate e2e-spare' }).click()
+  await page
+    .getByRole('region', { name: 'New secret' })
+    .getByRole('heading', { name: /New secret of “e2e-spare”/ })
+    .waitFor()
+  const second = await page
+    .getByRole('region', { name: 'New secret' })
+    .locator('code')
+    .textContent()
+  assert.notEqual(first, second)
+  await page.getByRole('button', { name: 'Disable e2e-spare' }).click()
+  await page
+    .getByRole('row', { name: /e2e-spare/ })
+    .getByText('Disabled')
+    .waitFor()
+  await page.getByRole('button', { name: 'Enable e2e-spare' }).click()
+  await page
+    .getByRole('row', { name: /e2e-spare/ })
+    .getByText('Active')
+    .waitFor()
+  await page
+    .getByRole('region', { name: 'New secret' })
+    .getByRole('button', { name: 'Done' })
+    .click()
+
   step('search narrows the list')
   await page.getByLabel('Search').fill('e2e-user')
   assert.equal(await page.getByRole('row', { name: /e2e-user/ }).count(), 1)
@@ -252,6 +304,8 @@ try {
   await user.getByRole('link', { name: 'My account' }).click()
   await user.getByText('Tier:').waitFor()
   await user.getByText('Requests this hour').waitFor()
+  await user.getByText(/left of 50$/).waitFor() // the limit the admin set
+  assert.match(await user.getByText('Tier:').textContent(), /pro/)
   await shoot(user, 'account')
 
   step('usage appears on the admin dashboard')
@@ -336,10 +390,10 @@ try {
   await user.getByRole('link', { name: 'Playground' }).click()
   // The model list may be asked for again (401 at once), else the next message is refused.
   const message = user.getByLabel('Message', { exact: true })
-  if (await message.isVisible()) {
-    await message.fill('are you still there?')
-    await message.press('Enter').catch(() => {})
-  }
+  await message
+    .fill('are you still there?', { timeout: 2000 })
+    .then(() => message.press('Enter', { timeout: 2000 }))
+    .catch(() => {}) // the page may already have gone back to sign-in
   await user.getByRole('alert').filter({ hasText: 'no longer accepts this key' }).waitFor()
   assert.equal(await user.evaluate(() => localStorage.getItem('relaygate.key')), null)
   await shoot(user, 'revoked')

@@ -269,6 +269,8 @@ export const api = {
   tenants: (s: Session) => call<{ data: Tenant[] }>(s, 'GET', '/admin/tenants'),
   createTenant: (s: Session, body: { name: string; tier?: string }) =>
     call<Tenant>(s, 'POST', '/admin/tenants', body),
+  patchTenant: (s: Session, id: string, body: { name?: string; tier?: string | null }) =>
+    call<Tenant>(s, 'PATCH', `/admin/tenants/${encodeURIComponent(id)}`, body),
 
   usage: (s: Session, filters: UsageFilters, groupBy: GroupBy, top = 5) =>
     call<UsageReport>(

@@ -108,6 +108,7 @@ export function Keys() {
           />
         </div>
       </div>
+      <Tenants keys={keys.data?.data ?? []} tiers={tiers} />
       <Section
         title="Keys"
         actions={
@@ -136,7 +137,7 @@ export function Keys() {
         <ErrorNote error={action.error} what="That change failed" />
         {keys.isPending ? <Loading /> : null}
         <div className="table-wrap">
-          <table>
+          <table className="stack">
             <thead>
               <tr>
                 <th scope="col">Name</th>
@@ -203,11 +204,13 @@ function KeyRow({
           {label}
           <div className="muted mono small">{k.prefix}…</div>
         </th>
-        <td className="wrap">{k.tenant_name}</td>
-        <td>
+        <td className="wrap" data-label="Tenant">
+          {k.tenant_name}
+        </td>
+        <td data-label="Role · tier">
           {k.role} · {k.tier}
         </td>
-        <td>
+        <td data-label="State">
           {k.revoked ? (
             <Badge tone="bad">Revoked</Badge>
           ) : expired ? (
@@ -218,9 +221,9 @@ function KeyRow({
             <Badge tone="off">Disabled</Badge>
           )}
         </td>
-        <td>{formatTime(k.expires_at)}</td>
-        <td>{formatTime(k.last_used_at)}</td>
-        <td>
+        <td data-label="Expires">{formatTime(k.expires_at)}</td>
+        <td data-label="Last used">{formatTime(k.last_used_at)}</td>
+        <td data-label="Actions">
           {k.revoked ? null : (
             <div className="actions">
               <button
@@ -559,6 +562,81 @@ function CreateTenant({ tiers }: { tiers: string[] }) {
       </form>
       {done ? <p role="status">{done}</p> : null}
       <ErrorNote error={create.error} what="Not created" />
+    </Section>
+  )
+}
+
+function Tenants({ keys, tiers }: { keys: Key[]; tiers: string[] }) {
+  const session = useSession()
+  const client = useQueryClient()
+  const tenants = useQuery({ queryKey: ['tenants'], queryFn: () => api.tenants(session) })
+  const id = useId()
+  const save = useMutation({
+    mutationFn: ({ tenant, tier }: { tenant: string; tier: string }) =>
+      api.patchTenant(session, tenant, { tier: tier || null }),
+    onSuccess: () => client.invalidateQueries({ queryKey: ['tenants'] }),
+  })
+  const active = new Map<string, number>()
+  for (const k of keys) if (!k.revoked) active.set(k.tenant_id, (active.get(k.tenant_id) ?? 0) + 1)
+  return (
+    <Section title="Tenants">
+      <ErrorNote error={tenants.error} what="Tenants" />
+      <ErrorNote error={save.error} what="Tier not changed" />
+      <datalist id={`${id}-tiers`}>
+        {tiers.map((t) => (
+          <option key={t} value={t} />
+        ))}
+      </datalist>
+      <div className="table-wrap">
+        <table className="stack">
+          <thead>
+            <tr>
+              <th scope="col">Tenant</th>
+              <th scope="col">Tier (its keys' default)</th>
+              <th scope="col" className="num">
+                Active keys
+              </th>
+              <th scope="col">Created</th>
+            </tr>
+          </thead>
+          <tbody>
+            {(tenants.data?.data ?? []).map((t) => (
+              <tr key={t.id}>
+                <th scope="row" className="wrap">
+                  {t.name}
+                  <div className="muted mono small">{t.id}</div>
+                </th>
+                <td data-label="Tier">
+                  <form
+                    className="inline-form"
+                    aria-label={`Tier of ${t.name}`}
+                    onSubmit={(e: FormEvent<HTMLFormElement>) => {
+                      e.preventDefault()
+                      const tier = String(new FormData(e.currentTarget).get('tier') ?? '').trim()
+                      save.mutate({ tenant: t.id, tier })
+                    }}
+                  >
+                    <input
+                      name="tier"
+                      aria-label={`Tier of ${t.name}`}
+                      list={`${id}-tiers`}
+                      defaultValue={t.tier ?? ''}
+                      placeholder="default"
+                    />
+                    <button type="submit" className="secondary small">
+                      Save
+                    </button>
+                  </form>
+                </td>
+                <td className="num" data-label="Active keys">
+                  {active.get(t.id) ?? 0}
+                </td>
+                <td data-label="Created">{formatTime(t.created_at)}</td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      </div>
     </Section>
   )
 }
