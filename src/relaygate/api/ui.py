@@ -79,6 +79,7 @@ def public_config(oidc: OIDCConfig | None) -> bytes:
     fields = ("authorization_endpoint", "token_endpoint", "client_id", "scopes", "token", "label")
     return msgspec.json.encode({"oidc": {name: getattr(oidc, name) for name in fields}})
 
+
 _MISSING = (
     b"<!doctype html><meta charset=utf-8><title>relaygate UI not built</title>"
     b"<p>This relaygate has no built web UI. Build it from a source checkout with "
