@@ -118,7 +118,7 @@ export function SignIn({
           spellCheck={false}
           value={key}
           onChange={(e) => setKey(e.target.value)}
-          placeholder="rg-…"
+          placeholder="rg_…"
           required
         />
         <label className="check">
