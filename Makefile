@@ -51,7 +51,8 @@ lint: $(STAMP) $(WEB_DEPS)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy src
-	cd web && npx tsc --noEmit && npx prettier --check --log-level warn src e2e
+	cd web && npx tsc --noEmit && npx eslint --max-warnings 0 src e2e && \
+	  npx prettier --check --log-level warn src e2e
 
 fmt: $(STAMP) $(WEB_DEPS)
 	$(BIN)/ruff format src tests bench

@@ -57,7 +57,6 @@ export function App() {
     )
     setAuth(null)
   }
-  // eslint-disable-next-line react-hooks/exhaustive-deps
   const client = useMemo(() => makeClient(refused), [])
 
   const signOut = () => {
