@@ -221,6 +221,20 @@ try {
     .getByRole('button', { name: 'Done' })
     .click()
 
+  step('an existing secret is imported, stored hashed, never shown back')
+  const importing = page.getByRole('form', { name: 'Import a key' })
+  await page.getByText(/A secret made elsewhere/).click()
+  await importing.getByLabel('Secret').fill('vpn_2hrUOubvcBqlrysKkGOe4CBv5_sTi7QEgNLhp7S2WrI')
+  await importing.getByLabel('Name', { exact: true }).fill('e2e-imported')
+  await importing.getByLabel('Tenant (name or id)').fill('e2e-team')
+  await importing.getByRole('button', { name: 'Import key' }).click()
+  await importing.getByText('Imported “e2e-imported”.').waitFor()
+  await page
+    .getByRole('row', { name: /e2e-imported/ })
+    .getByText('Active')
+    .waitFor()
+  assert.equal(await page.getByText('vpn_2hrUOubvcBqlrysKkGOe4CBv5_sTi7QEgNLhp7S2WrI').count(), 0)
+
   step('search narrows the list')
   await page.getByLabel('Search').fill('e2e-user')
   assert.equal(await page.getByRole('row', { name: /e2e-user/ }).count(), 1)
