@@ -114,7 +114,17 @@ async def _wait_for_record(gateway: RunningGateway, request_id: str, key: str) -
     raise AssertionError("the record was never written")
 
 
-async def test_a_key_reads_its_own_request_record_and_no_one_elses(gateway: RunningGateway) -> None:
+@pytest.fixture
+async def db_gateway(database_url: str) -> AsyncIterator[RunningGateway]:
+    """On SQLite and on PostgreSQL: the queries differ by dialect."""
+    async with running_gateway(make_settings(MOCK, database_url=database_url)) as running:
+        yield running
+
+
+async def test_a_key_reads_its_own_request_record_and_no_one_elses(
+    db_gateway: RunningGateway,
+) -> None:
+    gateway = db_gateway
     _, mine = await new_key(gateway, tenant="ui-a")
     _, other = await new_key(gateway, tenant="ui-b")
     async with gateway.client(mine) as client:
@@ -140,7 +150,8 @@ async def test_a_key_reads_its_own_request_record_and_no_one_elses(gateway: Runn
             assert r.status == 400 and (await r.json())["error"]["param"] == "request_id"
 
 
-async def test_latency_percentiles_and_top_models(gateway: RunningGateway) -> None:
+async def test_latency_percentiles_and_top_models(db_gateway: RunningGateway) -> None:
+    gateway = db_gateway
     key_id, secret = await new_key(gateway, tenant="ui-lat")
     async with gateway.client(secret) as client:
         for n in range(5):
