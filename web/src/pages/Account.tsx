@@ -2,7 +2,7 @@
  * and provider configurations when the gateway has the vault. Four API calls. */
 
 import { useQuery } from '@tanstack/react-query'
-import { api, listOf, type LimitFigure, type Json } from '../api/client'
+import { api, ApiError, listOf, type LimitFigure, type Json } from '../api/client'
 import { ErrorNote, Loading, Section, Stat } from '../components/common'
 import { formatCost, formatCount, formatMs, formatRate, formatTime } from '../lib/format'
 import { useSession } from '../session'
@@ -48,7 +48,11 @@ export function Account() {
   return (
     <>
       <Section title="My usage">
-        <ErrorNote error={stats.error} what="Usage" />
+        {stats.error instanceof ApiError && stats.error.status === 400 ? (
+          <p className="muted">{stats.error.message}</p>
+        ) : (
+          <ErrorNote error={stats.error} what="Usage" />
+        )}
         {stats.isPending ? <Loading /> : null}
         {stats.data ? (
           <>
