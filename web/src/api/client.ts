@@ -294,6 +294,10 @@ export const api = {
   deployments: (s: Session) => call<{ data: ModelDeployments[] }>(s, 'GET', '/admin/deployments'),
   nodes: (s: Session) => optional<{ data?: Json[]; nodes?: Json[] } | Json[]>(s, '/admin/nodes'),
   providerKeys: (s: Session) => optional<unknown>(s, '/api/ai/api-keys'),
+  addProviderKey: (s: Session, body: { provider: string; key_name: string; api_key: string }) =>
+    call<Json>(s, 'POST', '/api/ai/api-keys', body),
+  deleteProviderKey: (s: Session, id: string) =>
+    call<Json>(s, 'DELETE', `/api/ai/api-keys/${encodeURIComponent(id)}`),
   providerConfigs: (s: Session) => optional<unknown>(s, '/api/ai/provider-configs'),
 }
 

@@ -1,7 +1,8 @@
 /** A key's own view: its usage, its remaining limits, and its provider keys (masked)
  * and provider configurations when the gateway has the vault. Four API calls. */
 
-import { useQuery } from '@tanstack/react-query'
+import { useMutation, useQuery, useQueryClient } from '@tanstack/react-query'
+import type { FormEvent, ReactNode } from 'react'
 import { api, ApiError, listOf, type LimitFigure, type Json } from '../api/client'
 import { ErrorNote, Loading, Section, Stat } from '../components/common'
 import { formatCost, formatCount, formatMs, formatRate, formatTime } from '../lib/format'
@@ -149,11 +150,7 @@ export function Account() {
               This gateway does not keep users' provider keys (the vault is not enabled).
             </p>
           ) : (
-            <ItemList
-              items={listOf(providerKeys.data)}
-              fields={['provider', 'key_name', 'masked_key', 'api_key', 'expires_at', 'created_at']}
-              empty="No provider keys stored."
-            />
+            <ProviderKeys items={listOf(providerKeys.data)} />
           )}
         </Section>
         <Section title="My provider configurations">
@@ -176,7 +173,17 @@ export function Account() {
 }
 
 /** Items of an API we only read, their known fields shown; secrets come masked from the server. */
-function ItemList({ items, fields, empty }: { items: Json[]; fields: string[]; empty: string }) {
+function ItemList({
+  items,
+  fields,
+  empty,
+  action,
+}: {
+  items: Json[]
+  fields: string[]
+  empty: string
+  action?: (item: Json) => ReactNode
+}) {
   if (!items.length) return <p className="muted">{empty}</p>
   const shown = fields.filter((f) => items.some((i) => i[f] !== undefined))
   return (
@@ -189,6 +196,7 @@ function ItemList({ items, fields, empty }: { items: Json[]; fields: string[]; e
                 {f.replace(/_/g, ' ')}
               </th>
             ))}
+            {action ? <th scope="col">Actions</th> : null}
           </tr>
         </thead>
         <tbody>
@@ -203,10 +211,93 @@ function ItemList({ items, fields, empty }: { items: Json[]; fields: string[]; e
                   </td>
                 )
               })}
+              {action ? <td>{action(item)}</td> : null}
             </tr>
           ))}
         </tbody>
       </table>
     </div>
+  )
+}
+
+const PROVIDERS = ['openai', 'gemini', 'anthropic', 'openwebui', 'ollama', 'openai-compatible']
+
+/** The user's own provider keys (the vault): listed masked, as the server sends them;
+ * added (the secret goes to the gateway once and is never shown again) and deleted. */
+function ProviderKeys({ items }: { items: Json[] }) {
+  const session = useSession()
+  const client = useQueryClient()
+  const refresh = () => client.invalidateQueries({ queryKey: ['provider-keys'] })
+  const add = useMutation({
+    mutationFn: (form: FormData) =>
+      api.addProviderKey(session, {
+        provider: String(form.get('provider')),
+        key_name: String(form.get('key_name') ?? '').trim(),
+        api_key: String(form.get('api_key') ?? ''),
+      }),
+    onSuccess: refresh,
+  })
+  const remove = useMutation({
+    mutationFn: (id: string) => api.deleteProviderKey(session, id),
+    onSuccess: refresh,
+  })
+  const idOf = (item: Json) => String(item.id ?? item.key_id ?? '')
+  return (
+    <>
+      <ItemList
+        items={items}
+        fields={['provider', 'key_name', 'masked_key', 'api_key', 'expires_at', 'last_used_at']}
+        empty="No provider keys stored."
+        action={(item) =>
+          idOf(item) ? (
+            <button
+              type="button"
+              className="danger small"
+              aria-label={`Delete provider key ${String(item.key_name ?? idOf(item))}`}
+              onClick={() => remove.mutate(idOf(item))}
+            >
+              Delete
+            </button>
+          ) : null
+        }
+      />
+      <ErrorNote error={remove.error} what="Not deleted" />
+      <details>
+        <summary>Add a provider key</summary>
+        <form
+          aria-label="Add a provider key"
+          onSubmit={(e: FormEvent<HTMLFormElement>) => {
+            e.preventDefault()
+            const form = e.currentTarget
+            add.mutate(new FormData(form), { onSuccess: () => form.reset() })
+          }}
+        >
+          <div className="row">
+            <label>
+              Provider
+              <select name="provider" defaultValue="openai">
+                {PROVIDERS.map((p) => (
+                  <option key={p} value={p}>
+                    {p}
+                  </option>
+                ))}
+              </select>
+            </label>
+            <label>
+              Name
+              <input name="key_name" required maxLength={200} />
+            </label>
+          </div>
+          <label>
+            Secret (sent once, stored encrypted, never shown again)
+            <input name="api_key" type="password" autoComplete="off" required />
+          </label>
+          <button type="submit" disabled={add.isPending}>
+            Add key
+          </button>
+          <ErrorNote error={add.error} what="Not added" />
+        </form>
+      </details>
+    </>
   )
 }
