@@ -28,6 +28,10 @@ export function randomString(bytes = 32): string {
 }
 
 export async function challengeOf(verifier: string): Promise<string> {
+  if (!globalThis.crypto?.subtle) {
+    // Browsers offer SHA-256 (and so PKCE) only to secure pages.
+    throw new Error('Single sign-on needs the page served over HTTPS (or from localhost).')
+  }
   const digest = await crypto.subtle.digest('SHA-256', new TextEncoder().encode(verifier))
   return base64url(new Uint8Array(digest))
 }

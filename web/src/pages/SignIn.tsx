@@ -88,8 +88,13 @@ export function SignIn({
 
   const startOidc = async (config: OidcConfig) => {
     const pending: Pending = { state: randomString(16), verifier: randomString(32) }
-    window.sessionStorage.setItem(PENDING_ITEM, JSON.stringify(pending))
-    window.location.assign(await authorizeUrl(config, redirectUri(base), pending))
+    try {
+      const url = await authorizeUrl(config, redirectUri(base), pending)
+      window.sessionStorage.setItem(PENDING_ITEM, JSON.stringify(pending))
+      window.location.assign(url)
+    } catch (e) {
+      setError(e)
+    }
   }
 
   const submit = (event: FormEvent) => {
