@@ -52,7 +52,13 @@ async def test_the_page_and_its_assets_are_served_with_types_and_caching(
 
 async def test_client_routes_get_the_page_and_missing_files_a_404(gateway: RunningGateway) -> None:
     _, _, page = await fetch(gateway.url + "/ui")
-    for route in ("/ui/keys", "/ui/playground", "/ui/usage/", "/ui/anything/deeper"):
+    for route in (
+        "/ui/keys",
+        "/ui/playground",
+        "/ui/usage/",
+        "/ui/anything/deeper",
+        "/ui/index.html",
+    ):
         status, headers, body = await fetch(gateway.url + route)
         assert (status, body) == (200, page), route
         assert headers["Cache-Control"] == "no-cache"

@@ -168,7 +168,7 @@ class WebUI:
             await send_bytes(send, 200, body, request_id, _content_type(name), extra)
             return
         last = name.rsplit("/", 1)[-1]
-        if "." in last or ".." in name.split("/"):
+        if ("." in last and name != "index.html") or ".." in name.split("/"):
             body = b"Not found: no such file in the web UI."
             await send_bytes(send, 404, body, request_id, _TYPES["txt"], [_REVALIDATE])
             return
