@@ -42,6 +42,7 @@ async function shoot(page, name) {
     ['phone', PHONE],
   ]) {
     await page.setViewportSize(size)
+    await page.evaluate(() => window.scrollTo(0, 0))
     await page.waitForTimeout(150)
     await page.screenshot({ path: `${shots}/${name}-${label}.png`, fullPage: true })
     if (label === 'phone') {
@@ -294,6 +295,18 @@ try {
   await box.press('Enter')
   await user.getByRole('button', { name: 'Stop' }).click()
   await user.getByLabel('Reply figures').last().getByText('Stopped').waitFor()
+  // each reply keeps its own figures, even those that arrive after the next was sent
+  await user
+    .getByLabel('Reply figures')
+    .nth(1)
+    .getByText(/cost \$0/)
+    .waitFor({ timeout: 15000 })
+  await user
+    .getByLabel('Reply figures')
+    .last()
+    .getByText(/cost \$0/)
+    .waitFor({ timeout: 15000 })
+  assert.equal(await user.getByLabel('Reply figures').filter({ hasText: 'Stopped' }).count(), 1)
   await user.getByRole('button', { name: 'Send' }).waitFor()
 
   step('the request is offered as curl and Python, without the key')

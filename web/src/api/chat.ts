@@ -15,6 +15,7 @@ export async function streamChat(
   body: ChatRequestBody,
   signal: AbortSignal,
   onDelta: (delta: ChatDelta) => void,
+  onStart: (result: StreamResult) => void = () => {},
 ): Promise<StreamResult> {
   const response = await fetch(`${session.base}/v1/chat/completions`, {
     method: 'POST',
@@ -34,6 +35,7 @@ export async function streamChat(
         }
       : null,
   }
+  onStart(result) // the request id is known before the answer ends (or is stopped)
   if (!response.body) return result
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader()
   const parser = new SseParser()

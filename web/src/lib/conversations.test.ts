@@ -8,6 +8,7 @@ import {
   failReply,
   isBook,
   MAX_CONVERSATIONS,
+  nextReplyIndex,
   removeConversation,
   requestMessages,
   send,
@@ -23,10 +24,11 @@ describe('conversation state', () => {
     book = setReplyStats(
       book,
       'a',
+      1,
       { usage: { prompt_tokens: 4, completion_tokens: 2, total_tokens: 6 } },
       5,
     )
-    book = setReplyStats(book, 'a', { totalMs: 120 }, 6)
+    book = setReplyStats(book, 'a', 1, { totalMs: 120 }, 6)
     const c = currentConversation(book)
     expect(c.title).toBe('What is relaygate?')
     expect(c.updatedAt).toBe(6)
@@ -38,6 +40,21 @@ describe('conversation state', () => {
         stats: { usage: { prompt_tokens: 4, completion_tokens: 2, total_tokens: 6 }, totalMs: 120 },
       },
     ])
+  })
+
+  it('figures that arrive late go to their own reply, not the newest one', () => {
+    let book = send(emptyBook('a', 1), 'a', 'first', 2)
+    const first = nextReplyIndex(currentConversation(emptyBook('a', 1)))
+    expect(first).toBe(1)
+    book = appendToReply(book, 'a', 'one', 3)
+    const second = nextReplyIndex(currentConversation(book))
+    book = send(book, 'a', 'second', 4)
+    book = appendToReply(book, 'a', 'two', 5)
+    book = setReplyStats(book, 'a', first, { cost: 0.5 }, 6)
+    book = setReplyStats(book, 'a', 0, { cost: 9 }, 7) // a user message takes no figures
+    const messages = currentConversation(book).messages
+    expect(second).toBe(3)
+    expect(messages.map((m) => m.stats?.cost)).toEqual([undefined, 0.5, undefined, undefined])
   })
 
   it('a failed reply becomes an error in the chat, and is not sent upstream again', () => {

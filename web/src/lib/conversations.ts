@@ -111,18 +111,26 @@ export function appendToReply(book: Book, id: string, text: string, now: number)
   })
 }
 
-export function setReplyStats(book: Book, id: string, stats: Stats, now: number): Book {
+/** Figures for the reply at ``index`` (figures can arrive after the next message was sent). */
+export function setReplyStats(
+  book: Book,
+  id: string,
+  index: number,
+  stats: Stats,
+  now: number,
+): Book {
   return update(book, id, now, (c) => {
+    const m = c.messages[index]
+    if (!m || m.role !== 'assistant') return c
     const messages = c.messages.slice()
-    for (let i = messages.length - 1; i >= 0; i--) {
-      const m = messages[i]!
-      if (m.role === 'assistant') {
-        messages[i] = { ...m, stats: { ...m.stats, ...stats } }
-        break
-      }
-    }
+    messages[index] = { ...m, stats: { ...m.stats, ...stats } }
     return { ...c, messages }
   })
+}
+
+/** Where the reply to a message sent now will be. */
+export function nextReplyIndex(c: Conversation): number {
+  return c.messages.length + 1
 }
 
 /** The reply failed: an error shown in the chat; an empty reply is replaced by it. */

@@ -19,6 +19,7 @@ import {
   requestMessages,
   send,
   setReplyStats,
+  nextReplyIndex,
   type Book,
   type Message,
   type Stats,
@@ -83,6 +84,7 @@ export function Playground() {
     const text = draft.trim()
     if (!text || busy || !model) return
     const id = conversation.id
+    const reply = nextReplyIndex(conversation)
     const body = requestBody([...requestMessages(conversation), { role: 'user', content: text }])
     setDraft('')
     setBook((b) => send(b, id, text, Date.now()))
@@ -94,23 +96,31 @@ export function Playground() {
     let requestId: string | null = null
     let failed = false
     try {
-      const result = await streamChat(session, body, controller.signal, (delta) => {
-        if (delta.error) {
-          failed = true
-          setBook((b) => failReply(b, id, delta.error!, Date.now()))
-          return
-        }
-        if (delta.text && first === undefined) first = performance.now() - started
-        setBook((b) => {
-          let next = appendToReply(b, id, delta.text, Date.now())
-          if (delta.usage) next = setReplyStats(next, id, { usage: delta.usage }, Date.now())
-          return next
-        })
-      })
-      requestId = result.requestId
+      await streamChat(
+        session,
+        body,
+        controller.signal,
+        (delta) => {
+          if (delta.error) {
+            failed = true
+            setBook((b) => failReply(b, id, delta.error!, Date.now()))
+            return
+          }
+          if (delta.text && first === undefined) first = performance.now() - started
+          setBook((b) => {
+            let next = appendToReply(b, id, delta.text, Date.now())
+            if (delta.usage)
+              next = setReplyStats(next, id, reply, { usage: delta.usage }, Date.now())
+            return next
+          })
+        },
+        (started) => {
+          requestId = started.requestId
+        },
+      )
     } catch (error) {
       if (controller.signal.aborted) {
-        setBook((b) => setReplyStats(b, id, { stopped: true }, Date.now()))
+        setBook((b) => setReplyStats(b, id, reply, { stopped: true }, Date.now()))
       } else {
         failed = true
         const message =
@@ -124,6 +134,7 @@ export function Playground() {
           setReplyStats(
             b,
             id,
+            reply,
             { ttftMs: first, totalMs: total, requestId: requestId ?? undefined },
             Date.now(),
           ),
@@ -132,17 +143,17 @@ export function Playground() {
       setBusy(false)
       abort.current = null
     }
-    if (requestId && !failed) void fetchCost(id, requestId)
+    if (requestId && !failed) void fetchCost(id, reply, requestId)
   }
 
   /** The cost is the gateway's own figure, from the usage record written just after the
    * answer: asked for a few times, then given up (the reply keeps its other figures). */
-  const fetchCost = async (id: string, requestId: string) => {
+  const fetchCost = async (id: string, reply: number, requestId: string) => {
     for (const wait of [300, 700, 1500, 3000]) {
       await sleep(wait)
       try {
         const record = await api.usageRecord(session, requestId)
-        setBook((b) => setReplyStats(b, id, { cost: record.cost }, Date.now()))
+        setBook((b) => setReplyStats(b, id, reply, { cost: record.cost }, Date.now()))
         return
       } catch (error) {
         if (!(error instanceof ApiError && error.status === 404)) return
