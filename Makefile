@@ -4,7 +4,16 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint fmt bench services clean mutation
+.PHONY: run test lint fmt bench services clean mutation ui web-deps web-test browser
+
+# The web UI (web/, TypeScript): built into the package (src/relaygate/ui/site), which is
+# committed, so an installed relaygate serves it without Node. Rebuilt here when a source
+# is newer than the build; without Node the committed build is served as it is.
+WEB_SOURCES := $(shell find web/src -type f 2>/dev/null) web/index.html web/package.json \
+               web/package-lock.json web/vite.config.ts web/tsconfig.json
+UI_BUILD    := src/relaygate/ui/site/index.html
+WEB_DEPS    := web/node_modules/.package-lock.json
+SCREENSHOTS := build/screenshots
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,17 +23,41 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-run: $(STAMP)
+run: $(STAMP) $(UI_BUILD)
 	$(BIN)/relaygate serve $(ARGS)
 
-lint: $(STAMP)
+$(WEB_DEPS): web/package-lock.json
+	cd web && npm ci --no-audit --no-fund --loglevel=error
+
+web-deps: $(WEB_DEPS)
+
+$(UI_BUILD): $(WEB_SOURCES)
+	@if command -v npm >/dev/null 2>&1; then \
+	  $(MAKE) --no-print-directory web-deps && cd web && npm run --silent build; \
+	else \
+	  echo "web/ is newer than the built UI, but Node is not installed: serving the committed build"; \
+	fi
+
+ui: $(UI_BUILD)
+
+# Debian's Chromium for the end-to-end tests (Playwright's own browser download does not work here).
+browser:
+	@test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
+web-test: $(WEB_DEPS)
+	cd web && npx vitest run
+
+lint: $(STAMP) $(WEB_DEPS)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy src
+	cd web && npx tsc --noEmit && npx eslint --max-warnings 0 src e2e && \
+	  npx prettier --check --log-level warn src e2e
 
-fmt: $(STAMP)
+fmt: $(STAMP) $(WEB_DEPS)
 	$(BIN)/ruff format src tests bench
 	$(BIN)/ruff check --fix src tests bench
+	cd web && npx prettier --write --log-level warn src e2e
 
 # Start the PostgreSQL and Redis this machine provides, when they are not running.
 services:
@@ -33,8 +66,11 @@ services:
 	@redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || \
 	  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no >/dev/null 2>&1 || true
 
-test: $(STAMP) services lint
-	$(BIN)/pytest
+# The browser tests (tests/e2e) fail rather than skip here: RELAYGATE_E2E=1.
+test: $(STAMP) services lint web-test browser $(UI_BUILD)
+	rm -rf $(SCREENSHOTS)
+	RELAYGATE_E2E=1 $(BIN)/pytest
+	@echo "Screenshots of the web UI (desktop and phone): $(SCREENSHOTS)/"
 
 # Missing load tools stop the bench with the apt-get command to run; INSTALL=1 runs it (as root).
 bench: $(STAMP)
@@ -49,4 +85,4 @@ mutation: $(STAMP) services
 	env -u PYTHONPATH $(BIN)/mutmut results
 
 clean:
-	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache web/node_modules

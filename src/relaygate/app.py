@@ -29,6 +29,7 @@ from relaygate.api.seed import GenerateFormat, SeedChatFormat
 from relaygate.api.shapes import error_renderer_for, internal_error, is_ollama_path
 from relaygate.api.task_templates import SHIPPED, TaskFormat
 from relaygate.api.tasks import TasksAPI
+from relaygate.api.ui import UI_PATH, WebUI
 from relaygate.asgi import Receive, Scope, Send, new_request_id
 from relaygate.errors import ConfigError, MethodNotAllowed, NotFound
 from relaygate.observability.logging import configure_logging
@@ -41,13 +42,15 @@ __all__ = ["AppState", "Gateway", "create_app"]
 
 Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
 # Key management (not the hot path) is a Starlette app: /admin/*, seed 001's
-# /auth/create-key and seed 003's /api/keys.
-ADMIN_PREFIXES = ("/admin/", "/admin", "/auth/", "/api/keys")
+# /auth/create-key, seed 003's /api/keys, and /usage/requests/{id} (one usage record).
+ADMIN_PREFIXES = ("/admin/", "/admin", "/auth/", "/api/keys", "/usage/")
 MODEL_ROUTE = "/v1/models/{model}"
 # With ops.listen set, these answer only on that address, which serves nothing else.
 OPS_ONLY = frozenset(("/metrics", "/ready"))
 OPS_LISTENER_PATHS = OPS_ONLY | {"/health"}
 RESPONSE_ROUTE = "/v1/responses/{response_id}"
+UI_ROUTE = UI_PATH + "/{path}"  # the web UI's files and client routes
+UI_PREFIX = UI_PATH + "/"
 
 
 class Gateway:
@@ -60,6 +63,7 @@ class Gateway:
         self._routes: dict[str, dict[str, Handler]] = {}
         self._model_route: dict[str, Handler] = {}
         self._response_route: dict[str, Handler] = {}
+        self._ui_route: dict[str, Handler] = {}
         self._admin: Handler | None = None
         self._byok: Handler | None = None  # /api/ai/*: users' own provider keys (BYOK)
         # Old URLs (settings.paths): empty and None when unset, so routing pays one check.
@@ -112,6 +116,8 @@ class Gateway:
             methods = self._model_route
         if methods is None and path.startswith(RESPONSE_PREFIX):
             methods = self._response_route
+        if methods is None and path.startswith(UI_PREFIX):
+            methods = self._ui_route
         if methods is None:
             if self._admin is not None and path.startswith(ADMIN_PREFIXES):
                 return self._admin
@@ -147,8 +153,10 @@ class Gateway:
                 raise ConfigError(f"paths.aliases[{alias!r}]: {problem}")
 
     def _serves(self, path: str) -> bool:
-        return path in self._routes or path.startswith(
-            ("/v1/models/", RESPONSE_PREFIX, *ADMIN_PREFIXES, BYOK_PREFIX)
+        return (
+            path in self._routes
+            or path.startswith(("/v1/models/", RESPONSE_PREFIX, UI_PREFIX, BYOK_PREFIX))
+            or path.startswith(ADMIN_PREFIXES)
         )
 
     def served_routes(self) -> dict[str, list[str]]:
@@ -163,6 +171,9 @@ class Gateway:
             table[MODEL_ROUTE] = sorted(self._model_route)
         if self._response_route:
             table[RESPONSE_ROUTE] = sorted(self._response_route)
+        if self._ui_route:
+            table.pop(UI_PREFIX, None)  # "/ui/" is the template's empty path
+            table[UI_ROUTE] = sorted(self._ui_route)
         for app in (self._admin, self._byok):
             for route in getattr(app, "routes", ()):
                 methods = getattr(route, "methods", None) or ()
@@ -212,6 +223,8 @@ class Gateway:
         pipeline, openai = Pipeline(state), OpenAIFormat()
         models, ops, tasks = OpenAIModels(state), OpsAPI(state), TasksAPI(state)
         tags, meta = OllamaTags(state), OllamaMeta(state)
+        ui = WebUI(mount=self.settings.paths.prefix or "", oidc=self.settings.ui.oidc)
+        root = ui.root_handler(meta.root)
         self._routes = {
             "/v1/chat/completions": {"POST": pipeline.route(openai, "chat")},
             "/v1/completions": {"POST": pipeline.route(openai, "completion")},
@@ -237,14 +250,16 @@ class Gateway:
             "/api/show": {"POST": meta.show},
             "/api/ps": {"GET": meta.ps},
             "/api/version": {"GET": meta.version},
-            # Ollama's liveness probe; the web UI will want "/" too (a redirect to /ui).
-            "/": {"GET": meta.root, "HEAD": meta.root},
+            # Ollama's liveness probe; a browser is sent to the web UI.
+            "/": {"GET": root, "HEAD": root},
+            **ui.routes(),
         }
         described = self._task_routes(pipeline)
         self._routes.update(DocsAPI(self.served_routes, described).routes())  # /openapi.json
         self._model_route = {"GET": models.model}
         stored = StoredResponses(state)
         self._response_route = {"GET": stored.get, "DELETE": stored.delete}
+        self._ui_route = {"GET": ui.serve}
         self._admin = build_admin_app(state)
         self._byok = build_byok_app(state)
         try:

@@ -756,6 +756,31 @@ class ByokConfig(_Config, kw_only=True):
                 )
 
 
+HttpUrl = Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s\"'<>]+$", max_length=2000)]
+
+
+class OIDCConfig(_Config, kw_only=True):
+    """The web UI's sign-in through an OpenID Connect provider: the authorization code
+    flow with PKCE, as a public client (no client secret; the page holds nothing
+    privileged). The token the provider returns (``token``) is then sent to the gateway
+    as a bearer credential, so ``auth.jwt`` must accept it: its keys, issuer, audience
+    and claims (role, tenant, tier) decide what the user may do. Free at any number of
+    users."""
+
+    authorization_endpoint: HttpUrl
+    token_endpoint: HttpUrl
+    client_id: Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
+    scopes: Annotated[str, msgspec.Meta(max_length=1000)] = "openid profile email"
+    token: Literal["id_token", "access_token"] = "id_token"
+    label: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] = "Sign in with SSO"
+
+
+class UIConfig(_Config, kw_only=True):
+    """The web UI at /ui (docs/ui.md)."""
+
+    oidc: OIDCConfig | None = None
+
+
 class Settings(_Config, kw_only=True):
     """Everything relaygate reads at start."""
 
@@ -794,6 +819,7 @@ class Settings(_Config, kw_only=True):
     tasks: TasksConfig = msgspec.field(default_factory=TasksConfig)
     paths: PathsConfig = msgspec.field(default_factory=PathsConfig)
     nodes: NodesConfig = msgspec.field(default_factory=NodesConfig)
+    ui: UIConfig = msgspec.field(default_factory=UIConfig)
     config_path: str | None = None
     prometheus_multiproc_dir: str | None = None
 
@@ -1210,6 +1236,14 @@ def _check_access(settings: Settings, lines: Lines, source: str | None) -> None:
         if problem:
             line = _line_of(("auth", "jwt"), lines)
             raise ConfigError(f"auth.jwt: {problem}", source=source, line=line)
+    if settings.ui.oidc is not None and settings.auth.jwt is None:
+        line = _line_of(("ui", "oidc"), lines)
+        raise ConfigError(
+            "ui.oidc: the gateway must accept the provider's tokens; configure auth.jwt "
+            "(its jwks_url, issuer and audience) too",
+            source=source,
+            line=line,
+        )
     for name in {settings.auth.anonymous_tier} - set(settings.tiers):
         line = _line_of(("auth", "anonymous_tier"), lines)
         raise ConfigError(f"auth.anonymous_tier: no tier named {name!r}", source=source, line=line)

@@ -4,6 +4,7 @@ a reference page whose assets all come from the gateway itself."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import re
 from collections.abc import AsyncIterator
@@ -102,7 +103,7 @@ async def concrete(gateway: RunningGateway, path: str) -> str:
     key_id, _ = await new_key(gateway, tenant=f"docs-{n}")
     tenant = await gateway.state.identity.tenant_by_name(f"docs-{n}")
     assert tenant is not None
-    values = {"key_id": key_id, "tenant_id": tenant.id, "model": "mock"}
+    values = {"key_id": key_id, "tenant_id": tenant.id, "model": "mock", "path": "keys"}
     if "{api_key_id}" in path or "{config_id}" in path:  # the caller's own (BYOK)
         values.update(await _provider_ids(gateway))
     if "{token_id}" in path:  # a node token (a DELETE revokes it)
@@ -111,6 +112,8 @@ async def concrete(gateway: RunningGateway, path: str) -> str:
     if "{response_id}" in path:  # a stored response of the caller's (a DELETE may remove it)
         async with gateway.client() as client:
             values["response_id"] = (await client.responses.create(model="mock", input="hi")).id
+    if "{request_id}" in path:  # a request of the admin key's, once its record is written
+        values["request_id"] = await recorded_request(gateway)
     return re.sub(r"\{([^}]+)\}", lambda m: values[m.group(1)], path)
 
 
@@ -128,6 +131,21 @@ async def _provider_ids(gateway: RunningGateway) -> dict[str, str]:
         is_default=False, is_active=True,
     )  # fmt: skip
     return {"api_key_id": str(secret.id), "config_id": str(config.id)}
+
+
+async def recorded_request(gateway: RunningGateway) -> str:
+    async with gateway.client() as client:
+        raw = await client.chat.completions.with_raw_response.create(
+            model="mock", messages=[{"role": "user", "content": "hi"}]
+        )
+    request_id = raw.headers["x-request-id"]
+    async with aiohttp.ClientSession(headers=gateway.headers) as session:
+        for _ in range(200):
+            async with session.get(f"{gateway.url}/usage/requests/{request_id}") as r:
+                if r.status == 200:
+                    return request_id
+            await asyncio.sleep(0.05)
+    raise AssertionError("the usage record was never written")
 
 
 async def test_documented_error_shapes_are_the_real_ones(gateway: RunningGateway) -> None:

@@ -5,6 +5,7 @@
   creating the tenant when the name is new. Admin only.
 * ``/api/keys`` (seed 003): list, create and revoke keys in that seed's shapes.
   An admin sees every key; a user sees only its own, and cannot create or revoke.
+* ``/admin/usage*`` and ``/usage/requests/{request_id}``: see api/admin_usage.py.
 
 This is Starlette, not the plain-ASGI hot path: these routes are rare and a
 router with path parameters is clearer here. Every error is rendered in
@@ -636,6 +637,8 @@ def build_admin_app(state: AppState) -> Starlette:
         },
         "/admin/usage": {"GET": (usage.usage, True)},
         "/admin/usage/export.csv": {"GET": (usage.export, True)},
+        "/admin/usage/latency": {"GET": (usage.latency, True)},
+        "/usage/requests/{request_id}": {"GET": (usage.request_record, False)},
         "/admin/cache": {"GET": (usage.cache_stats, True), "DELETE": (usage.cache_clear, True)},
         "/admin/deployments": {"GET": (DeploymentsAdminAPI(state).deployments, True)},
         "/admin/nodes": {"GET": (NodesAdminAPI(state).nodes, True)},

@@ -1,7 +1,10 @@
 """Admin usage routes: GET /admin/usage (filters, grouping, top consumers, cache hit
-rate and this worker's cache figures), GET /admin/usage/export.csv, and the cache
-itself: GET /admin/cache (figures) and DELETE /admin/cache (all, or by model or
-tenant). Mounted in the admin app (api/admin.py)."""
+rate and this worker's cache figures), GET /admin/usage/latency (percentiles over
+time), GET /admin/usage/export.csv, and the cache itself: GET /admin/cache (figures)
+and DELETE /admin/cache (all, or by model or tenant). Also GET
+/usage/requests/{request_id}: one request's record, for the key that made it (the web
+UI's playground shows each reply's cost from it). Mounted in the admin app
+(api/admin.py)."""
 
 from __future__ import annotations
 
@@ -14,9 +17,17 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from relaygate.auth.principal import Principal
-from relaygate.errors import InvalidRequest
+from relaygate.errors import InvalidRequest, NotFound
 from relaygate.store.identity import resolve_tenant
-from relaygate.usage.analytics import Filters, GroupBy, export_csv, report, top_consumers
+from relaygate.usage.analytics import (
+    Filters,
+    GroupBy,
+    export_csv,
+    latency_percentiles,
+    one_record,
+    report,
+    top_consumers,
+)
 
 if TYPE_CHECKING:
     from relaygate.state import AppState
@@ -58,11 +69,11 @@ def parse_moment(value: str, param: str) -> datetime:
     return moment
 
 
-def filters_from(request: Request) -> Filters:
+def filters_from(request: Request, extra: tuple[str, ...] = ("group_by", "top")) -> Filters:
     query = request.query_params
     for name in query:
         if name not in ("tenant", "tenant_id", "key", "key_id", "model", "endpoint", "from",
-                        "since", "to", "until", "group_by", "top"):  # fmt: skip
+                        "since", "to", "until", *extra):  # fmt: skip
             raise InvalidRequest(f"Unknown query parameter {name!r}.", param=name)
     since = query.get("from") or query.get("since")
     until = query.get("to") or query.get("until")
@@ -98,9 +109,42 @@ class UsageAdminAPI:
             "totals": _totals(rows),
             "top_tenants": await top_consumers(engine, filters, "tenant", _top(request)),
             "top_keys": await top_consumers(engine, filters, "key", _top(request)),
+            "top_models": await top_consumers(engine, filters, "model", _top(request)),
             "cache": self.state.cache.stats(),
         }
         return Response(msgspec.json.encode(body), media_type="application/json")
+
+    async def latency(self, request: Request, principal: Principal) -> Response:
+        """GET /admin/usage/latency: duration and time-to-first-token percentiles of
+        answered requests, per hour (the default) or day (``bucket``)."""
+        filters = filters_from(request, ("bucket",))
+        bucket = request.query_params.get("bucket", "hour")
+        if bucket not in ("hour", "day"):
+            raise InvalidRequest(f"bucket must be hour or day, not {bucket!r}.", param="bucket")
+        if filters.since is None:
+            raise InvalidRequest(
+                "from is required: the percentiles are read from the range's records.",
+                param="from",
+            )
+        rows = await latency_percentiles(self.state.engine, filters, bucket)  # type: ignore[arg-type]
+        body = {"bucket": bucket, "data": rows}
+        return Response(msgspec.json.encode(body), media_type=_JSON)
+
+    async def request_record(self, request: Request, principal: Principal) -> Response:
+        """GET /usage/requests/{request_id}: the record of one request the caller's key
+        made (an admin may read any). Written a moment after the answer ends: until
+        then, and for anyone else's request, a 404."""
+        request_id = request.path_params["request_id"]
+        if len(request_id) > 40:
+            raise InvalidRequest("request_id is at most 40 characters.", param="request_id")
+        record = await one_record(self.state.engine, request_id)
+        if record is None or not (principal.is_admin or record["key_id"] == principal.key_id):
+            raise NotFound(
+                f"No usage record {request_id!r} for this key (yet: records are written "
+                "a moment after the answer ends)."
+            )
+        record.pop("client_ip", None)
+        return Response(msgspec.json.encode(record), media_type=_JSON)
 
     async def cache_stats(self, request: Request, principal: Principal) -> Response:
         """This worker's cache figures; /metrics has every worker's."""

@@ -290,6 +290,24 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         errors=(),
         media="text/plain",
         answer="`Ollama is running`.",
+        description="A browser (an Accept header naming text/html) is redirected (302) to "
+        "the web UI at /ui/.",
+    ),
+    ("GET", "/ui"): Operation(
+        "The web UI (dashboard, keys, usage, playground)",
+        "Reference",
+        auth="none",
+        errors=(),
+        media="text/html",
+        answer="The page; it asks for a key and talks to the APIs with it.",
+    ),
+    ("GET", "/ui/{path}"): Operation(
+        "A file of the web UI, or the page for one of its client routes",
+        "Reference",
+        auth="none",
+        errors=(404,),
+        media="application/octet-stream",
+        answer="The file; the page itself for a route such as `keys` or `playground`.",
     ),
     ("HEAD", "/"): Operation(
         "Ollama's liveness probe (headers only)",
@@ -568,7 +586,27 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
             ("group_by", "day, hour, model, tenant, key, ..."),
             ("top", "How many top consumers (1-1000)."),
         ),
-        answer='`{"group_by", "data", "totals", "top_tenants", "top_keys", "cache"}`.',
+        answer='`{"group_by", "data", "totals", "top_tenants", "top_keys", "top_models", '
+        '"cache"}`.',
+    ),
+    ("GET", "/admin/usage/latency"): Operation(
+        "Latency percentiles over time",
+        "Admin",
+        auth="admin",
+        errors=_ADMIN,
+        query=(*_FILTERS, ("bucket", "hour (the default) or day.")),
+        answer='`{"bucket", "data": [{"hour" or "day", "requests", "duration_p50_ms", '
+        '"duration_p90_ms", "duration_p99_ms", "ttft_count", "ttft_p50_ms", ...}]}`.',
+        description="Answered requests only; `from` is required. Computed in the database, "
+        "one row per bucket.",
+    ),
+    ("GET", "/usage/requests/{request_id}"): Operation(
+        "One request's usage record (tokens, cost, duration)",
+        "Admin",
+        errors=(400, 401, 404, 503),
+        answer="The record's fields (docs/usage.md), without the client address.",
+        description="The caller's own requests (an admin's: any). The record is written a "
+        "moment after the answer ends; until then a 404.",
     ),
     ("GET", "/admin/usage/export.csv"): Operation(
         "Usage records as CSV",
@@ -655,7 +693,7 @@ _TAGS = [
     ("Seed routes", "The routes of the systems relaygate replaces, kept working."),
     ("Admin", "Keys, tenants, usage and cache (admin keys)."),
     ("Operations", "Liveness, readiness, metrics (no key)."),
-    ("Reference", "This document and its page (no key)."),
+    ("Reference", "This document and its page, and the web UI's files (no key)."),
 ]
 _PARAM = re.compile(r"\{([^}]+)\}")
 

@@ -19,7 +19,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relaygate.store.tables import usage_daily, usage_records
 
-__all__ = ["Filters", "GroupBy", "export_csv", "key_stats", "report", "top_consumers"]
+__all__ = [
+    "Filters",
+    "GroupBy",
+    "export_csv",
+    "key_stats",
+    "latency_percentiles",
+    "one_record",
+    "report",
+    "top_consumers",
+]
 
 GroupBy = Literal["hour", "day", "model", "key", "tenant", "endpoint"]
 _DAILY = usage_daily.c
@@ -144,10 +153,11 @@ async def _hourly(engine: AsyncEngine, filters: Filters) -> list[dict[str, Any]]
     return [{"hour": _hour_label(row.group), **_figures(row)} for row in rows]
 
 
-def _hour_bucket(dialect: str) -> Any:
+def _hour_bucket(dialect: str, unit: Literal["hour", "day"] = "hour") -> Any:
     if dialect == "postgresql":
-        return sa.func.date_trunc("hour", sa.func.timezone("UTC", _RAW.created_at))
-    return sa.func.strftime("%Y-%m-%dT%H:00:00", _RAW.created_at)
+        return sa.func.date_trunc(unit, sa.func.timezone("UTC", _RAW.created_at))
+    pattern = "%Y-%m-%dT%H:00:00" if unit == "hour" else "%Y-%m-%dT00:00:00"
+    return sa.func.strftime(pattern, _RAW.created_at)
 
 
 def _hour_label(value: Any) -> str:
@@ -174,10 +184,73 @@ def _raw_where(filters: Filters) -> list[Any]:
 
 
 async def top_consumers(
-    engine: AsyncEngine, filters: Filters, by: Literal["tenant", "key"] = "tenant", limit: int = 10
+    engine: AsyncEngine,
+    filters: Filters,
+    by: Literal["tenant", "key", "model"] = "tenant",
+    limit: int = 10,
 ) -> list[dict[str, Any]]:
     rows = await report(engine, filters, by)
     return rows[:limit]
+
+
+PERCENTILES = (50, 90, 99)
+
+
+async def latency_percentiles(
+    engine: AsyncEngine, filters: Filters, unit: Literal["hour", "day"]
+) -> list[dict[str, Any]]:
+    """The p50, p90 and p99 of answered requests' durations (and of their time to first
+    token), per hour or day, computed in the database: the answer is one row per bucket
+    however many records the range holds. The daily rollups keep sums, not
+    distributions, so this reads the range's records, as hourly grouping does."""
+    bucket = _hour_bucket(engine.dialect.name, unit).label("bucket")
+    where = [*_raw_where(filters), _RAW.status == "ok"]
+    columns: list[Any] = []
+    for name, column in (("duration", _RAW.duration_ms), ("ttft", _RAW.ttft_ms)):
+        # Each row's rank among its bucket's records by this figure, and how many there
+        # are: the nearest-rank percentile is the row whose rank is ceil(p * n / 100).
+        ranked = (
+            sa.select(
+                bucket,
+                column.label("value"),
+                sa.func.row_number().over(partition_by=bucket, order_by=column).label("rank"),
+                sa.func.count().over(partition_by=bucket).label("n"),
+            )
+            .where(*where, column.is_not(None))
+            .subquery()
+        )
+        picks = [
+            sa.func.max(
+                sa.case((ranked.c.rank == (ranked.c.n * p + 99) // 100, ranked.c.value))
+            ).label(f"{name}_p{p}")
+            for p in PERCENTILES
+        ]
+        query = sa.select(ranked.c.bucket, sa.func.max(ranked.c.n).label("n"), *picks)
+        columns.append(query.group_by(ranked.c.bucket))
+    by_bucket: dict[str, dict[str, Any]] = {}
+    async with engine.connect() as conn:
+        for name, query in zip(("duration", "ttft"), columns, strict=True):
+            for row in (await conn.execute(query)).all():
+                label = _hour_label(row.bucket)
+                entry = by_bucket.setdefault(label, {unit: label, "requests": 0})
+                if name == "duration":
+                    entry["requests"] = int(row.n)
+                entry[f"{name}_count"] = int(row.n)
+                for p in PERCENTILES:
+                    value = getattr(row, f"{name}_p{p}")
+                    entry[f"{name}_p{p}_ms"] = None if value is None else round(float(value), 1)
+    empty = {f"{n}_p{p}_ms": None for n in ("duration", "ttft") for p in PERCENTILES}
+    return [{**empty, "ttft_count": 0, **by_bucket[label]} for label in sorted(by_bucket)]
+
+
+async def one_record(engine: AsyncEngine, request_id: str) -> dict[str, Any] | None:
+    """One request's usage record, by its id (the X-Request-Id the client got)."""
+    query = sa.select(usage_records).where(_RAW.request_id == request_id).limit(1)
+    async with engine.connect() as conn:
+        row = (await conn.execute(query)).first()
+    if row is None:
+        return None
+    return {name: _csv_value(value) for name, value in row._mapping.items()}
 
 
 async def export_csv(engine: AsyncEngine, filters: Filters) -> AsyncIterator[bytes]:

@@ -1,0 +1,24 @@
+"""The web UI the package carries: a page whose every script and stylesheet is a file
+of the package (a commit with a half-built UI fails here, not in a user's browser)."""
+
+from __future__ import annotations
+
+import re
+
+from relaygate.api.ui import site_root
+
+
+def test_the_committed_build_is_whole() -> None:
+    root = site_root()
+    page = root.joinpath("index.html").read_text()
+    assets = re.findall(r'(?:src|href)="/ui/([^"]+)"', page)
+    assert {a.rsplit(".", 1)[1] for a in assets} == {"js", "css"}, assets
+    for asset in assets:
+        node = root
+        for part in asset.split("/"):
+            node = node.joinpath(part)
+        assert node.is_file(), asset
+    assert not re.search(r'(?:src|href)="(?:https?:)?//', page)  # no CDN
+    assert "<script>" not in page  # no inline script (the CSP forbids it)
+    built = {p.name for p in root.joinpath("assets").iterdir()}
+    assert built == {a.rsplit("/", 1)[1] for a in assets}  # no stale files from old builds
