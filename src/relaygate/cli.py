@@ -207,7 +207,9 @@ def _config_check(args: argparse.Namespace) -> None:
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
     for name, pool in settings.pools.items():
-        nodes = ", ".join(f"{n.name} {_mask_url(n.base_url)}" for n in pool.nodes)
+        nodes = ", ".join(
+            f"{n.name} {_mask_url(n.base_url) if n.base_url else _node(n.node)}" for n in pool.nodes
+        )
         exposed = "; every model its nodes have is served" if pool.expose_models else ""
         print(f"pool {name} ({pool.provider}, {pool.balance}): {nodes}{exposed}")
     for entry in settings.model_router:

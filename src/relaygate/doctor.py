@@ -417,6 +417,8 @@ def _upstreams(settings: Settings) -> list[_Upstream]:
             upstream.wanted.setdefault(_upstream_model(dep, model.name), where)
     for name, pool in settings.pools.items():
         for k, node in enumerate(pool.nodes):
+            if node.base_url is None:  # dials out: no address to check from here
+                continue
             key = (pool.provider, node.base_url.rstrip("/"), node.api_key)
             found.setdefault(
                 key,

@@ -91,10 +91,12 @@ class NodeConfig(_Config, kw_only=True):
     """One machine of a pool: where it answers, and how much it takes at once.
 
     ``name`` is shown in ``/admin/nodes`` and used as a metric label (never the URL);
-    unset, it is ``node-1``, ``node-2`` ... in the order listed.
+    unset, it is the dial-out node's name, else ``node-1``, ``node-2`` ... in the order
+    listed. Exactly one of ``base_url`` and ``node`` is given.
     """
 
-    base_url: str
+    base_url: str | None = None  # the node's URL; or
+    node: NodeName | None = None  # the name of a node that dials out (``relaygate node``)
     name: NodeName | None = None
     weight: Positive = 1.0
     max_concurrency: Concurrency | None = None  # default: the pool's
@@ -1126,8 +1128,8 @@ def _own_pool(
     elif dep.provider not in ("ollama", "openai"):
         problem = f"nodes: provider {dep.provider!r} cannot have nodes (ollama or openai can)"
     for k, node in enumerate(dep.nodes or ()):
-        if problem is None and (error := _url_problem(node.base_url)):
-            problem = f"nodes[{k}].base_url: {error}"
+        if problem is None and (error := _node_problem(node)):
+            problem = f"nodes[{k}]{'.base_url' if node.base_url else ''}: {error}"
     if problem:
         raise ConfigError(f"{_dotted(path)}.{problem}", source=source, line=_line_of(path, lines))
     base = re.sub(r"[^A-Za-z0-9._-]+", "-", model).strip("-._")[:56] or "model"
@@ -1144,6 +1146,15 @@ def _own_pool(
     dep.pool = name
 
 
+def _node_problem(node: NodeConfig) -> str | None:
+    """A node has a base URL (a valid one) or a dial-out node's name: one, not both."""
+    if (node.base_url is None) == (node.node is None):
+        return "give base_url (a node the gateway calls) or node (one that dials out), one of them"
+    if node.base_url is None:
+        return None
+    return _url_problem(node.base_url)
+
+
 def _check_pools(settings: Settings, lines: Lines, source: str | None) -> None:
     """Node URLs, unique node names (they are metric labels), ejection times in order."""
     for name, pool in settings.pools.items():
@@ -1151,8 +1162,8 @@ def _check_pools(settings: Settings, lines: Lines, source: str | None) -> None:
         for k, node in enumerate(pool.nodes):
             path: tuple[str | int, ...] = ("pools", name, "nodes", k)
             if node.name is None:
-                node.name = f"node-{k + 1}"
-            error = _url_problem(node.base_url)
+                node.name = node.node or f"node-{k + 1}"
+            error = _node_problem(node)
             if error is None and node.name in seen:
                 error = f"duplicate node name {node.name!r}"
             if error:

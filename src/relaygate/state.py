@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,6 +28,7 @@ from relaygate.observability.logging import AccessLog
 from relaygate.observability.metrics import Metrics
 from relaygate.redact import install_log_scrubber
 from relaygate.routing.catalog import build_router, close_providers
+from relaygate.routing.discovery import dial_out_changed, dial_out_nodes
 from relaygate.routing.router import Model, Router
 from relaygate.settings import Settings
 from relaygate.store.engine import create_engine, safe_url
@@ -134,7 +136,10 @@ async def open_state(settings: Settings, log: logging.Logger) -> AppState:
     )
     hub = Hub(NodeTokenStore(engine), settings.nodes, log)
     router = await build_router(settings, log, client, nodes=hub.link)
-    hub.listeners.append(RegisteredModels(hub, router, settings.nodes))
+    pooled = frozenset(dial_out_nodes(router.pools.values()))
+    hub.listeners.append(RegisteredModels(hub, router, settings.nodes, pooled))
+    if pooled:
+        hub.listeners.append(partial(dial_out_changed, router.pools.values()))
     keys = {key for m in router.models.values() for d in m.deployments for key in d.known_secrets}
     vault = Vault(settings, engine, log, known_secrets=tuple(sorted(keys)))
     try:  # stored provider secrets and no key to read them: refuse to start

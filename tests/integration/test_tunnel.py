@@ -323,3 +323,55 @@ async def test_a_token_store_failure_is_retried_not_a_refusal(
     async with agent(gateway, "box", fake_ollama.base_url) as (_, task):
         assert not task.done() and failures == 2
         assert hub.link("box") is not None
+
+
+async def test_a_dial_out_node_in_a_pool_is_balanced_with_an_http_node_and_listed(
+    fake_ollama: FakeOllama,
+) -> None:
+    """A pool of a node the gateway calls and one that dials out: both serve the model,
+    the dial-out one only through the pool (never as a registered model of its own),
+    and it leaves the pool's rotation when its agent goes."""
+    fake_ollama.models = ["m1:1b"]
+    near = FakeOllama(["m1:1b"])
+    await near.start()
+    pools = {
+        "home": {
+            "nodes": [{"name": "near", "base_url": near.base_url}, {"node": "box"}],
+            "probe_interval": 0.2,
+            "balance": "round_robin",
+        }
+    }
+    try:
+        settings = make_settings(pools=pools, nodes=NODES)
+        async with running_gateway(settings) as gateway, gateway.client() as client:
+            pool = gateway.state.router.pools["home"]
+            box = pool.node("box")
+            assert box is not None and box.state != "healthy"  # not connected yet
+            async with agent(gateway, "box", fake_ollama.base_url):
+                await wait_for(lambda: box.state == "healthy", "box admitted to the pool")
+                for _ in range(4):
+                    reply = await client.chat.completions.create(
+                        model="m1:1b", messages=[{"role": "user", "content": "hi"}]
+                    )
+                    assert reply.choices[0].message.content == "Echo: hi"
+                chats = [r for r in fake_ollama.requests if r.path == "/api/chat"]
+                assert (
+                    len(chats) == 2
+                    and len([r for r in near.requests if r.path == "/api/chat"]) == 2
+                )
+                # served through the pool only: no deployment of its own
+                model = gateway.state.router.models["m1:1b"]
+                assert all(d.provider_name != "node" for d in model.deployments)
+                async with aiohttp.ClientSession(headers=gateway.headers) as http:
+                    async with http.get(gateway.url + "/admin/nodes") as response:
+                        view = {n["node"]: n for n in (await response.json())["data"]}
+                assert view["box"]["dial_out"] and view["box"]["pool"] == "home"
+                assert view["box"]["models"] == ["m1:1b"] and not view["near"]["dial_out"]
+            await wait_for(lambda: box.state == "down", "box out of the pool")
+            for _ in range(2):
+                await client.chat.completions.create(
+                    model="m1:1b", messages=[{"role": "user", "content": "after"}]
+                )
+            assert len([r for r in near.requests if r.path == "/api/chat"]) == 4
+    finally:
+        await near.close()

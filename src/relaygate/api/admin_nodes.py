@@ -2,7 +2,8 @@
 
 Each pool's nodes: where they are (scheme, host and port only), the models they
 have and have loaded, requests in flight and queued, the time-to-first-token
-EWMA, the state (``healthy``, ``down``, ``ejected``, ``unknown``) and why. With
+EWMA, the state (``healthy``, ``down``, ``ejected``, ``unknown``) and why; then the
+dial-out nodes connected to this worker that are in no pool (``pool`` null). With
 Redis, discovery and ejections are shared by every replica; in-flight and queue
 figures are the answering worker's. Mounted in the admin app (api/admin.py).
 """
@@ -18,10 +19,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from relaygate.auth.principal import Principal
+from relaygate.routing.discovery import DialOutMember
 
 if TYPE_CHECKING:
     from relaygate.routing.pools import Node, Pool
     from relaygate.state import AppState
+    from relaygate.tunnel.hub import NodeLink
 
 __all__ = ["NodesAdminAPI"]
 
@@ -36,6 +39,9 @@ class NodesAdminAPI:
         now = time.monotonic()
         pools = self.state.router.pools
         data = [_node(pool, node, now) for pool in pools.values() for node in pool.nodes]
+        pooled = {d["node"] for d in data if d["dial_out"]}
+        hub = self.state.hub
+        data += [_link(link) for name, link in hub.links.items() if name not in pooled]
         body = {"object": "list", "data": data, "pools": [_pool(p) for p in pools.values()]}
         return Response(msgspec.json.encode(body), media_type="application/json")
 
@@ -52,6 +58,31 @@ def _pool(pool: Pool) -> dict[str, Any]:
     }
 
 
+def _link(link: NodeLink) -> dict[str, Any]:
+    """A dial-out node connected to this worker and in no pool (served on its own)."""
+    return {
+        "pool": None,
+        "node": link.name,
+        "dial_out": True,
+        "address": f"dial-out:{link.name}",
+        "state": "healthy" if not link.closed else "down",
+        "reason": None,
+        "models": sorted(link.models),
+        "loaded": sorted(link.loaded),
+        "in_flight": link.in_flight,
+        "queued": link.queued,
+        "max_concurrency": link.capacity,
+        "max_queue": None,
+        "ttft_ewma_ms": None,
+        "consecutive_failures": 0,
+        "ejections": 0,
+        "ejected_for_s": None,
+        "last_error_class": None,
+        "last_error": None,
+        "last_probe_at": datetime.fromtimestamp(link.connected_at, UTC).isoformat(),
+    }
+
+
 def _node(pool: Pool, node: Node, now: float) -> dict[str, Any]:
     health = node.health
     ejected_for = max(0.0, health.cooldown_until - now) if node.state == "ejected" else None
@@ -59,6 +90,7 @@ def _node(pool: Pool, node: Node, now: float) -> dict[str, Any]:
     return {
         "pool": pool.name,
         "node": node.name,
+        "dial_out": isinstance(node.member, DialOutMember),
         "address": node.member.address,
         "state": node.state,
         "reason": node.reason or None,

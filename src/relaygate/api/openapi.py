@@ -542,12 +542,13 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "Admin",
         auth="admin",
         errors=(401, 403),
-        answer='`{"object": "list", "data": [{"pool", "node", "address", "state", "reason", '
-        '"models", "loaded", "in_flight", "queued", "max_concurrency", "max_queue", '
+        answer='`{"object": "list", "data": [{"pool", "node", "dial_out", "address", "state", '
+        '"reason", "models", "loaded", "in_flight", "queued", "max_concurrency", "max_queue", '
         '"ttft_ewma_ms", "consecutive_failures", "ejections", "ejected_for_s", '
         '"last_error_class", "last_error", "last_probe_at"}], "pools": [{"pool", "provider", '
         '"balance", "nodes", "ejected", "max_ejection_percent"}]}`: state is healthy, down, '
-        "ejected or unknown, and reason says why; see docs/nodes.md.",
+        "ejected or unknown, and reason says why; dial-out nodes in no pool follow, with pool "
+        "null; see docs/nodes.md.",
     ),
     ("POST", "/admin/node-tokens"): Operation(
         "Create a node token",

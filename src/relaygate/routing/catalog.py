@@ -27,9 +27,15 @@ from relaygate.providers.ollama import OllamaProvider
 from relaygate.providers.openai import OpenAIProvider
 from relaygate.providers.openwebui import OpenWebUIProvider
 from relaygate.providers.tunnel import TunnelProvider
-from relaygate.routing.discovery import HttpMember, MemoryNodeStore, NodeStore, Prober
+from relaygate.routing.discovery import (
+    DialOutMember,
+    HttpMember,
+    MemoryNodeStore,
+    NodeStore,
+    Prober,
+)
 from relaygate.routing.health import Health
-from relaygate.routing.pools import Pool, PoolProvider
+from relaygate.routing.pools import Member, Pool, PoolProvider
 from relaygate.routing.router import Deployment, Model, Router
 from relaygate.settings import (
     DeploymentConfig,
@@ -44,6 +50,8 @@ from relaygate.usage.accounting import LOCAL_PROVIDERS, Pricing
 
 if TYPE_CHECKING:
     import redis.asyncio as redis
+
+    from relaygate.tunnel.hub import NodeLink
 
 __all__ = ["build_router", "close_providers", "deployment_name"]
 
@@ -90,6 +98,10 @@ class _Pools:
         self.pools: dict[str, Pool] = {}
         self.pool_providers: dict[str, PoolProvider] = {}
         self.nodes = nodes
+
+    def links(self, name: str) -> NodeLink | None:
+        """A connected dial-out node's link, or None."""
+        return self.nodes(name) if self.nodes is not None else None
 
     def node(self, name: str) -> Provider:
         """The provider of dial-out node ``name`` (one per node, shared by its models)."""
@@ -153,7 +165,7 @@ async def build_router(
     dial-out node by name (tunnel/hub.py)."""
     pools = _Pools(settings.routing, nodes)
     for name, config in settings.pools.items():
-        pools.pools[name] = _pool(name, config, settings.routing)
+        pools.pools[name] = _pool(name, config, settings.routing, pools)
     models = [_model(config, pools) for config in settings.models]
     known = {m.name for m in models}
     for url in settings.ollama_discovery_urls:
@@ -185,14 +197,19 @@ async def build_router(
     return router
 
 
-def _pool(name: str, config: PoolConfig, routing: RoutingConfig) -> Pool:
+def _pool(name: str, config: PoolConfig, routing: RoutingConfig, pools: _Pools) -> Pool:
     pool = Pool(name, config, routing)
     adapter = _ADAPTERS[config.provider]
     for node in config.nodes:
         assert node.name is not None  # named by load_settings
-        session = new_session(DeploymentConfig(provider="ollama").max_connections, node.api_key)
-        provider = adapter(node.base_url.rstrip("/"), session)
-        member = HttpMember(node.name, config.provider, node.base_url, provider)
+        member: Member
+        if node.node is not None:  # it dials out: called through its link, when connected
+            member = DialOutMember(node.name, node.node, pools.node(node.node), pools.links)
+        else:
+            assert node.base_url is not None  # one of the two, checked by load_settings
+            session = new_session(DeploymentConfig(provider="ollama").max_connections, node.api_key)
+            provider = adapter(node.base_url.rstrip("/"), session)
+            member = HttpMember(node.name, config.provider, node.base_url, provider)
         pool.add(
             member,
             weight=node.weight,

@@ -20,7 +20,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
@@ -37,6 +37,14 @@ if TYPE_CHECKING:
 
 __all__ = ["HttpMember", "MemoryNodeStore", "NodeStore", "Prober", "RedisNodeStore"]
 
+
+class _Link(Protocol):
+    models: list[str]
+    loaded: list[str]
+    closed: bool
+
+
+LinkFinder = Callable[[str], "_Link | None"]
 _PROBE_ERRORS = (UpstreamError, aiohttp.ClientError, OSError, TimeoutError, msgspec.DecodeError)
 
 
@@ -75,6 +83,48 @@ class HttpMember:
 
     async def aclose(self) -> None:
         await self._provider.aclose()
+
+
+class DialOutMember:
+    """A node that dials out to the gateway (``relaygate node``), called through its link.
+
+    Its inventory is what the node registered and last reported in a heartbeat; it is
+    this worker's alone (the link lives in one process), so it is never shared with or
+    adopted from other replicas."""
+
+    shared = False
+
+    def __init__(self, name: str, node: str, provider: Provider, links: LinkFinder) -> None:
+        self._name = name
+        self.node = node
+        self._provider = provider
+        self._links = links
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def provider(self) -> Provider:
+        return self._provider
+
+    @property
+    def address(self) -> str:
+        return f"dial-out:{self.node}"
+
+    async def discover(self) -> Inventory:
+        return self.inventory()
+
+    def inventory(self) -> Inventory:
+        """What the node registered and last reported; raises when it is not connected."""
+        link = self._links(self.node)
+        if link is None or link.closed:
+            raise UpstreamError(f"node {self.node!r} is not connected to this worker")
+        models = frozenset(m for m in link.models if m)
+        return Inventory(models, frozenset(link.loaded) & models)
+
+    async def aclose(self) -> None:
+        return None  # the provider is the node's, shared by every deployment on it
 
 
 class NodeStore(Protocol):
@@ -201,7 +251,8 @@ class Prober:
     async def tick(self) -> None:
         """Adopt what replicas know, then probe every node this replica claims."""
         pool, now = self.pool, time.monotonic()
-        shared = await self.store.load(pool.name, [n.name for n in pool.nodes])
+        known = [n.name for n in pool.nodes if _shared(n)]
+        shared = await self.store.load(pool.name, known) if known else {}
         for node in pool.nodes:
             if node.name in shared:
                 pool.adopt(node, shared[node.name], now)
@@ -211,7 +262,7 @@ class Prober:
 
     async def _probe(self, node: Node) -> None:
         pool = self.pool
-        if not await self.store.claim(pool.name, node.name, self.interval * 0.9):
+        if _shared(node) and not await self.store.claim(pool.name, node.name, self.interval * 0.9):
             return
         try:
             async with asyncio.timeout(pool.config.probe_timeout):
@@ -225,6 +276,8 @@ class Prober:
         await self._publish(node)
 
     async def _publish(self, node: Node) -> None:
+        if not _shared(node):
+            return
         snapshot = self.pool.snapshot(node, time.monotonic())
         await self.store.save(self.pool.name, node.name, snapshot, max(30.0, self.interval * 5))
 
@@ -263,3 +316,28 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, aiohttp.ClientResponseError):
         return f"status {exc.status}"
     return type(exc).__name__
+
+
+def dial_out_changed(pools: Iterable[Pool]) -> None:
+    """A dial-out node connected, left or reported new models: its pools see it at once
+    (a hub listener; the probe interval would otherwise be the delay)."""
+    now = time.monotonic()
+    for pool in pools:
+        for node in pool.nodes:
+            member = node.member
+            if not isinstance(member, DialOutMember):
+                continue
+            try:
+                pool.probed(node, member.inventory(), "", now)
+            except UpstreamError as exc:
+                pool.probed(node, None, exc.message, now)
+
+
+def dial_out_nodes(pools: Iterable[Pool]) -> set[str]:
+    """The names of the dial-out nodes that are members of a pool."""
+    return {n.member.node for p in pools for n in p.nodes if isinstance(n.member, DialOutMember)}
+
+
+def _shared(node: Node) -> bool:
+    """Whether replicas share this node's state (not a dial-out node's: its link is local)."""
+    return bool(getattr(node.member, "shared", True))

@@ -6,9 +6,10 @@ appears without a restart) becomes a routable model of its own name, with one
 deployment per node that has it (named ``<model>@<node>``); a configured model
 of that name keeps its configuration instead. When a node leaves, or drops the
 model, its deployment goes, and a registered model with no node left goes from
-every listing. Deployments of configured ``provider: node`` models stay; their
-health is reset when their node connects, so a node that was away is tried at
-once when it is back.
+every listing. A node that is a member of a pool (``pools: ... nodes: [{node: NAME}]``)
+is served through its pool only (balancing, queues, ejection). Deployments of
+configured ``provider: node`` models stay; their health is reset when their node
+connects, so a node that was away is tried at once when it is back.
 """
 
 from __future__ import annotations
@@ -25,10 +26,13 @@ __all__ = ["RegisteredModels"]
 class RegisteredModels:
     """Keeps the router's table in step with the hub's nodes (a hub listener)."""
 
-    def __init__(self, hub: Hub, router: Router, config: NodesConfig) -> None:
+    def __init__(
+        self, hub: Hub, router: Router, config: NodesConfig, pooled: frozenset[str] = frozenset()
+    ) -> None:
         self.hub = hub
         self.router = router
         self.config = config
+        self.pooled = pooled  # members of a pool: served through it, never on their own
         self.configured = set(router.models)
         self._providers: dict[str, TunnelProvider] = {}
         self._deployments: dict[tuple[str, str], Deployment] = {}  # (model, node)
@@ -56,7 +60,7 @@ class RegisteredModels:
     def _sync(self) -> None:
         wanted: dict[tuple[str, str], None] = {}
         for node, link in self.hub.links.items():
-            if link.closed:
+            if link.closed or node in self.pooled:
                 continue
             for model in link.models:
                 if model and model not in self.configured:

@@ -142,15 +142,18 @@ export function Models() {
   )
 }
 
+// GET /admin/nodes: one row per node (docs/nodes.md); dial-out nodes say so.
 const NODE_COLUMNS: { label: string; keys: string[] }[] = [
-  { label: 'Node', keys: ['name', 'id', 'url', 'base_url'] },
-  { label: 'State', keys: ['state', 'status', 'health'] },
-  { label: 'Why', keys: ['reason', 'why', 'last_error'] },
+  { label: 'Node', keys: ['node'] },
+  { label: 'State', keys: ['state'] },
+  { label: 'Why', keys: ['reason', 'last_error'] },
+  { label: 'Pool', keys: ['pool'] },
+  { label: 'Address', keys: ['address'] },
   { label: 'Models', keys: ['models'] },
-  { label: 'Loaded', keys: ['loaded_models', 'loaded'] },
-  { label: 'In flight', keys: ['in_flight', 'inflight', 'active'] },
-  { label: 'Queue', keys: ['queue', 'queued', 'queue_depth'] },
-  { label: 'Latency', keys: ['ttft_ms', 'latency_ms', 'ewma_ttft_ms', 'latency'] },
+  { label: 'Loaded', keys: ['loaded'] },
+  { label: 'In flight', keys: ['in_flight'] },
+  { label: 'Queue', keys: ['queued'] },
+  { label: 'TTFT (EWMA)', keys: ['ttft_ewma_ms'] },
 ]
 
 function cell(node: Json, keys: string[]): string {
@@ -165,7 +168,7 @@ function cell(node: Json, keys: string[]): string {
           )
           .join(', ') || '—'
       )
-    if (typeof v === 'number' && /ms|latency/.test(k)) return formatMs(v)
+    if (typeof v === 'number' && /_ms$/.test(k)) return formatMs(v)
     if (typeof v === 'object') return JSON.stringify(v)
     return String(v)
   }
