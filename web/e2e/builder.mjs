@@ -15,7 +15,17 @@ const DESKTOP = { width: 1366, height: 900 }
 const PHONE = { width: 390, height: 844 }
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-sync'],
+  // the preview frame in the page's process: a full-page screenshot of headless Chromium
+  // leaves an out-of-process frame blank (its sandbox and opaque origin are unchanged)
+  args: [
+    '--headless',
+    '--no-sandbox',
+    '--disable-gpu',
+    '--no-first-run',
+    '--disable-sync',
+    '--disable-site-isolation-trials',
+    '--disable-features=IsolateOrigins,site-per-process',
+  ],
 })
 const step = (text) => console.log(`- ${text}`)
 
@@ -25,6 +35,7 @@ async function shoot(page, name) {
     ['phone', PHONE],
   ]) {
     await page.setViewportSize(size)
+    await page.evaluate(() => window.scrollTo(0, 0)) // the sticky bar stays at the top
     await page.waitForTimeout(200)
     await page.screenshot({ path: `${shots}/${name}-${label}.png`, fullPage: true })
     if (label === 'phone') {
