@@ -35,9 +35,14 @@ async function shoot(page, name) {
     ['phone', PHONE],
   ]) {
     await page.setViewportSize(size)
-    await page.evaluate(() => window.scrollTo(0, 0)) // the sticky bar stays at the top
-    await page.waitForTimeout(200)
-    await page.screenshot({ path: `${shots}/${name}-${label}.png`, fullPage: true })
+    await page.evaluate(() => window.scrollTo(0, 0))
+    // a viewport as tall as the page, not fullPage: headless Chromium leaves a frame that
+    // lies below the viewport blank in a full-page capture
+    const height = await page.evaluate(() => document.documentElement.scrollHeight)
+    await page.setViewportSize({ width: size.width, height })
+    await page.waitForTimeout(300)
+    await page.screenshot({ path: `${shots}/${name}-${label}.png` })
+    await page.setViewportSize(size)
     if (label === 'phone') {
       const overflow = await page.evaluate(
         () => document.documentElement.scrollWidth - window.innerWidth,
@@ -174,6 +179,28 @@ try {
   const projects = page.getByRole('region', { name: 'Projects' })
   await projects.getByRole('button', { name: 'a counter app', exact: true }).click()
   await files.getByRole('button', { name: 'index.html', exact: true }).waitFor()
+
+  step('a React project runs in the preview with the bundled React (JSX, TypeScript, state)')
+  await page.getByLabel('Stack of a new project').selectOption('react')
+  await page.getByRole('button', { name: 'New project' }).click()
+  page.once('dialog', (d) => d.accept('src/App.tsx'))
+  await files.getByRole('button', { name: 'New file' }).click()
+  await page
+    .getByLabel('Contents of src/App.tsx')
+    .fill(
+      "import { useState } from 'react'\n" +
+        'export default function App() {\n' +
+        '  const [n, setN] = useState<number>(1)\n' +
+        '  return <button id="count" onClick={() => setN(n + 1)}>clicked {n}</button>\n' +
+        '}\n',
+    )
+  await page.getByRole('button', { name: 'Run preview' }).click()
+  const count = page.frameLocator('iframe[title="App preview"]').locator('#count')
+  await count.waitFor()
+  assert.equal(await count.textContent(), 'clicked 1')
+  await count.click()
+  assert.equal(await count.textContent(), 'clicked 2')
+  await shoot(page, 'builder-react')
 
   assert.deepEqual(cspViolations, [])
   await context.close()

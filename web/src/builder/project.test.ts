@@ -7,6 +7,7 @@ import {
   changesBetween,
   emptyWorkspace,
   isWorkspace,
+  lineCount,
   lineDiff,
   MAX_UNDO,
   newProject,
@@ -114,6 +115,9 @@ describe('project state', () => {
 
   it('counts changed lines', () => {
     expect(lineDiff('a\nb\nc', 'a\nx\nc\nd')).toEqual({ added: 2, removed: 1 })
+    expect([lineCount(''), lineCount('a'), lineCount('a\nb\n'), lineCount('a\n\n')]).toEqual([
+      0, 1, 2, 2,
+    ])
     expect(changesBetween([{ path: 'a', content: 'x' }], [])).toEqual([
       { path: 'a', kind: 'removed', added: 0, removed: 1 },
     ])

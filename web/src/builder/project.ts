@@ -127,13 +127,19 @@ export function lineDiff(before: string, after: string): { added: number; remove
   return { added: b.length - common, removed: a.length - common }
 }
 
+/** Lines in a text (a final newline ends the last line; it does not start another). */
+export function lineCount(text: string): number {
+  if (!text) return 0
+  return text.split('\n').length - (text.endsWith('\n') ? 1 : 0)
+}
+
 export function changesBetween(before: ProjectFile[], after: ProjectFile[]): FileChange[] {
   const old = new Map(before.map((f) => [f.path, f.content]))
   const out: FileChange[] = []
   for (const f of after) {
     const was = old.get(f.path)
     if (was === undefined) {
-      out.push({ path: f.path, kind: 'added', added: f.content.split('\n').length, removed: 0 })
+      out.push({ path: f.path, kind: 'added', added: lineCount(f.content), removed: 0 })
     } else {
       const d = lineDiff(was, f.content)
       out.push({ path: f.path, kind: d.added || d.removed ? 'modified' : 'unchanged', ...d })
@@ -141,7 +147,7 @@ export function changesBetween(before: ProjectFile[], after: ProjectFile[]): Fil
     old.delete(f.path)
   }
   for (const [path, content] of old) {
-    out.push({ path, kind: 'removed', added: 0, removed: content.split('\n').length })
+    out.push({ path, kind: 'removed', added: 0, removed: lineCount(content) })
   }
   return out.sort((x, y) => x.path.localeCompare(y.path))
 }

@@ -341,33 +341,35 @@ export function Builder() {
 
         <Changes project={project} busy={busy} onChange={change} onSelect={setSelected} />
 
-        {file ? (
-          <section className="card" aria-label="Editor">
-            <h2 className="editor-title">
-              {file.path}
-              {file.incomplete ? (
-                <span className="badge warn">the answer was cut short in this file</span>
-              ) : null}
-            </h2>
-            <Editor
-              path={file.path}
-              value={file.content}
-              readOnly={busy}
-              onChange={(next) => change((p) => editFile(p, file.path, next, Date.now()))}
-              onComplete={complete}
-            />
-            <p className="muted small">
-              Tab indents (Escape, then Tab, leaves the editor); Ctrl+Space completes code.
-            </p>
-          </section>
-        ) : null}
+        <div className="builder-work">
+          {file ? (
+            <section className="card" aria-label="Editor">
+              <h2 className="editor-title">
+                {file.path}
+                {file.incomplete ? (
+                  <span className="badge warn">the answer was cut short in this file</span>
+                ) : null}
+              </h2>
+              <Editor
+                path={file.path}
+                value={file.content}
+                readOnly={busy}
+                onChange={(next) => change((p) => editFile(p, file.path, next, Date.now()))}
+                onComplete={complete}
+              />
+              <p className="muted small">
+                Tab indents (Escape, then Tab, leaves the editor); Ctrl+Space completes code.
+              </p>
+            </section>
+          ) : null}
 
-        <Preview
-          project={project}
-          run={previewRun}
-          onRun={() => setPreviewRun((n) => n + 1)}
-          onExport={() => void exportProject()}
-        />
+          <Preview
+            project={project}
+            run={previewRun}
+            onRun={() => setPreviewRun((n) => n + 1)}
+            onExport={() => void exportProject()}
+          />
+        </div>
       </div>
     </div>
   )
