@@ -162,6 +162,18 @@ try {
   await changes.getByRole('button', { name: 'Undo' }).click()
   assert.match(await editor.inputValue(), /const request = "a counter app";/)
 
+  step('Ctrl+Space inserts what the code-completion endpoint answers, at the cursor')
+  const before = await editor.inputValue()
+  await editor.focus()
+  await page.keyboard.press('Control+End')
+  await page.keyboard.press('Control+Space')
+  const completed = await until('the completion is inserted', async () => {
+    const value = await editor.inputValue()
+    return value !== before ? value : null
+  })
+  assert.ok(completed.startsWith(before), 'the completion goes after the cursor')
+  assert.match(completed.slice(before.length), /mock development model/)
+
   step('an error in the app shows beside the preview, not as a blank frame')
   await editor.fill("document.getElementById('request').textContent = missing.value\n")
   await page.getByRole('button', { name: 'Run again' }).click()

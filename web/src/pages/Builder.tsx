@@ -151,7 +151,12 @@ export function Builder() {
     const response = await fetch(`${session.base}/ai/code/complete`, {
       method: 'POST',
       headers: headers(session, true),
-      body: JSON.stringify({ code: before.slice(-8000), language: ext, max_tokens: 128 }),
+      body: JSON.stringify({
+        code: before.slice(-8000),
+        language: ext,
+        max_tokens: 128,
+        ...(chosen ? { model: chosen } : {}),
+      }),
     })
     if (!response.ok) {
       const error = await errorFrom(response)
