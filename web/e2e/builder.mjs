@@ -214,6 +214,27 @@ try {
   assert.equal(await count.textContent(), 'clicked 2')
   await shoot(page, 'builder-react')
 
+  step('Stop in the middle of a file keeps what came, marked cut short')
+  await page.getByLabel('Stack of a new project').selectOption('static')
+  await page.getByRole('button', { name: 'New project' }).click()
+  await page.getByRole('combobox', { name: /^Model/ }).selectOption('mock-slow')
+  await ask.fill('a slow app')
+  await ask.press('Enter')
+  await page.locator('.turns .message.assistant', { hasText: 'app.js' }).waitFor()
+  await page.getByRole('button', { name: 'Stop' }).click()
+  await page.locator('.turns .message.error', { hasText: 'Stopped.' }).waitFor()
+  await page
+    .locator('.turns .message.error', { hasText: 'app.js: the answer ended inside' })
+    .waitFor()
+  const slow = files.locator('li', {
+    has: page.getByRole('button', { name: 'app.js', exact: true }),
+  })
+  assert.match(await slow.textContent(), /cut short/)
+  assert.doesNotMatch(
+    await files.locator('li', { hasText: 'index.html' }).textContent(),
+    /cut short/,
+  )
+
   assert.deepEqual(cspViolations, [])
   await context.close()
   console.log('builder e2e: all checks passed')

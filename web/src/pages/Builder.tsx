@@ -96,6 +96,7 @@ export function Builder() {
     const controller = new AbortController()
     abort.current = controller
     let answer = ''
+    let shown = 0
     let failure: string | null = null
     try {
       await streamChat(
@@ -105,7 +106,12 @@ export function Builder() {
         (delta) => {
           if (delta.error) failure = delta.error
           answer += delta.text
-          setLive(answer)
+          // the live file list is parsed from the answer so far: a few times a second
+          const now = performance.now()
+          if (now - shown > 150) {
+            shown = now
+            setLive(answer)
+          }
         },
       )
     } catch (error) {
