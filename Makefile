@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 # The web UI (web/, TypeScript): built into the package (src/relaygate/ui/site), which is
 # committed, so an installed relaygate serves it without Node. Rebuilt here when a source
 # is newer than the build; without Node the committed build is served as it is.
-WEB_SOURCES := $(shell find web/src -type f 2>/dev/null) web/index.html web/package.json \
+WEB_SOURCES := $(shell find web/src web/public -type f 2>/dev/null) web/index.html web/package.json \
                web/package-lock.json web/vite.config.ts web/tsconfig.json
 UI_BUILD    := src/relaygate/ui/site/index.html
 WEB_DEPS    := web/node_modules/.package-lock.json

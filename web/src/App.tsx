@@ -13,6 +13,7 @@ import { Models } from './pages/Models'
 import { UsageExplorer } from './pages/UsageExplorer'
 import { Account } from './pages/Account'
 import { Playground } from './pages/Playground'
+import { Builder } from './pages/Builder'
 
 const TITLES: Record<Page, string> = {
   overview: 'Overview',
@@ -21,9 +22,18 @@ const TITLES: Record<Page, string> = {
   usage: 'Usage explorer',
   account: 'My account',
   playground: 'Playground',
+  builder: 'App builder',
 }
-const ADMIN_PAGES: Page[] = ['overview', 'keys', 'models', 'usage', 'account', 'playground']
-const USER_PAGES: Page[] = ['account', 'playground']
+const ADMIN_PAGES: Page[] = [
+  'overview',
+  'keys',
+  'models',
+  'usage',
+  'account',
+  'playground',
+  'builder',
+]
+const USER_PAGES: Page[] = ['account', 'playground', 'builder']
 
 /** A 401 on any call means the key stopped working (revoked, disabled, expired). */
 function makeClient(onUnauthorized: (message: string) => void): QueryClient {
@@ -146,6 +156,7 @@ function Shell({ role, onSignOut }: { role: Role; onSignOut: () => void }) {
         {page === 'usage' && <UsageExplorer />}
         {page === 'account' && <Account />}
         {page === 'playground' && <Playground />}
+        {page === 'builder' && <Builder />}
       </main>
     </div>
   )

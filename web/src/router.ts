@@ -2,8 +2,16 @@
 
 import { useEffect, useState } from 'react'
 
-export type Page = 'overview' | 'keys' | 'models' | 'usage' | 'account' | 'playground'
-export const PAGES: Page[] = ['overview', 'keys', 'models', 'usage', 'account', 'playground']
+export type Page = 'overview' | 'keys' | 'models' | 'usage' | 'account' | 'playground' | 'builder'
+export const PAGES: Page[] = [
+  'overview',
+  'keys',
+  'models',
+  'usage',
+  'account',
+  'playground',
+  'builder',
+]
 
 /** The page a path names ('' for the UI's root). */
 export function pageOf(pathname: string): Page | '' {

@@ -72,6 +72,24 @@ def security_headers(oidc: OIDCConfig | None) -> list[tuple[bytes, bytes]]:
     ]
 
 
+PREVIEW_FILE = "preview.html"
+
+
+def preview_headers() -> list[tuple[bytes, bytes]]:
+    """The builder's preview frame runs generated code: inline scripts and styles, in a
+    sandboxed frame of this page only (an opaque origin), reaching nothing on the network."""
+    policy = (
+        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+        "img-src data: blob:; font-src data:; base-uri 'none'; form-action 'none'; "
+        "frame-ancestors 'self'; sandbox allow-scripts"
+    )
+    return [
+        (b"content-security-policy", policy.encode()),
+        (b"x-content-type-options", b"nosniff"),
+        (b"referrer-policy", b"no-referrer"),
+    ]
+
+
 def public_config(oidc: OIDCConfig | None) -> bytes:
     """``/ui/config.json``: what the page needs to offer a sign-in through ``ui.oidc``."""
     if oidc is None:
@@ -164,7 +182,8 @@ class WebUI:
         if name in files and name != "index.html":
             body = await self._read(name)
             cache = _IMMUTABLE if name.startswith("assets/") else _REVALIDATE
-            extra = [cache, *self.security]
+            security = preview_headers() if name == PREVIEW_FILE else self.security
+            extra = [cache, *security]
             await send_bytes(send, 200, body, request_id, _content_type(name), extra)
             return
         last = name.rsplit("/", 1)[-1]

@@ -6,12 +6,18 @@ usage counts words. With ``n``, each choice gets its own reply (the index is par
 of what it is derived from), and usage counts the words of all of them. It lets
 ``make run`` work on a machine with no model, and it is listed in /v1/models as
 a development model.
+
+When the system prompt carries the web UI builder's marker (``BUILDER_MARKER``), the
+reply is a two-file app in the builder's fenced-file format (docs/builder.md):
+``index.html``, the same for every request, and ``app.js``, which shows the request,
+so a follow-up changes one file of the two.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import math
 import time
 from collections.abc import AsyncIterator
@@ -24,10 +30,11 @@ if TYPE_CHECKING:
     from relaygate.providers.base import Upstream
     from relaygate.schema.requests import Call
 
-__all__ = ["MockProvider"]
+__all__ = ["BUILDER_MARKER", "MockProvider"]
 
 JSON = dict[str, Any]
 _DIMENSIONS = 16
+BUILDER_MARKER = "relaygate-builder-format v1"
 
 
 class MockProvider:
@@ -131,10 +138,60 @@ def _replies(call: Call) -> tuple[str, list[tuple[list[str], str]]]:
     return prompt, [_reply(call, prompt, said, index) for index in range(count)]
 
 
+def _builder_request(call: Call) -> str | None:
+    """The builder's request, when the system prompt is the builder's: the last user
+    message, or in a follow-up the text after its ``Request:`` line."""
+    params = call.params
+    if not isinstance(params, ChatRequest):
+        return None
+    system = [m.content for m in params.messages if m.role == "system"]
+    if not any(isinstance(c, str) and BUILDER_MARKER in c for c in system):
+        return None
+    text = _last_user_text(call)
+    at = text.rfind("\nRequest: ")
+    if at >= 0 or text.startswith("Request: "):
+        text = text[at + 1 :] if at >= 0 else text
+        text = text[len("Request: ") :].split("\n\nAnswer with", 1)[0]
+    return " ".join(text.split())[:200] or "an app"
+
+
+_BUILDER_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>Mock app</title>
+</head>
+<body>
+<h1>Mock app</h1>
+<p id="request"></p>
+<script src="app.js"></script>
+</body>
+</html>"""
+
+
+def _builder_app(request: str, digest: str) -> str:
+    """Two files in the builder's format; app.js carries the request (JSON-quoted)."""
+    script = (
+        f"// build {digest}\n"
+        f"const request = {json.dumps(request)};\n"
+        "document.getElementById('request').textContent = 'You asked for: ' + request;\n"
+    )
+    return (
+        f"Here is a two-file app for: {request}\n\n"
+        f"```html file=index.html\n{_BUILDER_PAGE}\n```\n\n"
+        f"```js file=app.js\n{script}```\n"
+    )
+
+
 def _reply(call: Call, prompt: str, said: str, index: int) -> tuple[list[str], str]:
     seed = prompt if index == 0 else f"{prompt}\x00choice {index}"
     digest = hashlib.sha256(seed.encode("utf-8", "surrogatepass")).hexdigest()[:8]
-    text = f"This is the mock development model (reply {digest}). You said: {said}"
+    request = _builder_request(call)
+    if request is not None:
+        built = hashlib.sha256(request.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+        text = _builder_app(request, built)
+    else:
+        text = f"This is the mock development model (reply {digest}). You said: {said}"
     words = [w + " " for w in text.split(" ")]
     words[-1] = words[-1].rstrip()
     limit = call.max_output_tokens
