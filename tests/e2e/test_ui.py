@@ -25,6 +25,7 @@ from urllib.parse import urlencode
 import jwt
 import pytest
 from aiohttp import web
+from cryptography.fernet import Fernet
 
 from tests.gateway import make_settings, running_gateway
 
@@ -55,7 +56,11 @@ async def test_the_ui_end_to_end_in_chromium() -> None:
         if os.environ.get("RELAYGATE_E2E") == "1":
             pytest.fail(missing)
         pytest.skip(missing)
-    settings = make_settings(MODELS, usage={"fsync_window": 0.05, "write_interval": 0.05})
+    settings = make_settings(
+        MODELS,
+        usage={"fsync_window": 0.05, "write_interval": 0.05},
+        secret_key=Fernet.generate_key().decode(),  # users' provider keys (BYOK) are on
+    )
     async with running_gateway(settings) as gateway:
         process = await asyncio.create_subprocess_exec(
             "node", "e2e/run.mjs", gateway.url, gateway.admin_key, str(SHOTS),

@@ -337,7 +337,20 @@ try {
   await user.getByText('Requests this hour').waitFor()
   await user.getByText(/left of 50$/).waitFor() // the limit the admin set
   assert.match(await user.getByText('Tier:').textContent(), /pro/)
+
+  step("the user's own provider key: added, listed masked (never the secret), deleted")
+  const providerSecret = 'sk-e2e-' + 'q7Rb2Lm9Xw4Tz8Vn5Kp1'.repeat(2) + 'xyz123'
+  await user.getByText('No provider keys stored.').waitFor()
+  await user.getByText('Add a provider key').click()
+  const addForm = user.getByRole('form', { name: 'Add a provider key' })
+  await addForm.getByLabel('Name').fill('e2e-openai')
+  await addForm.getByLabel(/^Secret/).fill(providerSecret)
+  await addForm.getByRole('button', { name: 'Add key' }).click()
+  await user.getByText('sk-...xyz123').waitFor()
+  assert.ok(!(await user.content()).includes(providerSecret), 'the secret is on the page')
   await shoot(user, 'account')
+  await user.getByRole('button', { name: 'Delete provider key e2e-openai' }).click()
+  await user.getByText('No provider keys stored.').waitFor()
 
   step('usage appears on the admin dashboard')
   await page.getByRole('link', { name: 'Overview' }).click()
@@ -403,7 +416,7 @@ try {
     .getByRole('rowheader', { name: 'mock-slow' })
     .waitFor()
   await page
-    .getByText(/No node pools are configured|No nodes have registered/)
+    .getByText(/No node pools are configured|No nodes: no pool is configured/)
     .or(page.getByRole('region', { name: 'Nodes' }).locator('table'))
     .first()
     .waitFor()

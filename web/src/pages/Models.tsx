@@ -176,7 +176,12 @@ function cell(node: Json, keys: string[]): string {
 }
 
 function NodeTable({ nodes }: { nodes: Json[] }) {
-  if (!nodes.length) return <p className="muted">No nodes have registered.</p>
+  if (!nodes.length)
+    return (
+      <p className="muted">
+        No nodes: no pool is configured and no node has dialed out (docs/nodes.md).
+      </p>
+    )
   return (
     <div className="table-wrap">
       <table>
