@@ -66,10 +66,10 @@ services:
 	@redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || \
 	  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no >/dev/null 2>&1 || true
 
-# The browser tests (tests/e2e) fail rather than skip here: RELAYGATE_E2E=1.
+# The browser tests (tests/e2e) fail rather than skip here: REQUIRE_E2E=1.
 test: $(STAMP) services lint web-test browser $(UI_BUILD)
 	rm -rf $(SCREENSHOTS)
-	RELAYGATE_E2E=1 $(BIN)/pytest
+	REQUIRE_E2E=1 $(BIN)/pytest
 	@echo "Screenshots of the web UI (desktop and phone): $(SCREENSHOTS)/"
 
 # Missing load tools stop the bench with the apt-get command to run; INSTALL=1 runs it (as root).

@@ -21,7 +21,7 @@ from tests.keys import new_key
 async def test_the_builder_end_to_end_in_chromium() -> None:
     missing = _missing()
     if missing:
-        if os.environ.get("RELAYGATE_E2E") == "1":
+        if os.environ.get("REQUIRE_E2E") == "1":
             pytest.fail(missing)
         pytest.skip(missing)
     async with running_gateway(make_settings(MODELS)) as gateway:

@@ -5,7 +5,7 @@ phone width, API calls per page. The browser is driven by web/e2e/run.mjs (Playw
 library); screenshots go to build/screenshots.
 
 Needs Node 20, web/node_modules (npm ci) and /usr/bin/chromium: `make test` installs
-them and sets RELAYGATE_E2E=1, which turns a missing one into a failure, not a skip.
+them and sets REQUIRE_E2E=1, which turns a missing one into a failure, not a skip.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def _missing() -> str | None:
 async def test_the_ui_end_to_end_in_chromium() -> None:
     missing = _missing()
     if missing:
-        if os.environ.get("RELAYGATE_E2E") == "1":
+        if os.environ.get("REQUIRE_E2E") == "1":
             pytest.fail(missing)
         pytest.skip(missing)
     settings = make_settings(
@@ -134,7 +134,7 @@ async def identity_provider() -> AsyncIterator[str]:
 async def test_oidc_sign_in_in_chromium() -> None:
     missing = _missing()
     if missing:
-        if os.environ.get("RELAYGATE_E2E") == "1":
+        if os.environ.get("REQUIRE_E2E") == "1":
             pytest.fail(missing)
         pytest.skip(missing)
     async with identity_provider() as idp:
