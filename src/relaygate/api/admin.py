@@ -16,7 +16,6 @@ each worker's key cache drops the key at once.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
@@ -24,17 +23,17 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 import msgspec
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from relaygate.api.admin_deployments import DeploymentsAdminAPI
 from relaygate.api.admin_nodes import NodesAdminAPI
 from relaygate.api.admin_tunnel import NodeTokensAdminAPI
 from relaygate.api.admin_usage import UsageAdminAPI
 from relaygate.api.http import decode_json_object
-from relaygate.api.shapes import error_renderer_for, internal_error
+from relaygate.api.shapes import internal_error
+from relaygate.api.subapp import error_response as _error
+from relaygate.api.subapp import json_app
 from relaygate.asgi import ClientGone, new_request_id, read_body
 from relaygate.auth.bootstrap import ADMIN_TENANT
 from relaygate.auth.keys import check_imported
@@ -42,7 +41,6 @@ from relaygate.auth.principal import Principal
 from relaygate.errors import (
     Conflict,
     InvalidRequest,
-    MethodNotAllowed,
     NotFound,
     PermissionDenied,
     RelaygateError,
@@ -281,16 +279,6 @@ def _refuse_nul_in_query(request: Request) -> None:
 
 def _json(data: Any, status: int = 200) -> Response:
     return Response(msgspec.json.encode(data), status, media_type="application/json")
-
-
-def _error(error: RelaygateError, request_id: str, path: str) -> Response:
-    """An error in the shape of the API ``path`` belongs to (OpenAI's for the admin API)."""
-    body, content_type = error_renderer_for(path)(error)
-    response = Response(body, error.status, media_type=content_type.decode())
-    for name, value in error.headers():
-        response.headers[name.decode("latin-1")] = value.decode("latin-1")
-    response.headers["x-request-id"] = request_id
-    return response
 
 
 def _path_id(request: Request, name: str) -> str:
@@ -651,57 +639,13 @@ def build_admin_app(state: AppState) -> Starlette:
             "DELETE": (api.seed_delete_key, True),
         },
     }
-    routes = [
-        Route(path, _dispatch({m: api.wrap(h, admin) for m, (h, admin) in methods.items()}),
-              methods=list(methods))
+    wrapped = {
+        path: {m: api.wrap(h, admin) for m, (h, admin) in methods.items()}
         for path, methods in table.items()
-    ]  # fmt: skip
-    return Starlette(
-        routes=routes, exception_handlers={HTTPException: _http_error, Exception: _server_error}
+    }
+    return json_app(
+        "admin",
+        wrapped,
+        "The admin API is /admin/keys, /admin/tenants, /admin/usage and /admin/cache; the "
+        "seed routes are /auth/create-key and /api/keys.",
     )
-
-
-Handler = Callable[[Request], Awaitable[Response]]
-
-
-def _dispatch(methods: dict[str, Handler]) -> Handler:
-    """One route per path with all its methods, so a wrong method is a 405, not a 404."""
-
-    async def endpoint(request: Request) -> Response:
-        handler = methods.get(request.method) or methods["GET"]  # HEAD is GET without a body
-        return await handler(request)
-
-    return endpoint
-
-
-async def _server_error(request: Request, exc: Exception) -> Response:
-    """Anything that escaped a handler: a 500 in the path's error shape, never plain text."""
-    request_id = new_request_id()
-    logging.getLogger("relaygate").error(
-        "admin request %s failed", request_id, exc_info=(type(exc), exc, exc.__traceback__)
-    )
-    return _error(internal_error(request_id), request_id, request.url.path)
-
-
-async def _http_error(request: Request, exc: Exception) -> Response:
-    """Starlette's own 404 and 405, in the path's error shape (OpenAI's for the admin API)."""
-    status = exc.status_code if isinstance(exc, HTTPException) else 500
-    error: RelaygateError
-    if status == 405:
-        headers = exc.headers if isinstance(exc, HTTPException) and exc.headers else {}
-        allow = headers.get("Allow", "")
-        error = MethodNotAllowed(
-            f"Method {request.method} is not allowed on {request.url.path}; "
-            f"use {allow or 'another method'}.",
-            allow=tuple(m.strip() for m in allow.split(",") if m.strip()),
-        )
-    elif status == 404:
-        error = NotFound(
-            f"Unknown endpoint {request.method} {request.url.path}. The admin API is "
-            "/admin/keys, /admin/tenants, /admin/usage and /admin/cache; the seed routes are "
-            "/auth/create-key and /api/keys."
-        )
-    else:
-        error = InvalidRequest(str(getattr(exc, "detail", "Bad request.")))
-        error.status = status
-    return _error(error, new_request_id(), request.url.path)

@@ -18,7 +18,6 @@ Redis when configured, else within ``byok.poll_interval``.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
@@ -26,19 +25,18 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 import msgspec
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from relaygate.api.http import decode_json_object
-from relaygate.api.shapes import error_renderer_for, internal_error
+from relaygate.api.shapes import internal_error
+from relaygate.api.subapp import error_response as _error
+from relaygate.api.subapp import json_app
 from relaygate.asgi import ClientGone, new_request_id, read_body
 from relaygate.auth.principal import Principal
 from relaygate.errors import (
     AuthenticationError,
     InvalidRequest,
-    MethodNotAllowed,
     NotFound,
     PermissionDenied,
     RelaygateError,
@@ -154,15 +152,6 @@ def _parse(body: bytes, schema: type[S]) -> S:
 
 def _json(data: Any, status: int = 200) -> Response:
     return Response(msgspec.json.encode(data), status, media_type="application/json")
-
-
-def _error(error: RelaygateError, request_id: str, path: str) -> Response:
-    body, content_type = error_renderer_for(path)(error)
-    response = Response(body, error.status, media_type=content_type.decode())
-    for name, value in error.headers():
-        response.headers[name.decode("latin-1")] = value.decode("latin-1")
-    response.headers["x-request-id"] = request_id
-    return response
 
 
 def _path_id(request: Request, name: str, what: str) -> int:
@@ -381,9 +370,6 @@ def _merged(current: ConfigRow, changes: dict[str, Any]) -> dict[str, Any]:
     }  # fmt: skip
 
 
-Handler = Callable[[Request], Awaitable[Response]]
-
-
 def build_byok_app(state: AppState) -> Starlette:
     """The Starlette app serving /api/ai/*."""
     api = ByokAPI(state)
@@ -396,50 +382,11 @@ def build_byok_app(state: AppState) -> Starlette:
             "GET": api.get_config, "PATCH": api.patch_config, "DELETE": api.delete_config,
         },
     }  # fmt: skip
-    routes = [
-        Route(path, _dispatch({m: api.wrap(h) for m, h in methods.items()}), methods=list(methods))
-        for path, methods in table.items()
-    ]
-    return Starlette(
-        routes=routes, exception_handlers={HTTPException: _http_error, Exception: _server_error}
+    wrapped = {
+        path: {m: api.wrap(h) for m, h in methods.items()} for path, methods in table.items()
+    }
+    return json_app(
+        "byok",
+        wrapped,
+        "Provider keys are /api/ai/api-keys; provider configurations /api/ai/provider-configs.",
     )
-
-
-def _dispatch(methods: dict[str, Handler]) -> Handler:
-    """One route per path with all its methods, so a wrong method is a 405, not a 404."""
-
-    async def endpoint(request: Request) -> Response:
-        handler = methods.get(request.method) or methods.get("GET")
-        if handler is None:
-            raise HTTPException(405, headers={"Allow": ", ".join(sorted(methods))})
-        return await handler(request)
-
-    return endpoint
-
-
-async def _server_error(request: Request, exc: Exception) -> Response:
-    request_id = new_request_id()
-    logging.getLogger("relaygate").error(
-        "byok request %s failed", request_id, exc_info=(type(exc), exc, exc.__traceback__)
-    )
-    return _error(internal_error(request_id), request_id, request.url.path)
-
-
-async def _http_error(request: Request, exc: Exception) -> Response:
-    """Starlette's own 404 and 405, in OpenAI's error shape."""
-    status = exc.status_code if isinstance(exc, HTTPException) else 500
-    error: RelaygateError
-    if status == 405:
-        headers = exc.headers if isinstance(exc, HTTPException) and exc.headers else {}
-        allow = headers.get("Allow", "")
-        error = MethodNotAllowed(
-            f"Method {request.method} is not allowed on {request.url.path}; "
-            f"use {allow or 'another method'}.",
-            allow=tuple(m.strip() for m in allow.split(",") if m.strip()),
-        )
-    else:
-        error = NotFound(
-            f"Unknown endpoint {request.method} {request.url.path}. Provider keys are "
-            "/api/ai/api-keys; provider configurations /api/ai/provider-configs."
-        )
-    return _error(error, new_request_id(), request.url.path)
