@@ -14,10 +14,13 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relaygate.api.admin import check_tier, default_tier, expiry
 from relaygate.auth.keys import MAX_KEY_LENGTH, check_imported
@@ -128,8 +131,14 @@ def _positive_int(text: str) -> int:
 
 def _run(args: argparse.Namespace, job: Job) -> None:
     settings = load_settings(args.config)
+    run_with_database(settings, _with_store(settings, args, job))
+
+
+def run_with_database(settings: Settings, main: Coroutine[Any, Any, None]) -> None:
+    """Run a command's database work: a refusal by a running gateway exits 3, a database
+    that cannot be used is a configuration error naming it (never a traceback)."""
     try:
-        asyncio.run(_with_store(settings, args, job))
+        asyncio.run(main)
     except ClientError as exc:
         print(f"relaygate: {exc.message}", file=sys.stderr)
         raise SystemExit(EXIT_REFUSED) from None
@@ -140,7 +149,9 @@ def _run(args: argparse.Namespace, job: Job) -> None:
         ) from None
 
 
-async def _with_store(settings: Settings, args: argparse.Namespace, job: Job) -> None:
+@asynccontextmanager
+async def database(settings: Settings) -> AsyncIterator[AsyncEngine]:
+    """An engine on the configured database, once its schema is this version's."""
     have = await current_revision(settings.database_url)
     if have != SCHEMA_REVISION:
         raise ConfigError(
@@ -149,9 +160,14 @@ async def _with_store(settings: Settings, args: argparse.Namespace, job: Job) ->
         )
     engine = create_engine(settings.database_url)
     try:
-        changed = await job(IdentityStore(engine), settings, args)
+        yield engine
     finally:
         await engine.dispose()
+
+
+async def _with_store(settings: Settings, args: argparse.Namespace, job: Job) -> None:
+    async with database(settings) as engine:
+        changed = await job(IdentityStore(engine), settings, args)
     if changed and settings.redis_url:
         await _publish(settings, changed)
 

@@ -11,22 +11,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.exc import SQLAlchemyError
-
-from relaygate.errors import ClientError, ConfigError
+from relaygate.cli_admin import database, run_with_database
+from relaygate.errors import ConfigError
 from relaygate.settings import Settings, load_settings
-from relaygate.store.engine import create_engine, safe_url
 from relaygate.store.nodes import NodeToken, NodeTokenStore
-from relaygate.store.schema import SCHEMA_REVISION, current_revision
 
 __all__ = ["add_node_commands"]
 
-EXIT_REFUSED = 1
 Job = Callable[[NodeTokenStore, argparse.Namespace], Awaitable[list[str]]]
 if TYPE_CHECKING:
     Commands = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -181,30 +176,12 @@ def _command(sub: Commands, name: str, text: str, job: Job) -> argparse.Argument
 
 def _run(args: argparse.Namespace, job: Job) -> None:
     settings = load_settings(args.config)
-    try:
-        asyncio.run(_with_store(settings, args, job))
-    except ClientError as exc:
-        print(f"relaygate: {exc.message}", file=sys.stderr)
-        raise SystemExit(EXIT_REFUSED) from None
-    except (OSError, SQLAlchemyError) as exc:
-        raise ConfigError(
-            f"database_url: cannot use {safe_url(settings.database_url)}: "
-            f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-        ) from None
+    run_with_database(settings, _with_store(settings, args, job))
 
 
 async def _with_store(settings: Settings, args: argparse.Namespace, job: Job) -> None:
-    have = await current_revision(settings.database_url)
-    if have != SCHEMA_REVISION:
-        raise ConfigError(
-            f"the database at {safe_url(settings.database_url)} is at schema {have or 'none'}, "
-            f"this version needs {SCHEMA_REVISION}: run 'relaygate db upgrade'."
-        )
-    engine = create_engine(settings.database_url)
-    try:
+    async with database(settings) as engine:
         revoked = await job(NodeTokenStore(engine), args)
-    finally:
-        await engine.dispose()
     if revoked and settings.redis_url:
         await _publish(settings, revoked)
 
