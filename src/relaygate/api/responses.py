@@ -99,17 +99,24 @@ _INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"
 class Pending:
     """One Responses request on its way: what answering and storing it need.
 
-    ``input_items`` are this request's input as items (normalised, reasoning
-    dropped), the part of the conversation this response adds before its output;
-    ``response`` is the final Response object, once ``render`` or the stream's
-    ``end`` has made it.
+    ``items`` are this request's input items (reasoning dropped), the part of
+    the conversation this response adds before its output (turned into JSON
+    only when it is stored); ``response`` is the final Response object, once
+    ``render`` or the stream's ``end`` has made it, and ``encoded`` its JSON
+    as ``render`` sent it (stored as is: encoded once).
     """
 
     response_id: str
     created_at: int
     request: ResponsesRequest
-    input_items: list[JSON]
+    items: list[Item]
     response: JSON | None = None
+    encoded: bytes | None = None
+
+    @property
+    def input_items(self) -> list[JSON]:
+        """The input items as JSON, as they are stored."""
+        return [msgspec.to_builtins(item) for item in self.items]
 
 
 # -- requests ------------------------------------------------------------------
@@ -130,7 +137,7 @@ def parse(body: bytes, request_id: str, history: Sequence[JSON] = ()) -> Call:
         response_id=response_id_from(request_id),
         created_at=int(time.time()),
         request=request,
-        input_items=[msgspec.to_builtins(item) for item in items if _kept(item)],
+        items=[item for item in items if _kept(item)],
     )
     return call
 
@@ -171,8 +178,7 @@ def previous_response_id(call: Call) -> str | None:
 def with_history(call: Call, history: Sequence[JSON]) -> None:
     """Put a stored conversation (``ResponseStore.chain``) before the call's input."""
     state = pending(call)
-    items = [_item(raw, "input") for raw in state.input_items]
-    chat = _chat(state.request, items, history)
+    chat = _chat(state.request, state.items, history)
     call.params = _convert(chat, ChatRequest)
     call.body = chat
 
@@ -410,7 +416,8 @@ def render(call: Call, body: JSON) -> bytes:
     """
     state = pending(call)
     state.response = from_canonical(body, state, call.model)
-    return _encode(state.response)
+    state.encoded = _encode(state.response)
+    return state.encoded
 
 
 def from_canonical(body: JSON, state: Pending, model: str) -> JSON:
@@ -587,6 +594,7 @@ def record(
         input_items=state.input_items,
         output_items=list(state.response.get("output") or ()),
         response=state.response,
+        encoded=state.encoded,
     )
 
 
@@ -597,7 +605,7 @@ def not_found(response_id: str) -> NotFound:
 
 def stored_body(found: ResponseRecord) -> bytes:
     """``GET /v1/responses/{id}``'s answer: the Response object as it was stored."""
-    return _encode(found.response)
+    return found.encoded or _encode(found.response)
 
 
 def deleted_body(response_id: str) -> bytes:

@@ -12,7 +12,7 @@ comes back is exactly what was stored, on SQLite and PostgreSQL alike.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -46,6 +46,8 @@ class ResponseRecord:
     input_items: list[JSON]
     output_items: list[JSON]
     response: JSON
+    # ``response`` as JSON when it is at hand (encoded once: for the row, for GET)
+    encoded: bytes | None = field(default=None, compare=False, repr=False)
 
 
 class ResponseStore:
@@ -168,7 +170,7 @@ def _row(record: ResponseRecord) -> dict[str, Any]:
         "previous_response_id": record.previous_response_id,
         "input_items": _encode(record.input_items),
         "output_items": _encode(record.output_items),
-        "response": _encode(record.response),
+        "response": record.encoded or _encode(record.response),
     }
 
 
@@ -206,4 +208,5 @@ def _record(row: Any) -> ResponseRecord:
         input_items=_decode(row["input_items"]),
         output_items=_decode(row["output_items"]),
         response=_decode(row["response"]),
+        encoded=row["response"],
     )

@@ -5,6 +5,10 @@ database never delays or fails an answer. Saves are gathered for
 ``batch_window`` seconds and written in one transaction: one insert per batch
 rather than a transaction per answer, which is most of what storing costs.
 
+A request that continues a response still waiting in this worker (an agent's
+tool loop answers within milliseconds) does not wait out the window: asking
+for it writes the batch at once.
+
 A save that fails (the database is down) is logged as a warning with the
 responses' ids, and they are not stored: ``previous_response_id`` and ``GET``
 then answer 404 for them, as for any response that is not stored. A request
@@ -29,7 +33,7 @@ from relaygate.store.responses import ResponseRecord, ResponseStore
 
 __all__ = ["BATCH_WINDOW", "MAX_PENDING", "PURGE_EVERY", "ResponseKeeper"]
 
-BATCH_WINDOW = 0.02  # seconds saves are gathered before they are written together
+BATCH_WINDOW = 0.05  # seconds saves are gathered before they are written together
 MAX_PENDING = 10_000  # saves waiting at most (beyond: dropped, with a warning)
 PURGE_EVERY = 3600.0  # seconds between purges of expired responses
 
@@ -54,6 +58,7 @@ class ResponseKeeper:
         self._queue: list[ResponseRecord] = []
         self._waiting: dict[_Key, asyncio.Future[None]] = {}  # saves queued or being written
         self._wake = asyncio.Event()
+        self._now = asyncio.Event()  # a reader waits for a queued save: write without waiting
         self._closing = False
         self._writer: asyncio.Task[None] | None = None
         self._purger: asyncio.Task[None] | None = None
@@ -79,6 +84,7 @@ class ResponseKeeper:
         """Wait for this worker's save of that response, if one is waiting or running."""
         found = self._waiting.get((owner, response_id))
         if found is not None:
+            self._now.set()
             await asyncio.shield(found)
 
     async def settle(self) -> None:
@@ -93,6 +99,7 @@ class ResponseKeeper:
                 await self._purger
         self._closing = True
         self._wake.set()
+        self._now.set()
         if self._writer is None:
             return
         try:
@@ -105,9 +112,11 @@ class ResponseKeeper:
         """Gather saves for ``batch_window``, write them in one transaction, again."""
         while not (self._closing and not self._queue):
             await self._wake.wait()
-            if not self._closing:
-                await asyncio.sleep(self.batch_window)
+            if not self._closing and not self._now.is_set():
+                with contextlib.suppress(TimeoutError):  # a reader asking ends the wait early
+                    await asyncio.wait_for(self._now.wait(), self.batch_window)
             self._wake.clear()
+            self._now.clear()
             batch, self._queue = self._queue, []
             if batch:
                 await self._write(batch)

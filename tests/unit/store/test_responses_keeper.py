@@ -127,6 +127,27 @@ async def test_saves_close_together_are_one_transaction(store: ResponseStore) ->
         assert await store.get(f"resp_{n}", "ten_a") is not None
 
 
+async def test_a_reader_waiting_for_a_save_has_the_batch_written_at_once(
+    store: ResponseStore,
+) -> None:
+    """An agent's tool loop continues a response within milliseconds: asking for a save
+    still waiting writes the batch then, not when the window ends (here, an hour)."""
+    counting = CountingStore(store.engine)
+    counting.batches = []
+    keeper = ResponseKeeper(counting, LOG, batch_window=3600, purge_every=3600)
+    keeper.start()
+    keeper.save(make("resp_1", expires=None))
+    keeper.save(make("resp_2", expires=None))
+    await asyncio.wait_for(keeper.saved("resp_2", "ten_a"), timeout=10)
+    assert counting.batches == [2]
+    assert await store.get("resp_1", "ten_a") is not None
+    keeper.save(make("resp_3", expires=None))  # the next batch waits for its window again
+    await asyncio.sleep(0.05)
+    assert counting.batches == [2]
+    await keeper.aclose(drain_timeout=5)
+    assert counting.batches == [2, 1]
+
+
 async def test_a_keeper_not_running_refuses_saves_out_loud(
     store: ResponseStore, caplog: pytest.LogCaptureFixture
 ) -> None:
