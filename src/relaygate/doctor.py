@@ -31,6 +31,7 @@ import msgspec
 from relaygate import __version__
 from relaygate.errors import ConfigError
 from relaygate.providers.anthropic import ANTHROPIC_VERSION
+from relaygate.schema.requests import ollama_tagged
 from relaygate.settings import DeploymentConfig, Settings, load_settings
 
 __all__ = ["CHECK_TIMEOUT", "Finding", "diagnose", "run"]
@@ -438,10 +439,8 @@ def _upstream_model(dep: DeploymentConfig, name: str) -> str:
 
 
 def _canonical(provider: str, name: str) -> str:
-    """Ollama names default to the ``latest`` tag: ``llama3.2`` is ``llama3.2:latest``."""
-    if provider != "ollama" or ":" in name.rsplit("/", 1)[-1]:
-        return name
-    return f"{name}:latest"
+    """The name as the provider lists it (Ollama's carry a tag, ``latest`` by default)."""
+    return ollama_tagged(name) if provider == "ollama" else name
 
 
 def _model_names(provider: str, body: object) -> set[str]:

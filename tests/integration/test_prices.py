@@ -62,6 +62,11 @@ def test_the_examples_are_the_seeds() -> None:
     providers = {d.provider for m in seed4.models for d in m.deployments}
     assert providers == {"openai", "gemini", "ollama", "openwebui", "mock"}
     assert all(m.fallbacks for m in seed4.models if m.name != "mock")
+    # Several GPU machines in one pool, which the local models are served from.
+    assert len(seed4.pools["gpus"].nodes) >= 2
+    assert {d.pool for m in seed4.models for d in m.deployments if d.provider == "ollama"} == {
+        "gpus"
+    }
 
 
 def test_an_example_without_its_secret_is_refused_by_name() -> None:

@@ -212,6 +212,41 @@ async def test_seed_002_health_and_every_chat_example() -> None:
     assert [r.get("options", {}).get("num_predict") for r in local] == [50, None]
 
 
+# seed 004 (the Cafe): its GPU machines as one pool of Ollama nodes
+
+
+async def test_seed_004_gpu_pool_spreads_the_load_and_survives_a_machine_going_off() -> None:
+    async with (
+        FakeOllama(models=["mistral"], service_time=0.05) as mac,
+        FakeOllama(models=["mistral"], service_time=0.05) as box,
+    ):
+        settings = await asyncio.to_thread(
+            load_settings, EXAMPLES / "seed-004-cafe.yaml",
+            environ={**ENV, "OPENAI_API_KEY": "sk-example-openai-key-0123456789",
+                     "OPENWEBUI_API_KEY": "ow-example-openwebui-key-0123456789",
+                     "OLLAMA_URL": mac.base_url, "OLLAMA_URL_2": box.base_url},
+        )  # fmt: skip
+        models = [msgspec.to_builtins(m) for m in settings.models]
+        pools = msgspec.to_builtins(settings.pools)
+        async with running_gateway(make_settings(models, pools=pools)) as gateway:
+            _, key = await new_key(gateway)
+            bearer = {**JSON, "Authorization": f"Bearer {key}"}
+            ask = {"model": "mistral", "messages": [{"role": "user", "content": "Hi"}]}
+            # Eight at once: each machine answers two at a time (max_concurrency), so
+            # both are busy and the rest wait in the queue for a slot.
+            together = await asyncio.gather(
+                *(call(gateway, "POST", "/v1/chat/completions", bearer, ask) for _ in range(8))
+            )
+            spread = (mac.served, box.served)
+            await mac.__aexit__(None, None, None)  # the Mac is switched off
+            after = [
+                await call(gateway, "POST", "/v1/chat/completions", bearer, ask) for _ in range(4)
+            ]
+    assert [status for status, _ in together + after] == [200] * 12
+    assert sum(spread) == 8 and min(spread) >= 1, spread
+    assert box.served - spread[1] == 4  # every later answer came from the machine still on
+
+
 # seed 003 (the FastAPI Ollama gateway), its shipped configuration
 
 

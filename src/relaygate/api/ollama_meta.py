@@ -45,7 +45,7 @@ from relaygate.errors import (
 )
 from relaygate.providers.ollama import OllamaProvider
 from relaygate.routing.pools import NodeProvider
-from relaygate.schema.requests import ModelName
+from relaygate.schema.requests import ModelName, ollama_tagged
 
 if TYPE_CHECKING:
     from relaygate.routing.router import Deployment, Model
@@ -147,7 +147,7 @@ class OllamaMeta:
             {"name": public, "model": public, **{k: entry[k] for k in _PS_FIELDS if k in entry}}
             for (_, names), running in zip(nodes, answers, strict=True)
             for entry in running
-            for public in names.get(_canonical(_entry_name(entry)), ())
+            for public in names.get(ollama_tagged(_entry_name(entry)), ())
         ]
         return {"models": listed}
 
@@ -260,7 +260,7 @@ def public_modelfile(modelfile: str, upstream: str, public: str) -> str:
     else changes (the blob path, other text that happens to contain the name)."""
     if upstream == public or not upstream:
         return modelfile
-    names = sorted({upstream, _canonical(upstream)}, key=len, reverse=True)
+    names = sorted({upstream, ollama_tagged(upstream)}, key=len, reverse=True)
     pattern = "|".join(re.escape(n) for n in names)
     line = re.compile(rf"^(#[ \t]*FROM[ \t]+)(?:{pattern})[ \t]*$", re.MULTILINE)
     return line.sub(lambda m: m.group(1) + public, modelfile)  # the name as is, never a template
@@ -278,7 +278,7 @@ def _nodes(
             if provider is None:
                 continue
             _, names = found.setdefault(provider.base_url, (deployment, {}))
-            public = names.setdefault(_canonical(deployment.upstream_model), [])
+            public = names.setdefault(ollama_tagged(deployment.upstream_model), [])
             if model.name not in public:
                 public.append(model.name)
     return list(found.values())
@@ -287,12 +287,6 @@ def _nodes(
 def _entry_name(entry: JSON) -> str:
     name = entry.get("model") or entry.get("name")
     return name if isinstance(name, str) else ""
-
-
-def _canonical(name: str) -> str:
-    """Ollama names default to the ``latest`` tag: ``llama3.2`` is ``llama3.2:latest``."""
-    last = name.rsplit("/", 1)[-1]
-    return name if ":" in last or not name else f"{name}:latest"
 
 
 def _timestamp(seconds: float) -> str:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from relaygate.errors import NodeBusy
 from relaygate.routing.health import Health
+from relaygate.schema.requests import ollama_tagged
 from relaygate.settings import PoolConfig, RoutingConfig
 
 if TYPE_CHECKING:
@@ -249,10 +250,21 @@ class Pool:
 
     def has(self, model: str) -> bool:
         """Whether some node can serve ``model`` now."""
+        model = self.listed_as(model)
         return any(n.routable(model) for n in self.nodes)
 
     def order(self, model: str) -> list[Node]:
-        return order_nodes(self.nodes, model, self.config.balance)
+        return order_nodes(self.nodes, self.listed_as(model), self.config.balance)
+
+    def listed_as(self, model: str) -> str:
+        """``model`` as the nodes list it: Ollama lists ``mistral`` as ``mistral:latest``
+        (and answers to both), so a deployment may name either."""
+        if self.config.provider != "ollama":
+            return model
+        tagged = ollama_tagged(model)
+        if tagged == model or not any(tagged in n.models for n in self.nodes):
+            return model
+        return tagged
 
     def ejected(self) -> int:
         return sum(1 for n in self.nodes if n.state == "ejected")

@@ -35,6 +35,7 @@ __all__ = [
     "Tool",
     "content_parts_error",
     "embedding_inputs",
+    "ollama_tagged",
 ]
 
 # Bounds no real request reaches, that the arithmetic downstream holds: token counts are
@@ -49,6 +50,15 @@ Probability = Annotated[float, msgspec.Meta(ge=0, le=1)]
 Penalty = Annotated[float, msgspec.Meta(ge=-2, le=2)]
 Seed = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 ModelName = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+
+
+def ollama_tagged(name: str) -> str:
+    """Ollama names default to the ``latest`` tag: ``llama3.2`` is ``llama3.2:latest``
+    (what Ollama's /api/tags lists for it; a registry path's last part holds the tag)."""
+    last = name.rsplit("/", 1)[-1]
+    return name if ":" in last or not name else f"{name}:latest"
+
+
 Stop = str | Annotated[list[str], msgspec.Meta(max_length=16)]
 Kind = Literal["chat", "completion", "embedding"]
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -302,3 +303,25 @@ def test_never_a_node_without_the_model_never_more_ejected_than_the_cap(
             assert len({id(n) for n in chosen}) == len(chosen)  # each node once
             expected = {id(n) for n in pool.nodes if n.state == "healthy" and model in n.models}
             assert {id(n) for n in chosen} == expected  # and every such node is a candidate
+
+
+_NAME = st.from_regex(r"[a-z][a-z0-9.\-]{0,15}(/[a-z][a-z0-9.\-]{0,15})?", fullmatch=True)
+_TAG = st.from_regex(r"[a-z0-9][a-z0-9._\-]{0,10}", fullmatch=True)
+
+
+@given(name=_NAME, tag=st.none() | _TAG)
+def test_an_ollama_pool_finds_a_model_named_with_or_without_its_latest_tag(
+    name: str, tag: str | None
+) -> None:
+    """Ollama's /api/tags lists ``mistral`` as ``mistral:latest`` and answers to both: a
+    deployment naming either reaches the node; another tag is another model."""
+    pool = make_pool(1)
+    listed = f"{name}:{tag or 'latest'}"
+    healthy(pool, pool.nodes[0], {listed})
+    assert pool.has(listed) and pool.order(listed) == pool.nodes
+    assert pool.has(name) is (tag in (None, "latest"))
+    assert pool.has(f"{name}:other-{tag}") is False
+    openai = Pool("o", msgspec.structs.replace(pool.config, provider="openai"), ROUTING)
+    openai.add(Member("v"))
+    healthy(openai, openai.nodes[0], {name})  # vLLM and the like: names are exact
+    assert openai.has(name) and not openai.has(f"{name}:latest")
