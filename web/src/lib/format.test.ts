@@ -6,6 +6,7 @@ import {
   formatRate,
   formatTime,
   formatTokens,
+  limitLabel,
   maskSecret,
 } from './format'
 
@@ -47,5 +48,17 @@ describe('formatting', () => {
     expect(formatTokens(12, 30)).toBe('12 in · 30 out')
     expect(maskSecret('rg_abcdefghijklmnopqrstuvwxyz')).toBe('rg_abcde…wxyz')
     expect(maskSecret('short')).toBe('•••••')
+  })
+})
+
+describe('limitLabel', () => {
+  it('names a key limit and a tenant limit in words', () => {
+    expect(limitLabel('requests_per_hour')).toBe('Requests this hour')
+    expect(limitLabel('requests_per_month for tenant')).toBe('Requests this month (tenant)')
+    expect(limitLabel('budget_per_month for tenant')).toBe('Budget this month (tenant)')
+  })
+  it('shows a rule it does not know as it is', () => {
+    expect(limitLabel('gpu_minutes')).toBe('gpu_minutes')
+    expect(limitLabel('gpu_minutes for tenant')).toBe('gpu_minutes (tenant)')
   })
 })

@@ -59,3 +59,24 @@ export function maskSecret(secret: string): string {
   if (secret.length <= 12) return '•'.repeat(secret.length)
   return `${secret.slice(0, 8)}…${secret.slice(-4)}`
 }
+
+/** Names of the limits a key's /auth/limits lists. */
+const LIMIT_NAMES: Record<string, string> = {
+  requests_per_minute: 'Requests this minute',
+  requests_per_hour: 'Requests this hour',
+  requests_per_month: 'Requests this month',
+  tokens_per_minute: 'Tokens this minute',
+  tokens_per_month: 'Tokens this month',
+  max_concurrent: 'Concurrent requests',
+  budget_per_month: 'Budget this month',
+}
+
+const TENANT_SUFFIX = ' for tenant'
+
+/** "requests_per_month for tenant" (the tenant's own limit) → "Requests this month (tenant)". */
+export function limitLabel(name: string): string {
+  const tenant = name.endsWith(TENANT_SUFFIX)
+  const rule = tenant ? name.slice(0, -TENANT_SUFFIX.length) : name
+  const label = LIMIT_NAMES[rule] ?? rule
+  return tenant ? `${label} (tenant)` : label
+}

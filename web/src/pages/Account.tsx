@@ -5,18 +5,15 @@ import { useMutation, useQuery, useQueryClient } from '@tanstack/react-query'
 import type { FormEvent, ReactNode } from 'react'
 import { api, ApiError, listOf, type LimitFigure, type Json } from '../api/client'
 import { ErrorNote, Loading, Section, Stat } from '../components/common'
-import { formatCost, formatCount, formatMs, formatRate, formatTime } from '../lib/format'
+import {
+  formatCost,
+  formatCount,
+  formatMs,
+  formatRate,
+  formatTime,
+  limitLabel,
+} from '../lib/format'
 import { useSession } from '../session'
-
-const LIMIT_NAMES: Record<string, string> = {
-  requests_per_minute: 'Requests this minute',
-  requests_per_hour: 'Requests this hour',
-  requests_per_month: 'Requests this month',
-  tokens_per_minute: 'Tokens this minute',
-  tokens_per_month: 'Tokens this month',
-  max_concurrent: 'Concurrent requests',
-  budget_per_month: 'Budget this month',
-}
 
 function isFigure(value: unknown): value is LimitFigure {
   return !!value && typeof value === 'object' && 'used' in value && 'limit' in value
@@ -115,7 +112,7 @@ export function Account() {
               return (
                 <li key={name}>
                   <div className="limit-head">
-                    <span>{LIMIT_NAMES[name] ?? name}</span>
+                    <span>{limitLabel(name)}</span>
                     <span>
                       {f.limit == null
                         ? 'no limit'
@@ -126,7 +123,7 @@ export function Account() {
                     <progress
                       max={1}
                       value={share}
-                      aria-label={`${LIMIT_NAMES[name] ?? name}: ${show(f.used)} used`}
+                      aria-label={`${limitLabel(name)}: ${show(f.used)} used`}
                     />
                   ) : null}
                   {f.window_reset ? (
