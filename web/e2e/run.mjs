@@ -334,7 +334,13 @@ try {
   await user.getByText('Hello gateway, tell me about streaming').first().waitFor()
   await user.getByRole('link', { name: 'My account' }).click()
   await user.getByText('Tier:').waitFor()
-  await user.getByText('Requests this hour').waitFor()
+  await user.getByText('Requests this hour', { exact: true }).waitFor()
+  // The tenant's own limits read in words too, marked as the tenant's.
+  await user
+    .getByText(/^Requests this (hour|month) \(tenant\)$/)
+    .first()
+    .waitFor()
+  assert.equal(await user.getByText(/ for tenant/).count(), 0)
   await user.getByText(/left of 50$/).waitFor() // the limit the admin set
   assert.match(await user.getByText('Tier:').textContent(), /pro/)
 
