@@ -64,6 +64,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--burst-conns", type=int, default=256, help="connections per wrk in burst")
     p.add_argument("--out", type=Path, default=OUT_DIR)
     p.add_argument("--results", type=Path, default=BENCH_DIR / "RESULTS.md")
+    p.add_argument(
+        "--rerender",
+        type=Path,
+        metavar="SAMPLES_JSON",
+        help="judge and plot an earlier run's samples.json again, without running anything",
+    )
     return p.parse_args(argv)
 
 
@@ -109,15 +115,17 @@ class Replica(Gateway):
         self.env["RELAYGATE_HTTP__MAX_IN_FLIGHT"] = str(self.cap)
 
 
-def calibrate(streams: list[Stream], headers: dict[str, str], t0: float) -> float:
+def calibrate(
+    streams: list[Stream], headers: dict[str, str], t0: float
+) -> tuple[float, list[Chunk]]:
     """Closed-loop capacity of both replicas under the mix, in req/s: after 5 s of warm-up,
     wrk -c16 on every stream for 10 s at once (paced far beyond reach: it never waits)."""
     for s in streams:
         s.rate = 100_000.0
     # Warm-up first: the first requests pay for imports, pools and the key lookup.
-    run_chunk(streams, headers, phase="warm-up", t0=t0, seconds=5, factor=1, conns=4)
+    warm = run_chunk(streams, headers, phase="warm-up", t0=t0, seconds=5, factor=1, conns=4)
     chunks = run_chunk(streams, headers, phase="calibrate", t0=t0, seconds=10, factor=1, conns=16)
-    return sum(c.rps for c in chunks)
+    return sum(c.rps for c in chunks), warm + chunks
 
 
 def set_rates(streams: list[Stream], total: float) -> None:
@@ -204,7 +212,7 @@ def soak(
     sampler = Sampler([(r.pid, r.base) for r in replicas], t0, args.sample_seconds)
     sampler.start()
     try:
-        capacity = calibrate(streams, headers, t0)
+        capacity, setup = calibrate(streams, headers, t0)
         total = args.rate or capacity * args.load
         set_rates(streams, total)
         print(f"   capacity {capacity:,.0f} req/s (closed loop, c=16 per stream); offering "
@@ -227,6 +235,7 @@ def soak(
         "offered_rps": total,
         "steady": (steady_start, steady_end),
         "chunks": chunks,
+        "setup_chunks": setup,  # warm-up and calibration: not judged, but they made records
         "samples": sampler.samples,
         "rates": {f"{s.kind} replica {s.replica}": s.rate for s in streams},
     }
@@ -243,9 +252,21 @@ def outbox_line(samples: list[dict[str, Any]]) -> str:
     return "Usage outbox backlog (records): " + "; ".join(parts) + "."
 
 
-def write(
-    args: argparse.Namespace, info: dict[str, Any], started: dt.datetime, wall: float
-) -> bool:
+def commands(info: dict[str, Any]) -> list[str]:
+    """The replicas' command lines and one wrk run of each kind, steady and burst."""
+    lines = ["Commands (replica 0's wrk runs; replica 1's differ only in the port):", "", "```"]
+    lines += [line.removeprefix("Gateway: ").strip("`") for line in info.get("replicas", [])]
+    seen = set()
+    for c in info["chunks"]:
+        if c.replica == 0 and c.phase in ("steady", "burst") and (c.phase, c.kind) not in seen:
+            seen.add((c.phase, c.kind))
+            lines.append(f"# {c.phase}, {c.kind}\n{c.command}")
+    return [*lines, "```"]
+
+
+def write(args: argparse.Namespace, info: dict[str, Any]) -> bool:
+    started = dt.datetime.fromisoformat(info["started"])
+    wall = float(info["wall_s"])
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     chunks: list[Chunk] = info["chunks"]
@@ -253,7 +274,7 @@ def write(
     flat = flatness(samples, info["steady"], 2)
     judged, figures = burst_and_recovery(chunks, samples, pre_burst_s=60)
     verdicts = flat + judged
-    ok2xx = sum(c.ok for c in chunks)
+    ok2xx = sum(c.ok for c in [*chunks, *info["setup_chunks"]])
     rows = info.get("usage_rows", {})
     usage_ok = sum(n for s, n in rows.items() if s.startswith("2"))
     minutes = args.minutes
@@ -272,7 +293,7 @@ def write(
         "## Soak: two replicas, steady load, a burst at ten times it, recovery (`make soak`)",
         "",
         f"Ran {started:%Y-%m-%d %H:%M} UTC, {wall / 60:.1f} minutes in all, with "
-        f"`{cmdline(['.venv/bin/python', 'bench/soak.py', *sys.argv[1:]])}`.{quiet}",
+        f"`{info['command']}`.{quiet}",
         "The machine is shared (2 CPUs with other work, and load generator, nginx, both",
         "replicas, PostgreSQL and Redis on them): absolute rates are this machine's, not the",
         "gateway's; the judgements compare the run with itself.",
@@ -301,14 +322,22 @@ def write(
         " before the burst.",
         f"Usage records in PostgreSQL after both replicas stopped: {sum(rows.values()):,} "
         f"({usage_ok:,} with a 2xx status) for {ok2xx:,} 2xx responses counted by the clients"
-        f" (calibration included); by status: {json.dumps(rows, sort_keys=True)}.",
+        f" (warm-up and calibration included); by status: {json.dumps(rows, sort_keys=True)}."
+        " A 499 is a request whose client left before the answer ended: wrk closes its"
+        " connections at the end of each run, cutting the requests still in flight (most in"
+        " the burst); a request answered 200 just as its run ended has a record but was not"
+        " counted by wrk.",
         outbox_line(samples),
+        "",
+        *commands(info),
         MARK_END,
     ]
     text = report._rel("\n".join(lines))
     (out / "summary.md").write_text(text.replace("](soak/", "](") + "\n")
-    raw = {k: v for k, v in info.items() if k not in ("chunks",)}
+    raw = {k: v for k, v in info.items() if k not in ("chunks", "setup_chunks", "verdicts")}
+    raw["args"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     raw["chunks"] = [asdict(c) for c in chunks]
+    raw["setup_chunks"] = [asdict(c) for c in info["setup_chunks"]]
     raw["verdicts"] = [asdict(v) for v in verdicts]
     (out / "samples.json").write_text(report._rel(json.dumps(raw, indent=1, default=str)))
     results: Path = args.results
@@ -324,8 +353,22 @@ def write(
     return all(v.passed is not False for v in verdicts)
 
 
+def load(args: argparse.Namespace) -> dict[str, Any]:
+    """An earlier run (its samples.json) as run() returned it; its settings into ``args``."""
+    info: dict[str, Any] = json.loads(args.rerender.read_text())
+    for key, value in info["args"].items():
+        if key not in ("out", "results", "rerender"):
+            setattr(args, key, value)
+    info["chunks"] = [Chunk(**c) for c in info["chunks"]]
+    info["setup_chunks"] = [Chunk(**c) for c in info.get("setup_chunks", [])]
+    info["steady"] = tuple(info["steady"])
+    return info
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    if args.rerender:
+        return 0 if write(args, load(args)) else 1
     started, t0 = dt.datetime.now(dt.UTC), time.monotonic()
     try:
         info = run(args)
@@ -334,7 +377,10 @@ def main(argv: list[str]) -> int:
         return 2
     finally:
         procs.stop_all()
-    return 0 if write(args, info, started, time.monotonic() - t0) else 1
+    info["started"] = started.isoformat()
+    info["wall_s"] = round(time.monotonic() - t0, 1)
+    info["command"] = cmdline([".venv/bin/python", "bench/soak.py", *argv])
+    return 0 if write(args, info) else 1
 
 
 if __name__ == "__main__":

@@ -267,6 +267,7 @@ async def test_uvicorn_state_the_protocol_reads() -> None:
     protocol, _ = connect()
     assert protocol.parser is not None and protocol.cycle is None
     assert protocol in protocol.server_state.connections
+    assert protocol.tasks is protocol.server_state.tasks  # the in-flight count (max_in_flight)
     protocol.data_received(b"GET /x?y HTTP/1.1\r\n")
     assert protocol.url == b"/x?y"
     protocol.data_received(b"\r\n")
