@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint fmt bench services clean mutation ui web-deps web-test browser
+.PHONY: run test lint fmt bench soak services clean mutation ui web-deps web-test browser
 
 # The web UI (web/, TypeScript): built into the package (src/relaygate/ui/site), which is
 # committed, so an installed relaygate serves it without Node. Rebuilt here when a source
@@ -75,6 +75,13 @@ test: $(STAMP) services lint web-test browser $(UI_BUILD)
 # Missing load tools stop the bench with the apt-get command to run; INSTALL=1 runs it (as root).
 bench: $(STAMP)
 	$(BIN)/python bench/run.py $(if $(INSTALL),--install)
+
+# Soak (outside CI): two replicas on PostgreSQL + Redis for MINUTES (default 30), a burst at
+# ten times the load, recovery; plots and verdicts in bench/soak/ and bench/RESULTS.md.
+# matplotlib (the `bench` extra) draws the plots. Needs `make services` (PostgreSQL, Redis).
+soak: $(STAMP) services
+	@$(BIN)/python -c "import matplotlib" 2>/dev/null || $(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python bench/soak.py $(if $(MINUTES),--minutes $(MINUTES))
 
 # Mutation testing of the modules that guard users (slow, not part of `make test`; see
 # docs/testing.md). The modules and tests are in pyproject.toml, [tool.mutmut].

@@ -173,7 +173,8 @@ def output_path(args: argparse.Namespace) -> Path:
 def write_results(path: Path, sections: list[Section], started: dt.datetime, t0: float) -> None:
     argv = cmdline([".venv/bin/python", "bench/run.py", *sys.argv[1:]])
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(report.render(sections, started, time.monotonic() - t0, argv))
+    text = report.render(sections, started, time.monotonic() - t0, argv)
+    path.write_text(text + report.kept_soak_section(path))
     raw = {s.key: {"data": s.data, "error": s.error} for s in sections}
     (WORK_DIR / "results.json").write_text(json.dumps(raw, indent=2, default=str))
     print(f"wrote {path} and {WORK_DIR / 'results.json'}", flush=True)

@@ -121,3 +121,19 @@ def _relative(path: str) -> str:
         return str(Path(path).relative_to(root))
     except ValueError:
         return Path(path).name
+
+
+SOAK_BEGIN, SOAK_END = "<!-- soak:begin -->", "<!-- soak:end -->"
+
+
+def kept_soak_section(path: Path) -> str:
+    """The soak's section of the RESULTS.md being replaced (bench/soak.py writes it between
+    these markers), to append to the new one: `make bench` does not rerun the soak."""
+    try:
+        old = path.read_text()
+    except OSError:
+        return ""
+    if SOAK_BEGIN not in old or SOAK_END not in old:
+        return ""
+    block = old.split(SOAK_BEGIN, 1)[1].split(SOAK_END, 1)[0]
+    return f"\n\n{SOAK_BEGIN}{block}{SOAK_END}\n"

@@ -10,6 +10,7 @@ from .cache_sections import cache_cost
 from .common import Options, Section
 from .http_sections import latency, open_loop, throughput
 from .node_sections import nodes_scaling
+from .peer_sections import peers
 from .stream_sections import held_streams, idle_rss, streaming
 from .tunnel_sections import node_cost
 from .usage_sections import usage_cost
@@ -30,4 +31,5 @@ SECTIONS: dict[str, tuple[str, Callable[[Section, Options], None]]] = {
         "12. Dial-out node: added time to first chunk, 200 streams via one agent",
         node_cost,
     ),
+    "peers": ("13. Side by side: relaygate, LiteLLM and Portkey, 1 worker each", peers),
 }

@@ -27,6 +27,7 @@ msgspec, asyncio timeouts) are translated at one boundary each, never leaked.
     ├── StoreUnavailable             503 (the database cannot answer a needed read)
     ├── NoHealthyDeployment          503
     ├── TooManyConnections           503 (the worker's connection cap; Retry-After: 1)
+    ├── Overloaded                   503 (the worker's in-flight cap; Retry-After: 1)
     └── ConfigError                  not an HTTP error: ``serve`` exits with code 2
 """
 
@@ -45,6 +46,7 @@ __all__ = [
     "NoHealthyDeployment",
     "NodeBusy",
     "NotFound",
+    "Overloaded",
     "PayloadTooLarge",
     "PermissionDenied",
     "RateLimited",
@@ -332,6 +334,17 @@ class TooManyConnections(RelaygateError):
     status = 503
     type = "service_unavailable"
     code = "too_many_connections"
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"retry-after", b"1")]
+
+
+class Overloaded(RelaygateError):
+    """The worker serves ``http.max_in_flight`` requests already: shed, retry shortly."""
+
+    status = 503
+    type = "service_unavailable"
+    code = "overloaded"
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         return [(b"retry-after", b"1")]

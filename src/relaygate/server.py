@@ -13,7 +13,11 @@ uvicorn bounds none of these by itself; one protocol class does, per connection
 * a body still arriving when its answer is complete (413, or a 401 sent before
   the body was read) is never drained: the connection closes;
 * ``max_connections`` per worker: one more connection is answered 503 with
-  ``Retry-After: 1`` at once, and closed.
+  ``Retry-After: 1`` at once, and closed;
+* ``max_in_flight`` per worker (when set): a request arriving while that many are
+  being served is answered 503 with ``Retry-After: 1`` once its headers are in, before
+  any route runs or its body is read, and its connection closed (load shedding);
+  the operational routes (``NEVER_SHED``) are always served.
 
 ``relaygate serve`` and the tests both build their server here, listening on the
 main address and, when ``ops.listen`` is set, on the operational one.
@@ -37,6 +41,7 @@ from relaygate.errors import (
     ConfigError,
     HeadersTooLarge,
     InvalidRequest,
+    Overloaded,
     RelaygateError,
     RequestTimeout,
     TooManyConnections,
@@ -56,6 +61,9 @@ __all__ = [
 ]
 
 STARTUP_FAILURE = 3
+# Health checks and scrapes keep answering while requests are shed: a load balancer must
+# not take an overloaded worker for a dead one.
+NEVER_SHED = frozenset((b"/health", b"/ready", b"/metrics"))
 _IDLE, _HEAD, _BODY = 0, 1, 2  # which timer runs: none, the head's, the body's
 
 
@@ -216,8 +224,16 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         if len(self.headers) > self.limits.max_headers:
             raise _Refused(self._too_large("headers"))
+        cap = self.limits.max_in_flight
+        if cap is not None and len(self.tasks) >= cap and self._sheddable():
+            raise _Refused(
+                Overloaded("This server is busy with other requests; retry in a second.")
+            )
         self._head_left = None
         super().on_headers_complete()
+
+    def _sheddable(self) -> bool:
+        return self.url.split(b"?", 1)[0] not in NEVER_SHED
 
     def on_message_complete(self) -> None:
         self._head_left = self._head_limit

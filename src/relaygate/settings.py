@@ -542,6 +542,10 @@ class HttpConfig(_Config, kw_only=True):
     end of the headers to the last byte of the body. ``keep_alive_timeout``: the
     longest idle time between two requests. ``max_connections``: open connections per
     worker; one more is answered 503 with ``Retry-After: 1`` and closed at once.
+    ``max_in_flight``: requests a worker serves at once (streams included); one more is
+    answered 503 with ``Retry-After: 1`` as soon as its headers are in, and its connection
+    closed (load shedding). ``/health``, ``/ready`` and ``/metrics`` are never refused.
+    None (the default): no limit but ``max_connections``.
     """
 
     max_header_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1024**2)] = 32 * 1024
@@ -550,6 +554,7 @@ class HttpConfig(_Config, kw_only=True):
     body_timeout: ServerSeconds = 30.0
     keep_alive_timeout: ServerSeconds = 5.0
     max_connections: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 4096
+    max_in_flight: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] | None = None
 
 
 class OpsConfig(_Config, kw_only=True):

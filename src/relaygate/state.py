@@ -25,6 +25,7 @@ from relaygate.limits.base import Limiter
 from relaygate.limits.memory import MemoryLimiter
 from relaygate.limits.quotas import QuotaPrimer
 from relaygate.observability.logging import AccessLog
+from relaygate.observability.looplag import LoopLag
 from relaygate.observability.metrics import Metrics
 from relaygate.redact import install_log_scrubber
 from relaygate.routing.catalog import build_router, close_providers
@@ -80,6 +81,7 @@ class AppState:
     node_events: Events | None = None  # node token revocations, to every replica
     jwt: JWTVerifier | None = None
     access_log: AccessLog | None = None  # None: off, and no work per request
+    loop_lag: LoopLag | None = None  # relaygate_event_loop_lag_seconds
     draining: bool = False
 
     @property
@@ -171,6 +173,7 @@ async def open_state(settings: Settings, log: logging.Logger) -> AppState:
     await writer.start()
     tokenizer = LazyTokenizer(Path(usage.outbox_dir).parent / "tiktoken", log)
     admission = _admission(settings, client, metrics, log, engine)
+    loop_lag = LoopLag(metrics.registry)
     state = AppState(
         settings=settings,
         router=router,
@@ -190,6 +193,7 @@ async def open_state(settings: Settings, log: logging.Logger) -> AppState:
         jwt=jwt,
         access_log=AccessLog.from_settings(settings),
         hub=hub,
+        loop_lag=loop_lag,
     )
     if client is not None:
         _listen(state, client)
@@ -198,6 +202,7 @@ async def open_state(settings: Settings, log: logging.Logger) -> AppState:
     auth.start()
     state.responses.start()
     vault.start()
+    loop_lag.start()
     return state
 
 
@@ -241,6 +246,8 @@ def _watch_nodes(state: AppState) -> None:
 
 async def close_state(state: AppState) -> None:
     state.draining = True
+    if state.loop_lag is not None:
+        await state.loop_lag.aclose()
     await state.auth.aclose()
     await state.hub.aclose()
     if state.node_events is not None:

@@ -65,6 +65,7 @@ async def test_metrics_by_model_api_status(fake_openai: FakeOpenAI) -> None:
     errors = (("deployment", "m#2"), ("kind", "connect"))
     assert s[("relaygate_upstream_errors_total", errors)] >= 1
     assert s[("relaygate_in_flight_requests", (("api", "openai"),))] == 0
+    assert s[("relaygate_event_loop_lag_seconds", ())] >= 0  # exposed from the start
 
 
 async def test_in_flight_counts_open_streams(fake_openai: FakeOpenAI) -> None:

@@ -161,6 +161,70 @@ async def test_connections_over_the_cap_get_503_at_once() -> None:
     assert not state.connections
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    cap=st.integers(1, 4),
+    paths=st.lists(
+        st.sampled_from(["/v1/chat/completions", "/health", "/metrics?x=1", "/ready"]),
+        min_size=1,
+        max_size=8,
+    ),
+)
+async def test_requests_over_the_in_flight_cap_are_shed_with_503(
+    cap: int, paths: list[str]
+) -> None:
+    """While ``max_in_flight`` requests are being served, another one gets 503 with
+    Retry-After: 1 and its connection closed, before the app sees it, unless it is an
+    operational route (/health, /ready, /metrics), which are always served. Once the
+    running ones finish, requests are served again."""
+    release = asyncio.Event()
+    seen: list[str] = []
+
+    async def held_app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope["path"])
+        await release.wait()
+        await ok_app(scope, receive, send)
+
+    config = ServerConfig(
+        held_app, limits=HttpConfig(max_in_flight=cap), lifespan="off",
+        log_level="warning", access_log=False,
+    )  # fmt: skip
+    state, loop = ServerState(), asyncio.get_running_loop()
+    running, shed = 0, []
+    opened = []
+    for path in paths:
+        protocol, transport = GuardedHttpProtocol(config, state, {}, loop), FakeTransport()
+        protocol.connection_made(transport)
+        protocol.data_received(f"GET {path} HTTP/1.1\r\n\r\n".encode())
+        opened.append((protocol, transport))
+        operational = path.split("?")[0] in ("/health", "/ready", "/metrics")
+        if running >= cap and not operational:
+            shed.append(path)
+            assert status_of(bytes(transport.written)) == 503
+            assert b"retry-after: 1\r\n" in transport.written
+            body = transport.written.split(b"\r\n\r\n", 1)[1]
+            assert msgspec.json.decode(body)["error"]["code"] == "overloaded"
+            assert transport.closed
+        else:
+            running += 1
+            assert not transport.closed and not transport.written
+        await asyncio.sleep(0)
+    assert len(seen) == len(paths) - len(shed)  # the shed ones never reached the app
+    release.set()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    for protocol, transport in opened:
+        if not transport.closed:
+            assert status_of(bytes(transport.written)) == 200
+        protocol.connection_lost(None)
+    # Below the cap again: a new request is served.
+    protocol, transport = GuardedHttpProtocol(config, state, {}, loop), FakeTransport()
+    protocol.connection_made(transport)
+    protocol.data_received(b"GET /v1/chat/completions HTTP/1.1\r\n\r\n")
+    await settle(protocol)
+    assert status_of(bytes(transport.written)) == 200
+
+
 def test_error_shape_follows_the_path() -> None:
     error = PayloadTooLarge(10)
     openai = msgspec.json.decode(protocol_error_body("/v1/chat/completions", error))
@@ -203,6 +267,7 @@ async def test_uvicorn_state_the_protocol_reads() -> None:
     protocol, _ = connect()
     assert protocol.parser is not None and protocol.cycle is None
     assert protocol in protocol.server_state.connections
+    assert protocol.tasks is protocol.server_state.tasks  # the in-flight count (max_in_flight)
     protocol.data_received(b"GET /x?y HTTP/1.1\r\n")
     assert protocol.url == b"/x?y"
     protocol.data_received(b"\r\n")
