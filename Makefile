@@ -14,6 +14,10 @@ WEB_SOURCES := $(shell find web/src web/public -type f 2>/dev/null) web/index.ht
 UI_BUILD    := src/relaygate/ui/site/index.html
 WEB_DEPS    := web/node_modules/.package-lock.json
 SCREENSHOTS := build/screenshots
+# The suite's files shared among one pytest process per core, at most four (pytest-xdist;
+# a file's tests stay together, so a module's gateway fixture starts once).
+# PYTEST_PARALLEL= (empty) runs them in one process.
+PYTEST_PARALLEL ?= --numprocesses=auto --maxprocesses=4 --dist=loadfile
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -69,7 +73,7 @@ services:
 # The browser tests (tests/e2e) fail rather than skip here: REQUIRE_E2E=1.
 test: $(STAMP) services lint web-test browser $(UI_BUILD)
 	rm -rf $(SCREENSHOTS)
-	REQUIRE_E2E=1 $(BIN)/pytest
+	REQUIRE_E2E=1 $(BIN)/pytest $(PYTEST_PARALLEL)
 	@echo "Screenshots of the web UI (desktop and phone): $(SCREENSHOTS)/"
 
 # Missing load tools stop the bench with the apt-get command to run; INSTALL=1 runs it (as root).
