@@ -42,9 +42,9 @@ from relaygate.asgi import (
 from relaygate.auth.credentials import read_credential
 from relaygate.cache.response import BYPASS
 from relaygate.errors import (
-    NoHealthyDeployment,
     RateLimited,
     RelaygateError,
+    ShuttingDown,
     UpstreamError,
     UpstreamStatusError,
     UpstreamTimeout,
@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from relaygate.routing.router import Deployment
     from relaygate.schema.requests import Call, Kind
     from relaygate.state import AppState
+    from relaygate.usage.record import Status
 
 __all__ = [
     "Hooks",
@@ -173,6 +174,7 @@ class _Outcome:
 
     model: str = "unknown"  # a configured name: bounded, fit for a metric label
     status: int = 500
+    error: RelaygateError | None = None  # what ended the request, when an error did
     ttfb: float | None = None
     admitted: bool = False  # authenticated: the request gets a usage record
     hit: Hit | None = None  # answered from the cache
@@ -212,13 +214,20 @@ class Pipeline:
         try:
             await self._serve(fmt, kind, scope, receive, send, served, outcome, hooks)
         except RelaygateError as exc:
-            outcome.status = exc.status
-            served.rejected = not isinstance(exc, UpstreamError | NoHealthyDeployment)
+            outcome.status, outcome.error = exc.status, exc
             if isinstance(exc, RateLimited):
                 state.metrics.ratelimited.labels(fmt.name).inc()
             await _send_error(send, fmt, exc, served.request_id)
         except ClientGone:
             outcome.status = 499
+        except asyncio.CancelledError:
+            # Not the client leaving (that is absorbed below): the server stopping this
+            # request, its drain time over. Nothing was sent yet (a started stream ends
+            # itself, in _relay), so it gets an answer now rather than a cut connection.
+            _uncancel()
+            error = ShuttingDown()
+            outcome.status, outcome.error = error.status, error
+            await _send_error(send, fmt, error, served.request_id)
         except Exception:
             state.log.exception("unexpected error serving request %s", served.request_id)
             await _send_error(send, fmt, _internal_error(served.request_id), served.request_id)
@@ -229,6 +238,7 @@ class Pipeline:
             record = None
             if outcome.admitted:
                 served.http_status, served.ttft = outcome.status, outcome.ttfb
+                served.status = _usage_status(outcome.error)
                 record = state.recorder.record(served)
             access = state.access_log  # None when off: no work
             if access is not None:
@@ -356,9 +366,10 @@ class Pipeline:
                 outcome.status = await _replay(fmt, call, hit, send)
                 outcome.ttfb = None
             elif call.stream:
-                outcome.status, outcome.ttfb = await self._stream(
+                outcome.error, outcome.ttfb = await self._stream(
                     fmt, call, plan, send, watch, hooks
                 )
+                outcome.status = 200 if outcome.error is None else outcome.error.status
             else:
                 outcome.status = await self._complete(fmt, call, plan, send, watch)
         except asyncio.CancelledError:
@@ -390,11 +401,12 @@ class Pipeline:
         send: Send,
         watch: DisconnectWatch,
         hooks: Hooks,
-    ) -> tuple[int, float | None]:
-        """Relay a stream; the client going away cancels the upstream call at once."""
+    ) -> tuple[RelaygateError | None, float | None]:
+        """Relay a stream; the client going away cancels the upstream call at once.
+        Returns the error that ended it after it started (None: complete) and its TTFB."""
         upstream = await open_stream(self.state, call)
         try:
-            return await self._relay(fmt, upstream, call, plan, send, hooks)
+            return await self._relay(fmt, upstream, call, plan, send, hooks, watch)
         finally:
             watch.close()
             await upstream.aclose()
@@ -407,7 +419,8 @@ class Pipeline:
         plan: Plan,
         send: Send,
         hooks: Hooks,
-    ) -> tuple[int, float | None]:
+        watch: DisconnectWatch,
+    ) -> tuple[RelaygateError | None, float | None]:
         started = time.perf_counter()
         headers = [*fmt.stream_headers, (b"x-request-id", call.request_id.encode()), *call.headers]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -425,6 +438,11 @@ class Pipeline:
                 chunk = await upstream.next()
         except UpstreamError as exc:
             return await _end_with_error(fmt, hooks, call, send, exc), ttfb
+        except asyncio.CancelledError:
+            if watch.client_gone:
+                raise
+            _uncancel()  # the server stopping it (drain time over): end it cleanly
+            return await _end_with_error(fmt, hooks, call, send, ShuttingDown()), ttfb
         except Exception:
             self.state.log.exception("unexpected error relaying stream %s", call.request_id)
             error = _internal_error(call.request_id)
@@ -435,7 +453,7 @@ class Pipeline:
         if kept and _finished(kept):  # complete: a truncated stream is never stored
             cache = self.state.cache
             cache.release(plan, cache.entry(plan, provider, call.usage, chunks=kept))
-        return 200, ttfb
+        return None, ttfb
 
 
 async def _replay(fmt: WireFormat, call: Call, hit: Hit, send: Send) -> int:
@@ -461,14 +479,27 @@ async def _send_error(send: Send, fmt: WireFormat, error: RelaygateError, reques
 
 async def _end_with_error(
     fmt: WireFormat, hooks: Hooks, call: Call, send: Send, error: RelaygateError
-) -> int:
+) -> RelaygateError:
     """A stream that already started ends with an error event and a clean close."""
     if hooks.stream_error is not None:
         body = hooks.stream_error(call, error)
     else:
         body = fmt.error_event(error)
     await send({"type": "http.response.body", "body": body, "more_body": False})
-    return error.status
+    return error
+
+
+def _uncancel() -> None:
+    """Take back the cancellation just caught, so the request can still answer and settle."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+
+
+def _usage_status(error: RelaygateError | None) -> Status | None:
+    """The usage record's status when an error ended the request (None: from the HTTP
+    status, as for an unexpected internal error)."""
+    return None if error is None else error.usage_status
 
 
 def observe(chunk: JSON, call: Call, kept: list[JSON] | None) -> None:
