@@ -56,10 +56,11 @@ from relaygate.vault.service import SERVER_HEADERS, Picked
 if TYPE_CHECKING:
     from relaygate.auth.principal import Principal
     from relaygate.cache.response import Hit, Plan
+    from relaygate.limits.admission import Admitted
     from relaygate.routing.router import Deployment
     from relaygate.schema.requests import Call, Kind
     from relaygate.state import AppState
-    from relaygate.usage.record import Status
+    from relaygate.usage.record import Status, UsageRecord
 
 __all__ = [
     "Hooks",
@@ -177,6 +178,7 @@ class _Outcome:
     error: RelaygateError | None = None  # what ended the request, when an error did
     ttfb: float | None = None
     admitted: bool = False  # authenticated: the request gets a usage record
+    admission: Admitted | None = None  # past the limits: settled once its record is made
     hit: Hit | None = None  # answered from the cache
 
 
@@ -243,6 +245,24 @@ class Pipeline:
             access = state.access_log  # None when off: no work
             if access is not None:
                 access.served(served, outcome.model, outcome.status, elapsed, outcome.ttfb, record)
+            if outcome.admission is not None and record is not None:
+                await self._settle(outcome.admission, served, record)
+
+    async def _settle(self, admitted: Admitted, served: Served, record: UsageRecord) -> None:
+        """Token and money reservations settled at the figures of the usage record: the
+        upstream's usage, else the record's estimate (a request that failed is charged
+        what it used, not its worst case), so a quota counts what the usage table says."""
+        state = self.state
+        if served.cached and not state.settings.usage.charge_cached_tokens:
+            used: JSON = _NOTHING_USED
+        else:
+            reported = served.usage if served.usage and not record.tokens_estimated else {}
+            used = {**reported, "prompt_tokens": record.prompt_tokens,
+                    "completion_tokens": record.completion_tokens}  # fmt: skip
+        try:
+            await state.admission.settle(admitted, used, served.provider, served.deployment)
+        except Exception:
+            state.log.exception("settling the limits of request %s failed", served.request_id)
 
     async def _serve(
         self,
@@ -297,6 +317,7 @@ class Pipeline:
             max_output_tokens=call.max_output_tokens,
             own_key=picked is not None,
         )
+        outcome.admission = admitted
         call.headers = admitted.headers + chosen if chosen else admitted.headers
         try:
             await self._run(fmt, call, plan, receive, send, outcome, hooks)
@@ -306,14 +327,10 @@ class Pipeline:
             if plan.leader:  # failed or incomplete: identical requests go upstream themselves
                 state.cache.release(plan, None)
             served.usage, served.relayed = call.usage, call.relayed
-            charged = call.usage
             if outcome.hit is not None:
                 served.cached, served.provider = True, outcome.hit.entry.provider
-                if not state.settings.usage.charge_cached_tokens:
-                    charged = _NOTHING_USED
             elif call.served_by is not None:
                 served.provider, served.deployment = call.served_by
-            await state.admission.settle(admitted, charged, served.provider, served.deployment)
 
     def _asks_provider(self, scope: Scope) -> bool:
         """Whether the request names a provider (only looked for when the vault is on)."""

@@ -285,6 +285,41 @@ async def test_failure_mid_stream(fake_openai: FakeOpenAI, fault: str) -> None:
     assert all(row.completion_tokens >= 2 and row.ttft_ms is not None for row in rows)
 
 
+# -- what a failed request costs its quota -----------------------------------------------
+
+
+async def test_a_failed_request_costs_its_quota_what_its_record_says(
+    fake_openai: FakeOpenAI,
+) -> None:
+    """A token quota reserves the worst case at admission; whatever then happens, the
+    quota is charged what the request's usage record says it used (the upstream's count,
+    else the estimate): never the reservation of a request that got nothing."""
+    fake_openai.push(Script(status=500), Script(reset_after=2), Script())
+    models = [
+        {"name": "down", "deployments": [deployment(closed_port_url())]},
+        {"name": "up", "deployments": [deployment(fake_openai.base_url)]},
+    ]
+    settings = settings_for(models, tiers={"metered": {"tokens_per_month": 100_000}})
+    async with running_gateway(settings) as gateway, aiohttp.ClientSession() as session:
+        _, key = await new_key(gateway, tier="metered")
+        answers = [
+            await ask(session, gateway.url, key, "openai", "down", False),
+            await ask(session, gateway.url, key, "openai", "up", False),  # 500
+            await ask(session, gateway.url, key, "openai", "up", True),  # reset mid-stream
+            await ask(session, gateway.url, key, "openai", "up", False),  # answered
+        ]
+        async with session.get(
+            gateway.url + "/usage", headers={"Authorization": f"Bearer {key}"}
+        ) as response:
+            used = (await response.json())["tokens_per_month"]["used"]
+    records = await records_by_request(settings.database_url)
+    assert [a.status for a in answers] == [503, 502, 200, 200]
+    rows = assert_one_record_each(records, answers)
+    assert [r.status for r in rows] == ["upstream_error", "upstream_error", "upstream_error", "ok"]
+    assert used == sum(r.prompt_tokens + r.completion_tokens for r in rows)
+    assert used < 1024  # one reservation (max_tokens' default alone) would be more
+
+
 # -- Redis stopped ------------------------------------------------------------------------
 
 
