@@ -176,6 +176,7 @@ class _Outcome:
     model: str = "unknown"  # a configured name: bounded, fit for a metric label
     status: int = 500
     error: RelaygateError | None = None  # what ended the request, when an error did
+    answered: bool = False  # a response has started: nothing else can be sent
     ttfb: float | None = None
     admitted: bool = False  # authenticated: the request gets a usage record
     admission: Admitted | None = None  # past the limits: settled once its record is made
@@ -224,12 +225,13 @@ class Pipeline:
             outcome.status = 499
         except asyncio.CancelledError:
             # Not the client leaving (that is absorbed below): the server stopping this
-            # request, its drain time over. Nothing was sent yet (a started stream ends
-            # itself, in _relay), so it gets an answer now rather than a cut connection.
+            # request, its drain time over. One not answered yet gets an answer now rather
+            # than a cut connection (a started stream ends itself, in _relay).
             _uncancel()
-            error = ShuttingDown()
-            outcome.status, outcome.error = error.status, error
-            await _send_error(send, fmt, error, served.request_id)
+            if not outcome.answered:
+                error = ShuttingDown()
+                outcome.status, outcome.error = error.status, error
+                await _send_error(send, fmt, error, served.request_id)
         except Exception:
             state.log.exception("unexpected error serving request %s", served.request_id)
             await _send_error(send, fmt, _internal_error(served.request_id), served.request_id)
@@ -380,15 +382,13 @@ class Pipeline:
             call.headers += plan.headers()
             if hit is not None:
                 outcome.hit = hit
+                outcome.answered = True  # the replay is sent at once
                 outcome.status = await _replay(fmt, call, hit, send)
                 outcome.ttfb = None
             elif call.stream:
-                outcome.error, outcome.ttfb = await self._stream(
-                    fmt, call, plan, send, watch, hooks
-                )
-                outcome.status = 200 if outcome.error is None else outcome.error.status
+                await self._stream(fmt, call, plan, send, watch, hooks, outcome)
             else:
-                outcome.status = await self._complete(fmt, call, plan, send, watch)
+                outcome.status = await self._complete(fmt, call, plan, send, watch, outcome)
         except asyncio.CancelledError:
             if not watch.absorb():
                 raise
@@ -397,12 +397,19 @@ class Pipeline:
             watch.close()
 
     async def _complete(
-        self, fmt: WireFormat, call: Call, plan: Plan, send: Send, watch: DisconnectWatch
+        self,
+        fmt: WireFormat,
+        call: Call,
+        plan: Plan,
+        send: Send,
+        watch: DisconnectWatch,
+        outcome: _Outcome,
     ) -> int:
         body, deployment = await complete(self.state, call)
         usage = body.get("usage")
         call.usage = usage if isinstance(usage, dict) else None
         rendered = fmt.render(call, body, deployment.provider_name, False)
+        outcome.answered, outcome.status = True, 200
         await send_bytes(send, 200, rendered, call.request_id, extra=call.headers)
         watch.close()
         if (plan.store or plan.leader) and (body.get("choices") or body.get("data")):
@@ -418,12 +425,14 @@ class Pipeline:
         send: Send,
         watch: DisconnectWatch,
         hooks: Hooks,
-    ) -> tuple[RelaygateError | None, float | None]:
+        outcome: _Outcome,
+    ) -> None:
         """Relay a stream; the client going away cancels the upstream call at once.
-        Returns the error that ended it after it started (None: complete) and its TTFB."""
+        What the client got (status, the error that ended it, TTFB) goes on ``outcome``
+        as it happens, so a cancellation after the end cannot lose it."""
         upstream = await open_stream(self.state, call)
         try:
-            return await self._relay(fmt, upstream, call, plan, send, hooks, watch)
+            await self._relay(fmt, upstream, call, plan, send, hooks, watch, outcome)
         finally:
             watch.close()
             await upstream.aclose()
@@ -437,11 +446,12 @@ class Pipeline:
         send: Send,
         hooks: Hooks,
         watch: DisconnectWatch,
-    ) -> tuple[RelaygateError | None, float | None]:
+        outcome: _Outcome,
+    ) -> None:
         started = time.perf_counter()
         headers = [*fmt.stream_headers, (b"x-request-id", call.request_id.encode()), *call.headers]
+        outcome.answered, outcome.status = True, 200
         await send({"type": "http.response.start", "status": 200, "headers": headers})
-        ttfb: float | None = None
         kept: list[JSON] | None = [] if plan.store or plan.leader else None
         chunk = upstream.first
         try:
@@ -450,27 +460,29 @@ class Pipeline:
                 data = fmt.event(call, chunk) if kept is None else fmt.replayed(call, chunk)
                 if data:
                     await send({"type": "http.response.body", "body": data, "more_body": True})
-                    if ttfb is None:
-                        ttfb = time.perf_counter() - started
+                    if outcome.ttfb is None:
+                        outcome.ttfb = time.perf_counter() - started
                 chunk = await upstream.next()
         except UpstreamError as exc:
-            return await _end_with_error(fmt, hooks, call, send, exc), ttfb
+            await _end_with_error(fmt, hooks, call, send, exc, outcome)
+            return
         except asyncio.CancelledError:
             if watch.client_gone:
                 raise
             _uncancel()  # the server stopping it (drain time over): end it cleanly
-            return await _end_with_error(fmt, hooks, call, send, ShuttingDown()), ttfb
+            await _end_with_error(fmt, hooks, call, send, ShuttingDown(), outcome)
+            return
         except Exception:
             self.state.log.exception("unexpected error relaying stream %s", call.request_id)
             error = _internal_error(call.request_id)
-            return await _end_with_error(fmt, hooks, call, send, error), ttfb
+            await _end_with_error(fmt, hooks, call, send, error, outcome)
+            return
         provider = upstream.deployment.provider_name
         last = fmt.end(call, provider, False)
         await send({"type": "http.response.body", "body": last, "more_body": False})
         if kept and _finished(kept):  # complete: a truncated stream is never stored
             cache = self.state.cache
             cache.release(plan, cache.entry(plan, provider, call.usage, chunks=kept))
-        return None, ttfb
 
 
 async def _replay(fmt: WireFormat, call: Call, hit: Hit, send: Send) -> int:
@@ -495,15 +507,20 @@ async def _send_error(send: Send, fmt: WireFormat, error: RelaygateError, reques
 
 
 async def _end_with_error(
-    fmt: WireFormat, hooks: Hooks, call: Call, send: Send, error: RelaygateError
-) -> RelaygateError:
+    fmt: WireFormat,
+    hooks: Hooks,
+    call: Call,
+    send: Send,
+    error: RelaygateError,
+    outcome: _Outcome,
+) -> None:
     """A stream that already started ends with an error event and a clean close."""
+    outcome.status, outcome.error = error.status, error
     if hooks.stream_error is not None:
         body = hooks.stream_error(call, error)
     else:
         body = fmt.error_event(error)
     await send({"type": "http.response.body", "body": body, "more_body": False})
-    return error
 
 
 def _uncancel() -> None:
