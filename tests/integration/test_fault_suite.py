@@ -31,6 +31,7 @@ import pytest
 from hypothesis import HealthCheck, example, given
 from hypothesis import strategies as st
 
+from relaygate.settings import Settings
 from tests.conftest import closed_port_url
 from tests.fakes.blackhole import Blackhole
 from tests.fakes.openai_server import FakeOpenAI
@@ -71,7 +72,7 @@ def per_case(prefix: str, *deployments: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-def settings_for(models: list[dict[str, Any]], **overrides: Any) -> Any:
+def settings_for(models: list[dict[str, Any]], **overrides: Any) -> Settings:
     # Health counts every failure but never ejects on a count here: each request must
     # meet its own fault, not an earlier request's cooldown (Retry-After still cools).
     overrides.setdefault("routing", {"failure_threshold": 1000})
@@ -92,6 +93,10 @@ async def ask_every_case(
     return answers
 
 
+ANTHROPIC_TYPES = {429: "rate_limit_error", 502: "api_error", 503: "overloaded_error",
+                   504: "timeout_error"}  # fmt: skip
+
+
 def assert_error(answer: Answer, status: int, fragment: str, code: str | None = None) -> None:
     """An error answer before anything was sent: ``status``, and the API's error shape."""
     assert answer.status == status, (answer.api, answer.stream, answer.raw)
@@ -102,10 +107,6 @@ def assert_error(answer: Answer, status: int, fragment: str, code: str | None = 
         assert error["code"] == code
     if answer.api == "anthropic":
         assert error["type"] == ANTHROPIC_TYPES[status]
-
-
-ANTHROPIC_TYPES = {429: "rate_limit_error", 502: "api_error", 503: "overloaded_error",
-                   504: "timeout_error"}  # fmt: skip
 
 
 def assert_answered(answer: Answer) -> None:
