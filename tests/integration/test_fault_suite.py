@@ -347,18 +347,17 @@ async def test_redis_stopped(redis_server: RedisServer, fail_closed: bool) -> No
     """Limits live in Redis; it is killed, one stream still running. Fail open: every
     request is served (limited per process); fail closed: each is a 503 in its API's shape,
     recorded as rejected. The stream that was running finishes either way."""
-    models = per_case("m", {"provider": "mock", "chunk_delay": 0.05})
+    models = [*per_case("m", {"provider": "mock", "chunk_delay": 0.05}), SLOW_MOCK]
     settings = settings_for(
         models, redis_url=redis_server.url, tiers={"ten": {"requests_per_hour": 100}},
         limits={"fail_closed": fail_closed, "redis_timeout": 0.2},
     )  # fmt: skip
     async with running_gateway(settings) as gateway, aiohttp.ClientSession() as session:
         _, key = await new_key(gateway, tier="ten")
-        running = asyncio.ensure_future(
-            ask(session, gateway.url, key, "openai", "m-openai-stream", True)
-        )
+        running = asyncio.ensure_future(ask(session, gateway.url, key, "openai", "slow", True))
         await _first_chunk_sent(gateway)
         await redis_server.kill()
+        assert not running.done()
         during = await running
         answers = await ask_every_case(gateway, "m", key)
     records = await records_by_request(settings.database_url)
@@ -373,6 +372,10 @@ async def test_redis_stopped(redis_server: RedisServer, fail_closed: bool) -> No
         for answer in answers.values():
             assert answer.status == 200 and (not answer.stream or answer.completed())
         assert_one_record_each(records, list(answers.values()), status="ok", http_status=200)
+
+
+# a word every 0.2 s (two seconds in all): still running when the fault comes
+SLOW_MOCK = {"name": "slow", "deployments": [{"provider": "mock", "chunk_delay": 0.2}]}
 
 
 async def _first_chunk_sent(gateway: RunningGateway) -> None:
@@ -398,7 +401,7 @@ async def test_postgresql_stopped(postgres_database: str) -> None:
     proxy = TcpProxy("127.0.0.1", 5432)
     await proxy.start()
     url = f"postgresql+asyncpg://postgres@127.0.0.1:{proxy.port}/{postgres_database}"
-    models = per_case("m", {"provider": "mock", "chunk_delay": 0.05})
+    models = [*per_case("m", {"provider": "mock", "chunk_delay": 0.05}), SLOW_MOCK]
     settings = settings_for(models, database_url=url)
     try:
         async with running_gateway(settings) as gateway, aiohttp.ClientSession() as session:
@@ -406,10 +409,11 @@ async def test_postgresql_stopped(postgres_database: str) -> None:
             _, unseen = await new_key(gateway)
             warm = await ask(session, gateway.url, known, "openai", "m-openai-whole", False)
             running = asyncio.ensure_future(
-                ask(session, gateway.url, known, "openai", "m-openai-stream", True)
+                ask(session, gateway.url, known, "openai", "slow", True)
             )
             await _first_chunk_sent(gateway)
             await proxy.cut()
+            assert not running.done()
             during = await running
             answers = await ask_every_case(gateway, "m", known)
             refused = [
