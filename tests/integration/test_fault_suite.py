@@ -529,6 +529,8 @@ async def test_sigterm_mid_stream(tmp_path: Path, fake_openai: FakeOpenAI) -> No
                 if len(fake_openai.requests) == 5:
                     break
                 await asyncio.sleep(0.01)
+            else:
+                raise AssertionError("the whole answer was not asked upstream")
             process.send_signal(signal.SIGTERM)
             answers = [
                 await read_rest(api, response, first)
