@@ -20,6 +20,7 @@ msgspec, asyncio timeouts) are translated at one boundary each, never leaked.
     │   ├── UpstreamStatusError      502, or the upstream's 4xx when it rejected the request
     │   ├── UpstreamProtocolError    502 (malformed body, connection cut mid-response)
     │   └── NodeBusy                 503 (a pool node's queue is full; not a health failure)
+    ├── ShuttingDown                 503 (the drain time ran out before the answer was done)
     ├── AuthenticationError          401 (one message: never says which keys exist)
     ├── PermissionDenied             403
     ├── RateLimited                  429 (names the limit and when it resets)
@@ -29,9 +30,15 @@ msgspec, asyncio timeouts) are translated at one boundary each, never leaked.
     ├── TooManyConnections           503 (the worker's connection cap; Retry-After: 1)
     ├── Overloaded                   503 (the worker's in-flight cap; Retry-After: 1)
     └── ConfigError                  not an HTTP error: ``serve`` exits with code 2
+
+Each class also knows the ``status`` its request's usage record gets (``usage_status``):
+``rejected`` when the gateway refused the request, ``upstream_error`` or ``timeout`` when
+the deployment failed, ``interrupted`` when the gateway stopped it while shutting down.
 """
 
 from __future__ import annotations
+
+from relaygate.usage.record import Status
 
 __all__ = [
     "AuthenticationError",
@@ -52,6 +59,7 @@ __all__ = [
     "RateLimited",
     "RelaygateError",
     "RequestTimeout",
+    "ShuttingDown",
     "StoreUnavailable",
     "TooManyConnections",
     "UnsupportedMediaType",
@@ -69,6 +77,8 @@ class RelaygateError(Exception):
     status: int = 500
     type: str = "server_error"
     code: str | None = None
+    # the usage record's status; None: read from the HTTP status (an internal error's 500)
+    usage_status: Status | None = None
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
@@ -85,6 +95,7 @@ class ClientError(RelaygateError):
 
     status = 400
     type = "invalid_request_error"
+    usage_status: Status | None = "rejected"
 
 
 class InvalidRequest(ClientError):
@@ -158,6 +169,7 @@ class UpstreamError(RelaygateError):
 
     status = 502
     type = "upstream_error"
+    usage_status: Status | None = "upstream_error"
     retryable = True
     counts_against_health = True  # a failure of the deployment (else: it was only busy)
 
@@ -184,6 +196,7 @@ class UpstreamTimeout(UpstreamError):
     status = 504
     type = "timeout_error"
     code = "upstream_timeout"
+    usage_status: Status | None = "timeout"
 
     def __init__(self, message: str, *, deployment: str = "", phase: str = "total") -> None:
         super().__init__(message, deployment=deployment)
@@ -223,6 +236,7 @@ class UpstreamStatusError(UpstreamError):
                 "invalid_request_error",
             )
             self.code = "upstream_rejected_request"
+            self.usage_status = "rejected"  # the request itself was refused, as the gateway would
 
     @property
     def kind(self) -> str:
@@ -305,18 +319,21 @@ class LimiterUnavailable(RelaygateError):
     status = 503
     type = "service_unavailable"
     code = "limits_unavailable"
+    usage_status: Status | None = "rejected"
 
 
 class StoreUnavailable(RelaygateError):
     status = 503
     type = "service_unavailable"
     code = "store_unavailable"
+    usage_status: Status | None = "rejected"
 
 
 class NoHealthyDeployment(RelaygateError):
     status = 503
     type = "service_unavailable"
     code = "no_healthy_deployment"
+    usage_status: Status | None = "upstream_error"
 
     def __init__(self, model: str, retry_in: float, why: str | None = None) -> None:
         why = why or "every deployment failed recently and is cooling down"
@@ -328,6 +345,26 @@ class NoHealthyDeployment(RelaygateError):
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         return _retry_after(self.retry_in)
+
+
+class ShuttingDown(RelaygateError):
+    """The gateway is stopping and ``graceful_shutdown_seconds`` ran out before this request
+    was done: a stream that started ends with this as its error event, a request not yet
+    answered gets it as a 503. Another replica (or this one, restarted) can serve a retry."""
+
+    status = 503
+    type = "service_unavailable"
+    code = "shutting_down"
+    usage_status: Status | None = "interrupted"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The gateway is shutting down and its drain time ran out before this answer "
+            "was complete; retry the request."
+        )
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"retry-after", b"1")]
 
 
 class TooManyConnections(RelaygateError):

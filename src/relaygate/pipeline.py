@@ -42,9 +42,9 @@ from relaygate.asgi import (
 from relaygate.auth.credentials import read_credential
 from relaygate.cache.response import BYPASS
 from relaygate.errors import (
-    NoHealthyDeployment,
     RateLimited,
     RelaygateError,
+    ShuttingDown,
     UpstreamError,
     UpstreamStatusError,
     UpstreamTimeout,
@@ -56,9 +56,11 @@ from relaygate.vault.service import SERVER_HEADERS, Picked
 if TYPE_CHECKING:
     from relaygate.auth.principal import Principal
     from relaygate.cache.response import Hit, Plan
+    from relaygate.limits.admission import Admitted
     from relaygate.routing.router import Deployment
     from relaygate.schema.requests import Call, Kind
     from relaygate.state import AppState
+    from relaygate.usage.record import Status, UsageRecord
 
 __all__ = [
     "Hooks",
@@ -173,8 +175,11 @@ class _Outcome:
 
     model: str = "unknown"  # a configured name: bounded, fit for a metric label
     status: int = 500
+    error: RelaygateError | None = None  # what ended the request, when an error did
+    answered: bool = False  # a response has started: nothing else can be sent
     ttfb: float | None = None
     admitted: bool = False  # authenticated: the request gets a usage record
+    admission: Admitted | None = None  # past the limits: settled once its record is made
     hit: Hit | None = None  # answered from the cache
 
 
@@ -212,13 +217,21 @@ class Pipeline:
         try:
             await self._serve(fmt, kind, scope, receive, send, served, outcome, hooks)
         except RelaygateError as exc:
-            outcome.status = exc.status
-            served.rejected = not isinstance(exc, UpstreamError | NoHealthyDeployment)
+            outcome.status, outcome.error = exc.status, exc
             if isinstance(exc, RateLimited):
                 state.metrics.ratelimited.labels(fmt.name).inc()
             await _send_error(send, fmt, exc, served.request_id)
         except ClientGone:
             outcome.status = 499
+        except asyncio.CancelledError:
+            # Not the client leaving (that is absorbed below): the server stopping this
+            # request, its drain time over. One not answered yet gets an answer now rather
+            # than a cut connection (a started stream ends itself, in _relay).
+            _uncancel()
+            if not outcome.answered:
+                error = ShuttingDown()
+                outcome.status, outcome.error = error.status, error
+                await _send_error(send, fmt, error, served.request_id)
         except Exception:
             state.log.exception("unexpected error serving request %s", served.request_id)
             await _send_error(send, fmt, _internal_error(served.request_id), served.request_id)
@@ -229,10 +242,29 @@ class Pipeline:
             record = None
             if outcome.admitted:
                 served.http_status, served.ttft = outcome.status, outcome.ttfb
+                served.status = _usage_status(outcome.error)
                 record = state.recorder.record(served)
             access = state.access_log  # None when off: no work
             if access is not None:
                 access.served(served, outcome.model, outcome.status, elapsed, outcome.ttfb, record)
+            if outcome.admission is not None and record is not None:
+                await self._settle(outcome.admission, served, record)
+
+    async def _settle(self, admitted: Admitted, served: Served, record: UsageRecord) -> None:
+        """Token and money reservations settled at the figures of the usage record: the
+        upstream's usage, else the record's estimate (a request that failed is charged
+        what it used, not its worst case), so a quota counts what the usage table says."""
+        state = self.state
+        if served.cached and not state.settings.usage.charge_cached_tokens:
+            used: JSON = _NOTHING_USED
+        else:
+            reported = served.usage if served.usage and not record.tokens_estimated else {}
+            used = {**reported, "prompt_tokens": record.prompt_tokens,
+                    "completion_tokens": record.completion_tokens}  # fmt: skip
+        try:
+            await state.admission.settle(admitted, used, served.provider, served.deployment)
+        except Exception:
+            state.log.exception("settling the limits of request %s failed", served.request_id)
 
     async def _serve(
         self,
@@ -287,6 +319,7 @@ class Pipeline:
             max_output_tokens=call.max_output_tokens,
             own_key=picked is not None,
         )
+        outcome.admission = admitted
         call.headers = admitted.headers + chosen if chosen else admitted.headers
         try:
             await self._run(fmt, call, plan, receive, send, outcome, hooks)
@@ -296,14 +329,10 @@ class Pipeline:
             if plan.leader:  # failed or incomplete: identical requests go upstream themselves
                 state.cache.release(plan, None)
             served.usage, served.relayed = call.usage, call.relayed
-            charged = call.usage
             if outcome.hit is not None:
                 served.cached, served.provider = True, outcome.hit.entry.provider
-                if not state.settings.usage.charge_cached_tokens:
-                    charged = _NOTHING_USED
             elif call.served_by is not None:
                 served.provider, served.deployment = call.served_by
-            await state.admission.settle(admitted, charged, served.provider, served.deployment)
 
     def _asks_provider(self, scope: Scope) -> bool:
         """Whether the request names a provider (only looked for when the vault is on)."""
@@ -353,14 +382,13 @@ class Pipeline:
             call.headers += plan.headers()
             if hit is not None:
                 outcome.hit = hit
+                outcome.answered = True  # the replay is sent at once
                 outcome.status = await _replay(fmt, call, hit, send)
                 outcome.ttfb = None
             elif call.stream:
-                outcome.status, outcome.ttfb = await self._stream(
-                    fmt, call, plan, send, watch, hooks
-                )
+                await self._stream(fmt, call, plan, send, watch, hooks, outcome)
             else:
-                outcome.status = await self._complete(fmt, call, plan, send, watch)
+                outcome.status = await self._complete(fmt, call, plan, send, watch, outcome)
         except asyncio.CancelledError:
             if not watch.absorb():
                 raise
@@ -369,12 +397,19 @@ class Pipeline:
             watch.close()
 
     async def _complete(
-        self, fmt: WireFormat, call: Call, plan: Plan, send: Send, watch: DisconnectWatch
+        self,
+        fmt: WireFormat,
+        call: Call,
+        plan: Plan,
+        send: Send,
+        watch: DisconnectWatch,
+        outcome: _Outcome,
     ) -> int:
         body, deployment = await complete(self.state, call)
         usage = body.get("usage")
         call.usage = usage if isinstance(usage, dict) else None
         rendered = fmt.render(call, body, deployment.provider_name, False)
+        outcome.answered, outcome.status = True, 200
         await send_bytes(send, 200, rendered, call.request_id, extra=call.headers)
         watch.close()
         if (plan.store or plan.leader) and (body.get("choices") or body.get("data")):
@@ -390,11 +425,14 @@ class Pipeline:
         send: Send,
         watch: DisconnectWatch,
         hooks: Hooks,
-    ) -> tuple[int, float | None]:
-        """Relay a stream; the client going away cancels the upstream call at once."""
+        outcome: _Outcome,
+    ) -> None:
+        """Relay a stream; the client going away cancels the upstream call at once.
+        What the client got (status, the error that ended it, TTFB) goes on ``outcome``
+        as it happens, so a cancellation after the end cannot lose it."""
         upstream = await open_stream(self.state, call)
         try:
-            return await self._relay(fmt, upstream, call, plan, send, hooks)
+            await self._relay(fmt, upstream, call, plan, send, hooks, watch, outcome)
         finally:
             watch.close()
             await upstream.aclose()
@@ -407,11 +445,13 @@ class Pipeline:
         plan: Plan,
         send: Send,
         hooks: Hooks,
-    ) -> tuple[int, float | None]:
+        watch: DisconnectWatch,
+        outcome: _Outcome,
+    ) -> None:
         started = time.perf_counter()
         headers = [*fmt.stream_headers, (b"x-request-id", call.request_id.encode()), *call.headers]
+        outcome.answered, outcome.status = True, 200
         await send({"type": "http.response.start", "status": 200, "headers": headers})
-        ttfb: float | None = None
         kept: list[JSON] | None = [] if plan.store or plan.leader else None
         chunk = upstream.first
         try:
@@ -420,22 +460,29 @@ class Pipeline:
                 data = fmt.event(call, chunk) if kept is None else fmt.replayed(call, chunk)
                 if data:
                     await send({"type": "http.response.body", "body": data, "more_body": True})
-                    if ttfb is None:
-                        ttfb = time.perf_counter() - started
+                    if outcome.ttfb is None:
+                        outcome.ttfb = time.perf_counter() - started
                 chunk = await upstream.next()
         except UpstreamError as exc:
-            return await _end_with_error(fmt, hooks, call, send, exc), ttfb
+            await _end_with_error(fmt, hooks, call, send, exc, outcome)
+            return
+        except asyncio.CancelledError:
+            if watch.client_gone:
+                raise
+            _uncancel()  # the server stopping it (drain time over): end it cleanly
+            await _end_with_error(fmt, hooks, call, send, ShuttingDown(), outcome)
+            return
         except Exception:
             self.state.log.exception("unexpected error relaying stream %s", call.request_id)
             error = _internal_error(call.request_id)
-            return await _end_with_error(fmt, hooks, call, send, error), ttfb
+            await _end_with_error(fmt, hooks, call, send, error, outcome)
+            return
         provider = upstream.deployment.provider_name
         last = fmt.end(call, provider, False)
         await send({"type": "http.response.body", "body": last, "more_body": False})
         if kept and _finished(kept):  # complete: a truncated stream is never stored
             cache = self.state.cache
             cache.release(plan, cache.entry(plan, provider, call.usage, chunks=kept))
-        return 200, ttfb
 
 
 async def _replay(fmt: WireFormat, call: Call, hit: Hit, send: Send) -> int:
@@ -460,15 +507,33 @@ async def _send_error(send: Send, fmt: WireFormat, error: RelaygateError, reques
 
 
 async def _end_with_error(
-    fmt: WireFormat, hooks: Hooks, call: Call, send: Send, error: RelaygateError
-) -> int:
+    fmt: WireFormat,
+    hooks: Hooks,
+    call: Call,
+    send: Send,
+    error: RelaygateError,
+    outcome: _Outcome,
+) -> None:
     """A stream that already started ends with an error event and a clean close."""
+    outcome.status, outcome.error = error.status, error
     if hooks.stream_error is not None:
         body = hooks.stream_error(call, error)
     else:
         body = fmt.error_event(error)
     await send({"type": "http.response.body", "body": body, "more_body": False})
-    return error.status
+
+
+def _uncancel() -> None:
+    """Take back the cancellation just caught, so the request can still answer and settle."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+
+
+def _usage_status(error: RelaygateError | None) -> Status | None:
+    """The usage record's status when an error ended the request (None: from the HTTP
+    status, as for an unexpected internal error)."""
+    return None if error is None else error.usage_status
 
 
 def observe(chunk: JSON, call: Call, kept: list[JSON] | None) -> None:

@@ -22,6 +22,7 @@ from tests.fakes.tcp_proxy import TcpProxy
 from tests.gateway import RunningGateway, Templates, make_settings, running_gateway
 from tests.keys import new_key
 from tests.processes import free_port, wait_ready
+from tests.usage_rows import usage_rows
 
 BODY = {"model": "mock", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -73,7 +74,7 @@ async def test_redis_outage_policy(redis_server: RedisServer, fail_closed: bool)
         await redis_server.kill()
         statuses = [(await chat(gateway.url, secret))[0] for _ in range(7)]
         metrics = await _metrics(gateway)
-        recorded = await _usage_rows(gateway, 9)
+        recorded = await usage_rows(gateway.state.engine, 9)
     # Nothing lost with Redis gone: every request has its usage record.
     assert len(recorded) == 9
     assert [r.status for r in recorded].count("ok") == statuses.count(200) + 2
@@ -86,20 +87,6 @@ async def test_redis_outage_policy(redis_server: RedisServer, fail_closed: bool)
         # looser than shared (it forgets the 2 used), never unlimited.
         assert statuses == [200] * 5 + [429] * 2
         assert "relaygate_ratelimit_degraded 1.0" in metrics
-
-
-async def _usage_rows(gateway: RunningGateway, expected: int) -> list[Any]:
-    import sqlalchemy as sa
-
-    from relaygate.store.tables import usage_records
-
-    for _ in range(100):
-        async with gateway.state.engine.connect() as conn:
-            rows = (await conn.execute(sa.select(usage_records))).all()
-        if len(rows) >= expected:
-            return rows
-        await asyncio.sleep(0.05)
-    return rows
 
 
 async def _metrics(gateway: RunningGateway) -> str:

@@ -199,7 +199,7 @@ async def test_stream_idle_timeout_ends_with_error_event(fake_openai: FakeOpenAI
 async def test_failover_to_second_deployment_when_first_is_down(fake_openai: FakeOpenAI) -> None:
     down = closed_port_url()
     config = model("m", down, fake_openai.base_url)
-    config["deployments"][0]["weight"] = 1000  # tried first nearly always
+    config["order"] = "preference"  # the one that is down is always tried first
     async with running_gateway(make_settings([config])) as gateway, gateway.client() as client:
         for _ in range(3):
             reply = await client.chat.completions.create(model="m", messages=USER)  # type: ignore[arg-type]

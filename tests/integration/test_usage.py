@@ -5,16 +5,18 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
 import sqlalchemy as sa
 
-from relaygate.store.tables import usage_daily, usage_records
+from relaygate.store.tables import usage_daily
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.script import Script
 from tests.gateway import RunningGateway, make_settings, running_gateway
 from tests.keys import new_key
+from tests.usage_rows import usage_rows
 
 USER = [{"role": "user", "content": "count these four words"}]
 
@@ -34,16 +36,9 @@ async def post(
             return response.status, response.headers.get("x-request-id", ""), text
 
 
-async def rows(gateway: RunningGateway, expected: int) -> list[Any]:
+async def rows(gateway: RunningGateway, expected: int) -> Sequence[Any]:
     """The usage rows, once the writer has written ``expected`` of them (or 5 s passed)."""
-    query = sa.select(usage_records).order_by(usage_records.c.created_at)
-    for _ in range(100):
-        async with gateway.state.engine.connect() as conn:
-            found = (await conn.execute(query)).all()
-        if len(found) >= expected:
-            return found
-        await asyncio.sleep(0.05)
-    return found
+    return await usage_rows(gateway.state.engine, expected)
 
 
 async def test_every_authenticated_request_gets_exactly_one_record(

@@ -4,7 +4,7 @@ For each request, the rules that apply to its caller (tier numbers, the key's
 overrides, stricter limits for the model or endpoint, the tenant's limits) are
 checked and consumed in one call to the limiter: one Redis round trip with the
 Redis backend. Token limits reserve ``max_tokens`` plus an estimate of the
-prompt, and ``settle`` charges the real count when the response is done.
+prompt, and ``settle`` charges the count of the request's usage record when it is done.
 """
 
 from __future__ import annotations
@@ -150,8 +150,8 @@ class Admission:
         provider: str | None = None,
         deployment: str | None = None,
     ) -> None:
-        """Release leases; charge token and money rules the real figures when the upstream
-        reported usage (otherwise the reservation stands)."""
+        """Release leases; charge token and money rules the figures of ``usage`` (the
+        pipeline gives its usage record's; without any, the reservation stands)."""
         lease = admitted.lease
         if lease is None or lease.settled:
             return

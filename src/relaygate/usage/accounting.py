@@ -52,7 +52,9 @@ class Served:
     usage: dict[str, Any] | None = None
     relayed: list[str] = field(default_factory=list)  # streamed text, when usage is unknown
     cached: bool = False
-    rejected: bool = False  # refused by the gateway itself (input, limits), not upstream
+    # what happened, when an error said so (RelaygateError.usage_status); else it follows
+    # from http_status: ok, client_aborted, or for an unexpected 500 upstream_error
+    status: Status | None = None
     http_status: int = 500
     ttft: float | None = None
     billed_to: str | None = None  # "user" / "tenant": the caller's own provider key (BYOK)
@@ -101,7 +103,7 @@ class Recorder:
             completion_tokens=completion,
             tokens_estimated=estimated,
             cached=served.cached,
-            status="rejected" if served.rejected else status_for(served.http_status),
+            status=served.status or status_for(served.http_status),
             http_status=served.http_status,
             duration_ms=(time.time() - served.started) * 1000,
             ttft_ms=None if served.ttft is None else served.ttft * 1000,
@@ -120,7 +122,7 @@ class Recorder:
                 return prompt, completion or 0, False
         if served.body is None or served.http_status in (400, 404, 413, 415):
             return 0, 0, False  # never reached a model: nothing was used
-        if served.rejected:
+        if served.status == "rejected":
             return 0, 0, False
         prompt = self.tokenizer.prompt(prompt_text(served.body))
         return prompt, self.tokenizer.completion(served.relayed), True

@@ -8,7 +8,7 @@ import msgspec
 
 __all__ = ["Status", "UsageRecord"]
 
-Status = Literal["ok", "client_aborted", "upstream_error", "timeout", "rejected"]
+Status = Literal["ok", "client_aborted", "upstream_error", "timeout", "rejected", "interrupted"]
 
 
 class UsageRecord(msgspec.Struct, kw_only=True, omit_defaults=False):

@@ -98,7 +98,7 @@ def test_no_first_token_time_stays_none() -> None:
 
 
 def test_a_gateway_refusal_is_rejected_whatever_its_status_and_uses_nothing() -> None:
-    record = recorder()[0].record(served(rejected=True, http_status=503, relayed=["x"]))
+    record = recorder()[0].record(served(status="rejected", http_status=503, relayed=["x"]))
     assert (record.status, record.http_status) == ("rejected", 503)
     assert (record.prompt_tokens, record.completion_tokens, record.tokens_estimated) == (
         0,
