@@ -59,7 +59,8 @@ def test_every_error_class_that_can_end_a_request_is_covered_above() -> None:
     # answered by the HTTP layer or the admin API, never by the pipeline
     elsewhere = {
         errors.MethodNotAllowed, errors.RequestTimeout, errors.HeadersTooLarge,
-        errors.UnsupportedMediaType, errors.TooManyConnections, errors.PermissionDenied,
+        errors.UnsupportedMediaType, errors.TooManyConnections, errors.Overloaded,
+        errors.PermissionDenied,
         errors.Conflict,
     }  # fmt: skip
     classes = {
