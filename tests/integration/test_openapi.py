@@ -24,6 +24,7 @@ from relaygate.api.openapi import (
     operation_for,
 )
 from relaygate.store.nodes import NodeTokenStore
+from relaygate.vault.crypto import new_key as new_vault_key
 from relaygate.vault.store import Owner
 from tests.conftest import MOCK
 from tests.gateway import RunningGateway, make_settings, running_gateway
@@ -209,3 +210,41 @@ async def test_docs_page_uses_only_its_own_assets(gateway: RunningGateway) -> No
                 assert r.status == 200 and says in await r.text()
         async with session.get(gateway.url + "/docs/pyproject.toml") as r:
             assert r.status == 404
+
+
+async def test_answers_have_their_documented_media_type_and_shape() -> None:
+    """Each GET route (and files and pages of the web UI) answers with a status, media type
+    and JSON type (object or array) its document names. The reference page's files and the
+    web UI's were documented as application/octet-stream, the UI's 404 as JSON, and the
+    BYOK lists as objects; schemathesis found them (test_schemathesis.py)."""
+    async with running_gateway(make_settings(MOCK, secret_key=new_vault_key())) as gateway:
+        _, document = await get_json(gateway.url + "/openapi.json")
+        urls = [
+            (path, path)
+            for path, item in document["paths"].items()
+            if "get" in item and "{" not in path and path != "/metrics"  # text, checked below
+        ]
+        urls += [("/ui/{path}", "/ui/" + p) for p in ("keys", "assets/nothing.js", "config.json")]
+        urls += [("/ui/{path}", "/ui/assets/" + name) for name in _ui_assets()[:2]]
+        urls.append(("/metrics", "/metrics"))
+        async with aiohttp.ClientSession(headers=gateway.headers) as session:
+            for template, url in urls:
+                async with session.get(gateway.url + url) as r:
+                    body = await r.read()
+                    documented = document["paths"][template]["get"]["responses"]
+                    assert str(r.status) in documented, (url, r.status)
+                    content = documented[str(r.status)]["content"]
+                    media = r.headers["Content-Type"].split(";")[0]
+                    assert media in content, (url, media, list(content))
+                    if media == "application/json":
+                        schema = content[media]["schema"]
+                        kind = "object" if "$ref" in schema else schema["type"]
+                        value = msgspec.json.decode(body)
+                        assert isinstance(value, dict if kind == "object" else list), url
+        assert "/api/ai/api-keys" in dict(urls) and "/docs/swagger-ui.css" in dict(urls)
+
+
+def _ui_assets() -> list[str]:
+    from relaygate.api.ui import site_root
+
+    return sorted(entry.name for entry in site_root().joinpath("assets").iterdir())

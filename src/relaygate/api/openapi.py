@@ -42,6 +42,7 @@ from relaygate.api.ollama_meta import OLLAMA_VERSION, ShowRequest
 from relaygate.api.responses_schema import ResponsesRequest
 from relaygate.api.seed import GenerateRequest
 from relaygate.api.task_templates import SHIPPED
+from relaygate.api.ui import MEDIA_TYPES as UI_MEDIA_TYPES
 from relaygate.asgi import ASGIApp, Receive, Scope, Send, new_request_id, send_bytes
 from relaygate.schema.requests import ChatRequest, CompletionRequest, EmbeddingRequest
 from relaygate.settings import TaskTemplate
@@ -107,6 +108,8 @@ class Operation:
     body: type[msgspec.Struct] | None = None
     answer: str = "A JSON object."
     media: str = "application/json"
+    media_alternatives: tuple[str, ...] = ()  # a file route's other types (by file)
+    shape: Literal["object", "array"] = "object"  # of a JSON answer
     stream: str | None = None  # the media type of a streamed answer
     errors: tuple[int, ...] = (401,)
     query: tuple[tuple[str, str], ...] = ()
@@ -114,6 +117,8 @@ class Operation:
     anthropic: bool = False  # errors in Anthropic's shape
     description: str = ""
     created: bool = False  # 201 rather than 200
+    # Errors answered as a page or text, not JSON (a file route's): status -> media type
+    plain_errors: tuple[tuple[int, str], ...] = ()
     schema: JSON | None = None  # a request body described by data (a task template's fields)
 
 
@@ -297,17 +302,23 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "The web UI (dashboard, keys, usage, playground)",
         "Reference",
         auth="none",
-        errors=(),
+        errors=(503,),
+        plain_errors=((503, "text/html"),),
         media="text/html",
         answer="The page; it asks for a key and talks to the APIs with it.",
+        description="503 when this installation was built without the web UI.",
     ),
     ("GET", "/ui/{path}"): Operation(
         "A file of the web UI, or the page for one of its client routes",
         "Reference",
         auth="none",
-        errors=(404,),
-        media="application/octet-stream",
+        errors=(404, 503),
+        plain_errors=((404, "text/plain"), (503, "text/html")),
+        media="text/html",
+        media_alternatives=UI_MEDIA_TYPES,
         answer="The file; the page itself for a route such as `keys` or `playground`.",
+        description="404 (text) for a file the UI does not have; 503 when this installation "
+        "was built without the web UI.",
     ),
     ("HEAD", "/"): Operation(
         "Ollama's liveness probe (headers only)",
@@ -381,6 +392,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "List your provider keys and your tenant's shared ones, masked (seed 004)",
         "Your provider keys (BYOK)",
         errors=(401, 503),
+        shape="array",
         answer="A JSON array of keys: `id`, `provider`, `key_name`, `masked_key`, `shared`, "
         "`expires_at`, `expired`, `last_used_at`.",
     ),
@@ -411,6 +423,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "List your provider configurations",
         "Your provider keys (BYOK)",
         errors=(401, 503),
+        shape="array",
         answer="A JSON array of configurations.",
     ),
     ("GET", "/api/ai/provider-configs/{config_id}"): Operation(
@@ -658,14 +671,6 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         answer="An HTML page; its assets are served under /docs/.",
     ),
 }
-_ASSET = Operation(
-    "A file of the reference page",
-    "Reference",
-    auth="none",
-    errors=(404,),
-    media="application/octet-stream",
-    answer="The file.",
-)
 _REASONS = {
     400: "The request is invalid; `param` names the field.",
     401: "Missing or invalid credentials.",
@@ -750,8 +755,16 @@ def operation_for(
 ) -> Operation | None:
     """The description of a served route; None when there is none (a test fails then)."""
     found = OPERATIONS.get((method, path)) or (extra or {}).get((method, path))
-    if found is None and method == "GET" and path.startswith(DOCS_PATH + "/"):
-        return _ASSET
+    asset = ASSETS.get(path[len(DOCS_PATH) + 1 :]) if path.startswith(DOCS_PATH + "/") else None
+    if found is None and method == "GET" and asset is not None:
+        return Operation(
+            "A file of the reference page",
+            "Reference",
+            auth="none",
+            errors=(),
+            media=asset.decode().split(";")[0],
+            answer="The file.",
+        )
     return found
 
 
@@ -862,7 +875,9 @@ def _operation(method: str, path: str, op: Operation, ref: dict[Any, JSON]) -> J
 
 
 def _responses(op: Operation, ref: dict[Any, JSON]) -> JSON:
-    content: JSON = {op.media: {"schema": _answer_schema(op)}}
+    content: JSON = {
+        media: {"schema": _answer_schema(op, media)} for media in (op.media, *op.media_alternatives)
+    }
     if op.stream:
         content[op.stream] = {"schema": {"type": "string", "description": "The stream."}}
     success = "201" if op.created else "200"
@@ -874,11 +889,14 @@ def _responses(op: Operation, ref: dict[Any, JSON]) -> JSON:
         }
     }
     error_schema = ref[OllamaError if op.ollama else AnthropicError if op.anthropic else ErrorBody]
+    plain = dict(op.plain_errors)
     for status in op.errors:
-        response: JSON = {
-            "description": _REASONS[status],
-            "content": {"application/json": {"schema": error_schema}},
-        }
+        error_content = (
+            {plain[status]: {"schema": {"type": "string"}}}
+            if status in plain
+            else {"application/json": {"schema": error_schema}}
+        )
+        response: JSON = {"description": _REASONS[status], "content": error_content}
         if status == 429:
             response["headers"] = _headers("Retry-After", *_RATE)
         elif status == 401:
@@ -890,9 +908,9 @@ def _responses(op: Operation, ref: dict[Any, JSON]) -> JSON:
 _RATE = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
 
 
-def _answer_schema(op: Operation) -> JSON:
-    if op.media == "application/json":
-        return {"type": "object", "description": op.answer}
+def _answer_schema(op: Operation, media: str) -> JSON:
+    if media == "application/json":  # a file route's JSON files are objects (config, maps)
+        return {"type": op.shape, "description": op.answer}
     return {"type": "string", "description": op.answer}
 
 
