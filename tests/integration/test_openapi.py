@@ -248,3 +248,20 @@ def _ui_assets() -> list[str]:
     from relaygate.api.ui import site_root
 
     return sorted(entry.name for entry in site_root().joinpath("assets").iterdir())
+
+
+async def test_a_task_template_documents_the_nulls_it_accepts(gateway: RunningGateway) -> None:
+    """A null ``model`` (or optional field) means the default, so the document allows it;
+    it said ``string`` and schemathesis' invalid null was served (negative_data_rejection)."""
+    _, document = await get_json(gateway.url + "/openapi.json")
+    operation = document["paths"]["/ai/chat"]["post"]
+    schema = operation["requestBody"]["content"]["application/json"]["schema"]
+    assert schema["properties"]["model"]["type"] == ["string", "null"]
+    assert schema["properties"]["model"]["minLength"] == 1
+    async with aiohttp.ClientSession(headers=gateway.headers) as session:
+        async with session.post(
+            gateway.url + "/ai/chat", json={"prompt": "hi", "model": None}
+        ) as r:
+            assert r.status == 200, await r.text()
+        async with session.post(gateway.url + "/ai/chat", json={"prompt": "hi", "model": ""}) as r:
+            assert r.status == 400  # as minLength says

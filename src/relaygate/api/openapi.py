@@ -712,7 +712,9 @@ def task_operation(name: str, template: TaskTemplate) -> Operation:
     properties: JSON = {}
     required: list[str] = []
     for field_name, spec in template.fields.items():
-        prop: JSON = {"type": spec.type if spec.type in _TASK_TYPES else "string"}
+        kind = spec.type if spec.type in _TASK_TYPES else "string"
+        # null is taken as absent: an optional field's default, a required field's 400
+        prop: JSON = {"type": kind if spec.required else [kind, "null"]}
         if spec.enum is not None:
             prop["enum"] = list(spec.enum)
         if spec.max_length is not None:
@@ -725,7 +727,12 @@ def task_operation(name: str, template: TaskTemplate) -> Operation:
         if spec.required:
             required.append(field_name)
     if template.allow_model:
-        properties["model"] = {"type": "string", "description": "A configured model's name."}
+        properties["model"] = {
+            "type": ["string", "null"],
+            "minLength": 1,
+            "maxLength": 256,
+            "description": "A configured model's name; null or absent: the template's model.",
+        }
     schema: JSON = {"type": "object", "properties": properties}
     if required:
         schema["required"] = required
