@@ -15,6 +15,7 @@ from urllib.parse import urljoin, urlsplit
 import aiohttp
 import msgspec
 import pytest
+from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 
 from relaygate.api.openapi import (
@@ -265,3 +266,56 @@ async def test_a_task_template_documents_the_nulls_it_accepts(gateway: RunningGa
             assert r.status == 200, await r.text()
         async with session.post(gateway.url + "/ai/chat", json={"prompt": "hi", "model": ""}) as r:
             assert r.status == 400  # as minLength says
+
+
+_STREAMED = {
+    "/v1/chat/completions": {"messages": [{"role": "user", "content": "hi"}]},
+    "/chat": {"messages": [{"role": "user", "content": "hi"}]},
+    "/v1/completions": {"prompt": "hi"},
+    "/v1/responses": {"input": "hi"},
+    "/v1/messages": {"max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]},
+}
+
+
+async def test_each_streamed_event_fits_the_documented_event_schema(
+    gateway: RunningGateway,
+) -> None:
+    """An event stream's schema describes one event ({data, event, id, retry}), as tools
+    read it; it said ``string``, so every event of every stream failed schemathesis'
+    check (ST108 on /v1/completions and /v1/messages)."""
+    _, document = await get_json(gateway.url + "/openapi.json")
+    streamed = sorted(
+        path
+        for path, item in document["paths"].items()
+        if "text/event-stream"
+        in item.get("post", {}).get("responses", {}).get("200", {}).get("content", {})
+    )
+    assert streamed == sorted(_STREAMED)
+    async with aiohttp.ClientSession(headers=gateway.headers) as session:
+        for path in streamed:
+            schema = document["paths"][path]["post"]["responses"]["200"]["content"]
+            validator = Draft202012Validator(schema["text/event-stream"]["schema"])
+            body = {"model": "mock", "stream": True, **_STREAMED[path]}
+            async with session.post(gateway.url + path, json=body) as r:
+                assert r.status == 200 and r.content_type == "text/event-stream", path
+                events = _sse_events((await r.read()).decode())
+            assert len(events) >= 2, path
+            for event in events:
+                validator.validate(event)  # raises with the event that does not fit
+
+
+def _sse_events(text: str) -> list[dict[str, str]]:
+    """Events as an SSE client sees them: ``event`` defaults to ``message``."""
+    events = []
+    for block in text.strip().split("\n\n"):
+        event: dict[str, str] = {"event": "message"}
+        data = []
+        for line in block.splitlines():
+            name, _, value = line.partition(":")
+            if name == "data":
+                data.append(value.removeprefix(" "))
+            elif name in ("event", "id"):
+                event[name] = value.removeprefix(" ")
+        event["data"] = "\n".join(data)
+        events.append(event)
+    return events

@@ -886,7 +886,7 @@ def _responses(op: Operation, ref: dict[Any, JSON]) -> JSON:
         media: {"schema": _answer_schema(op, media)} for media in (op.media, *op.media_alternatives)
     }
     if op.stream:
-        content[op.stream] = {"schema": {"type": "string", "description": "The stream."}}
+        content[op.stream] = {"schema": _SSE_EVENT if op.stream == _SSE else _NDJSON_STREAM}
     success = "201" if op.created else "200"
     responses: JSON = {
         success: {
@@ -913,6 +913,22 @@ def _responses(op: Operation, ref: dict[Any, JSON]) -> JSON:
 
 
 _RATE = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
+# An event stream's schema describes one event, as OpenAPI 3.2's itemSchema does and as
+# tools read 3.1 documents (schemathesis checks each event against it).
+_SSE_EVENT: JSON = {
+    "type": "object",
+    "description": "One server-sent event of the stream: `data` is a JSON object (or "
+    "`[DONE]`, which ends an OpenAI stream); `event` names it in Anthropic's and the "
+    "Responses API's streams.",
+    "required": ["data"],
+    "properties": {
+        "data": {"type": "string"},
+        "event": {"type": "string"},
+        "id": {"type": "string"},
+        "retry": {"type": "integer", "minimum": 0},
+    },
+}
+_NDJSON_STREAM: JSON = {"type": "string", "description": "The stream: one JSON object a line."}
 
 
 def _answer_schema(op: Operation, media: str) -> JSON:
