@@ -319,3 +319,36 @@ def _sse_events(text: str) -> list[dict[str, str]]:
         event["data"] = "\n".join(data)
         events.append(event)
     return events
+
+
+async def test_documented_query_values_are_the_accepted_ones(gateway: RunningGateway) -> None:
+    """Each documented enum value and bound of the usage report's query is accepted, the
+    next one out refused; the latency report's required ``from`` is documented so."""
+    _, document = await get_json(gateway.url + "/openapi.json")
+
+    def query(path: str) -> dict[str, Any]:
+        parameters = document["paths"][path]["get"]["parameters"]
+        return {p["name"]: p for p in parameters if p["in"] == "query"}
+
+    usage, latency = query("/admin/usage"), query("/admin/usage/latency")
+    top = usage["top"]["schema"]
+    cases = [("/admin/usage", f"group_by={v}", 200) for v in usage["group_by"]["schema"]["enum"]]
+    cases += [("/admin/usage", "group_by=week", 400)]
+    cases += [
+        ("/admin/usage", f"top={top['minimum']}", 200),
+        ("/admin/usage", f"top={top['maximum']}", 200),
+    ]
+    cases += [("/admin/usage", f"top={top['maximum'] + 1}", 400), ("/admin/usage", "top=0", 400)]
+    cases += [
+        ("/admin/usage/latency", f"from=1d&bucket={v}", 200)
+        for v in latency["bucket"]["schema"]["enum"]
+    ]
+    cases += [
+        ("/admin/usage/latency", "from=1d&bucket=week", 400),
+        ("/admin/usage/latency", "", 400),
+    ]
+    assert latency["from"]["required"] is True and usage["from"]["required"] is False
+    async with aiohttp.ClientSession(headers=gateway.headers) as session:
+        for path, parameters, expected in cases:
+            async with session.get(f"{gateway.url}{path}?{parameters}") as r:
+                assert r.status == expected, (path, parameters, await r.text())

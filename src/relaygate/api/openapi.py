@@ -19,7 +19,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import msgspec
 
@@ -46,6 +46,7 @@ from relaygate.api.ui import MEDIA_TYPES as UI_MEDIA_TYPES
 from relaygate.asgi import ASGIApp, Receive, Scope, Send, new_request_id, send_bytes
 from relaygate.schema.requests import ChatRequest, CompletionRequest, EmbeddingRequest
 from relaygate.settings import TaskTemplate
+from relaygate.usage.analytics import GroupBy
 
 __all__ = [
     "OPERATIONS",
@@ -112,7 +113,8 @@ class Operation:
     shape: Literal["object", "array"] = "object"  # of a JSON answer
     stream: str | None = None  # the media type of a streamed answer
     errors: tuple[int, ...] = (401,)
-    query: tuple[tuple[str, str], ...] = ()
+    query: tuple[tuple[str, str], ...] = ()  # (name, description); schemas in _QUERY_SCHEMAS
+    required_query: tuple[str, ...] = ()
     ollama: bool = False  # errors in Ollama's shape
     anthropic: bool = False  # errors in Anthropic's shape
     description: str = ""
@@ -609,6 +611,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         auth="admin",
         errors=_ADMIN,
         query=(*_FILTERS, ("bucket", "hour (the default) or day.")),
+        required_query=("from",),
         answer='`{"bucket", "data": [{"hour" or "day", "requests", "duration_p50_ms", '
         '"duration_p90_ms", "duration_p99_ms", "ttft_count", "ttft_p50_ms", ...}]}`.',
         description="Answered requests only; `from` is required. Computed in the database, "
@@ -863,8 +866,8 @@ def _operation(method: str, path: str, op: Operation, ref: dict[Any, JSON]) -> J
         for name in _PARAM.findall(path)
     ]
     parameters += [
-        {"name": name, "in": "query", "required": False, "description": text,
-         "schema": {"type": "string"}}
+        {"name": name, "in": "query", "required": name in op.required_query,
+         "description": text, "schema": _QUERY_SCHEMAS.get(name, {"type": "string"})}
         for name, text in op.query
     ]  # fmt: skip
     if parameters:
@@ -913,6 +916,12 @@ def _responses(op: Operation, ref: dict[Any, JSON]) -> JSON:
 
 
 _RATE = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
+# Query parameters whose values are few or numbers (the others are text: names, times)
+_QUERY_SCHEMAS: dict[str, JSON] = {
+    "group_by": {"type": "string", "enum": list(get_args(GroupBy)), "default": "day"},
+    "bucket": {"type": "string", "enum": ["hour", "day"], "default": "hour"},
+    "top": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 10},
+}
 # An event stream's schema describes one event, as OpenAPI 3.2's itemSchema does and as
 # tools read 3.1 documents (schemathesis checks each event against it).
 _SSE_EVENT: JSON = {
