@@ -513,7 +513,12 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         errors=(*_ADMIN, 409),
     ),
     ("DELETE", "/admin/keys/{key_id}"): Operation(
-        "Revoke a key", "Admin", auth="admin", errors=_ADMIN
+        "Revoke a key",
+        "Admin",
+        auth="admin",
+        errors=_ADMIN,
+        description="The record stays (usage names it): GET /admin/keys/{key_id} still "
+        "answers, with `revoked: true`; seed 003's GET /api/keys/{key_id} answers 404.",
     ),
     ("POST", "/admin/keys/{key_id}/rotate"): Operation(
         "Rotate a key's secret", "Admin", auth="admin", errors=(*_ADMIN, 409), answer=_KEY
