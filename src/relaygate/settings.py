@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import msgspec
 import yaml
 
+from relaygate.digits import whole_number
 from relaygate.errors import ConfigError
 
 __all__ = [
@@ -1331,13 +1332,14 @@ def _check_ops(settings: Settings, lines: Lines, source: str | None) -> None:
     listen = settings.ops.listen
     if listen is None:
         return
-    host, _, port = listen.rpartition(":")
+    host, _, text = listen.rpartition(":")
+    port = whole_number(text, max_digits=5)
     problem = None
-    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not host or port is None or not 0 <= port <= 65535:
         problem = f"must be host:port (e.g. 127.0.0.1:9100), not {listen!r}"
-    elif int(port) != 0 and int(port) == settings.port:
+    elif port != 0 and port == settings.port:
         problem = f"port {port} is the main port; use another one"
-    elif int(port) == 0 and settings.workers > 1:
+    elif port == 0 and settings.workers > 1:
         problem = "with several workers, give a fixed port (not 0)"
     if problem:
         line = _line_of(("ops", "listen"), lines)

@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import anthropic
+import msgspec
 import pytest
 import sqlalchemy as sa
 
@@ -293,6 +294,28 @@ async def test_openai_anthropic_and_ollama_apis_with_auto_or_the_header(
     )  # fmt: skip
     assert status == 200 and body["model"] == "mock"
     assert headers["x-relaygate-key-owner"] == "server"
+    # "²" (one Latin-1 byte) passed str.isdigit() as a configuration id and int() raised: a 500
+    for raw in (b"\xb2", b"9" * 5000):
+        head, payload = await _raw_chat(gateway, alice.secret, b"X-Relaygate-Provider: " + raw)
+        assert head.startswith(b"HTTP/1.1 404"), head
+        assert "X-Relaygate-Provider" in msgspec.json.decode(payload)["error"]["message"]
+
+
+async def _raw_chat(gateway: RunningGateway, secret: str, header: bytes) -> tuple[bytes, bytes]:
+    """A chat request with a header as raw bytes (a client library would encode it)."""
+    body = b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}]}'
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    writer.write(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Authorization: Bearer {secret}\r\n".encode() + header + b"\r\n"
+        + f"Connection: close\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+    )  # fmt: skip
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    await writer.wait_closed()
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    return head, payload
 
 
 # who sees what

@@ -334,7 +334,14 @@ async def test_times_outside_utcs_range_are_refused(
 
 @pytest.mark.parametrize(
     "query",
-    ["from=0001-01-01T00:00:00%2B01:00", "to=9999-12-31T23:59:59-01:00", "from=99999w", "top=0"],
+    [
+        "from=0001-01-01T00:00:00%2B01:00",
+        "to=9999-12-31T23:59:59-01:00",
+        "from=99999w",
+        "top=0",
+        "top=%C2%B2",
+        "top=" + "9" * 5000,  # "²".isdigit() and 5000 digits: int() raised, a 500
+    ],
 )
 async def test_usage_filters_out_of_range_are_4xx(
     gateway: RunningGateway, session: aiohttp.ClientSession, query: str

@@ -15,6 +15,7 @@ from urllib.parse import urljoin, urlsplit
 import aiohttp
 import msgspec
 import pytest
+from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 
 from relaygate.api.openapi import (
@@ -24,6 +25,7 @@ from relaygate.api.openapi import (
     operation_for,
 )
 from relaygate.store.nodes import NodeTokenStore
+from relaygate.vault.crypto import new_key as new_vault_key
 from relaygate.vault.store import Owner
 from tests.conftest import MOCK
 from tests.gateway import RunningGateway, make_settings, running_gateway
@@ -209,3 +211,144 @@ async def test_docs_page_uses_only_its_own_assets(gateway: RunningGateway) -> No
                 assert r.status == 200 and says in await r.text()
         async with session.get(gateway.url + "/docs/pyproject.toml") as r:
             assert r.status == 404
+
+
+async def test_answers_have_their_documented_media_type_and_shape() -> None:
+    """Each GET route (and files and pages of the web UI) answers with a status, media type
+    and JSON type (object or array) its document names. The reference page's files and the
+    web UI's were documented as application/octet-stream, the UI's 404 as JSON, and the
+    BYOK lists as objects; schemathesis found them (test_schemathesis.py)."""
+    async with running_gateway(make_settings(MOCK, secret_key=new_vault_key())) as gateway:
+        _, document = await get_json(gateway.url + "/openapi.json")
+        urls = [
+            (path, path)
+            for path, item in document["paths"].items()
+            if "get" in item and "{" not in path and path != "/metrics"  # text, checked below
+        ]
+        urls += [("/ui/{path}", "/ui/" + p) for p in ("keys", "assets/nothing.js", "config.json")]
+        urls += [("/ui/{path}", "/ui/assets/" + name) for name in _ui_assets()[:2]]
+        urls.append(("/metrics", "/metrics"))
+        async with aiohttp.ClientSession(headers=gateway.headers) as session:
+            for template, url in urls:
+                async with session.get(gateway.url + url) as r:
+                    body = await r.read()
+                    documented = document["paths"][template]["get"]["responses"]
+                    assert str(r.status) in documented, (url, r.status)
+                    content = documented[str(r.status)]["content"]
+                    media = r.headers["Content-Type"].split(";")[0]
+                    assert media in content, (url, media, list(content))
+                    if media == "application/json":
+                        schema = content[media]["schema"]
+                        kind = "object" if "$ref" in schema else schema["type"]
+                        value = msgspec.json.decode(body)
+                        assert isinstance(value, dict if kind == "object" else list), url
+        assert "/api/ai/api-keys" in dict(urls) and "/docs/swagger-ui.css" in dict(urls)
+
+
+def _ui_assets() -> list[str]:
+    from relaygate.api.ui import site_root
+
+    return sorted(entry.name for entry in site_root().joinpath("assets").iterdir())
+
+
+async def test_a_task_template_documents_the_nulls_it_accepts(gateway: RunningGateway) -> None:
+    """A null ``model`` (or optional field) means the default, so the document allows it;
+    it said ``string`` and schemathesis' invalid null was served (negative_data_rejection)."""
+    _, document = await get_json(gateway.url + "/openapi.json")
+    operation = document["paths"]["/ai/chat"]["post"]
+    schema = operation["requestBody"]["content"]["application/json"]["schema"]
+    assert schema["properties"]["model"]["type"] == ["string", "null"]
+    assert schema["properties"]["model"]["minLength"] == 1
+    async with aiohttp.ClientSession(headers=gateway.headers) as session:
+        async with session.post(
+            gateway.url + "/ai/chat", json={"prompt": "hi", "model": None}
+        ) as r:
+            assert r.status == 200, await r.text()
+        async with session.post(gateway.url + "/ai/chat", json={"prompt": "hi", "model": ""}) as r:
+            assert r.status == 400  # as minLength says
+
+
+_STREAMED = {
+    "/v1/chat/completions": {"messages": [{"role": "user", "content": "hi"}]},
+    "/chat": {"messages": [{"role": "user", "content": "hi"}]},
+    "/v1/completions": {"prompt": "hi"},
+    "/v1/responses": {"input": "hi"},
+    "/v1/messages": {"max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]},
+}
+
+
+async def test_each_streamed_event_fits_the_documented_event_schema(
+    gateway: RunningGateway,
+) -> None:
+    """An event stream's schema describes one event ({data, event, id, retry}), as tools
+    read it; it said ``string``, so every event of every stream failed schemathesis'
+    check (ST108 on /v1/completions and /v1/messages)."""
+    _, document = await get_json(gateway.url + "/openapi.json")
+    streamed = sorted(
+        path
+        for path, item in document["paths"].items()
+        if "text/event-stream"
+        in item.get("post", {}).get("responses", {}).get("200", {}).get("content", {})
+    )
+    assert streamed == sorted(_STREAMED)
+    async with aiohttp.ClientSession(headers=gateway.headers) as session:
+        for path in streamed:
+            schema = document["paths"][path]["post"]["responses"]["200"]["content"]
+            validator = Draft202012Validator(schema["text/event-stream"]["schema"])
+            body = {"model": "mock", "stream": True, **_STREAMED[path]}
+            async with session.post(gateway.url + path, json=body) as r:
+                assert r.status == 200 and r.content_type == "text/event-stream", path
+                events = _sse_events((await r.read()).decode())
+            assert len(events) >= 2, path
+            for event in events:
+                validator.validate(event)  # raises with the event that does not fit
+
+
+def _sse_events(text: str) -> list[dict[str, str]]:
+    """Events as an SSE client sees them: ``event`` defaults to ``message``."""
+    events = []
+    for block in text.strip().split("\n\n"):
+        event: dict[str, str] = {"event": "message"}
+        data = []
+        for line in block.splitlines():
+            name, _, value = line.partition(":")
+            if name == "data":
+                data.append(value.removeprefix(" "))
+            elif name in ("event", "id"):
+                event[name] = value.removeprefix(" ")
+        event["data"] = "\n".join(data)
+        events.append(event)
+    return events
+
+
+async def test_documented_query_values_are_the_accepted_ones(gateway: RunningGateway) -> None:
+    """Each documented enum value and bound of the usage report's query is accepted, the
+    next one out refused; the latency report's required ``from`` is documented so."""
+    _, document = await get_json(gateway.url + "/openapi.json")
+
+    def query(path: str) -> dict[str, Any]:
+        parameters = document["paths"][path]["get"]["parameters"]
+        return {p["name"]: p for p in parameters if p["in"] == "query"}
+
+    usage, latency = query("/admin/usage"), query("/admin/usage/latency")
+    top = usage["top"]["schema"]
+    cases = [("/admin/usage", f"group_by={v}", 200) for v in usage["group_by"]["schema"]["enum"]]
+    cases += [("/admin/usage", "group_by=week", 400)]
+    cases += [
+        ("/admin/usage", f"top={top['minimum']}", 200),
+        ("/admin/usage", f"top={top['maximum']}", 200),
+    ]
+    cases += [("/admin/usage", f"top={top['maximum'] + 1}", 400), ("/admin/usage", "top=0", 400)]
+    cases += [
+        ("/admin/usage/latency", f"from=1d&bucket={v}", 200)
+        for v in latency["bucket"]["schema"]["enum"]
+    ]
+    cases += [
+        ("/admin/usage/latency", "from=1d&bucket=week", 400),
+        ("/admin/usage/latency", "", 400),
+    ]
+    assert latency["from"]["required"] is True and usage["from"]["required"] is False
+    async with aiohttp.ClientSession(headers=gateway.headers) as session:
+        for path, parameters, expected in cases:
+            async with session.get(f"{gateway.url}{path}?{parameters}") as r:
+                assert r.status == expected, (path, parameters, await r.text())

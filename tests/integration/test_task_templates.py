@@ -210,7 +210,8 @@ async def test_an_operator_declares_and_disables_templates(fake_openai: FakeOpen
     assert disabled[0] == 404
     described = document["paths"]["/ai/summarize"]["post"]
     schema = described["requestBody"]["content"]["application/json"]["schema"]
-    assert schema["required"] == ["text"] and schema["properties"]["words"]["type"] == "integer"
+    assert schema["required"] == ["text"] and schema["properties"]["text"]["type"] == "string"
+    assert schema["properties"]["words"]["type"] == ["integer", "null"]  # null: the default
     assert "/ai/code/complete" not in document["paths"]
 
 

@@ -40,6 +40,8 @@ def test_file_and_environment(tmp_path: Path) -> None:
         ({"RELAYGATE_HTTP__MAX_HEADER_BYTES": "100"}, "http.max_header_bytes"),
         ({"RELAYGATE_OPS__ACCESS": "nobody"}, "ops.access"),
         ({"RELAYGATE_OPS__LISTEN": "9100"}, "ops.listen: must be host:port"),
+        ({"RELAYGATE_OPS__LISTEN": "127.0.0.1:²"}, "ops.listen: must be host:port"),  # was a ValueError
+        ({"RELAYGATE_OPS__LISTEN": "127.0.0.1:" + "9" * 5000}, "ops.listen: must be host:port"),
         ({"RELAYGATE_OPS__LISTEN": "127.0.0.1:8000"}, "ops.listen: port 8000 is the main port"),
         (
             {"RELAYGATE_OPS__LISTEN": "127.0.0.1:0", "RELAYGATE_WORKERS": "2",

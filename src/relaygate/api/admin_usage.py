@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from relaygate.auth.principal import Principal
+from relaygate.digits import whole_number
 from relaygate.errors import InvalidRequest, NotFound
 from relaygate.store.identity import resolve_tenant
 from relaygate.usage.analytics import (
@@ -179,10 +180,10 @@ class UsageAdminAPI:
 
 
 def _top(request: Request) -> int:
-    raw = request.query_params.get("top", "10")
-    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+    top = whole_number(request.query_params.get("top", "10"), max_digits=4)
+    if top is None or not 1 <= top <= 1000:
         raise InvalidRequest("top must be a whole number from 1 to 1000.", param="top")
-    return int(raw)
+    return top
 
 
 def _totals(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from relaygate.api.subapp import error_response as _error
 from relaygate.api.subapp import json_app
 from relaygate.asgi import ClientGone, new_request_id, read_body
 from relaygate.auth.principal import Principal
+from relaygate.digits import whole_number
 from relaygate.errors import (
     AuthenticationError,
     InvalidRequest,
@@ -157,9 +158,10 @@ def _json(data: Any, status: int = 200) -> Response:
 def _path_id(request: Request, name: str, what: str) -> int:
     """An id from the path; anything but a plain number is simply not found."""
     raw: str = request.path_params[name]
-    if not raw.isascii() or not raw.isdigit() or len(raw) > 10 or int(raw) > 2**31 - 1:
+    found = whole_number(raw, max_digits=10)
+    if found is None or found > 2**31 - 1:
         raise NotFound(f"No {what} {raw[:40]!r}.")
-    return int(raw)
+    return found
 
 
 def _expiry(at: datetime | None, in_days: int | None) -> datetime | None:

@@ -19,7 +19,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import msgspec
 
@@ -42,9 +42,11 @@ from relaygate.api.ollama_meta import OLLAMA_VERSION, ShowRequest
 from relaygate.api.responses_schema import ResponsesRequest
 from relaygate.api.seed import GenerateRequest
 from relaygate.api.task_templates import SHIPPED
+from relaygate.api.ui import MEDIA_TYPES as UI_MEDIA_TYPES
 from relaygate.asgi import ASGIApp, Receive, Scope, Send, new_request_id, send_bytes
 from relaygate.schema.requests import ChatRequest, CompletionRequest, EmbeddingRequest
 from relaygate.settings import TaskTemplate
+from relaygate.usage.analytics import GroupBy
 
 __all__ = [
     "OPERATIONS",
@@ -107,13 +109,18 @@ class Operation:
     body: type[msgspec.Struct] | None = None
     answer: str = "A JSON object."
     media: str = "application/json"
+    media_alternatives: tuple[str, ...] = ()  # a file route's other types (by file)
+    shape: Literal["object", "array"] = "object"  # of a JSON answer
     stream: str | None = None  # the media type of a streamed answer
     errors: tuple[int, ...] = (401,)
-    query: tuple[tuple[str, str], ...] = ()
+    query: tuple[tuple[str, str], ...] = ()  # (name, description); schemas in _QUERY_SCHEMAS
+    required_query: tuple[str, ...] = ()
     ollama: bool = False  # errors in Ollama's shape
     anthropic: bool = False  # errors in Anthropic's shape
     description: str = ""
     created: bool = False  # 201 rather than 200
+    # Errors answered as a page or text, not JSON (a file route's): status -> media type
+    plain_errors: tuple[tuple[int, str], ...] = ()
     schema: JSON | None = None  # a request body described by data (a task template's fields)
 
 
@@ -297,17 +304,23 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "The web UI (dashboard, keys, usage, playground)",
         "Reference",
         auth="none",
-        errors=(),
+        errors=(503,),
+        plain_errors=((503, "text/html"),),
         media="text/html",
         answer="The page; it asks for a key and talks to the APIs with it.",
+        description="503 when this installation was built without the web UI.",
     ),
     ("GET", "/ui/{path}"): Operation(
         "A file of the web UI, or the page for one of its client routes",
         "Reference",
         auth="none",
-        errors=(404,),
-        media="application/octet-stream",
+        errors=(404, 503),
+        plain_errors=((404, "text/plain"), (503, "text/html")),
+        media="text/html",
+        media_alternatives=UI_MEDIA_TYPES,
         answer="The file; the page itself for a route such as `keys` or `playground`.",
+        description="404 (text) for a file the UI does not have; 503 when this installation "
+        "was built without the web UI.",
     ),
     ("HEAD", "/"): Operation(
         "Ollama's liveness probe (headers only)",
@@ -381,6 +394,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "List your provider keys and your tenant's shared ones, masked (seed 004)",
         "Your provider keys (BYOK)",
         errors=(401, 503),
+        shape="array",
         answer="A JSON array of keys: `id`, `provider`, `key_name`, `masked_key`, `shared`, "
         "`expires_at`, `expired`, `last_used_at`.",
     ),
@@ -411,6 +425,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "List your provider configurations",
         "Your provider keys (BYOK)",
         errors=(401, 503),
+        shape="array",
         answer="A JSON array of configurations.",
     ),
     ("GET", "/api/ai/provider-configs/{config_id}"): Operation(
@@ -498,7 +513,12 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         errors=(*_ADMIN, 409),
     ),
     ("DELETE", "/admin/keys/{key_id}"): Operation(
-        "Revoke a key", "Admin", auth="admin", errors=_ADMIN
+        "Revoke a key",
+        "Admin",
+        auth="admin",
+        errors=_ADMIN,
+        description="The record stays (usage names it): GET /admin/keys/{key_id} still "
+        "answers, with `revoked: true`; seed 003's GET /api/keys/{key_id} answers 404.",
     ),
     ("POST", "/admin/keys/{key_id}/rotate"): Operation(
         "Rotate a key's secret", "Admin", auth="admin", errors=(*_ADMIN, 409), answer=_KEY
@@ -596,6 +616,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         auth="admin",
         errors=_ADMIN,
         query=(*_FILTERS, ("bucket", "hour (the default) or day.")),
+        required_query=("from",),
         answer='`{"bucket", "data": [{"hour" or "day", "requests", "duration_p50_ms", '
         '"duration_p90_ms", "duration_p99_ms", "ttft_count", "ttft_p50_ms", ...}]}`.',
         description="Answered requests only; `from` is required. Computed in the database, "
@@ -658,14 +679,6 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         answer="An HTML page; its assets are served under /docs/.",
     ),
 }
-_ASSET = Operation(
-    "A file of the reference page",
-    "Reference",
-    auth="none",
-    errors=(404,),
-    media="application/octet-stream",
-    answer="The file.",
-)
 _REASONS = {
     400: "The request is invalid; `param` names the field.",
     401: "Missing or invalid credentials.",
@@ -707,7 +720,9 @@ def task_operation(name: str, template: TaskTemplate) -> Operation:
     properties: JSON = {}
     required: list[str] = []
     for field_name, spec in template.fields.items():
-        prop: JSON = {"type": spec.type if spec.type in _TASK_TYPES else "string"}
+        kind = spec.type if spec.type in _TASK_TYPES else "string"
+        # null is taken as absent: an optional field's default, a required field's 400
+        prop: JSON = {"type": kind if spec.required else [kind, "null"]}
         if spec.enum is not None:
             prop["enum"] = list(spec.enum)
         if spec.max_length is not None:
@@ -720,7 +735,12 @@ def task_operation(name: str, template: TaskTemplate) -> Operation:
         if spec.required:
             required.append(field_name)
     if template.allow_model:
-        properties["model"] = {"type": "string", "description": "A configured model's name."}
+        properties["model"] = {
+            "type": ["string", "null"],
+            "minLength": 1,
+            "maxLength": 256,
+            "description": "A configured model's name; null or absent: the template's model.",
+        }
     schema: JSON = {"type": "object", "properties": properties}
     if required:
         schema["required"] = required
@@ -750,8 +770,16 @@ def operation_for(
 ) -> Operation | None:
     """The description of a served route; None when there is none (a test fails then)."""
     found = OPERATIONS.get((method, path)) or (extra or {}).get((method, path))
-    if found is None and method == "GET" and path.startswith(DOCS_PATH + "/"):
-        return _ASSET
+    asset = ASSETS.get(path[len(DOCS_PATH) + 1 :]) if path.startswith(DOCS_PATH + "/") else None
+    if found is None and method == "GET" and asset is not None:
+        return Operation(
+            "A file of the reference page",
+            "Reference",
+            auth="none",
+            errors=(),
+            media=asset.decode().split(";")[0],
+            answer="The file.",
+        )
     return found
 
 
@@ -843,8 +871,8 @@ def _operation(method: str, path: str, op: Operation, ref: dict[Any, JSON]) -> J
         for name in _PARAM.findall(path)
     ]
     parameters += [
-        {"name": name, "in": "query", "required": False, "description": text,
-         "schema": {"type": "string"}}
+        {"name": name, "in": "query", "required": name in op.required_query,
+         "description": text, "schema": _QUERY_SCHEMAS.get(name, {"type": "string"})}
         for name, text in op.query
     ]  # fmt: skip
     if parameters:
@@ -862,9 +890,11 @@ def _operation(method: str, path: str, op: Operation, ref: dict[Any, JSON]) -> J
 
 
 def _responses(op: Operation, ref: dict[Any, JSON]) -> JSON:
-    content: JSON = {op.media: {"schema": _answer_schema(op)}}
+    content: JSON = {
+        media: {"schema": _answer_schema(op, media)} for media in (op.media, *op.media_alternatives)
+    }
     if op.stream:
-        content[op.stream] = {"schema": {"type": "string", "description": "The stream."}}
+        content[op.stream] = {"schema": _SSE_EVENT if op.stream == _SSE else _NDJSON_STREAM}
     success = "201" if op.created else "200"
     responses: JSON = {
         success: {
@@ -874,11 +904,14 @@ def _responses(op: Operation, ref: dict[Any, JSON]) -> JSON:
         }
     }
     error_schema = ref[OllamaError if op.ollama else AnthropicError if op.anthropic else ErrorBody]
+    plain = dict(op.plain_errors)
     for status in op.errors:
-        response: JSON = {
-            "description": _REASONS[status],
-            "content": {"application/json": {"schema": error_schema}},
-        }
+        error_content = (
+            {plain[status]: {"schema": {"type": "string"}}}
+            if status in plain
+            else {"application/json": {"schema": error_schema}}
+        )
+        response: JSON = {"description": _REASONS[status], "content": error_content}
         if status == 429:
             response["headers"] = _headers("Retry-After", *_RATE)
         elif status == 401:
@@ -888,11 +921,33 @@ def _responses(op: Operation, ref: dict[Any, JSON]) -> JSON:
 
 
 _RATE = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
+# Query parameters whose values are few or numbers (the others are text: names, times)
+_QUERY_SCHEMAS: dict[str, JSON] = {
+    "group_by": {"type": "string", "enum": list(get_args(GroupBy)), "default": "day"},
+    "bucket": {"type": "string", "enum": ["hour", "day"], "default": "hour"},
+    "top": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 10},
+}
+# An event stream's schema describes one event, as OpenAPI 3.2's itemSchema does and as
+# tools read 3.1 documents (schemathesis checks each event against it).
+_SSE_EVENT: JSON = {
+    "type": "object",
+    "description": "One server-sent event of the stream: `data` is a JSON object (or "
+    "`[DONE]`, which ends an OpenAI stream); `event` names it in Anthropic's and the "
+    "Responses API's streams.",
+    "required": ["data"],
+    "properties": {
+        "data": {"type": "string"},
+        "event": {"type": "string"},
+        "id": {"type": "string"},
+        "retry": {"type": "integer", "minimum": 0},
+    },
+}
+_NDJSON_STREAM: JSON = {"type": "string", "description": "The stream: one JSON object a line."}
 
 
-def _answer_schema(op: Operation) -> JSON:
-    if op.media == "application/json":
-        return {"type": "object", "description": op.answer}
+def _answer_schema(op: Operation, media: str) -> JSON:
+    if media == "application/json":  # a file route's JSON files are objects (config, maps)
+        return {"type": op.shape, "description": op.answer}
     return {"type": "string", "description": op.answer}
 
 

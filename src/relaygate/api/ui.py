@@ -28,7 +28,7 @@ import msgspec
 from relaygate.asgi import Receive, Scope, Send, new_request_id, send_bytes
 from relaygate.settings import OIDCConfig
 
-__all__ = ["UI_PATH", "WebUI", "wants_html"]
+__all__ = ["MEDIA_TYPES", "UI_PATH", "WebUI", "wants_html"]
 
 UI_PATH = "/ui"
 Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
@@ -46,6 +46,10 @@ _TYPES = {
     "woff2": b"font/woff2",
     "map": b"application/json",
 }
+# What the UI's files are served as, for the OpenAPI document.
+MEDIA_TYPES = tuple(
+    sorted({t.decode().split(";")[0] for t in (*_TYPES.values(), b"application/octet-stream")})
+)
 _IMMUTABLE = (b"cache-control", b"public, max-age=31536000, immutable")
 _REVALIDATE = (b"cache-control", b"no-cache")
 CONFIG_FILE = "config.json"

@@ -32,6 +32,7 @@ from relaygate.cache.database import DatabaseTier
 from relaygate.cache.entry import FORMAT, Entry, decode_entry, encode_entry
 from relaygate.cache.keys import cache_key
 from relaygate.cache.memory import MemoryTier
+from relaygate.digits import whole_number
 from relaygate.errors import InvalidRequest
 from relaygate.observability.metrics import Metrics
 from relaygate.settings import CacheConfig, ModelCacheConfig
@@ -96,12 +97,13 @@ def parse_cache_control(value: str) -> tuple[bool, bool, float | None]:
             no_store = True
         elif name == "max-age":
             arg = arg.strip().strip('"')
-            if not (arg.isascii() and arg.isdigit()):  # "²".isdigit(), but float() refuses it
+            seconds = whole_number(arg)
+            if seconds is None:
                 raise InvalidRequest(
-                    f"Cache-Control max-age must be a whole number of seconds, not {arg!r}.",
+                    f"Cache-Control max-age must be a whole number of seconds, not {arg[:40]!r}.",
                     param="Cache-Control",
                 )
-            max_age = float(arg)
+            max_age = float(seconds)
     return no_cache, no_store, max_age
 
 

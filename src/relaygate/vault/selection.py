@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
+from relaygate.digits import whole_number
 from relaygate.vault.store import ConfigRow, Owner, SecretRow
 
 __all__ = ["KEYLESS_TYPES", "URL_TYPES", "choose", "usable"]
@@ -48,8 +49,9 @@ def choose(
     """
     candidates = [c for c in configs if usable(c, secrets, who, now)]
     if wanted is not None:
-        if wanted.isdigit():
-            candidates = [c for c in candidates if c.id == int(wanted)]
+        config_id = whole_number(wanted, max_digits=10)
+        if config_id is not None:
+            candidates = [c for c in candidates if c.id == config_id]
         else:
             candidates = [c for c in candidates if c.provider_type == wanted]
     for config in candidates:

@@ -32,6 +32,7 @@ import aiohttp
 import msgspec
 from sqlalchemy.exc import SQLAlchemyError
 
+from relaygate.digits import whole_number
 from relaygate.errors import ConfigError, NotFound, StoreUnavailable, UpstreamError
 from relaygate.net.ssrf import SsrfPolicy, guarded_session
 from relaygate.providers.anthropic import AnthropicProvider
@@ -238,7 +239,11 @@ class Vault:
         who = owner_of(principal)
         configs = self._configs.get(who) if who is not None else None
         narrowed = None if wanted is None or wanted in CHOICE_WORDS else wanted
-        if narrowed is not None and narrowed not in BYOK_TYPES and not narrowed.isdigit():
+        if (
+            narrowed is not None
+            and narrowed not in BYOK_TYPES
+            and whole_number(narrowed, max_digits=10) is None
+        ):
             raise NotFound(
                 f"X-Relaygate-Provider: {narrowed[:40]!r} is not a provider type "
                 f"({', '.join(BYOK_TYPES)}), a configuration id, 'auto' or 'server'."

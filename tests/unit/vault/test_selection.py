@@ -67,3 +67,11 @@ def test_narrowed_by_type_or_id() -> None:
     assert choose(configs, SECRETS, ALICE, NOW, "3").id == 3  # type: ignore[union-attr]
     assert choose(configs, SECRETS, ALICE, NOW, "gemini") is None
     assert choose(configs, SECRETS, ALICE, NOW, "9") is None
+
+
+def test_a_wanted_configuration_id_that_is_not_ascii_digits_is_a_type_name() -> None:
+    """ "²" passed str.isdigit() and then int() raised: a 500 from a request header."""
+    configs = [config(1), config(2, is_default=True)]
+    assert choose(configs, SECRETS, ALICE, NOW, "1").id == 1  # type: ignore[union-attr]
+    for wanted in ("²", "١", "9" * 5000):
+        assert choose(configs, SECRETS, ALICE, NOW, wanted) is None  # no such type
