@@ -40,6 +40,7 @@ from relaygate.store.schema import SCHEMA_REVISION, current_revision
 from relaygate.tunnel.hub import Hub
 from relaygate.tunnel.serving import RegisteredModels
 from relaygate.usage.accounting import Recorder
+from relaygate.usage.election import WriterLock
 from relaygate.usage.outbox import Outbox
 from relaygate.usage.tokens import LazyTokenizer
 from relaygate.usage.writer import UsageWriter
@@ -167,6 +168,7 @@ async def open_state(settings: Settings, log: logging.Logger) -> AppState:
     writer = UsageWriter(
         outbox, engine, batch_size=usage.batch_size, interval=usage.write_interval,
         log=log, metrics=metrics, retention_days=usage.retention_days,
+        lock=WriterLock(usage.outbox_dir) if usage.elect_writer else None,
     )  # fmt: skip
     await writer.start()
     tokenizer = LazyTokenizer(Path(usage.outbox_dir).parent / "tiktoken", log)
