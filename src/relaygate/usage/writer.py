@@ -35,6 +35,7 @@ from relaygate.store.tables import usage_daily, usage_records
 from relaygate.usage.election import WriterLock
 from relaygate.usage.outbox import Outbox
 from relaygate.usage.partitions import apply_retention, ensure_partitions
+from relaygate.usage.pg_bulk import BulkStatements
 from relaygate.usage.record import UsageRecord
 
 __all__ = ["UsageWriter", "daily_rollups", "record_row"]
@@ -97,6 +98,8 @@ class UsageWriter:
                 f"Python has {sqlite3.sqlite_version}: use PostgreSQL or a newer Python build"
             )
         self._insert_records, self._upsert_daily = _statements(engine.dialect.name)
+        # PostgreSQL: fixed statements taking one array a column (usage/pg_bulk.py)
+        self._bulk = BulkStatements(_SUMS) if engine.dialect.name == "postgresql" else None
         self._orphans: list[Outbox] = []
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -275,16 +278,19 @@ class UsageWriter:
 
     async def _insert(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> int:
         """Insert the rows not already there; add exactly those to usage_daily."""
-        result = await conn.execute(self._insert_records, rows)
-        inserted = {(request_id, _naive_utc(at)) for request_id, at in result}
         fresh: list[dict[str, Any]] = []
-        for row in rows:
-            key = (row["request_id"], _naive_utc(row["created_at"]))
-            if key in inserted:
-                inserted.discard(key)  # a record twice in one batch counts once
-                fresh.append(row)
-        if fresh:
-            await conn.execute(self._upsert_daily, daily_rollups(fresh))
+
+        def rollups(inserted: list[tuple[Any, Any]]) -> list[dict[str, Any]]:
+            fresh.extend(_fresh(rows, inserted))
+            return daily_rollups(fresh) if fresh else []
+
+        if self._bulk is not None:
+            await self._bulk.insert(conn, rows, rollups)
+            return len(fresh)
+        result = await conn.execute(self._insert_records, rows)
+        daily = rollups([(request_id, at) for request_id, at in result])
+        if daily:
+            await conn.execute(self._upsert_daily, daily)
         return len(fresh)
 
     async def _release_drained_orphans(self) -> None:
@@ -369,6 +375,19 @@ def record_row(record: UsageRecord) -> dict[str, Any]:
     if row["ttft_ms"] is not None and not math.isfinite(row["ttft_ms"]):
         row["ttft_ms"] = None
     return row
+
+
+def _fresh(rows: list[dict[str, Any]], inserted: list[tuple[Any, Any]]) -> list[dict[str, Any]]:
+    """The rows whose (request_id, created_at) the database says it inserted, each once
+    (a record twice in one batch counts once)."""
+    keys = {(request_id, _naive_utc(at)) for request_id, at in inserted}
+    fresh: list[dict[str, Any]] = []
+    for row in rows:
+        key = (row["request_id"], _naive_utc(row["created_at"]))
+        if key in keys:
+            keys.discard(key)
+            fresh.append(row)
+    return fresh
 
 
 def daily_rollups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
