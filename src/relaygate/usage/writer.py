@@ -46,6 +46,7 @@ _MAINTAIN_EVERY, _MAINTAIN_RETRY = 86_400.0, 60.0
 _ORPHAN_SCAN_EVERY = 60.0
 _SHARED_SCAN_EVERY = 0.5  # the elected writer looks for handed-over files this often
 HAND_OFF_EVERY = 1.0  # a process that is not the writer hands its file over this often
+_CATCH_UP = 10  # the largest batch, in batch_size units, when the writer is far behind
 _INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
 _INTS = ("prompt_tokens", "completion_tokens", "http_status")
 _FLOATS = ("duration_ms", "cost")
@@ -243,38 +244,55 @@ class UsageWriter:
         return [*self._orphans, self._outbox]  # orphans first: their records are older
 
     async def _write_some(self) -> bool:
-        """One batch from each source that has records; True if any batch was full."""
-        full = False
-        for source in self._sources():
-            batch = await source.take(self._batch_size)
-            if batch:
-                await self._deliver(source, batch)
-                full = full or len(batch) >= self._batch_size
-        await self._release_drained_orphans()
-        return full
+        """One batch from the sources that have records, all in one transaction; True if
+        any source's part was full (more may be waiting).
 
-    async def _deliver(self, source: Outbox, batch: list[tuple[int, UsageRecord]]) -> None:
-        """Insert one batch and its rollups in one transaction, then ack it."""
-        ids: list[int] = []
+        The writer shares the event loop with requests and each of its steps waits for a
+        turn of it, so at saturation its rate is rows per turn: the sources are read
+        together, written in one transaction and acknowledged together, whatever their
+        number (the elected writer drains every worker's files). When far behind, a
+        source gives more than ``batch_size`` (a quarter of what waits), up to
+        ``_CATCH_UP`` batches in all: each row costs the loop a few µs, bounded by that.
+        """
+        limits: list[tuple[Outbox, int]] = []
+        room = _CATCH_UP * self._batch_size
+        for source in self._sources():
+            if source.durable and room > 0:
+                limit = min(room, max(self._batch_size, source.durable // 4))
+                limits.append((source, limit))
+                room -= limit
+        batches = await asyncio.gather(*(source.take(limit) for source, limit in limits))
+        parts = [(source, batch) for (source, _), batch in zip(limits, batches, strict=True)]
+        await self._deliver([(source, batch) for source, batch in parts if batch])
+        await self._release_drained_orphans()
+        return any(len(batch) >= self._batch_size for _, batch in parts)
+
+    async def _deliver(self, parts: list[tuple[Outbox, list[tuple[int, UsageRecord]]]]) -> None:
+        """Insert the batches and their rollups in one transaction, then ack each."""
         rows: list[dict[str, Any]] = []
-        invalid: list[int] = []
-        for row_id, record in batch:
-            try:
-                rows.append(record_row(record))
-                ids.append(row_id)
-            except (ValueError, OverflowError, OSError):  # e.g. a timestamp out of range
-                invalid.append(row_id)
-        if invalid:
-            self._log.error("%d usage records are invalid and were set aside", len(invalid))
-            await source.quarantine(invalid, "invalid")
-        if rows:
-            async with self._engine.begin() as conn:
-                inserted = await self._insert(conn, rows)
-            # Counted once committed (the rows are in the database), before the ack's await:
-            # a reader who sees the rows sees them counted.
-            if self._metrics is not None:
-                self._metrics.usage_written.inc(inserted)
-            await source.ack(ids)
+        acks: list[tuple[Outbox, list[int]]] = []
+        for source, batch in parts:
+            ids: list[int] = []
+            invalid: list[int] = []
+            for row_id, record in batch:
+                try:
+                    rows.append(record_row(record))
+                    ids.append(row_id)
+                except (ValueError, OverflowError, OSError):  # e.g. a timestamp out of range
+                    invalid.append(row_id)
+            if invalid:
+                self._log.error("%d usage records are invalid and were set aside", len(invalid))
+                await source.quarantine(invalid, "invalid")
+            acks.append((source, ids))
+        if not rows:
+            return
+        async with self._engine.begin() as conn:
+            inserted = await self._insert(conn, rows)
+        # Counted once committed (the rows are in the database), before the acks' await:
+        # a reader who sees the rows sees them counted.
+        if self._metrics is not None:
+            self._metrics.usage_written.inc(inserted)
+        await asyncio.gather(*(source.ack(ids) for source, ids in acks if ids))
 
     async def _insert(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> int:
         """Insert the rows not already there; add exactly those to usage_daily."""
