@@ -10,6 +10,7 @@ from .cache_sections import cache_cost
 from .common import Options, Section
 from .http_sections import latency, open_loop, throughput
 from .node_sections import nodes_scaling
+from .scaling_sections import scaling
 from .stream_sections import held_streams, idle_rss, streaming
 from .tunnel_sections import node_cost
 from .usage_sections import usage_cost
@@ -29,5 +30,9 @@ SECTIONS: dict[str, tuple[str, Callable[[Section, Options], None]]] = {
     "dialout": (
         "12. Dial-out node: added time to first chunk, 200 streams via one agent",
         node_cost,
+    ),
+    "scaling": (
+        "13. Workers on PostgreSQL + Redis: throughput per worker, usage outbox depth, p99/p50",
+        scaling,
     ),
 }
