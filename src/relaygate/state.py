@@ -31,7 +31,7 @@ from relaygate.routing.catalog import build_router, close_providers
 from relaygate.routing.discovery import dial_out_changed, dial_out_nodes
 from relaygate.routing.router import Model, Router
 from relaygate.settings import Settings
-from relaygate.store.engine import create_engine, safe_url
+from relaygate.store.engine import create_engine, is_sqlite, safe_url
 from relaygate.store.identity import IdentityStore
 from relaygate.store.nodes import NodeTokenStore
 from relaygate.store.responses import ResponseStore
@@ -168,7 +168,7 @@ async def open_state(settings: Settings, log: logging.Logger) -> AppState:
     writer = UsageWriter(
         outbox, engine, batch_size=usage.batch_size, interval=usage.write_interval,
         log=log, metrics=metrics, retention_days=usage.retention_days,
-        lock=WriterLock(usage.outbox_dir) if usage.elect_writer else None,
+        lock=WriterLock(usage.outbox_dir) if _elect_writer(settings) else None,
     )  # fmt: skip
     await writer.start()
     tokenizer = LazyTokenizer(Path(usage.outbox_dir).parent / "tiktoken", log)
@@ -201,6 +201,12 @@ async def open_state(settings: Settings, log: logging.Logger) -> AppState:
     state.responses.start()
     vault.start()
     return state
+
+
+def _elect_writer(settings: Settings) -> bool:
+    """One usage writer per outbox folder (usage.elect_writer; by default with SQLite)."""
+    elect = settings.usage.elect_writer
+    return is_sqlite(settings.database_url) if elect is None else elect
 
 
 def _listen(state: AppState, client: redis.Redis) -> None:

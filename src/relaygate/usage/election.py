@@ -8,9 +8,10 @@ When the writer dies the kernel drops its lock, the next process to try takes it
 the dead writer's files, unlocked with it, are adopted like any orphan's.
 
 One writer instead of one per worker: with SQLite, several writers queue on the
-database's single write lock (each wait a retry, each commit its own fsync); with
-PostgreSQL they update the same ``usage_daily`` rollup rows and wait on each other's
-row locks. One writer makes fewer, fuller transactions.
+database's single write lock (each wait a retry, each commit its own fsync); one writer
+makes fewer, fuller transactions. With PostgreSQL it is off by default: one writer
+shares one event loop with requests, and at saturation fell behind where one writer
+per worker kept the outbox flat (bench section 13).
 """
 
 from __future__ import annotations

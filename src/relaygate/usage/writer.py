@@ -8,7 +8,7 @@ outbox. A replayed record (a crash between commit and ack, an orphan adopted
 twice) therefore never counts twice. If the database fails, the batch stays in
 the outbox and the loop backs off (0.5 s doubling to 30 s); nothing is dropped.
 
-With a ``WriterLock`` (``usage.elect_writer``, the default), only the process that holds
+With a ``WriterLock`` (``usage.elect_writer``, by default with SQLite), only the process that holds
 it writes: the others hand their spool files over every ``HAND_OFF_EVERY`` seconds, and
 the writer adopts them every ``_SHARED_SCAN_EVERY`` (see ``election.py``).
 """
