@@ -90,7 +90,8 @@ class Run:
     depth: DepthSampler
     drain_s: float  # after the load, until the backlog was 0 (inf: not within DRAIN_WAIT_S)
     rows: int  # usage rows in the database once drained
-    answered: int  # requests answered 200, by the gateway's own counter
+    answered: int  # requests the gateway finished, by its own counter
+    command: str  # how the gateway was started (secrets left out)
 
 
 def _drain(base: str, database: str) -> tuple[float, int, int]:
@@ -120,7 +121,8 @@ def _one(opts: Options, workers: int, database: str) -> Run:
             result = loadgen.wrk(VIA + CHAT, script, 1, conns, opts.seconds)
         used = procs.tree_cpu_seconds(gw.pid) - before
         drain_s, rows, served = _drain(gw.base, database)
-    return Run(workers, result, used / max(1, result.requests) * 1e6, depth, drain_s, rows, served)
+    cpu_us = used / max(1, result.requests) * 1e6
+    return Run(workers, result, cpu_us, depth, drain_s, rows, served, gw.line())
 
 
 def _drains(run: Run) -> tuple[bool, str]:
@@ -156,8 +158,8 @@ def scaling(sec: Section, opts: Options) -> None:
         "(every worker's relaygate_usage_outbox_backlog, from GET /metrics) is sampled every",
         f"{SAMPLE_EVERY_S} s during the run; after it, the time until it is empty and the rows in",
         "usage_records match the requests the gateway finished (its own counter, any status).",
-        "(A file a worker has handed to the elected writer is counted again once adopted,",
-        "within 0.5 s: the depth may miss it in between.)",
+        "(With usage.elect_writer on, a file a worker hands to the writer is counted again",
+        "once adopted, within 0.5 s: the depth may miss it in between.)",
         "",
         "With fewer cores than workers + the load generator + nginx + PostgreSQL, req/s cannot",
         "grow with the workers; the gateway's CPU time per request (all its processes) can",
@@ -193,7 +195,7 @@ def scaling(sec: Section, opts: Options) -> None:
             f" | {run.rows:,} / {run.answered:,} | {errors} |"
         )
     sec.details += ["", "Commands:", "", "```", *dict.fromkeys(r.load.command for r in runs)]
-    sec.details += ["```"]
+    sec.details += ["```", "", *(run.command for run in runs)]
     sec.data = {
         str(run.workers): vars(run.load)
         | {"cpu_us_per_request": run.cpu_us, "drain_s": run.drain_s, "rows": run.rows}
