@@ -122,6 +122,7 @@ class UsageWriter:
 
     async def start(self) -> None:
         """Stand for election; adopt orphaned spool files; then write in the background."""
+        self._next_hand_off = time.monotonic() + HAND_OFF_EVERY
         if await self._elect():
             await self._scan_orphans()
         self._task = asyncio.create_task(self._loop(), name="relaygate-usage-writer")
