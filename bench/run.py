@@ -34,7 +34,8 @@ from benchkit.common import (
 )
 from benchkit.sections import SECTIONS
 
-REDIS_SECTIONS = {"throughput", "idle", "auth", "cache"}  # sections that start gateways with Redis
+# sections that start gateways with Redis
+REDIS_SECTIONS = {"throughput", "idle", "auth", "cache", "scaling"}
 APT_PACKAGES = ["nginx-light", "libnginx-mod-http-echo", "wrk", "hey", "redis-server"]
 
 

@@ -65,8 +65,9 @@ def serve_argv(workers: int, port: int = GATEWAY_PORT, config: Path = CONFIG) ->
 class Gateway:
     """`relaygate serve` with N workers; ready once GET /health answers 200.
 
-    Each start has its own fresh SQLite database and the run's admin key
-    (``opts.api_key``); ``redis`` shares limits through Redis under a prefix of its own;
+    Each start has its own fresh SQLite database (unless ``database`` names another) and
+    the run's admin key (``opts.api_key``); ``redis`` shares limits through Redis under a
+    prefix of its own;
     ``user_keys`` (secret -> tier) are stored in its database once it is up, so that, like
     the admin key, they are the newest keys there."""
 
@@ -79,8 +80,10 @@ class Gateway:
         redis: bool = False,
         user_keys: dict[str, str] | None = None,
         config: Path = CONFIG,
+        database: str = "",
     ) -> None:
         self.workers = workers
+        self.database = database  # a database URL; default: a fresh SQLite file
         self.port = port
         self.config = config
         self.name = f"gateway-{next(_STARTS):02d}-w{workers}"
@@ -115,7 +118,7 @@ class Gateway:
 
     def _prepare(self) -> None:
         """A fresh database and usage outbox, and Redis when asked for."""
-        self.env["RELAYGATE_DATABASE_URL"] = keys.fresh_db(self.name)
+        self.env["RELAYGATE_DATABASE_URL"] = self.database or keys.fresh_db(self.name)
         if outbox := keys.fresh_outbox(self.name):
             self.env["RELAYGATE_USAGE__OUTBOX_DIR"] = outbox
         if self.redis_prefix:

@@ -152,8 +152,11 @@ def throughput(sec: Section, opts: Options) -> None:
     sec.data = {label: vars(r) for label, r in rows}
     sec.data["cpu_us_per_request"] = per_request
     if len(rows) == 3:
-        via = rows[2][1]
+        one, via = rows[1][1], rows[2][1]
         sec.targets += [
+            Target("One worker at saturation (c=32): p99 / p50", "≤ 3",
+                   f"{one.p99_ms / one.p50_ms:.2f} ({fmt_ms(one.p50_ms)} / "
+                   f"{fmt_ms(one.p99_ms)})", one.p99_ms <= 3 * one.p50_ms),
             Target("Throughput, c=32, 2 workers", "≥ 3,000 req/s", f"{via.rps:,.0f} req/s",
                    via.rps >= 3000),
             Target("Errors, c=32, 2 workers", "0", _errors(via), via.error_count == 0),

@@ -11,6 +11,7 @@ from .common import Options, Section
 from .http_sections import latency, open_loop, throughput
 from .node_sections import nodes_scaling
 from .peer_sections import peers
+from .scaling_sections import scaling
 from .stream_sections import held_streams, idle_rss, streaming
 from .tunnel_sections import node_cost
 from .usage_sections import usage_cost
@@ -32,4 +33,8 @@ SECTIONS: dict[str, tuple[str, Callable[[Section, Options], None]]] = {
         node_cost,
     ),
     "peers": ("13. Side by side: relaygate, LiteLLM and Portkey, 1 worker each", peers),
+    "scaling": (
+        "14. Workers on PostgreSQL + Redis: throughput per worker, usage outbox depth, p99/p50",
+        scaling,
+    ),
 }

@@ -453,6 +453,12 @@ class UsageConfig(_Config, kw_only=True):
     # 100-row batch pauses the loop under 1 ms, a 1,200-row one ~13 ms (bench/RESULTS.md).
     batch_size: Annotated[int, msgspec.Meta(ge=1, le=50_000)] = 100
     write_interval: Positive = 0.2
+    # One process per outbox_dir writes to the database (elected by a lock in that folder);
+    # the others hand their spool files to it (usage/election.py). False: every process
+    # writes its own records. None (default): elected with SQLite, whose single write
+    # lock several writers queue on; each process its own with PostgreSQL, where writers
+    # on several event loops keep up better (bench section 13).
+    elect_writer: bool | None = None
     retention_days: Annotated[int, msgspec.Meta(ge=1)] | None = None
     charge_cached_tokens: bool = False
     prices: dict[str, Price] = msgspec.field(default_factory=default_prices)

@@ -9,7 +9,10 @@ records and ``ack()``s them once the database has them.
 Each process owns one file, ``outbox-<random>.db``, held with an exclusive
 ``fcntl.flock`` for its whole life. When a process dies the kernel drops the lock,
 and another process can adopt the file (``adopt_orphans()``) and drain it; the lock
-keeps two processes from ever draining one file. A drained file is deleted.
+keeps two processes from ever draining one file. A drained file is deleted. A process
+that is not the elected usage writer (``election.py``) hands its file over instead
+(``hand_off()``): it closes it, which unlocks it, and carries on in a new one; the
+writer adopts the closed file as it would a dead process's.
 
 The file uses WAL with ``locking_mode=EXCLUSIVE`` and ``synchronous=FULL``: a commit
 is one sequential append to the WAL and one fsync (a rollback journal needs at least
@@ -151,6 +154,24 @@ class Outbox:
             self._check_size(live_bytes)
             self._report_backlog()
 
+    async def hand_off(self) -> Path | None:
+        """Close the spool file if it holds durable records, and go on in a new one.
+
+        The closed file is unlocked and kept: the elected writer adopts and drains it
+        (``adopt_orphans()``). Buffered records go to the new file at the next flush.
+        Its records leave this outbox's backlog here and join the adopter's when it
+        adopts them. Returns the file handed over, if any.
+        """
+        async with self._flush_lock:
+            spool = self._spool
+            if spool is None or spool.count == 0 or self._closed:
+                return None
+            self._spool = await self._run(_Spool.create, self.directory)
+            # Closing unlocks the file even when it fails midway: its records stay on disk.
+            kept = await self._run(spool.close)
+        self._report_backlog()
+        return kept
+
     async def take(self, limit: int) -> list[tuple[int, UsageRecord]]:
         """Up to ``limit`` of the oldest durable records, with their spool row ids.
 
@@ -182,14 +203,18 @@ class Outbox:
         await self._run(self._spool.bury, ids, reason)
         self._report_backlog()
 
-    async def adopt_orphans(self, held: Collection[Path] = ()) -> list[Outbox]:
+    async def adopt_orphans(
+        self, held: Collection[Path] = (), *, announce: bool = True
+    ) -> list[Outbox]:
         """Lock and open the spool files in this directory whose owner is gone.
 
         Each is returned as an outbox of its own, to drain and then ``aclose()``
         (which deletes the file once it is empty). A file another live process
         holds, or has already adopted, is skipped. Pass the files this process has
         already adopted as ``held``: they are not even opened (closing any descriptor
-        of a file drops this process's SQLite locks on it).
+        of a file drops this process's SQLite locks on it). ``announce``: log each
+        adoption at INFO (else DEBUG: the elected writer adopts handed-over files all
+        the time).
         """
         skip = {*held, *([self._spool.path] if self._spool else [])}
         paths = await asyncio.to_thread(_spool_files, self.directory)
@@ -206,9 +231,10 @@ class Outbox:
             if orphan._spool is None:
                 orphan._thread.shutdown(wait=False)
                 continue
-            self._log.info(
-                "adopted usage outbox %s with %d records", path.name, orphan._spool.count
-            )
+            self._log.log(
+                logging.INFO if announce else logging.DEBUG,
+                "adopted usage outbox %s with %d records", path.name, orphan._spool.count,
+            )  # fmt: skip
             orphan._report_backlog()
             adopted.append(orphan)
         return adopted

@@ -7,6 +7,10 @@ in the same transaction, commits, and only then acknowledges the batch in the
 outbox. A replayed record (a crash between commit and ack, an orphan adopted
 twice) therefore never counts twice. If the database fails, the batch stays in
 the outbox and the loop backs off (0.5 s doubling to 30 s); nothing is dropped.
+
+With a ``WriterLock`` (``usage.elect_writer``, by default with SQLite), only the process that holds
+it writes: the others hand their spool files over every ``HAND_OFF_EVERY`` seconds, and
+the writer adopts them every ``_SHARED_SCAN_EVERY`` (see ``election.py``).
 """
 
 from __future__ import annotations
@@ -28,8 +32,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from relaygate.errors import ConfigError
 from relaygate.observability.metrics import Metrics
 from relaygate.store.tables import usage_daily, usage_records
+from relaygate.usage.election import WriterLock
 from relaygate.usage.outbox import Outbox
 from relaygate.usage.partitions import apply_retention, ensure_partitions
+from relaygate.usage.pg_bulk import BulkStatements
 from relaygate.usage.record import UsageRecord
 
 __all__ = ["UsageWriter", "daily_rollups", "record_row"]
@@ -38,6 +44,9 @@ _BACKOFF_FIRST, _BACKOFF_MAX = 0.5, 30.0
 _LOG_EVERY = 60.0  # seconds between repeated "still failing" warnings
 _MAINTAIN_EVERY, _MAINTAIN_RETRY = 86_400.0, 60.0
 _ORPHAN_SCAN_EVERY = 60.0
+_SHARED_SCAN_EVERY = 0.5  # the elected writer looks for handed-over files this often
+HAND_OFF_EVERY = 1.0  # a process that is not the writer hands its file over this often
+_CATCH_UP = 10  # the largest batch, in batch_size units, when the writer is far behind
 _INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
 _INTS = ("prompt_tokens", "completion_tokens", "http_status")
 _FLOATS = ("duration_ms", "cost")
@@ -74,8 +83,10 @@ class UsageWriter:
         log: logging.Logger,
         metrics: Metrics | None = None,
         retention_days: int | None = None,
+        lock: WriterLock | None = None,
     ) -> None:
         self._outbox = outbox
+        self._lock = lock  # None: this process writes its own records, elected or not
         self._engine = engine
         self._batch_size = batch_size
         self._interval = interval
@@ -88,6 +99,8 @@ class UsageWriter:
                 f"Python has {sqlite3.sqlite_version}: use PostgreSQL or a newer Python build"
             )
         self._insert_records, self._upsert_daily = _statements(engine.dialect.name)
+        # PostgreSQL: fixed statements taking one array a column (usage/pg_bulk.py)
+        self._bulk = BulkStatements(_SUMS) if engine.dialect.name == "postgresql" else None
         self._orphans: list[Outbox] = []
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -95,6 +108,12 @@ class UsageWriter:
         self._failure_logged_at = -_LOG_EVERY
         self._next_maintenance = 0.0
         self._next_orphan_scan = 0.0
+        self._next_hand_off = 0.0
+
+    @property
+    def elected(self) -> bool:
+        """Whether this process writes to the database (always, without a lock)."""
+        return self._lock is None or self._lock.held
 
     @property
     def backlog(self) -> int:
@@ -102,8 +121,10 @@ class UsageWriter:
         return self._outbox.backlog + sum(o.backlog for o in self._orphans)
 
     async def start(self) -> None:
-        """Adopt orphaned spool files, then write in the background."""
-        await self._scan_orphans()
+        """Stand for election; adopt orphaned spool files; then write in the background."""
+        self._next_hand_off = time.monotonic() + HAND_OFF_EVERY
+        if await self._elect():
+            await self._scan_orphans()
         self._task = asyncio.create_task(self._loop(), name="relaygate-usage-writer")
 
     async def aclose(self, drain_timeout: float = 10.0) -> None:
@@ -121,19 +142,72 @@ class UsageWriter:
             except Exception:
                 self._log.exception("usage writer loop failed")
         await self._outbox.flush()
-        await self._drain(deadline)
+        if await self._last_writer(deadline):
+            await self._scan_orphans(announce=False)
+            await self._drain(deadline)
         left = self.backlog
         for orphan in self._orphans:
             await orphan.aclose()
         self._orphans = []
-        if left:
+        if self._lock is not None:
+            self._lock.release()
+        if left and self.elected:
             self._log.warning(
                 "%d usage records not written before shutdown; they stay in %s for the next start",
                 left, self._outbox.directory,
             )  # fmt: skip
 
+    async def _elect(self) -> bool:
+        """Whether this process is (or has just become) the writer."""
+        if self._lock is None or self._lock.held:
+            return True
+        try:
+            won = await asyncio.to_thread(self._lock.try_acquire)
+        except OSError as exc:
+            self._log.error("cannot take the usage writer lock %s: %s", self._lock.path, exc)
+            return False
+        if won:
+            self._log.info("this process writes usage records for %s", self._outbox.directory)
+            self._next_orphan_scan = 0.0
+        return won
+
+    async def _last_writer(self, deadline: float) -> bool:
+        """Shutting down: True if this process is to write what is left. The writer is.
+        Another process hands its last file over and waits (until ``deadline``) for the
+        writer to drain it; if the writer stops first, this process is elected instead
+        (all processes stopping together: the last one writes what the others left)."""
+        if await self._elect():
+            return True
+        try:
+            handed = await self._outbox.hand_off()
+        except Exception:
+            self._log.exception("cannot hand the usage outbox over to the writer")
+            return False
+        while handed is not None and await asyncio.to_thread(handed.exists):
+            if await self._elect():
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return False
+
+    async def _hand_off(self) -> None:
+        """Not the writer: hand the spool file over once a second (when it holds records)."""
+        now = time.monotonic()
+        if now < self._next_hand_off or not self._outbox.durable:
+            return
+        self._next_hand_off = now + HAND_OFF_EVERY
+        try:
+            await self._outbox.hand_off()
+        except Exception:  # the records stay in the file; the next try hands it over
+            self._log.exception("cannot hand the usage outbox over to the writer")
+
     async def _loop(self) -> None:
         while not self._stopping.is_set():
+            if not await self._elect():
+                await self._hand_off()
+                await self._pause(self._interval)
+                continue
             await self._maintain()
             try:
                 full = await self._write_some()
@@ -146,7 +220,7 @@ class UsageWriter:
 
     async def _drain(self, deadline: float) -> None:
         """Write until every source is empty or the deadline passes (shutdown)."""
-        while any(source.durable for source in self._sources()):
+        while any(source.durable for source in self._sources()) or await self._late_files():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
@@ -160,55 +234,82 @@ class UsageWriter:
             else:
                 self._succeeded()
 
+    async def _late_files(self) -> bool:
+        """Files handed over since the last scan (other processes stopping too)."""
+        if self._lock is None:
+            return False
+        await self._scan_orphans(announce=False)
+        return any(source.durable for source in self._orphans)
+
     def _sources(self) -> list[Outbox]:
         return [*self._orphans, self._outbox]  # orphans first: their records are older
 
     async def _write_some(self) -> bool:
-        """One batch from each source that has records; True if any batch was full."""
-        full = False
-        for source in self._sources():
-            batch = await source.take(self._batch_size)
-            if batch:
-                await self._deliver(source, batch)
-                full = full or len(batch) >= self._batch_size
-        await self._release_drained_orphans()
-        return full
+        """One batch from the sources that have records, all in one transaction; True if
+        any source's part was full (more may be waiting).
 
-    async def _deliver(self, source: Outbox, batch: list[tuple[int, UsageRecord]]) -> None:
-        """Insert one batch and its rollups in one transaction, then ack it."""
-        ids: list[int] = []
+        The writer shares the event loop with requests and each of its steps waits for a
+        turn of it, so at saturation its rate is rows per turn: the sources are read
+        together, written in one transaction and acknowledged together, whatever their
+        number (the elected writer drains every worker's files). When far behind, a
+        source gives more than ``batch_size`` (a quarter of what waits), up to
+        ``_CATCH_UP`` batches in all: each row costs the loop a few µs, bounded by that.
+        """
+        limits: list[tuple[Outbox, int]] = []
+        room = _CATCH_UP * self._batch_size
+        for source in self._sources():
+            if source.durable and room > 0:
+                limit = min(room, max(self._batch_size, source.durable // 4))
+                limits.append((source, limit))
+                room -= limit
+        batches = await asyncio.gather(*(source.take(limit) for source, limit in limits))
+        parts = [(source, batch) for (source, _), batch in zip(limits, batches, strict=True)]
+        await self._deliver([(source, batch) for source, batch in parts if batch])
+        await self._release_drained_orphans()
+        return any(len(batch) >= self._batch_size for _, batch in parts)
+
+    async def _deliver(self, parts: list[tuple[Outbox, list[tuple[int, UsageRecord]]]]) -> None:
+        """Insert the batches and their rollups in one transaction, then ack each."""
         rows: list[dict[str, Any]] = []
-        invalid: list[int] = []
-        for row_id, record in batch:
-            try:
-                rows.append(record_row(record))
-                ids.append(row_id)
-            except (ValueError, OverflowError, OSError):  # e.g. a timestamp out of range
-                invalid.append(row_id)
-        if invalid:
-            self._log.error("%d usage records are invalid and were set aside", len(invalid))
-            await source.quarantine(invalid, "invalid")
-        if rows:
-            async with self._engine.begin() as conn:
-                inserted = await self._insert(conn, rows)
-            # Counted once committed (the rows are in the database), before the ack's await:
-            # a reader who sees the rows sees them counted.
-            if self._metrics is not None:
-                self._metrics.usage_written.inc(inserted)
-            await source.ack(ids)
+        acks: list[tuple[Outbox, list[int]]] = []
+        for source, batch in parts:
+            ids: list[int] = []
+            invalid: list[int] = []
+            for row_id, record in batch:
+                try:
+                    rows.append(record_row(record))
+                    ids.append(row_id)
+                except (ValueError, OverflowError, OSError):  # e.g. a timestamp out of range
+                    invalid.append(row_id)
+            if invalid:
+                self._log.error("%d usage records are invalid and were set aside", len(invalid))
+                await source.quarantine(invalid, "invalid")
+            acks.append((source, ids))
+        if not rows:
+            return
+        async with self._engine.begin() as conn:
+            inserted = await self._insert(conn, rows)
+        # Counted once committed (the rows are in the database), before the acks' await:
+        # a reader who sees the rows sees them counted.
+        if self._metrics is not None:
+            self._metrics.usage_written.inc(inserted)
+        await asyncio.gather(*(source.ack(ids) for source, ids in acks if ids))
 
     async def _insert(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> int:
         """Insert the rows not already there; add exactly those to usage_daily."""
-        result = await conn.execute(self._insert_records, rows)
-        inserted = {(request_id, _naive_utc(at)) for request_id, at in result}
         fresh: list[dict[str, Any]] = []
-        for row in rows:
-            key = (row["request_id"], _naive_utc(row["created_at"]))
-            if key in inserted:
-                inserted.discard(key)  # a record twice in one batch counts once
-                fresh.append(row)
-        if fresh:
-            await conn.execute(self._upsert_daily, daily_rollups(fresh))
+
+        def rollups(inserted: list[tuple[Any, Any]]) -> list[dict[str, Any]]:
+            fresh.extend(_fresh(rows, inserted))
+            return daily_rollups(fresh) if fresh else []
+
+        if self._bulk is not None:
+            await self._bulk.insert(conn, rows, rollups)
+            return len(fresh)
+        result = await conn.execute(self._insert_records, rows)
+        daily = rollups([(request_id, at) for request_id, at in result])
+        if daily:
+            await conn.execute(self._upsert_daily, daily)
         return len(fresh)
 
     async def _release_drained_orphans(self) -> None:
@@ -218,8 +319,8 @@ class UsageWriter:
 
     async def _maintain(self) -> None:
         now = time.monotonic()
-        if now >= self._next_orphan_scan:
-            await self._scan_orphans()
+        if now >= self._next_orphan_scan:  # handed-over files are routine: not announced
+            await self._scan_orphans(announce=self._lock is None)
         if now < self._next_maintenance:
             return
         self._next_maintenance = now + _MAINTAIN_RETRY
@@ -236,11 +337,12 @@ class UsageWriter:
             return
         self._next_maintenance = now + _MAINTAIN_EVERY
 
-    async def _scan_orphans(self) -> None:
-        self._next_orphan_scan = time.monotonic() + _ORPHAN_SCAN_EVERY
+    async def _scan_orphans(self, *, announce: bool = True) -> None:
+        every = _ORPHAN_SCAN_EVERY if self._lock is None else _SHARED_SCAN_EVERY
+        self._next_orphan_scan = time.monotonic() + every
         try:
             held = [o.path for o in self._orphans if o.path is not None]
-            self._orphans += await self._outbox.adopt_orphans(held)
+            self._orphans += await self._outbox.adopt_orphans(held, announce=announce)
         except OSError as exc:
             self._log.error("cannot scan %s for orphaned outboxes: %s", self._outbox.directory, exc)
 
@@ -292,6 +394,19 @@ def record_row(record: UsageRecord) -> dict[str, Any]:
     if row["ttft_ms"] is not None and not math.isfinite(row["ttft_ms"]):
         row["ttft_ms"] = None
     return row
+
+
+def _fresh(rows: list[dict[str, Any]], inserted: list[tuple[Any, Any]]) -> list[dict[str, Any]]:
+    """The rows whose (request_id, created_at) the database says it inserted, each once
+    (a record twice in one batch counts once)."""
+    keys = {(request_id, _naive_utc(at)) for request_id, at in inserted}
+    fresh: list[dict[str, Any]] = []
+    for row in rows:
+        key = (row["request_id"], _naive_utc(row["created_at"]))
+        if key in keys:
+            keys.discard(key)
+            fresh.append(row)
+    return fresh
 
 
 def daily_rollups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

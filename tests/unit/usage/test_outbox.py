@@ -387,3 +387,36 @@ async def test_sigkill_loses_at_most_one_fsync_window(tmp_path: Path) -> None:
     assert len(survived) >= 1
     # At most the window being collected plus the one being committed when killed.
     assert report.lost_span <= 2 * window + 0.1
+
+
+async def test_hand_off_gives_the_file_to_whoever_adopts_it(tmp_path: Path) -> None:
+    """A process that is not the writer closes its file (unlocking it) and goes on in a
+    new one; another outbox adopts the closed file with exactly its records."""
+    metrics = Metrics()
+    worker = make_outbox(tmp_path, metrics, fsync_window=30.0)
+    writer = make_outbox(tmp_path, fsync_window=30.0)
+    await worker.start()
+    await writer.start()
+    try:
+        assert await worker.hand_off() is None  # nothing durable: nothing handed over
+        for i in range(5):
+            worker.append(record(i))
+        await worker.flush()
+        first = worker.path
+        worker.append(record(5))  # buffered during the hand-off: stays with the worker
+        handed = await worker.hand_off()
+        assert handed == first and worker.path not in (None, first)
+        assert (worker.backlog, backlog_gauge(metrics)) == (1, 1)
+
+        (adopted,) = await writer.adopt_orphans()
+        assert adopted.path == handed
+        assert [r for _, r in await adopted.take(100)] == [record(i) for i in range(5)]
+        await worker.flush()
+        assert [r for _, r in await worker.take(100)] == [record(5)]
+        assert await writer.adopt_orphans([handed]) == []  # the worker's new file is locked
+        await adopted.ack([i for i, _ in await adopted.take(100)])
+        await adopted.aclose()
+        assert not handed.exists()  # drained and deleted by its adopter
+    finally:
+        await worker.aclose()
+        await writer.aclose()
