@@ -56,6 +56,7 @@ from relaygate.vault.service import SERVER_HEADERS, Picked
 if TYPE_CHECKING:
     from relaygate.auth.principal import Principal
     from relaygate.cache.response import Hit, Plan
+    from relaygate.observability.tracing import Attempt, RequestTrace
     from relaygate.routing.router import Deployment
     from relaygate.schema.requests import Call, Kind
     from relaygate.state import AppState
@@ -171,11 +172,13 @@ _NO_HOOKS = Hooks()
 class _Outcome:
     """What the metrics record of one request."""
 
+    started: float  # time.perf_counter() when the request arrived
     model: str = "unknown"  # a configured name: bounded, fit for a metric label
     status: int = 500
-    ttfb: float | None = None
+    ttfb: float | None = None  # streams: seconds from arrival to the first chunk sent
     admitted: bool = False  # authenticated: the request gets a usage record
     hit: Hit | None = None  # answered from the cache
+    trace: RequestTrace | None = None  # its spans, when tracing is on
 
 
 class Pipeline:
@@ -207,7 +210,10 @@ class Pipeline:
         state = self.state
         started = time.perf_counter()
         served = Served(new_request_id(), fmt.name, scope["path"])
-        outcome = _Outcome()
+        outcome = _Outcome(started)
+        tracing = state.tracing  # None when off: no span
+        if tracing is not None:
+            outcome.trace = tracing.start(scope, fmt.name)
         state.metrics.started(fmt.name)
         try:
             await self._serve(fmt, kind, scope, receive, send, served, outcome, hooks)
@@ -216,23 +222,39 @@ class Pipeline:
             served.rejected = not isinstance(exc, UpstreamError | NoHealthyDeployment)
             if isinstance(exc, RateLimited):
                 state.metrics.ratelimited.labels(fmt.name).inc()
+            if outcome.trace is not None:
+                outcome.trace.failed(exc)
             await _send_error(send, fmt, exc, served.request_id)
-        except ClientGone:
+        except ClientGone as exc:
             outcome.status = 499
-        except Exception:
+            if outcome.trace is not None:
+                outcome.trace.failed(exc)
+        except Exception as exc:
             state.log.exception("unexpected error serving request %s", served.request_id)
+            if outcome.trace is not None:
+                outcome.trace.failed(exc)
             await _send_error(send, fmt, _internal_error(served.request_id), served.request_id)
         finally:
-            elapsed = time.perf_counter() - started
-            ttfb = outcome.ttfb or elapsed
-            state.metrics.finished(outcome.model, fmt.name, outcome.status, elapsed, ttfb)
-            record = None
-            if outcome.admitted:
-                served.http_status, served.ttft = outcome.status, outcome.ttfb
-                record = state.recorder.record(served)
-            access = state.access_log  # None when off: no work
-            if access is not None:
-                access.served(served, outcome.model, outcome.status, elapsed, outcome.ttfb, record)
+            self._finished(fmt, served, outcome, time.perf_counter() - started)
+
+    def _finished(self, fmt: WireFormat, served: Served, outcome: _Outcome, elapsed: float) -> None:
+        """Metrics, the usage record, the access line and the root span of one request."""
+        state = self.state
+        metrics = state.metrics
+        ttfb = outcome.ttfb
+        metrics.finished(outcome.model, fmt.name, outcome.status, elapsed, ttfb or elapsed)
+        if ttfb is not None:
+            metrics.first_token(outcome.model, fmt.name, ttfb)
+        record = None
+        if outcome.admitted:
+            served.http_status, served.ttft = outcome.status, ttfb
+            record = state.recorder.record(served)
+            metrics.used(outcome.model, record.prompt_tokens, record.completion_tokens, record.cost)
+        access = state.access_log  # None when off: no work
+        if access is not None:
+            access.served(served, outcome.model, outcome.status, elapsed, ttfb, record)
+        if outcome.trace is not None:
+            outcome.trace.finish(outcome.status, served.provider, served.deployment, record)
 
     async def _serve(
         self,
@@ -247,28 +269,9 @@ class Pipeline:
     ) -> None:
         """authenticate -> parse -> admit -> route/call/relay -> settle."""
         state = self.state
-        if hooks.authenticate is not None:
-            principal = await hooks.authenticate(scope)
-        else:
-            principal = await state.auth.authenticate(scope)
-        outcome.admitted = True  # from here on, the request gets a usage record
-        served.key_id, served.tenant_id = principal.key_id, principal.tenant_id
-        served.client_ip = state.auth.client_ip(scope)
-        body = await read_body(
-            scope, receive, state.max_body, json_type_required=fmt.json_type_required
-        )
-        call = fmt.parse(kind, body, served.request_id)
-        call.credential = read_credential(scope)  # scrubbed from any upstream error text
-        picked: Picked | None = None
-        chosen: list[tuple[bytes, bytes]] = []
-        if hooks.user_providers or call.model == AUTO_MODEL or self._asks_provider(scope):
-            picked, chosen = self._user_provider(call, principal, scope, hooks.user_providers)
-        served.model, served.body = call.model, call.body
-        if picked is None:
-            outcome.model = state.router.get(call.model).name
-        else:  # the caller's own key: billed to it, never the operator's money
-            outcome.model = BYOK_LABEL
-            served.billed_to = picked.key_owner
+        trace = outcome.trace
+        principal, call, size = await self._parse(fmt, kind, scope, receive, served, outcome, hooks)
+        picked, chosen = self._choose(call, principal, scope, served, outcome, hooks)
         if hooks.prepare is not None:  # before the cache key and admission: may change the prompt
             await hooks.prepare(call, principal)
             served.body = call.body
@@ -278,12 +281,14 @@ class Pipeline:
         )
         if picked is not None:
             plan = BYPASS  # one user's provider answers: never shared through the cache
+        if trace is not None:
+            trace.stage("admit")
         admitted = await state.admission.admit(
             principal,
             served.request_id,
             model=call.model,
             endpoint=scope["path"],
-            body_size=len(body),
+            body_size=size,
             max_output_tokens=call.max_output_tokens,
             own_key=picked is not None,
         )
@@ -303,7 +308,65 @@ class Pipeline:
                     charged = _NOTHING_USED
             elif call.served_by is not None:
                 served.provider, served.deployment = call.served_by
+            if trace is not None:
+                trace.stage("settle")
             await state.admission.settle(admitted, charged, served.provider, served.deployment)
+
+    def _choose(
+        self,
+        call: Call,
+        principal: Principal,
+        scope: Scope,
+        served: Served,
+        outcome: _Outcome,
+        hooks: Hooks,
+    ) -> tuple[Picked | None, list[tuple[bytes, bytes]]]:
+        """route (the model, or the caller's own provider): raises NotFound for a model that
+        does not exist. Returns the provider picked (BYOK) and the headers that say so."""
+        picked: Picked | None = None
+        chosen: list[tuple[bytes, bytes]] = []
+        if hooks.user_providers or call.model == AUTO_MODEL or self._asks_provider(scope):
+            picked, chosen = self._user_provider(call, principal, scope, hooks.user_providers)
+        served.model, served.body = call.model, call.body
+        if picked is None:
+            outcome.model = self.state.router.get(call.model).name
+        else:  # the caller's own key: billed to it, never the operator's money
+            outcome.model = BYOK_LABEL
+            served.billed_to = picked.key_owner
+        if outcome.trace is not None:  # a model that exists: the root span is named after it
+            outcome.trace.parsed(call, principal, served.request_id)
+        return picked, chosen
+
+    async def _parse(
+        self,
+        fmt: WireFormat,
+        kind: Kind,
+        scope: Scope,
+        receive: Receive,
+        served: Served,
+        outcome: _Outcome,
+        hooks: Hooks,
+    ) -> tuple[Principal, Call, int]:
+        """authenticate -> parse: who asks, what, and the body's size."""
+        state = self.state
+        trace = outcome.trace
+        if trace is not None:
+            trace.stage("authenticate")
+        if hooks.authenticate is not None:
+            principal = await hooks.authenticate(scope)
+        else:
+            principal = await state.auth.authenticate(scope)
+        outcome.admitted = True  # from here on, the request gets a usage record
+        served.key_id, served.tenant_id = principal.key_id, principal.tenant_id
+        served.client_ip = state.auth.client_ip(scope)
+        if trace is not None:
+            trace.stage("parse")
+        body = await read_body(
+            scope, receive, state.max_body, json_type_required=fmt.json_type_required
+        )
+        call = fmt.parse(kind, body, served.request_id)
+        call.credential = read_credential(scope)  # scrubbed from any upstream error text
+        return principal, call, len(body)
 
     def _asks_provider(self, scope: Scope) -> bool:
         """Whether the request names a provider (only looked for when the vault is on)."""
@@ -348,17 +411,21 @@ class Pipeline:
     ) -> None:
         """Look up, or call and relay; the client leaving cancels the upstream call at once."""
         watch = DisconnectWatch(receive)
+        trace = outcome.trace
         try:
+            if trace is not None:
+                trace.stage("cache lookup" if plan.used else None)
             hit = await self.state.cache.fetch(plan) if plan.used else None
+            if trace is not None:
+                trace.cache_result(hit is not None)
             call.headers += plan.headers()
             if hit is not None:
                 outcome.hit = hit
                 outcome.status = await _replay(fmt, call, hit, send)
                 outcome.ttfb = None
             elif call.stream:
-                outcome.status, outcome.ttfb = await self._stream(
-                    fmt, call, plan, send, watch, hooks
-                )
+                outcome.status, first = await self._stream(fmt, call, plan, send, watch, hooks)
+                outcome.ttfb = None if first is None else first - outcome.started
             else:
                 outcome.status = await self._complete(fmt, call, plan, send, watch)
         except asyncio.CancelledError:
@@ -391,13 +458,16 @@ class Pipeline:
         watch: DisconnectWatch,
         hooks: Hooks,
     ) -> tuple[int, float | None]:
-        """Relay a stream; the client going away cancels the upstream call at once."""
+        """Relay a stream; the client going away cancels the upstream call at once.
+        Returns the status and when (``time.perf_counter()``) the first chunk was sent."""
         upstream = await open_stream(self.state, call)
         try:
             return await self._relay(fmt, upstream, call, plan, send, hooks)
         finally:
             watch.close()
             await upstream.aclose()
+            if upstream.attempt is not None:
+                upstream.attempt.streamed(call.usage)
 
     async def _relay(
         self,
@@ -408,34 +478,42 @@ class Pipeline:
         send: Send,
         hooks: Hooks,
     ) -> tuple[int, float | None]:
-        started = time.perf_counter()
+        trace: RequestTrace | None = call.trace
+        if trace is not None:
+            trace.stage("relay")
         headers = [*fmt.stream_headers, (b"x-request-id", call.request_id.encode()), *call.headers]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
-        ttfb: float | None = None
+        first: float | None = None
         kept: list[JSON] | None = [] if plan.store or plan.leader else None
         chunk = upstream.first
         try:
             while chunk is not None:
+                if trace is not None:
+                    trace.chunk(chunk)
                 observe(chunk, call, kept)
                 data = fmt.event(call, chunk) if kept is None else fmt.replayed(call, chunk)
                 if data:
                     await send({"type": "http.response.body", "body": data, "more_body": True})
-                    if ttfb is None:
-                        ttfb = time.perf_counter() - started
+                    if first is None:
+                        first = time.perf_counter()
                 chunk = await upstream.next()
         except UpstreamError as exc:
-            return await _end_with_error(fmt, hooks, call, send, exc), ttfb
-        except Exception:
+            if trace is not None:
+                trace.failed(exc)
+            return await _end_with_error(fmt, hooks, call, send, exc), first
+        except Exception as exc:
             self.state.log.exception("unexpected error relaying stream %s", call.request_id)
+            if trace is not None:
+                trace.failed(exc)
             error = _internal_error(call.request_id)
-            return await _end_with_error(fmt, hooks, call, send, error), ttfb
+            return await _end_with_error(fmt, hooks, call, send, error), first
         provider = upstream.deployment.provider_name
         last = fmt.end(call, provider, False)
         await send({"type": "http.response.body", "body": last, "more_body": False})
         if kept and _finished(kept):  # complete: a truncated stream is never stored
             cache = self.state.cache
             cache.release(plan, cache.entry(plan, provider, call.usage, chunks=kept))
-        return 200, ttfb
+        return 200, first
 
 
 async def _replay(fmt: WireFormat, call: Call, hit: Hit, send: Send) -> int:
@@ -532,10 +610,12 @@ def _internal_error(request_id: str) -> RelaygateError:
 async def complete(state: AppState, call: Call) -> tuple[JSON, Deployment]:
     """Call the first deployment that answers; return its (OpenAI-shaped) body."""
     last: UpstreamError | None = None
+    trace: RequestTrace | None = call.trace
     for deployment in call.route or state.router.plan(call.model):
         provider = deployment.provider
         call.served_by = (deployment.provider_name, deployment.name)
         method = provider.embed if call.kind == "embedding" else provider.complete
+        attempt = trace.attempt(deployment, call) if trace is not None else None
         started = time.monotonic()
         try:
             async with asyncio.timeout(deployment.timeouts.total):
@@ -544,11 +624,19 @@ async def complete(state: AppState, call: Call) -> tuple[JSON, Deployment]:
             last = _timed_out(deployment, "total", time.monotonic() - started)
         except UpstreamError as exc:
             last = exc
+        except BaseException as exc:  # cancelled (the client left), or a bug
+            if attempt is not None:
+                attempt.failed(exc)
+            raise
         else:
+            if attempt is not None:
+                attempt.answered(body)
             deployment.health.record_success()
             _served(call, deployment, time.monotonic() - started)
             body["model"] = call.model
             return body, deployment
+        if attempt is not None:
+            attempt.failed(last)
         _record_failure(state, deployment, last, call)
         if not last.retryable:
             break
@@ -563,22 +651,33 @@ async def open_stream(state: AppState, call: Call) -> UpstreamStream:
     deployment is replaced by the next one in the plan.
     """
     last: UpstreamError | None = None
+    trace: RequestTrace | None = call.trace
     for deployment in call.route or state.router.plan(call.model):
         call.served_by = (deployment.provider_name, deployment.name)
+        attempt = trace.attempt(deployment, call) if trace is not None else None
         started = time.monotonic()
         stream = UpstreamStream(deployment, deployment.provider.stream(deployment, call))
         try:
             first = await stream.next()
         except UpstreamError as exc:
+            if attempt is not None:
+                attempt.failed(exc)
             await stream.aclose()
             last = exc
             _record_failure(state, deployment, exc, call)
             if not exc.retryable:
                 break
             continue
+        except BaseException as exc:  # cancelled (the client left), or a bug
+            if attempt is not None:
+                attempt.failed(exc)
+            raise
         deployment.health.record_success()
         _served(call, deployment, time.monotonic() - started)
         stream.first = first
+        if attempt is not None:  # its span lasts as long as the stream
+            attempt.started()
+            stream.attempt = attempt
         return stream
     assert last is not None
     raise last
@@ -593,6 +692,7 @@ class UpstreamStream:
     first: JSON | None = None
     started: float = field(default_factory=time.monotonic)
     received: int = 0
+    attempt: Attempt | None = None  # its CLIENT span, when tracing is on
 
     async def next(self) -> JSON | None:
         """The next chunk, None at the end; raises UpstreamError on failure or expiry."""

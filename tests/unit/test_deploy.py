@@ -129,7 +129,14 @@ def test_the_dockerfile_builds_from_pinned_images_and_existing_paths() -> None:
             assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
             assert source not in ignored, f"COPY {source}: excluded by .dockerignore"
     # the sources the build copies are what the package needs
-    assert any("pip install ." in args for args in instruction_args("RUN"))
+    installs = [args for args in instruction_args("RUN") if "pip install" in args]
+    assert any(re.search(r"pip install '?\.(\[[a-z,]+\])?'?(\s|$)", a) for a in installs)
+    extras = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    )
+    for args in installs:  # an extra the image asks for exists
+        for named in re.findall(r"\.\[([a-z,]+)\]", args):
+            assert set(named.split(",")) <= extras, args
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     copied = " ".join(instruction_args("COPY"))
     assert pyproject["project"]["readme"] in copied and "pyproject.toml" in copied
