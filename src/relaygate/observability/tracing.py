@@ -25,7 +25,9 @@ attribute (``state.tracing is None``) per request.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -134,7 +136,8 @@ class RequestTrace:
     """The spans of one request: its root, one stage at a time, and upstream attempts."""
 
     __slots__ = (
-        "_stage", "_tracing", "context", "error", "finish_reasons", "response_model", "span",
+        "_stage", "_stages", "_tracing", "context", "error", "finish_reasons", "response_model",
+        "span",
     )  # fmt: skip
 
     def __init__(self, tracing: Tracing, scope: Scope, api: str) -> None:
@@ -152,18 +155,23 @@ class RequestTrace:
             },
         )
         self.context = trace.set_span_in_context(self.span, parent)
-        self._stage: Span | None = None
+        self._stages: list[_Stage] = []
+        self._stage: _Stage | None = None
         self.error: BaseException | None = None
         self.finish_reasons: list[str] = []
         self.response_model: str | None = None
 
     def stage(self, name: str | None) -> None:
-        """End the current stage, and start ``name`` (None: no stage now)."""
+        """End the current stage, and start ``name`` (None: no stage now). Only the times
+        are taken here; the stages' spans are made once the answer is sent (``finish``),
+        off the request's path, and only for a trace that is sampled."""
+        now = time.time_ns()
         if self._stage is not None:
-            self._stage.end()
+            self._stage.end = now
             self._stage = None
         if name is not None:
-            self._stage = self._tracing.tracer.start_span(name, context=self.context)
+            self._stage = _Stage(name, now)
+            self._stages.append(self._stage)
 
     def parsed(self, call: Call, principal: Principal, request_id: str) -> None:
         """The request is known: the root span is named ``{operation} {model}``."""
@@ -187,7 +195,7 @@ class RequestTrace:
 
     def cache_result(self, hit: bool) -> None:
         if self._stage is not None:
-            self._stage.set_attribute("relaygate.cache.hit", hit)
+            self._stage.hit = hit
         self.span.set_attribute("relaygate.cache.hit", hit)
         self.stage(None)
 
@@ -215,7 +223,7 @@ class RequestTrace:
         """What ended the request (or a stream after it started)."""
         self.error = error
         if self._stage is not None:
-            _set_error(self._stage, error)
+            self._stage.error = error
 
     def finish(
         self, status: int, provider: str | None, deployment: str | None, record: UsageRecord | None
@@ -223,6 +231,10 @@ class RequestTrace:
         """The request is answered: its outcome on the root span, which ends."""
         self.stage(None)
         span = self.span
+        if not span.is_recording():  # not sampled: nothing to add
+            span.end()
+            return
+        self._stage_spans()
         span.set_attribute("http.response.status_code", status)
         if provider is not None:
             name = _PROVIDERS.get(provider, provider)
@@ -249,6 +261,27 @@ class RequestTrace:
             if status >= 500:
                 span.set_status(Status(StatusCode.ERROR, str(status)))
         span.end()
+
+    def _stage_spans(self) -> None:
+        tracer, context = self._tracing.tracer, self.context
+        for stage in self._stages:
+            span = tracer.start_span(stage.name, context=context, start_time=stage.start)
+            if stage.hit is not None:
+                span.set_attribute("relaygate.cache.hit", stage.hit)
+            if stage.error is not None:
+                _set_error(span, stage.error)
+            span.end(end_time=stage.end or stage.start)
+
+
+@dataclass(slots=True)
+class _Stage:
+    """One stage's times (``time.time_ns()``) and outcome, until its span is made."""
+
+    name: str
+    start: int
+    end: int = 0
+    hit: bool | None = None
+    error: BaseException | None = None
 
 
 class Attempt:
