@@ -142,7 +142,7 @@ async def open_state(settings: Settings, log: logging.Logger) -> AppState:
     if pooled:
         hub.listeners.append(partial(dial_out_changed, router.pools.values()))
     keys = {key for m in router.models.values() for d in m.deployments for key in d.known_secrets}
-    vault = Vault(settings, engine, log, known_secrets=tuple(sorted(keys)))
+    vault = Vault(settings, engine, log, known_secrets=tuple(sorted(keys)), hooks=hooks)
     try:  # stored provider secrets and no key to read them: refuse to start
         await vault.open()
     except BaseException:
