@@ -214,6 +214,24 @@ async def test_errors_are_recorded_by_type(setup: Setup) -> None:
     assert one(spans, "authenticate").status == "error"
 
 
+async def test_a_client_leaving_mid_stream_ends_every_span(setup: Setup) -> None:
+    header, trace_id, _ = traceparent()
+    setup.fake.push(Script(content=" ".join(["word"] * 40), chunk_delay=0.05))
+    headers = {"Authorization": f"Bearer {setup.key}", "traceparent": header}
+    async with aiohttp.ClientSession() as session:
+        url = setup.gateway.url + "/v1/chat/completions"
+        async with session.post(url, json=chat(stream=True), headers=headers) as response:
+            assert response.status == 200
+            await response.content.readline()  # the first event, then the client goes
+    spans = await spans_of(setup, trace_id, 7)
+    root = one(spans, "chat oa")
+    assert root.attributes["http.response.status_code"] == 499
+    assert root.status == "unset"  # the client's doing, not a failure of the gateway
+    upstream = one(spans, f"chat {UPSTREAM_MODEL}")
+    assert upstream.end >= upstream.start and upstream.parent_id == root.span_id
+    assert one(spans, "relay").end <= upstream.end
+
+
 SECRET = st.text(alphabet=string.ascii_letters + string.digits, min_size=24, max_size=40)
 
 

@@ -44,7 +44,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from relaygate import __version__
-from relaygate.errors import RelaygateError, UpstreamError
+from relaygate.errors import UpstreamError
 
 if TYPE_CHECKING:
     from relaygate.asgi import Scope
@@ -255,7 +255,7 @@ class RequestTrace:
                 }
             )
         if self.error is not None:
-            _set_error(span, self.error, server=True)
+            _set_error(span, self.error, failed=status >= 500)
         elif status >= 400:
             span.set_attribute("error.type", str(status))
             if status >= 500:
@@ -382,10 +382,11 @@ def _request_attributes(call: Call) -> dict[str, Any]:
     return found
 
 
-def _set_error(span: Span, error: BaseException, *, server: bool = False) -> None:
+def _set_error(span: Span, error: BaseException, *, failed: bool = True) -> None:
     """An error by its type: a bounded name, never its message (which may quote anyone).
-    A server span's 4xx is the client's mistake, not the span's (HTTP conventions)."""
+    ``failed=False`` for a server span answered 4xx (or left by its client, 499): the
+    client's doing, not the span's failure (HTTP conventions)."""
     kind = error.kind if isinstance(error, UpstreamError) else type(error).__name__
     span.set_attribute("error.type", kind)
-    if not (server and isinstance(error, RelaygateError) and error.status < 500):
+    if failed:
         span.set_status(Status(StatusCode.ERROR, kind))
