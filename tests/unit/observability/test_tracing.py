@@ -105,3 +105,19 @@ def test_any_traceparent_is_continued_or_ignored(value: str) -> None:
             assert f"{span.parent.span_id:016x}" == parts[2]
     finally:
         tracing.provider.shutdown()
+
+
+def test_off_nothing_of_opentelemetry_is_imported() -> None:
+    """The gateway's modules and its settings, tracing off: the SDK stays out of the process
+    (a fresh interpreter, since this test module imports it)."""
+    import subprocess
+
+    code = (
+        "import sys, relaygate.app, relaygate.state, relaygate.pipeline, relaygate.cli\n"
+        "from relaygate.settings import load_settings\n"
+        "assert not load_settings(environ={}).tracing.enabled\n"
+        "print(sorted(m for m in sys.modules if m.startswith('opentelemetry')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
