@@ -163,6 +163,7 @@ class Metrics:
             ["pool", "node"], registry=r,
         )  # fmt: skip
         self._children: dict[tuple[Any, ...], Any] = {}
+        self._used: dict[str, tuple[Any, Any, Any]] = {}  # model -> its token and cost children
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (id(metric), *labels)
@@ -189,12 +190,20 @@ class Metrics:
 
     def used(self, model: str, input_tokens: int, output_tokens: int, cost: float) -> None:
         """One usage record's tokens and cost (zeros are not counted: no work)."""
+        children = self._used.get(model)
+        if children is None:  # one lookup per request for the three (the hot path)
+            tokens = self.tokens
+            children = self._used[model] = (
+                tokens.labels(model, _INPUT),
+                tokens.labels(model, _OUTPUT),
+                self.cost.labels(model),
+            )
         if input_tokens:
-            self._child(self.tokens, model, _INPUT).inc(input_tokens)
+            children[0].inc(input_tokens)
         if output_tokens:
-            self._child(self.tokens, model, _OUTPUT).inc(output_tokens)
+            children[1].inc(output_tokens)
         if cost:
-            self._child(self.cost, model).inc(cost)
+            children[2].inc(cost)
 
     def redis_command(self, command: str, ok: bool, seconds: float) -> None:
         self._child(self.redis_duration, command, "ok" if ok else "error").observe(seconds)
