@@ -13,6 +13,10 @@ A format may also have :class:`Hooks` (``prepare``, ``completed``,
 ``stream_error``), looked up once when its route is built: an API that keeps
 state between requests (the Responses API's stored conversations) uses them;
 the others pay nothing.
+
+With tracing on (observability/tracing.py), each stage is marked on the request's
+trace and each upstream attempt is a span of its own; off, ``state.tracing`` is None
+and nothing is made (``outcome.trace`` and ``call.trace`` stay None).
 """
 
 from __future__ import annotations
