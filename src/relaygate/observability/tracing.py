@@ -25,7 +25,6 @@ attribute (``state.tracing is None``) per request.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -55,16 +54,13 @@ if TYPE_CHECKING:
     from relaygate.settings import TracingConfig
     from relaygate.usage.record import UsageRecord
 
-__all__ = ["Attempt", "OncePerMinute", "RequestTrace", "Tracing"]
+__all__ = ["Attempt", "RequestTrace", "Tracing"]
 
 JSON = dict[str, Any]
 _OPERATIONS = {"chat": "chat", "completion": "text_completion", "embedding": "embeddings"}
 # gen_ai.provider.name's well-known values, where relaygate's provider names differ
 _PROVIDERS = {"gemini": "gcp.gemini", "mock": "relaygate.mock", "node": "relaygate.node"}
 _PROPAGATOR = TraceContextTextMapPropagator()
-# The SDK's batch processor warns once per span it drops when its queue is full (a collector
-# down under load): thousands of lines a second. One line per minute says the same.
-_SDK_QUEUE_LOGGER = "opentelemetry.sdk._shared_internal"
 
 
 class _AsgiHeaders(Getter[Sequence[tuple[bytes, bytes]]]):
@@ -96,9 +92,6 @@ class Tracing:
                 endpoint=config.traces_url, headers=dict(config.headers), timeout=config.timeout
             )
         self.provider.add_span_processor(BatchSpanProcessor(exporter))
-        sdk_log = logging.getLogger(_SDK_QUEUE_LOGGER)
-        if not any(isinstance(f, OncePerMinute) for f in sdk_log.filters):
-            sdk_log.addFilter(OncePerMinute())
         self.tracer = self.provider.get_tracer("relaygate", __version__)
         self._servers: dict[str, tuple[str | None, int | None]] = {}
 
@@ -131,25 +124,6 @@ class Tracing:
     async def aclose(self) -> None:
         """Export what is left and stop (the exporter blocks: off the event loop)."""
         await asyncio.to_thread(self.provider.shutdown)
-
-
-class OncePerMinute(logging.Filter):
-    """Lets each distinct message through at most once a minute."""
-
-    def __init__(self, every: float = 60.0) -> None:
-        super().__init__()
-        self.every = every
-        self._last: dict[str, float] = {}
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        now = time.monotonic()
-        last = self._last.get(record.msg)
-        if last is not None and now - last < self.every:
-            return False
-        if len(self._last) > 100:  # messages are the SDK's own few: never grows unbounded
-            self._last.clear()
-        self._last[record.msg] = now
-        return True
 
 
 async def _inject(

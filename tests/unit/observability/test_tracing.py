@@ -121,33 +121,3 @@ def test_off_nothing_of_opentelemetry_is_imported() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
-
-
-def test_the_sdks_queue_full_warning_is_said_once_a_minute() -> None:
-    import logging
-
-    from relaygate.observability.tracing import OncePerMinute
-
-    seen: list[str] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            seen.append(record.getMessage())
-
-    log = logging.getLogger("relaygate.tests.once-per-minute")
-    log.propagate = False
-    log.addHandler(Keep())
-    gate = OncePerMinute()
-    log.addFilter(gate)
-    for _ in range(1000):
-        log.warning("Queue full, dropping %s.", "span")
-    log.warning("Transient error %s", "x")
-    assert seen == ["Queue full, dropping span.", "Transient error x"]
-    gate.every = 0.0  # a minute later
-    log.warning("Queue full, dropping %s.", "span")
-    assert seen[-1] == "Queue full, dropping span." and len(seen) == 3
-    # the gateway's tracer puts it on the SDK's logger, once however many tracers
-    for _ in range(2):
-        Tracing(TracingConfig(enabled=True), exporter=InMemorySpanExporter()).provider.shutdown()
-    sdk_filters = logging.getLogger("opentelemetry.sdk._shared_internal").filters
-    assert sum(isinstance(f, OncePerMinute) for f in sdk_filters) == 1
