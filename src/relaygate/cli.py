@@ -218,6 +218,13 @@ def _config_check(args: argparse.Namespace) -> None:
         print("plus the development model 'mock'")
     for url in settings.ollama_discovery_urls:
         print(f"plus every model of the Ollama server at {_mask_url(url)}, if it answers at start")
+    tracing = settings.tracing
+    if tracing.enabled:  # header names only: their values are often a collector's key
+        headers = f", headers {', '.join(sorted(tracing.headers))}" if tracing.headers else ""
+        print(
+            f"tracing: spans of service {tracing.service_name or 'relaygate'} to "
+            f"{_mask_url(tracing.traces_url)} (sampled {tracing.sample_ratio:g}){headers}"
+        )
 
 
 def _where(dep: DeploymentConfig) -> str:

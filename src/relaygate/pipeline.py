@@ -13,6 +13,10 @@ A format may also have :class:`Hooks` (``prepare``, ``completed``,
 ``stream_error``), looked up once when its route is built: an API that keeps
 state between requests (the Responses API's stored conversations) uses them;
 the others pay nothing.
+
+With tracing on (observability/tracing.py), each stage is marked on the request's
+trace and each upstream attempt is a span of its own; off, ``state.tracing`` is None
+and nothing is made (``outcome.trace`` and ``call.trace`` stay None).
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ if TYPE_CHECKING:
     from relaygate.auth.principal import Principal
     from relaygate.cache.response import Hit, Plan
     from relaygate.limits.admission import Admitted
+    from relaygate.observability.tracing import Attempt, RequestTrace
     from relaygate.routing.router import Deployment
     from relaygate.schema.requests import Call, Kind
     from relaygate.state import AppState
@@ -173,14 +178,21 @@ _NO_HOOKS = Hooks()
 class _Outcome:
     """What the metrics record of one request."""
 
+    started: float  # time.perf_counter() when the request arrived
     model: str = "unknown"  # a configured name: bounded, fit for a metric label
     status: int = 500
     error: RelaygateError | None = None  # what ended the request, when an error did
     answered: bool = False  # a response has started: nothing else can be sent
-    ttfb: float | None = None
+    ttfb: float | None = None  # streams: seconds from arrival to the first chunk sent
     admitted: bool = False  # authenticated: the request gets a usage record
     admission: Admitted | None = None  # past the limits: settled once its record is made
     hit: Hit | None = None  # answered from the cache
+    trace: RequestTrace | None = None  # its spans, when tracing is on
+
+    def failed(self, error: BaseException) -> None:
+        """What ended the request, on its root span (when tracing is on)."""
+        if self.trace is not None:
+            self.trace.failed(error)
 
 
 class Pipeline:
@@ -212,7 +224,10 @@ class Pipeline:
         state = self.state
         started = time.perf_counter()
         served = Served(new_request_id(), fmt.name, scope["path"])
-        outcome = _Outcome()
+        outcome = _Outcome(started)
+        tracing = state.tracing  # None when off: no span
+        if tracing is not None:
+            outcome.trace = tracing.start(scope, fmt.name)
         state.metrics.started(fmt.name)
         try:
             await self._serve(fmt, kind, scope, receive, send, served, outcome, hooks)
@@ -220,9 +235,11 @@ class Pipeline:
             outcome.status, outcome.error = exc.status, exc
             if isinstance(exc, RateLimited):
                 state.metrics.ratelimited.labels(fmt.name).inc()
+            outcome.failed(exc)
             await _send_error(send, fmt, exc, served.request_id)
-        except ClientGone:
+        except ClientGone as exc:
             outcome.status = 499
+            outcome.failed(exc)
         except asyncio.CancelledError:
             # Not the client leaving (that is absorbed below): the server stopping this
             # request, its drain time over. One not answered yet gets an answer now rather
@@ -231,24 +248,48 @@ class Pipeline:
             if not outcome.answered:
                 error = ShuttingDown()
                 outcome.status, outcome.error = error.status, error
+                outcome.failed(error)
                 await _send_error(send, fmt, error, served.request_id)
-        except Exception:
+        except Exception as exc:
             state.log.exception("unexpected error serving request %s", served.request_id)
+            outcome.failed(exc)
             await _send_error(send, fmt, _internal_error(served.request_id), served.request_id)
         finally:
-            elapsed = time.perf_counter() - started
-            ttfb = outcome.ttfb or elapsed
-            state.metrics.finished(outcome.model, fmt.name, outcome.status, elapsed, ttfb)
-            record = None
-            if outcome.admitted:
-                served.http_status, served.ttft = outcome.status, outcome.ttfb
-                served.status = _usage_status(outcome.error)
-                record = state.recorder.record(served)
-            access = state.access_log  # None when off: no work
-            if access is not None:
-                access.served(served, outcome.model, outcome.status, elapsed, outcome.ttfb, record)
-            if outcome.admission is not None and record is not None:
-                await self._settle(outcome.admission, served, record)
+            await self._end(fmt, served, outcome, time.perf_counter() - started)
+
+    async def _end(
+        self, fmt: WireFormat, served: Served, outcome: _Outcome, elapsed: float
+    ) -> None:
+        """settle: the record, then the limits at its figures, then the root span."""
+        record = self._finished(fmt, served, outcome, elapsed)
+        trace = outcome.trace
+        if outcome.admission is not None and record is not None:
+            if trace is not None:
+                trace.stage("settle")
+            await self._settle(outcome.admission, served, record)
+        if trace is not None:
+            trace.finish(outcome.status, served.provider, served.deployment, record)
+
+    def _finished(
+        self, fmt: WireFormat, served: Served, outcome: _Outcome, elapsed: float
+    ) -> UsageRecord | None:
+        """Metrics, the usage record and the access line of one request; its record."""
+        state = self.state
+        metrics = state.metrics
+        ttfb = outcome.ttfb
+        metrics.finished(outcome.model, fmt.name, outcome.status, elapsed, ttfb or elapsed)
+        if ttfb is not None:
+            metrics.first_token(outcome.model, fmt.name, ttfb)
+        record = None
+        if outcome.admitted:
+            served.http_status, served.ttft = outcome.status, ttfb
+            served.status = _usage_status(outcome.error)
+            record = state.recorder.record(served)
+            metrics.used(outcome.model, record.prompt_tokens, record.completion_tokens, record.cost)
+        access = state.access_log  # None when off: no work
+        if access is not None:
+            access.served(served, outcome.model, outcome.status, elapsed, ttfb, record)
+        return record
 
     async def _settle(self, admitted: Admitted, served: Served, record: UsageRecord) -> None:
         """Token and money reservations settled at the figures of the usage record: the
@@ -279,28 +320,9 @@ class Pipeline:
     ) -> None:
         """authenticate -> parse -> admit -> route/call/relay -> settle."""
         state = self.state
-        if hooks.authenticate is not None:
-            principal = await hooks.authenticate(scope)
-        else:
-            principal = await state.auth.authenticate(scope)
-        outcome.admitted = True  # from here on, the request gets a usage record
-        served.key_id, served.tenant_id = principal.key_id, principal.tenant_id
-        served.client_ip = state.auth.client_ip(scope)
-        body = await read_body(
-            scope, receive, state.max_body, json_type_required=fmt.json_type_required
-        )
-        call = fmt.parse(kind, body, served.request_id)
-        call.credential = read_credential(scope)  # scrubbed from any upstream error text
-        picked: Picked | None = None
-        chosen: list[tuple[bytes, bytes]] = []
-        if hooks.user_providers or call.model == AUTO_MODEL or self._asks_provider(scope):
-            picked, chosen = self._user_provider(call, principal, scope, hooks.user_providers)
-        served.model, served.body = call.model, call.body
-        if picked is None:
-            outcome.model = state.router.get(call.model).name
-        else:  # the caller's own key: billed to it, never the operator's money
-            outcome.model = BYOK_LABEL
-            served.billed_to = picked.key_owner
+        trace = outcome.trace
+        principal, call, size = await self._parse(fmt, kind, scope, receive, served, outcome, hooks)
+        picked, chosen = self._choose(call, principal, scope, served, outcome, hooks)
         if hooks.prepare is not None:  # before the cache key and admission: may change the prompt
             await hooks.prepare(call, principal)
             served.body = call.body
@@ -310,12 +332,14 @@ class Pipeline:
         )
         if picked is not None:
             plan = BYPASS  # one user's provider answers: never shared through the cache
+        if trace is not None:
+            trace.stage("admit")
         admitted = await state.admission.admit(
             principal,
             served.request_id,
             model=call.model,
             endpoint=scope["path"],
-            body_size=len(body),
+            body_size=size,
             max_output_tokens=call.max_output_tokens,
             own_key=picked is not None,
         )
@@ -333,6 +357,62 @@ class Pipeline:
                 served.cached, served.provider = True, outcome.hit.entry.provider
             elif call.served_by is not None:
                 served.provider, served.deployment = call.served_by
+
+    def _choose(
+        self,
+        call: Call,
+        principal: Principal,
+        scope: Scope,
+        served: Served,
+        outcome: _Outcome,
+        hooks: Hooks,
+    ) -> tuple[Picked | None, list[tuple[bytes, bytes]]]:
+        """route (the model, or the caller's own provider): raises NotFound for a model that
+        does not exist. Returns the provider picked (BYOK) and the headers that say so."""
+        picked: Picked | None = None
+        chosen: list[tuple[bytes, bytes]] = []
+        if hooks.user_providers or call.model == AUTO_MODEL or self._asks_provider(scope):
+            picked, chosen = self._user_provider(call, principal, scope, hooks.user_providers)
+        served.model, served.body = call.model, call.body
+        if picked is None:
+            outcome.model = self.state.router.get(call.model).name
+        else:  # the caller's own key: billed to it, never the operator's money
+            outcome.model = BYOK_LABEL
+            served.billed_to = picked.key_owner
+        if outcome.trace is not None:  # a model that exists: the root span is named after it
+            outcome.trace.parsed(call, principal, served.request_id)
+        return picked, chosen
+
+    async def _parse(
+        self,
+        fmt: WireFormat,
+        kind: Kind,
+        scope: Scope,
+        receive: Receive,
+        served: Served,
+        outcome: _Outcome,
+        hooks: Hooks,
+    ) -> tuple[Principal, Call, int]:
+        """authenticate -> parse: who asks, what, and the body's size."""
+        state = self.state
+        trace = outcome.trace
+        if trace is not None:
+            trace.stage("authenticate")
+        if hooks.authenticate is not None:
+            principal = await hooks.authenticate(scope)
+        else:
+            principal = await state.auth.authenticate(scope)
+        outcome.admitted = True  # from here on, the request gets a usage record
+        served.key_id, served.tenant_id = principal.key_id, principal.tenant_id
+        served.client_ip = state.auth.client_ip(scope)
+        if trace is not None:
+            trace.stage("parse")
+        body = await read_body(
+            scope, receive, state.max_body, json_type_required=fmt.json_type_required
+        )
+        call = fmt.parse(kind, body, served.request_id)
+        call.credential = read_credential(scope)  # scrubbed from any upstream error text
+        return principal, call, len(body)
 
     def _asks_provider(self, scope: Scope) -> bool:
         """Whether the request names a provider (only looked for when the vault is on)."""
@@ -377,8 +457,13 @@ class Pipeline:
     ) -> None:
         """Look up, or call and relay; the client leaving cancels the upstream call at once."""
         watch = DisconnectWatch(receive)
+        trace = outcome.trace
         try:
+            if trace is not None:
+                trace.stage("cache lookup" if plan.used else None)
             hit = await self.state.cache.fetch(plan) if plan.used else None
+            if trace is not None:
+                trace.cache_result(hit is not None)
             call.headers += plan.headers()
             if hit is not None:
                 outcome.hit = hit
@@ -436,6 +521,8 @@ class Pipeline:
         finally:
             watch.close()
             await upstream.aclose()
+            if upstream.attempt is not None:
+                upstream.attempt.streamed(call.usage)
 
     async def _relay(
         self,
@@ -448,7 +535,9 @@ class Pipeline:
         watch: DisconnectWatch,
         outcome: _Outcome,
     ) -> None:
-        started = time.perf_counter()
+        trace: RequestTrace | None = call.trace
+        if trace is not None:
+            trace.stage("relay")
         headers = [*fmt.stream_headers, (b"x-request-id", call.request_id.encode()), *call.headers]
         outcome.answered, outcome.status = True, 200
         await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -456,12 +545,14 @@ class Pipeline:
         chunk = upstream.first
         try:
             while chunk is not None:
+                if trace is not None:
+                    trace.chunk(chunk)
                 observe(chunk, call, kept)
                 data = fmt.event(call, chunk) if kept is None else fmt.replayed(call, chunk)
                 if data:
                     await send({"type": "http.response.body", "body": data, "more_body": True})
                     if outcome.ttfb is None:
-                        outcome.ttfb = time.perf_counter() - started
+                        outcome.ttfb = time.perf_counter() - outcome.started
                 chunk = await upstream.next()
         except UpstreamError as exc:
             await _end_with_error(fmt, hooks, call, send, exc, outcome)
@@ -472,10 +563,11 @@ class Pipeline:
             _uncancel()  # the server stopping it (drain time over): end it cleanly
             await _end_with_error(fmt, hooks, call, send, ShuttingDown(), outcome)
             return
-        except Exception:
+        except Exception as exc:
             self.state.log.exception("unexpected error relaying stream %s", call.request_id)
             error = _internal_error(call.request_id)
             await _end_with_error(fmt, hooks, call, send, error, outcome)
+            outcome.failed(exc)  # on the span: what went wrong, not the answer it got
             return
         provider = upstream.deployment.provider_name
         last = fmt.end(call, provider, False)
@@ -516,6 +608,7 @@ async def _end_with_error(
 ) -> None:
     """A stream that already started ends with an error event and a clean close."""
     outcome.status, outcome.error = error.status, error
+    outcome.failed(error)
     if hooks.stream_error is not None:
         body = hooks.stream_error(call, error)
     else:
@@ -597,10 +690,12 @@ def _internal_error(request_id: str) -> RelaygateError:
 async def complete(state: AppState, call: Call) -> tuple[JSON, Deployment]:
     """Call the first deployment that answers; return its (OpenAI-shaped) body."""
     last: UpstreamError | None = None
+    trace: RequestTrace | None = call.trace
     for deployment in call.route or state.router.plan(call.model):
         provider = deployment.provider
         call.served_by = (deployment.provider_name, deployment.name)
         method = provider.embed if call.kind == "embedding" else provider.complete
+        attempt = trace.attempt(deployment, call) if trace is not None else None
         started = time.monotonic()
         try:
             async with asyncio.timeout(deployment.timeouts.total):
@@ -609,11 +704,19 @@ async def complete(state: AppState, call: Call) -> tuple[JSON, Deployment]:
             last = _timed_out(deployment, "total", time.monotonic() - started)
         except UpstreamError as exc:
             last = exc
+        except BaseException as exc:  # cancelled (the client left), or a bug
+            if attempt is not None:
+                attempt.failed(exc)
+            raise
         else:
+            if attempt is not None:
+                attempt.answered(body)
             deployment.health.record_success()
             _served(call, deployment, time.monotonic() - started)
             body["model"] = call.model
             return body, deployment
+        if attempt is not None:
+            attempt.failed(last)
         _record_failure(state, deployment, last, call)
         if not last.retryable:
             break
@@ -628,22 +731,33 @@ async def open_stream(state: AppState, call: Call) -> UpstreamStream:
     deployment is replaced by the next one in the plan.
     """
     last: UpstreamError | None = None
+    trace: RequestTrace | None = call.trace
     for deployment in call.route or state.router.plan(call.model):
         call.served_by = (deployment.provider_name, deployment.name)
+        attempt = trace.attempt(deployment, call) if trace is not None else None
         started = time.monotonic()
         stream = UpstreamStream(deployment, deployment.provider.stream(deployment, call))
         try:
             first = await stream.next()
         except UpstreamError as exc:
+            if attempt is not None:
+                attempt.failed(exc)
             await stream.aclose()
             last = exc
             _record_failure(state, deployment, exc, call)
             if not exc.retryable:
                 break
             continue
+        except BaseException as exc:  # cancelled (the client left), or a bug
+            if attempt is not None:
+                attempt.failed(exc)
+            raise
         deployment.health.record_success()
         _served(call, deployment, time.monotonic() - started)
         stream.first = first
+        if attempt is not None:  # its span lasts as long as the stream
+            attempt.started()
+            stream.attempt = attempt
         return stream
     assert last is not None
     raise last
@@ -658,6 +772,7 @@ class UpstreamStream:
     first: JSON | None = None
     started: float = field(default_factory=time.monotonic)
     received: int = 0
+    attempt: Attempt | None = None  # its CLIENT span, when tracing is on
 
     async def next(self) -> JSON | None:
         """The next chunk, None at the end; raises UpstreamError on failure or expiry."""

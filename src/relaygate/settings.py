@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from string import Template
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import msgspec
 import yaml
@@ -49,6 +49,7 @@ __all__ = [
     "TaskTemplate",
     "TasksConfig",
     "Timeouts",
+    "TracingConfig",
     "WebhookConfig",
     "load_settings",
 ]
@@ -795,6 +796,30 @@ class UIConfig(_Config, kw_only=True):
     oidc: OIDCConfig | None = None
 
 
+DEFAULT_OTLP_ENDPOINT = "http://127.0.0.1:4318"  # an OpenTelemetry Collector's OTLP/HTTP port
+
+
+class TracingConfig(_Config, kw_only=True):
+    """OpenTelemetry traces of each inference request's stages, sent over OTLP/HTTP
+    (protobuf) to a collector (docs/observability.md). Off unless ``enabled``; the
+    standard ``OTEL_EXPORTER_OTLP_ENDPOINT``, ``OTEL_EXPORTER_OTLP_HEADERS`` and
+    ``OTEL_SERVICE_NAME`` variables give the defaults of ``endpoint``, ``headers``
+    and ``service_name``."""
+
+    enabled: bool = False
+    # the collector's base URL: spans go to <endpoint>/v1/traces
+    endpoint: HttpUrl | None = None
+    headers: dict[HeaderName, str] = msgspec.field(default_factory=dict)  # e.g. a collector's key
+    service_name: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | None = None
+    # of the traces that start here (a caller's sampled traceparent is always followed)
+    sample_ratio: Annotated[float, msgspec.Meta(ge=0, le=1)] = 1.0
+    timeout: Annotated[float, msgspec.Meta(gt=0, le=300)] = 10.0  # one export's deadline
+
+    @property
+    def traces_url(self) -> str:
+        return (self.endpoint or DEFAULT_OTLP_ENDPOINT).rstrip("/") + "/v1/traces"
+
+
 class Settings(_Config, kw_only=True):
     """Everything relaygate reads at start."""
 
@@ -834,6 +859,7 @@ class Settings(_Config, kw_only=True):
     paths: PathsConfig = msgspec.field(default_factory=PathsConfig)
     nodes: NodesConfig = msgspec.field(default_factory=NodesConfig)
     ui: UIConfig = msgspec.field(default_factory=UIConfig)
+    tracing: TracingConfig = msgspec.field(default_factory=TracingConfig)
     config_path: str | None = None
     prometheus_multiproc_dir: str | None = None
 
@@ -875,6 +901,7 @@ def load_settings(
         data["config_path"] = source
     if env.get("PROMETHEUS_MULTIPROC_DIR"):
         data["prometheus_multiproc_dir"] = env["PROMETHEUS_MULTIPROC_DIR"]
+    from_env.update(_otel_defaults(data, env))
     try:
         try:
             settings = msgspec.convert(data, Settings, strict=False)
@@ -1001,6 +1028,47 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[tuple[str, 
     return origins
 
 
+_OTEL_VARIABLES = {
+    "OTEL_EXPORTER_OTLP_ENDPOINT": "endpoint",
+    "OTEL_SERVICE_NAME": "service_name",
+    "OTEL_EXPORTER_OTLP_HEADERS": "headers",
+}
+
+
+def _otel_defaults(data: dict[str, Any], env: Mapping[str, str]) -> dict[tuple[str, ...], str]:
+    """The standard OpenTelemetry variables, where ``tracing`` does not set the same field."""
+    origins: dict[tuple[str, ...], str] = {}
+    for variable, name in _OTEL_VARIABLES.items():
+        raw = env.get(variable, "").strip()
+        if not raw:
+            continue
+        section = data.get("tracing", {})
+        if not isinstance(section, dict):
+            return origins  # a type error msgspec reports
+        if name in section:
+            continue
+        section = data["tracing"] = dict(section)  # never the caller's overrides
+        section[name] = _otel_headers(raw, variable) if name == "headers" else raw
+        origins[("tracing", name)] = variable
+    return origins
+
+
+def _otel_headers(raw: str, variable: str) -> dict[str, str]:
+    """``key1=value1,key2=value2`` (values percent-encoded), as the OTLP exporter spec says."""
+    headers: dict[str, str] = {}
+    for item in raw.split(","):
+        if not item.strip():
+            continue
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(
+                "not a list of headers: write name=value pairs separated by commas",
+                source=_variable(variable),
+            )
+        headers[unquote(name.strip())] = unquote(value.strip())
+    return headers
+
+
 def _variable(name: str) -> str:
     return f"environment variable {name}"
 
@@ -1094,6 +1162,7 @@ def _check(settings: Settings, lines: Lines, source: str | None) -> None:
     _check_ops(settings, lines, source)
     _check_tasks(settings, lines, source)
     _check_paths(settings.paths, lines, source)
+    _check_tracing(settings.tracing, lines, source)
     for k, url in enumerate(settings.discover_ollama or []):
         error = _url_problem(url)
         if error:
@@ -1101,6 +1170,31 @@ def _check(settings: Settings, lines: Lines, source: str | None) -> None:
             raise ConfigError(
                 f"{_dotted(path)}: {error}", source=source, line=_line_of(path, lines)
             )
+
+
+def _check_tracing(tracing: TracingConfig, lines: Lines, source: str | None) -> None:
+    """Tracing switched on needs the OpenTelemetry SDK and exporter (the ``otel`` extra)."""
+    if not tracing.enabled:
+        return
+    needed = ("opentelemetry.sdk", "opentelemetry.exporter.otlp.proto.http")
+    missing = [name for name in needed if _no_module(name)]
+    if missing:
+        path = ("tracing", "enabled")
+        raise ConfigError(
+            f"tracing.enabled: needs the OpenTelemetry packages ({', '.join(missing)} is not "
+            "installed): pip install 'relaygate[otel]'",
+            source=source,
+            line=_line_of(path, lines),
+        )
+
+
+def _no_module(name: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is None
+    except ModuleNotFoundError:
+        return True
 
 
 def _check_pooled(

@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 
     from relaygate.auth.invalidation import Events, KeyEvents
     from relaygate.auth.jwt import JWTVerifier
+    from relaygate.observability.tracing import Tracing
 
 __all__ = ["AppState", "close_state", "open_state"]
 
@@ -83,6 +84,7 @@ class AppState:
     jwt: JWTVerifier | None = None
     access_log: AccessLog | None = None  # None: off, and no work per request
     loop_lag: LoopLag | None = None  # relaygate_event_loop_lag_seconds
+    tracing: Tracing | None = None  # None: off, and no span per request
     draining: bool = False
 
     @property
@@ -124,11 +126,8 @@ async def open_state(settings: Settings, log: logging.Logger) -> AppState:
     engine = create_engine(settings.database_url)
     await _check_schema(settings.database_url)
     identity = IdentityStore(engine)
-    client = None
-    if settings.redis_url:  # redis-py only when Redis is used (it costs ~6 MiB a worker)
-        from relaygate.limits.redis import connect as connect_redis
-
-        client = connect_redis(settings.redis_url)
+    metrics = Metrics(settings.prometheus_multiproc_dir)
+    client = _redis(settings, metrics)
     jwt = None
     if settings.auth.jwt is not None:  # PyJWT and cryptography only when JWTs are used
         from relaygate.auth.jwt import JWTVerifier
@@ -138,13 +137,15 @@ async def open_state(settings: Settings, log: logging.Logger) -> AppState:
         settings.auth, identity, log, jwt=_jwt_check(jwt) if jwt else None, pubsub=bool(client)
     )
     hub = Hub(NodeTokenStore(engine), settings.nodes, log)
-    router = await build_router(settings, log, client, nodes=hub.link)
+    tracing = _tracing(settings)  # its hooks put traceparent on upstream requests
+    hooks = tracing.session_hooks() if tracing is not None else ()
+    router = await build_router(settings, log, client, nodes=hub.link, hooks=hooks)
     pooled = frozenset(dial_out_nodes(router.pools.values()))
     hub.listeners.append(RegisteredModels(hub, router, settings.nodes, pooled))
     if pooled:
         hub.listeners.append(partial(dial_out_changed, router.pools.values()))
     keys = {key for m in router.models.values() for d in m.deployments for key in d.known_secrets}
-    vault = Vault(settings, engine, log, known_secrets=tuple(sorted(keys)))
+    vault = Vault(settings, engine, log, known_secrets=tuple(sorted(keys)), hooks=hooks)
     try:  # stored provider secrets and no key to read them: refuse to start
         await vault.open()
     except BaseException:
@@ -154,10 +155,11 @@ async def open_state(settings: Settings, log: logging.Logger) -> AppState:
         if client is not None:
             await client.aclose()
         await engine.dispose()
+        if tracing is not None:
+            await tracing.aclose()
         raise
     # Provider keys and the task webhook's shared secret, scrubbed from every log line.
     install_log_scrubber(log, [*keys, settings.tasks.webhook.secret])
-    metrics = Metrics(settings.prometheus_multiproc_dir)
     usage = settings.usage
     outbox = Outbox(
         usage.outbox_dir,
@@ -194,6 +196,7 @@ async def open_state(settings: Settings, log: logging.Logger) -> AppState:
         redis=client,
         jwt=jwt,
         access_log=AccessLog.from_settings(settings),
+        tracing=tracing,
         hub=hub,
         loop_lag=loop_lag,
     )
@@ -212,6 +215,24 @@ def _elect_writer(settings: Settings) -> bool:
     """One usage writer per outbox folder (usage.elect_writer; by default with SQLite)."""
     elect = settings.usage.elect_writer
     return is_sqlite(settings.database_url) if elect is None else elect
+
+
+def _redis(settings: Settings, metrics: Metrics) -> redis.Redis | None:
+    """redis-py only when Redis is used (it costs ~6 MiB a worker); every command timed."""
+    if not settings.redis_url:
+        return None
+    from relaygate.limits.redis import connect
+
+    return connect(settings.redis_url, observe=metrics.redis_command)
+
+
+def _tracing(settings: Settings) -> Tracing | None:
+    """OpenTelemetry, imported only when tracing is on (load_settings checked it is there)."""
+    if not settings.tracing.enabled:
+        return None
+    from relaygate.observability.tracing import Tracing
+
+    return Tracing(settings.tracing)
 
 
 def _listen(state: AppState, client: redis.Redis) -> None:
@@ -280,6 +301,8 @@ async def close_state(state: AppState) -> None:
     if state.redis is not None:
         await state.redis.aclose()
     await state.engine.dispose()
+    if state.tracing is not None:  # last: spans of requests answered while closing
+        await state.tracing.aclose()
 
 
 def _cache(

@@ -75,6 +75,25 @@ def test_config_check_error_exit_2_one_message(tmp_path: Path) -> None:
     ]
 
 
+def test_config_check_says_where_spans_go_and_never_a_header_value(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("tracing:\n  enabled: true\n  sample_ratio: 0.25\n")
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "https://u:pw@otel.example:4318",
+        "OTEL_EXPORTER_OTLP_HEADERS": "authorization=Bearer%20tok-8812",
+        "OTEL_SERVICE_NAME": "gw",
+    }
+    result = run("config", "check", str(path), env=env)
+    assert result.returncode == 0, result.stderr
+    assert (
+        "tracing: spans of service gw to https://****@otel.example:4318/v1/traces" in result.stdout
+    )
+    assert "(sampled 0.25), headers authorization" in result.stdout
+    assert "tok-8812" not in result.stdout and "pw@" not in result.stdout
+    result = run("config", "check", str(path), env={"OTEL_EXPORTER_OTLP_ENDPOINT": "otel:4318"})
+    assert result.returncode == 2 and "OTEL_EXPORTER_OTLP_ENDPOINT" in result.stderr
+
+
 def test_several_workers_without_redis_refused(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("workers: 2\n")

@@ -129,7 +129,14 @@ def test_the_dockerfile_builds_from_pinned_images_and_existing_paths() -> None:
             assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
             assert source not in ignored, f"COPY {source}: excluded by .dockerignore"
     # the sources the build copies are what the package needs
-    assert any("pip install ." in args for args in instruction_args("RUN"))
+    installs = [args for args in instruction_args("RUN") if "pip install" in args]
+    assert any(re.search(r"pip install '?\.(\[[a-z,]+\])?'?(\s|$)", a) for a in installs)
+    extras = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    )
+    for args in installs:  # an extra the image asks for exists
+        for named in re.findall(r"\.\[([a-z,]+)\]", args):
+            assert set(named.split(",")) <= extras, args
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     copied = " ".join(instruction_args("COPY"))
     assert pyproject["project"]["readme"] in copied and "pyproject.toml" in copied
@@ -511,6 +518,7 @@ def test_a_misspelt_metric_is_caught() -> None:
     series = exported()
     assert "relaygate_request_total" not in series
     assert "relaygate_upstream_errors" not in series  # a counter is exposed with _total
+    assert "relaygate_tokens" not in series and "relaygate_tokens_total" in series
 
 
 def test_every_alert_is_complete_and_covers_the_issues_cases() -> None:
@@ -529,8 +537,32 @@ def test_every_alert_is_complete_and_covers_the_issues_cases() -> None:
         'relaygate_requests_total{status="503"}',  # upstreams down
         "relaygate_usage_outbox_backlog",  # outbox backlog
         "relaygate_ratelimit_degraded",  # limits degraded
+        "relaygate_usage_outbox_oldest_age_seconds",  # outbox age
+        "relaygate_usage_write_duration_seconds_bucket",  # database latency
+        "relaygate_redis_command_duration_seconds_bucket",  # Redis latency
     ):
         assert metric in exprs, metric
+
+
+def test_the_dashboard_charts_the_issues_figures() -> None:
+    """Issue 18's list: requests, latency, time to first token, tokens, cost, cache, limits,
+    upstream errors, outbox depth and age, Redis and database latency."""
+    charted = " ".join(expr for where, expr in promql_expressions() if where.startswith("panel"))
+    for metric in (
+        "relaygate_requests_total",
+        "relaygate_request_duration_seconds_bucket",
+        "relaygate_time_to_first_token_seconds_bucket",
+        "relaygate_tokens_total",
+        "relaygate_cost_usd_total",
+        "relaygate_cache_requests_total",
+        "relaygate_ratelimited_total",
+        "relaygate_upstream_errors_total",
+        "relaygate_usage_outbox_backlog",
+        "relaygate_usage_outbox_oldest_age_seconds",
+        "relaygate_usage_write_duration_seconds_bucket",
+        "relaygate_redis_command_duration_seconds_bucket",
+    ):
+        assert metric in charted, metric
 
 
 def test_prometheus_scrapes_the_replicas_and_loads_the_mounted_rules() -> None:

@@ -14,7 +14,9 @@ server (no Redis Cluster across slots).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -175,10 +177,20 @@ return 0
 """
 
 
-def connect(url: str, *, max_connections: int = 64, wait: float = 1.0) -> Redis:
+CommandObserver = Callable[[str, bool, float], None]  # (command, succeeded, seconds)
+
+
+def connect(
+    url: str,
+    *,
+    max_connections: int = 64,
+    wait: float = 1.0,
+    observe: CommandObserver | None = None,
+) -> Redis:
     """A client fit for limits: its pool waits up to ``wait`` s for a free connection
     (the default pool fails past its size), and it never retries on its own (the
-    caller bounds each call and has a fallback)."""
+    caller bounds each call and has a fallback). ``observe`` is told every command's
+    round trip (the Redis latency metric)."""
     pool = BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
@@ -186,7 +198,41 @@ def connect(url: str, *, max_connections: int = 64, wait: float = 1.0) -> Redis:
         socket_connect_timeout=wait,
         driver_info=_DRIVER_INFO,
     )
-    return Redis.from_pool(pool)
+    if observe is None:
+        return Redis.from_pool(pool)
+    client = TimedRedis.from_pool(pool)
+    assert isinstance(client, TimedRedis)
+    client.observe = observe
+    return client
+
+
+_COMMAND_NAME = re.compile(r"[A-Za-z]{1,24}\Z")
+
+
+def command_label(name: object) -> str:
+    """A command's name as a bounded metric label (our code issues every command)."""
+    text = name.decode("ascii", "replace") if isinstance(name, bytes) else str(name)
+    return text.upper() if _COMMAND_NAME.match(text) else "OTHER"
+
+
+class TimedRedis(Redis):
+    """A client that tells ``observe`` each command's round trip, wherever it is sent from
+    (limit scripts, cache tier, events): one place, so no caller can forget it."""
+
+    observe: CommandObserver | None = None
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        observe = self.observe
+        if observe is None:
+            return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
+        started = time.perf_counter()
+        ok = False
+        try:
+            reply = await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
+            ok = True
+            return reply
+        finally:
+            observe(command_label(args[0]) if args else "OTHER", ok, time.perf_counter() - started)
 
 
 class RedisLimiter:

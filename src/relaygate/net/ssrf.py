@@ -212,8 +212,10 @@ def guarded_session(
     policy: SsrfPolicy,
     max_connections: int = 256,
     resolver: AbstractResolver | None = None,
+    hooks: Sequence[aiohttp.TraceConfig] = (),
 ) -> aiohttp.ClientSession:
-    """A pooled client whose every connection, redirects included, obeys ``policy``."""
+    """A pooled client whose every connection, redirects included, obeys ``policy``;
+    ``hooks`` see each request (trace propagation)."""
     connector = aiohttp.TCPConnector(
         limit=max_connections,
         limit_per_host=0,
@@ -228,6 +230,7 @@ def guarded_session(
         read_bufsize=256 * 1024,
         headers={"User-Agent": f"relaygate/{__version__}"},
         trust_env=False,  # a proxy would make the connection, and the check, elsewhere
+        trace_configs=list(hooks) or None,
     )
 
 

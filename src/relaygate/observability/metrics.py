@@ -1,5 +1,6 @@
-"""Prometheus metrics: requests, latency, time to first byte, upstream errors, in-flight,
-and per pool node: up, in flight, queued, time to first token, models, ejections.
+"""Prometheus metrics: requests, latency, time to first byte and first token, tokens, cost,
+upstream errors, in-flight, the usage outbox (backlog, age, write latency), Redis command
+latency, and per pool node: up, in flight, queued, time to first token, models, ejections.
 
 Labels are bounded: ``model`` is a configured model name or ``unknown`` (never
 whatever a client typed), ``deployment`` is a deployment's safe name, never a
@@ -28,6 +29,10 @@ __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 _LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300,
 )  # fmt: skip
+_FAST_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
+)  # fmt: skip
+_INPUT, _OUTPUT = "input", "output"
 
 
 class Metrics:
@@ -50,6 +55,21 @@ class Metrics:
             "Time from request to the first response byte sent to the client.",
             ["model", "api"], buckets=_LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
+        self.ttft = Histogram(
+            "relaygate_time_to_first_token_seconds",
+            "Streams only: time from request to the first streamed chunk sent to the client.",
+            ["model", "api"], buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.tokens = Counter(
+            "relaygate_tokens", "Tokens used by answered requests, by model and kind "
+            "(input, output), as the usage records count them (estimated when not reported).",
+            ["model", "kind"], registry=r,
+        )  # fmt: skip
+        self.cost = Counter(
+            "relaygate_cost_usd", "What requests cost, in US dollars, as their usage records "
+            "price them (a user's own provider key: 0).",
+            ["model"], registry=r,
+        )  # fmt: skip
         self.upstream_errors = Counter(
             "relaygate_upstream_errors", "Failed upstream calls, by deployment and kind.",
             ["deployment", "kind"], registry=r,
@@ -70,6 +90,21 @@ class Metrics:
             "relaygate_usage_outbox_backlog",
             "Usage records durable in this process's outbox, not yet in the database.",
             registry=r, multiprocess_mode="livesum",
+        )  # fmt: skip
+        self.outbox_age = Gauge(
+            "relaygate_usage_outbox_oldest_age_seconds",
+            "Age of the oldest usage record not yet in the database (0: none waits).",
+            registry=r, multiprocess_mode="livemax",
+        )  # fmt: skip
+        self.usage_write_duration = Histogram(
+            "relaygate_usage_write_duration_seconds",
+            "Database time of one usage batch (insert and commit), by result (ok, error).",
+            ["result"], buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.redis_duration = Histogram(
+            "relaygate_redis_command_duration_seconds",
+            "Redis command round trips (limits, cache, events), by command and result.",
+            ["command", "result"], buckets=_FAST_BUCKETS, registry=r,
         )  # fmt: skip
         self.usage_written = Counter(
             "relaygate_usage_records_written", "Usage records inserted into the database.",
@@ -128,6 +163,7 @@ class Metrics:
             ["pool", "node"], registry=r,
         )  # fmt: skip
         self._children: dict[tuple[Any, ...], Any] = {}
+        self._used: dict[str, tuple[Any, Any, Any]] = {}  # model -> its token and cost children
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (id(metric), *labels)
@@ -147,6 +183,33 @@ class Metrics:
         self._child(self.latency, model, api).observe(duration)
         if ttfb is not None:
             self._child(self.ttfb, model, api).observe(ttfb)
+
+    def first_token(self, model: str, api: str, seconds: float) -> None:
+        """A stream's first chunk reached the client ``seconds`` after the request."""
+        self._child(self.ttft, model, api).observe(seconds)
+
+    def used(self, model: str, input_tokens: int, output_tokens: int, cost: float) -> None:
+        """One usage record's tokens and cost (zeros are not counted: no work)."""
+        children = self._used.get(model)
+        if children is None:  # one lookup per request for the three (the hot path)
+            tokens = self.tokens
+            children = self._used[model] = (
+                tokens.labels(model, _INPUT),
+                tokens.labels(model, _OUTPUT),
+                self.cost.labels(model),
+            )
+        if input_tokens:
+            children[0].inc(input_tokens)
+        if output_tokens:
+            children[1].inc(output_tokens)
+        if cost:
+            children[2].inc(cost)
+
+    def redis_command(self, command: str, ok: bool, seconds: float) -> None:
+        self._child(self.redis_duration, command, "ok" if ok else "error").observe(seconds)
+
+    def usage_write(self, ok: bool, seconds: float) -> None:
+        self._child(self.usage_write_duration, "ok" if ok else "error").observe(seconds)
 
     def upstream_error(self, deployment: str, kind: str) -> None:
         self._child(self.upstream_errors, deployment, kind).inc()

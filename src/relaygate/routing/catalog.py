@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -91,8 +91,14 @@ MOCK_DESCRIPTION = (
 class _Pools:
     """One provider (and its session) per upstream, created on first use."""
 
-    def __init__(self, policy: RoutingConfig, nodes: Finder | None = None) -> None:
+    def __init__(
+        self,
+        policy: RoutingConfig,
+        nodes: Finder | None = None,
+        hooks: Sequence[aiohttp.TraceConfig] = (),
+    ) -> None:
         self.policy = policy
+        self.hooks = hooks  # every upstream session's aiohttp hooks (trace propagation)
         self.providers: dict[tuple[str, str, Options], Provider] = {}
         self.mock = MockProvider()
         self.pools: dict[str, Pool] = {}
@@ -127,14 +133,20 @@ class _Pools:
         key = (provider, base_url.rstrip("/"), options)
         existing = self.providers.get(key)
         if existing is None:
-            existing = _ADAPTERS[provider](key[1], new_session(max_connections), **dict(options))
+            existing = _ADAPTERS[provider](
+                key[1], new_session(max_connections, hooks=self.hooks), **dict(options)
+            )
             self.providers[key] = existing
         return existing
 
 
-def new_session(max_connections: int, api_key: str | None = None) -> aiohttp.ClientSession:
+def new_session(
+    max_connections: int,
+    api_key: str | None = None,
+    hooks: Sequence[aiohttp.TraceConfig] = (),
+) -> aiohttp.ClientSession:
     """A pooled keep-alive client for one upstream (a node's key, when it has one, is
-    sent by its model listing too)."""
+    sent by its model listing too); ``hooks`` see each request (tracing propagation)."""
     headers = {"User-Agent": f"relaygate/{__version__}"}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
@@ -147,6 +159,7 @@ def new_session(max_connections: int, api_key: str | None = None) -> aiohttp.Cli
         read_bufsize=256 * 1024,
         headers=headers,
         trust_env=False,
+        trace_configs=list(hooks) or None,
     )
 
 
@@ -159,11 +172,12 @@ async def build_router(
     log: logging.Logger,
     client: redis.Redis | None = None,
     nodes: Finder | None = None,
+    hooks: Sequence[aiohttp.TraceConfig] = (),
 ) -> Router:
     """The model table; pools are probed once (each node within its probe_timeout)
     before the gateway serves, then in the background. ``nodes`` finds a connected
-    dial-out node by name (tunnel/hub.py)."""
-    pools = _Pools(settings.routing, nodes)
+    dial-out node by name (tunnel/hub.py); ``hooks`` go on every upstream session."""
+    pools = _Pools(settings.routing, nodes, hooks)
     for name, config in settings.pools.items():
         pools.pools[name] = _pool(name, config, settings.routing, pools)
     models = [_model(config, pools) for config in settings.models]
@@ -207,7 +221,8 @@ def _pool(name: str, config: PoolConfig, routing: RoutingConfig, pools: _Pools) 
             member = DialOutMember(node.name, node.node, pools.node(node.node), pools.links)
         else:
             assert node.base_url is not None  # one of the two, checked by load_settings
-            session = new_session(DeploymentConfig(provider="ollama").max_connections, node.api_key)
+            max_connections = DeploymentConfig(provider="ollama").max_connections
+            session = new_session(max_connections, node.api_key, pools.hooks)
             provider = adapter(node.base_url.rstrip("/"), session)
             member = HttpMember(node.name, config.provider, node.base_url, provider)
         pool.add(

@@ -224,6 +224,8 @@ class Call:
     credential: str | None = field(default=None, repr=False)  # the caller's; scrubbed from errors
     # the deployments to try instead of the router's plan: the caller's own provider (BYOK)
     route: list[Any] | None = field(default=None, repr=False)
+    # its spans (observability/tracing.py RequestTrace) when tracing is on, else None
+    trace: Any = field(default=None, repr=False)
 
     @property
     def include_usage(self) -> bool:

@@ -95,6 +95,11 @@ class Outbox:
         self._stop = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
         self._reported = 0  # what this outbox has added to the backlog gauge
+        # When the oldest buffered record was appended, and the oldest durable one not yet
+        # acknowledged as far as it is known (exact after each take(); after an ack that
+        # leaves records, the acked batch's until the next take(): never too young)
+        self._buffer_since: float | None = None
+        self._head: float | None = None
         self._size_warned_at = -_WARN_EVERY
         self._error_logged_at = -_ERROR_EVERY
         self._closed = False
@@ -115,6 +120,12 @@ class Outbox:
         """Records committed to the spool file and not yet acknowledged."""
         return self._spool.count if self._spool else 0
 
+    def oldest_age(self, now: float) -> float:
+        """Seconds the oldest record not yet in the database has waited since it was
+        appended (0: none waits). ``now`` is ``time.time()``."""
+        known = [t for t in (self._head, self._buffer_since) if t is not None]
+        return max(0.0, now - min(known)) if known else 0.0
+
     async def start(self) -> None:
         """Create and lock this process's spool file, then flush every ``fsync_window``."""
         self._spool = await self._run(_Spool.create, self.directory)
@@ -132,6 +143,8 @@ class Outbox:
         except Exception:  # an unencodable field: say so loudly, never fail the request
             self._log.exception("usage record %s could not be encoded", record.request_id)
             return
+        if self._buffer_since is None:
+            self._buffer_since = appended_at(record)
         if self._closed:
             self._log.error("usage record %s appended after the outbox closed", record.request_id)
 
@@ -142,15 +155,19 @@ class Outbox:
             if not self._buffer or self._spool is None:
                 return
             batch, self._buffer = self._buffer, []
+            since, self._buffer_since = self._buffer_since, None
             self._flushing = len(batch)
             try:
                 live_bytes = await self._run(self._spool.append, batch)
             except Exception as exc:  # disk full, I/O error...: keep the batch, retry
                 self._buffer[:0] = batch
+                self._buffer_since = since
                 self._write_failed(exc)
                 return
             finally:
                 self._flushing = 0
+            if self._head is None:
+                self._head = since
             self._check_size(live_bytes)
             self._report_backlog()
 
@@ -187,6 +204,8 @@ class Outbox:
                 buried, self._spool.path,
             )  # fmt: skip
             self._report_backlog()
+        if taken:
+            self._head = appended_at(taken[0][1])
         return taken
 
     async def ack(self, ids: list[int]) -> None:
@@ -194,6 +213,8 @@ class Outbox:
         if self._spool is None or not ids:
             return
         await self._run(self._spool.delete, ids)
+        if self._spool.count == 0:
+            self._head = None
         self._report_backlog()
 
     async def quarantine(self, ids: list[int], reason: str) -> None:
@@ -201,6 +222,8 @@ class Outbox:
         if self._spool is None or not ids:
             return
         await self._run(self._spool.bury, ids, reason)
+        if self._spool.count == 0:
+            self._head = None
         self._report_backlog()
 
     async def adopt_orphans(
@@ -313,6 +336,12 @@ class Outbox:
         value = 0 if closing else self.backlog
         self._metrics.outbox_backlog.inc(value - self._reported)
         self._reported = value
+
+
+def appended_at(record: UsageRecord) -> float:
+    """When a record was appended: its request's end (records are appended in that order,
+    whereas a long stream's ``created_at`` may be older than records before it)."""
+    return record.created_at + record.duration_ms / 1000
 
 
 class _Spool:

@@ -47,6 +47,7 @@ _ORPHAN_SCAN_EVERY = 60.0
 _SHARED_SCAN_EVERY = 0.5  # the elected writer looks for handed-over files this often
 HAND_OFF_EVERY = 1.0  # a process that is not the writer hands its file over this often
 _CATCH_UP = 10  # the largest batch, in batch_size units, when the writer is far behind
+_AGE_EVERY = 1.0  # seconds between outbox age updates while the writer waits
 _INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
 _INTS = ("prompt_tokens", "completion_tokens", "http_status")
 _FLOATS = ("duration_ms", "cost")
@@ -204,6 +205,7 @@ class UsageWriter:
 
     async def _loop(self) -> None:
         while not self._stopping.is_set():
+            self._report_age()
             if not await self._elect():
                 await self._hand_off()
                 await self._pause(self._interval)
@@ -287,8 +289,14 @@ class UsageWriter:
             acks.append((source, ids))
         if not rows:
             return
-        async with self._engine.begin() as conn:
-            inserted = await self._insert(conn, rows)
+        started = time.perf_counter()
+        try:
+            async with self._engine.begin() as conn:
+                inserted = await self._insert(conn, rows)
+        except BaseException:
+            self._observe_write(False, started)
+            raise
+        self._observe_write(True, started)
         # Counted once committed (the rows are in the database), before the acks' await:
         # a reader who sees the rows sees them counted.
         if self._metrics is not None:
@@ -311,6 +319,19 @@ class UsageWriter:
         if daily:
             await conn.execute(self._upsert_daily, daily)
         return len(fresh)
+
+    def _observe_write(self, ok: bool, started: float) -> None:
+        if self._metrics is not None:
+            self._metrics.usage_write(ok, time.perf_counter() - started)
+
+    def oldest_age(self) -> float:
+        """Seconds the oldest record waiting (here or in an adopted orphan) has waited."""
+        now = time.time()
+        return max(source.oldest_age(now) for source in self._sources())
+
+    def _report_age(self) -> None:
+        if self._metrics is not None:
+            self._metrics.outbox_age.set(self.oldest_age())
 
     async def _release_drained_orphans(self) -> None:
         for orphan in [o for o in self._orphans if o.backlog == 0]:
@@ -369,8 +390,13 @@ class UsageWriter:
             self._failures = 0
 
     async def _pause(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
+        """Wait ``seconds`` (or until stopping), the outbox age gauge kept fresh meanwhile:
+        during a database outage it is what says how old the waiting records are."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0 and not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), min(left, _AGE_EVERY))
+            self._report_age()
 
 
 def record_row(record: UsageRecord) -> dict[str, Any]:

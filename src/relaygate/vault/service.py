@@ -23,7 +23,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
@@ -129,8 +129,10 @@ class Vault:
         engine: AsyncEngine,
         log: logging.Logger,
         known_secrets: tuple[str, ...] = (),
+        hooks: Sequence[aiohttp.TraceConfig] = (),
     ) -> None:
         self.settings = settings
+        self.hooks = hooks  # its sessions' aiohttp hooks (trace propagation)
         self.config = settings.byok
         self.log = log
         self.store = VaultStore(engine)
@@ -323,12 +325,12 @@ class Vault:
             if base_url is None:
                 raise NotFound("This provider configuration has no base_url.")
             if self._guarded is None:
-                self._guarded = guarded_session(self.policy)
+                self._guarded = guarded_session(self.policy, hooks=self.hooks)
             return adapter(base_url, self._guarded)  # a thin wrapper; the session is shared
         url = self.config.base_urls.get(provider_type) or ""
         provider = self._cloud.get((provider_type, url))
         if provider is None:
-            provider = adapter(url, new_session(256))
+            provider = adapter(url, new_session(256, hooks=self.hooks))
             self._cloud[(provider_type, url)] = provider
         return provider
 

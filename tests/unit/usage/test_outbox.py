@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from relaygate.observability.metrics import Metrics
 from relaygate.usage.outbox import Outbox
@@ -420,3 +422,63 @@ async def test_hand_off_gives_the_file_to_whoever_adopts_it(tmp_path: Path) -> N
     finally:
         await worker.aclose()
         await writer.aclose()
+
+
+# (operation, argument): append a record that waited this many seconds more than the last,
+# flush, take up to n, ack what was taken
+OPERATIONS = st.lists(
+    st.one_of(
+        st.tuples(st.just("append"), st.floats(0, 100)),
+        st.tuples(st.just("flush"), st.just(0)),
+        st.tuples(st.just("take"), st.integers(1, 5)),
+        st.tuples(st.just("ack"), st.just(0)),
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=25, deadline=None)
+@given(operations=OPERATIONS, started=st.floats(1e9, 2e9), duration=st.floats(0, 600))
+async def test_the_outbox_age_is_never_younger_than_the_oldest_waiting_record(
+    tmp_path_factory: pytest.TempPathFactory,
+    operations: list[tuple[str, float]],
+    started: float,
+    duration: float,
+) -> None:
+    """Whatever the order of appends, flushes, takes and acks: 0 when nothing waits, never
+    less than the oldest waiting record's wait, and exact once the writer has taken it.
+    A record waits from when it is appended: its request's start plus its duration."""
+    outbox = make_outbox(tmp_path_factory.mktemp("age"), fsync_window=30.0)
+    await outbox.start()
+    try:
+        waiting: dict[str, float] = {}  # request id -> appended at
+        taken: list[int] = []
+        taken_ids: list[str] = []
+        appended = started + duration
+        now = appended + 10_000
+        for i, (operation, argument) in enumerate(operations):
+            if operation == "append":
+                appended += argument  # requests end (and are appended) in this order
+                made = record(i, created_at=appended - duration, duration_ms=duration * 1000)
+                outbox.append(made)
+                waiting[made.request_id] = appended
+            elif operation == "flush":
+                await outbox.flush()
+            elif operation == "take":
+                rows = await outbox.take(int(argument))
+                taken, taken_ids = [r[0] for r in rows], [r[1].request_id for r in rows]
+            else:
+                await outbox.ack(taken)
+                for request_id in taken_ids:
+                    waiting.pop(request_id)
+                taken, taken_ids = [], []
+            age = outbox.oldest_age(now)
+            if not waiting:
+                assert age == 0
+                continue
+            truth = now - min(waiting.values())
+            assert age >= truth - 1e-6
+            if operation == "take" and taken:
+                assert age == pytest.approx(truth, abs=1e-6)
+    finally:
+        await outbox.aclose()
