@@ -40,6 +40,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, gen
 from prometheus_client.multiprocess import MultiProcessCollector
 
 __all__ = [
+    "OPS_PATHS",
     "Beat",
     "Heartbeat",
     "InProcess",
@@ -51,6 +52,7 @@ __all__ = [
 TICK_METRIC = "relaygate_worker_last_tick_timestamp_seconds"
 READY_METRIC = "relaygate_worker_ready"
 MODELS_READY_METRIC = "relaygate_worker_models_ready"
+OPS_PATHS = ("/health", "/ready", "/metrics")  # what the listener serves, nothing else
 _JSON = "application/json"
 _log = logging.getLogger("relaygate.ops")
 
@@ -313,11 +315,8 @@ class OpsListener:
     def __init__(self, address: tuple[str, int], verdicts: Verdicts) -> None:
         server = _Server6 if ":" in address[0] else _Server
         self._server = server(address, _Handler)
-        self._server.routes = {
-            "/health": verdicts.health,
-            "/ready": verdicts.ready,
-            "/metrics": verdicts.metrics,
-        }
+        routes = (verdicts.health, verdicts.ready, verdicts.metrics)
+        self._server.routes = dict(zip(OPS_PATHS, routes, strict=True))
         self._thread: threading.Thread | None = None
 
     @property
