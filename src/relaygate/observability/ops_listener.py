@@ -44,6 +44,7 @@ __all__ = [
     "Beat",
     "Heartbeat",
     "InProcess",
+    "Judge",
     "OpsListener",
     "Supervised",
     "Verdicts",
@@ -127,7 +128,7 @@ class _Report(msgspec.Struct):
     workers: list[_Worker]
 
 
-class _Judge:
+class Judge:
     """Liveness and readiness from beats; remembers when each pid was first seen, so a
     worker that has not ticked yet is *starting* for ``stall_seconds``, then stalled."""
 
@@ -191,7 +192,7 @@ class InProcess:
         render: Callable[[], bytes | None],
         pid: int,
     ) -> None:
-        self._judge = _Judge(stall_seconds, 1)
+        self._judge = Judge(stall_seconds, 1)
         self._heartbeat = heartbeat
         self._render = render
         self._pid = pid
@@ -227,7 +228,7 @@ class Supervised:
         multiprocess_dir: str,
         pids: Callable[[], list[int]],
     ) -> None:
-        self._judge = _Judge(stall_seconds, expected)
+        self._judge = Judge(stall_seconds, expected)
         self._dir = multiprocess_dir
         self._pids = pids
 
