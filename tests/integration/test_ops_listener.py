@@ -5,6 +5,8 @@ worker's event loop is blocked, fails liveness once the loop has stalled for
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import threading
 import time
 import urllib.error
@@ -135,6 +137,12 @@ async def test_liveness_fails_once_the_loop_stalls_and_recovers() -> None:
         assert status == 200 and msgspec.json.decode(body)["workers"][0]["state"] == "ticking"
 
 
+def counted_ok(text: str) -> float:
+    return sum(
+        value for labels, value in requests_counted(text).items() if ("status", "200") in labels
+    )
+
+
 async def _ops_get(session: aiohttp.ClientSession, url: str) -> tuple[int, str]:
     async with session.get(url) as response:
         return response.status, await response.text()
@@ -164,11 +172,7 @@ async def test_two_workers_answered_by_the_supervisor(tmp_path: Path) -> None:
                     await _ops_get(session, ops + path)
                     for path in ("/health", "/ready", "/metrics")
                 ]
-                counted = sum(
-                    value
-                    for labels, value in requests_counted(metrics[1]).items()
-                    if ("status", "200") in labels
-                )
+                counted = counted_ok(metrics[1])
                 if health[0] == ready[0] == 200 and counted == 10:
                     break
                 await asyncio.sleep(0.1)
@@ -180,3 +184,19 @@ async def test_two_workers_answered_by_the_supervisor(tmp_path: Path) -> None:
         assert "relaygate_worker_last_tick_timestamp_seconds" in metrics[1]
         for text in (health[1], ready[1], metrics[1]):
             assert ADMIN_KEY not in text
+
+        # A worker killed: the supervisor starts another; the listener follows the new
+        # pid, and the dead one's live series leave /metrics.
+        dead = workers[0]["pid"]
+        os.kill(dead, signal.SIGKILL)
+        async with aiohttp.ClientSession() as session:
+            for _ in range(300):
+                health = await _ops_get(session, ops + "/health")
+                pids = {w["pid"] for w in msgspec.json.decode(health[1])["workers"]}
+                metrics = await _ops_get(session, ops + "/metrics")
+                if health[0] == 200 and dead not in pids and f'pid="{dead}"' not in metrics[1]:
+                    break
+                await asyncio.sleep(0.1)
+        assert health[0] == 200 and len(pids) == 2 and dead not in pids
+        assert f'pid="{dead}"' not in metrics[1]
+        assert counted_ok(metrics[1]) == 10  # counters of the dead worker are kept

@@ -27,6 +27,7 @@ Bodies carry pids, counts and ages, never a secret.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 import time
@@ -37,7 +38,7 @@ from typing import Protocol
 
 import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 __all__ = [
     "OPS_PATHS",
@@ -238,15 +239,21 @@ class Supervised:
         models: dict[int, float] = {}
         wanted = {TICK_METRIC: ticks, READY_METRIC: ready, MODELS_READY_METRIC: models}
         collector = MultiProcessCollector(None, path=self._dir)  # type: ignore[no-untyped-call]
+        alive = self._pids()  # before reading: a worker started later has no files yet
         for metric in collector.collect():  # type: ignore[no-untyped-call]
             into = wanted.get(metric.name)
             if into is None:
                 continue
             for sample in metric.samples:
                 into[int(sample.labels["pid"])] = sample.value
+        for pid in ticks.keys() - set(alive):
+            if not _running(pid):
+                # A worker that died (the supervisor replaced it): its live gauges go, as
+                # prometheus-client asks of whoever supervises the processes.
+                mark_process_dead(pid, self._dir)  # type: ignore[no-untyped-call]
         return [
             Beat(pid, ticks.get(pid), ready.get(pid, 0) == 1, int(models.get(pid, 0)))
-            for pid in self._pids()
+            for pid in alive
         ]
 
     def health(self) -> tuple[int, bytes, str]:
@@ -259,6 +266,16 @@ class Supervised:
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=self._dir)  # type: ignore[no-untyped-call]
         return 200, generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process now has that pid
+        return False
+    return True
 
 
 class _Handler(BaseHTTPRequestHandler):
