@@ -47,6 +47,9 @@ PG_SERVER = "postgresql+asyncpg://postgres@127.0.0.1:5432"
 PG_DSN = "postgresql://postgres@127.0.0.1:5432"
 OUT_DIR = BENCH_DIR / "soak"
 MARK_BEGIN, MARK_END = report.SOAK_BEGIN, report.SOAK_END
+# Each replica's operations listener (ops.listen): /metrics is scraped there, from a thread
+# of the replica that answers while its event loop is saturated by the burst.
+OPS_PORT = 19100
 STREAM_SHARE = 0.2  # of the requests offered: streaming (64 chunks each), the rest plain
 
 
@@ -100,13 +103,19 @@ class Replica(Gateway):
 
     def __init__(self, opts: Options, index: int, db_url: str, prefix: str, cap: int) -> None:
         super().__init__(opts, 1, port=GATEWAY_PORT + index, redis=True)
+        self.index = index
         self.name = f"soak-replica-{index}"
         self.log_path = WORK_DIR / f"{self.name}.log"
         self.redis_prefix = prefix
         self.db_url = db_url
         self.cap = cap
 
+    @property
+    def ops_base(self) -> str:
+        return f"http://127.0.0.1:{OPS_PORT + self.index}"
+
     def _prepare(self) -> None:
+        self.env["RELAYGATE_OPS__LISTEN"] = self.ops_base.removeprefix("http://")
         self.env["RELAYGATE_DATABASE_URL"] = self.db_url
         if outbox := keys.fresh_outbox(self.name):
             self.env["RELAYGATE_USAGE__OUTBOX_DIR"] = outbox
@@ -167,7 +176,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     procs.install_cleanup()
     raise_nofile()
     ensure_tools(redis=True)
-    for port in (GATEWAY_PORT, GATEWAY_PORT + 1):
+    for port in (GATEWAY_PORT, GATEWAY_PORT + 1, OPS_PORT, OPS_PORT + 1):
         if not port_is_free(port):
             raise BenchError(f"127.0.0.1:{port} is already in use")
     key = keys.new_secret()
@@ -209,7 +218,7 @@ def soak(
         for i, r in enumerate(replicas)
         for kind, body in (("chat", CHAT_BODY), ("stream", STREAM_BODY))
     ]
-    sampler = Sampler([(r.pid, r.base) for r in replicas], t0, args.sample_seconds)
+    sampler = Sampler([(r.pid, r.ops_base, r.base) for r in replicas], t0, args.sample_seconds)
     sampler.start()
     try:
         capacity, setup = calibrate(streams, headers, t0)
@@ -309,7 +318,9 @@ def write(args: argparse.Namespace, info: dict[str, Any]) -> bool:
         f"({args.burst_conns} connections per wrk), then {args.recovery_seconds:g} s at the "
         "steady rate. Samples every "
         f"{args.sample_seconds:g} s: RSS (VmRSS), open fds (/proc), and from /metrics "
-        "`relaygate_event_loop_lag_seconds` and `relaygate_usage_outbox_backlog`.",
+        "`relaygate_event_loop_lag_seconds` and `relaygate_usage_outbox_backlog`, scraped "
+        f"on each replica's operations listener (`ops.listen`, ports {OPS_PORT}-{OPS_PORT + 1}),"
+        " with the main port's /health probed at the same moment.",
         "",
         "![soak](soak/soak.png)",
         "",

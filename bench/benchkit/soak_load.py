@@ -11,6 +11,7 @@ import subprocess
 import threading
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -162,6 +163,15 @@ def scrape(base: str) -> dict[str, float]:
     return totals
 
 
+def answers(url: str) -> bool:
+    """Whether ``url`` answered 200 within 2 s."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
+
+
 def open_fds(root: int) -> int:
     """File descriptors open in ``root`` and its descendants now."""
     total = 0
@@ -173,7 +183,9 @@ def open_fds(root: int) -> int:
 
 class Sampler(threading.Thread):
     """Every ``interval`` s: each replica's RSS (its process tree), open fds, and from its
-    /metrics the loop lag, outbox backlog, requests in flight and requests answered."""
+    /metrics (on its operations listener) the loop lag, outbox backlog, requests in flight
+    and requests answered; and, at the same moment, whether its main port's /health
+    answered (it waits behind the requests in the event loop)."""
 
     METRICS: ClassVar[dict[str, str]] = {
         "loop_lag_s": "relaygate_event_loop_lag_seconds",
@@ -182,19 +194,21 @@ class Sampler(threading.Thread):
         "answered_total": "relaygate_requests_total",
     }
 
-    def __init__(self, replicas: list[tuple[int, str]], t0: float, interval: float) -> None:
+    def __init__(self, replicas: list[tuple[int, str, str]], t0: float, interval: float) -> None:
         super().__init__(daemon=True, name="soak-sampler")
-        self.replicas = replicas  # (pid, base URL)
+        self.replicas = replicas  # (pid, metrics base URL, main base URL)
         self.t0 = t0
         self.interval = interval
         self.phase = "warm-up"
         self.samples: list[dict[str, Any]] = []
         self._halt = threading.Event()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="soak-health")
 
     def run(self) -> None:
         while not self._halt.is_set():
             now = time.monotonic() - self.t0
-            for index, (pid, base) in enumerate(self.replicas):
+            for index, (pid, base, main) in enumerate(self.replicas):
+                health = self._pool.submit(answers, main + "/health")  # concurrently
                 metrics = scrape(base)
                 row: dict[str, Any] = {
                     "t_s": round(now, 2),
@@ -203,6 +217,7 @@ class Sampler(threading.Thread):
                     "rss_mib": procs.tree_rss_kib(pid) / 1024,
                     "fds": open_fds(pid),
                     "scraped": bool(metrics),
+                    "main_health": health.result(),
                 }
                 row["alive"] = row["rss_mib"] > 0  # an exited process (or zombie) has none
                 row.update({k: metrics.get(m) for k, m in self.METRICS.items()})
@@ -212,3 +227,4 @@ class Sampler(threading.Thread):
     def stop(self) -> None:
         self._halt.set()
         self.join(timeout=10)
+        self._pool.shutdown(wait=False)

@@ -162,6 +162,16 @@ def burst_and_recovery(
             None,
         )
     )
+    if during and "main_health" in during[0]:  # runs since the operations listener
+        main = sum(bool(s["main_health"]) for s in during)
+        verdicts.append(
+            Verdict(
+                "Burst: the main port's /health answered within 2 s (not judged)",
+                "for comparison",
+                f"{main} of {len(during)} probes answered",
+                None,
+            )
+        )
     p, r = figures["pre-burst"], figures["recovery"]
     rate_ok = r["ok_rps"] >= RECOVERY_RATE * r["offered_rps"] and r["other"] + r["shed"] == 0
     verdicts.append(

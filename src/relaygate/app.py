@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import logging
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 from relaygate import __version__
 from relaygate.api.admin import build_admin_app
@@ -23,7 +24,7 @@ from relaygate.api.ollama_embed import OllamaEmbeddingsFormat, OllamaEmbedFormat
 from relaygate.api.ollama_meta import OllamaMeta
 from relaygate.api.openai import OpenAIFormat, OpenAIModels
 from relaygate.api.openapi import DocsAPI, Operation, task_operation
-from relaygate.api.ops import OpsAPI
+from relaygate.api.ops import OpsAPI, readiness
 from relaygate.api.responses_api import RESPONSE_PREFIX, ResponsesFormat, StoredResponses
 from relaygate.api.seed import GenerateFormat, SeedChatFormat
 from relaygate.api.shapes import error_renderer_for, internal_error, is_ollama_path
@@ -33,6 +34,7 @@ from relaygate.api.ui import UI_PATH, WebUI
 from relaygate.asgi import Receive, Scope, Send, new_request_id
 from relaygate.errors import ConfigError, MethodNotAllowed, NotFound
 from relaygate.observability.logging import configure_logging
+from relaygate.observability.ops_listener import Heartbeat
 from relaygate.pipeline import Pipeline
 from relaygate.settings import Settings, load_settings
 from relaygate.state import AppState, close_state, open_state
@@ -45,9 +47,8 @@ Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
 # /auth/create-key, seed 003's /api/keys, and /usage/requests/{id} (one usage record).
 ADMIN_PREFIXES = ("/admin/", "/admin", "/auth/", "/api/keys", "/usage/")
 MODEL_ROUTE = "/v1/models/{model}"
-# With ops.listen set, these answer only on that address, which serves nothing else.
+# With ops.listen set, these answer only on the operations listener (ops_listener.py).
 OPS_ONLY = frozenset(("/metrics", "/ready"))
-OPS_LISTENER_PATHS = OPS_ONLY | {"/health"}
 RESPONSE_ROUTE = "/v1/responses/{response_id}"
 UI_ROUTE = UI_PATH + "/{path}"  # the web UI's files and client routes
 UI_PREFIX = UI_PATH + "/"
@@ -75,6 +76,8 @@ class Gateway:
         ops = settings.ops.address
         # The port of the ops listener (set by server.py when it was bound to port 0).
         self.ops_port: int | None = ops[1] if ops else None
+        # This worker's heartbeat, for the ops listener (only when there is one).
+        self.heartbeat: Heartbeat | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -92,10 +95,7 @@ class Gateway:
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The one WebSocket route: dial-out nodes connecting (tunnel/hub.py)."""
-        on_ops = (
-            self.ops_port is not None and (scope.get("server") or (None, None))[1] == self.ops_port
-        )
-        if self.state is None or scope["path"] != CONNECT_PATH or on_ops:
+        if self.state is None or scope["path"] != CONNECT_PATH:
             await send({"type": "websocket.close", "code": 1008})
             return
         try:
@@ -110,7 +110,7 @@ class Gateway:
         path: str = scope["path"]
         if self._aliases or self._mount:
             path = self._resolve(scope, path)
-        if self.ops_port is not None and self._misplaced(scope, path):
+        if self.ops_port is not None and path in OPS_ONLY:
             return _not_found
         methods = self._routes.get(path)
         if methods is None and path.startswith("/v1/models/"):
@@ -193,13 +193,6 @@ class Gateway:
         except Exception:  # the response had started: the server closes the connection
             self.log.debug("response already started; %s cut short", request_id)
 
-    def _misplaced(self, scope: Scope, path: str) -> bool:
-        """An ops route on the main port, or anything else on the ops listener."""
-        server = scope.get("server")
-        if server is not None and server[1] == self.ops_port:
-            return path not in OPS_LISTENER_PATHS
-        return path in OPS_ONLY
-
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
             message = await receive()
@@ -269,6 +262,7 @@ class Gateway:
             self.state = None
             await close_state(state)
             raise
+        self._beat(state)
         # Everything built so far lives as long as the process: move it out of the
         # collector's way, so collections on the request path have less to scan.
         gc.collect()
@@ -305,7 +299,17 @@ class Gateway:
     async def shutdown(self) -> None:
         if self.state is None:
             return
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
         await close_state(self.state)
+
+    def _beat(self, state: AppState) -> None:
+        """With an operations listener: this worker's loop ticks and readiness, for it."""
+        if self.settings.ops.address is None or state.loop_lag is None:
+            return
+        self.heartbeat = Heartbeat(state.metrics.registry, partial(readiness, state))
+        state.loop_lag.on_tick.append(self.heartbeat.tick)
+        self.heartbeat.tick()
 
 
 async def _not_found(scope: Scope, receive: Receive, send: Send) -> None:

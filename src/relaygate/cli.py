@@ -103,8 +103,10 @@ def _serve(args: argparse.Namespace) -> None:
     from relaygate.server import serve
 
     print(f"relaygate {__version__}: http://{_url_host(settings.host)}:{settings.port}", flush=True)
-    if settings.ops.listen:
-        print(f"relaygate: /metrics and /ready on http://{settings.ops.listen}", flush=True)
+    if settings.ops.address is not None:
+        host, port = settings.ops.address
+        where = f"http://{_url_host(host or settings.host)}:{port}"
+        print(f"relaygate: /health, /ready and /metrics on {where}", flush=True)
     if settings.workers == 1:
         from relaygate.app import create_app
 
@@ -179,7 +181,9 @@ def _export_for_workers(args: argparse.Namespace, settings: Settings) -> None:
     for name in ("host", "port", "workers"):
         if getattr(args, name) is not None:
             os.environ[f"RELAYGATE_{name.upper()}"] = str(getattr(args, name))
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="relaygate-metrics-")
+    directory = tempfile.mkdtemp(prefix="relaygate-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    settings.prometheus_multiproc_dir = directory  # the supervisor's ops listener reads it
 
 
 def _url_host(host: str) -> str:

@@ -20,13 +20,16 @@ uvicorn bounds none of these by itself; one protocol class does, per connection
   the operational routes (``NEVER_SHED``) are always served.
 
 ``relaygate serve`` and the tests both build their server here, listening on the
-main address and, when ``ops.listen`` is set, on the operational one.
+main address; when ``ops.listen`` is set, the operations listener
+(observability/ops_listener.py) answers /health, /ready and /metrics from a thread of
+this process, or with several workers, of the supervising one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import http
+import os
 import socket
 from typing import Any
 
@@ -47,6 +50,7 @@ from relaygate.errors import (
     TooManyConnections,
 )
 from relaygate.observability.logging import uses_own_handlers
+from relaygate.observability.ops_listener import InProcess, OpsListener, Supervised, Verdicts
 from relaygate.settings import HttpConfig, Settings
 
 __all__ = [
@@ -293,7 +297,17 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
 class Server(uvicorn.Server):
     """uvicorn's Server; with one worker, it says "Uvicorn running on ..." once it
-    listens (uvicorn is silent when given its sockets, as relaygate always does)."""
+    listens (uvicorn is silent when given its sockets, as relaygate always does), and
+    closes its operations listener, when it has one, once it has stopped."""
+
+    ops_listener: OpsListener | None = None
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        try:
+            await super().serve(sockets)
+        finally:
+            if self.ops_listener is not None:
+                await asyncio.to_thread(self.ops_listener.close)
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
@@ -351,20 +365,43 @@ def bind(host: str, port: int) -> socket.socket:
 def build_server(
     settings: Settings, app: ASGIApp, **overrides: Any
 ) -> tuple[Server, list[socket.socket]]:
-    """An in-process server and its bound sockets (main, then ops when configured)."""
+    """An in-process server and its bound sockets; its operations listener, when
+    ``ops.listen`` is set, already answers (and closes when the server stops)."""
     sockets = [bind(settings.host, settings.port)]
-    _bind_ops(settings, app, sockets)
-    return Server(server_config(settings, app, **overrides)), sockets
+    server = Server(server_config(settings, app, **overrides))
+    server.ops_listener = _in_process_ops(settings, app)
+    return server, sockets
 
 
-def _bind_ops(settings: Settings, app: ASGIApp | str, sockets: list[socket.socket]) -> None:
+def _in_process_ops(settings: Settings, app: ASGIApp | str) -> OpsListener | None:
+    """One worker: the listener reads this process's heartbeat and metrics."""
+    if settings.ops.address is None:
+        return None
+
+    def render() -> bytes | None:
+        state = getattr(app, "state", None)
+        return None if state is None else bytes(state.metrics.render())
+
+    verdicts = InProcess(
+        settings.ops.stall_seconds, lambda: getattr(app, "heartbeat", None), render, os.getpid()
+    )
+    return _start_ops(settings, app, verdicts)
+
+
+def _start_ops(settings: Settings, app: ASGIApp | str, verdicts: Verdicts) -> OpsListener:
     address = settings.ops.address
-    if address is None:
-        return
-    sock = bind(*address)
-    sockets.append(sock)
+    assert address is not None
+    host, port = address[0] or settings.host, address[1]
+    try:
+        listener = OpsListener((host, port), verdicts)
+    except OSError as exc:
+        raise ConfigError(
+            f"ops.listen: cannot listen on {host}:{port}: {exc.strerror or exc}"
+        ) from None
     if hasattr(app, "ops_port"):  # port 0: the app learns the port it was given
-        app.ops_port = sock.getsockname()[1]
+        app.ops_port = listener.port
+    listener.start()
+    return listener
 
 
 def serve(settings: Settings, app: ASGIApp | str) -> None:
@@ -373,18 +410,41 @@ def serve(settings: Settings, app: ASGIApp | str) -> None:
     config = server_config(settings, app, workers=settings.workers, factory=isinstance(app, str))
     # One worker: uvicorn says "running" once it listens; several: at bind, as it does.
     main = config.bind_socket() if settings.workers > 1 else bind(config.host, config.port)
-    sockets = [main]
-    _bind_ops(settings, app, sockets)
     server = Server(config)
+    ops = None
     try:
         if settings.workers > 1:
-            Multiprocess(config, sockets=sockets).run()
+            supervisor = Multiprocess(config, sockets=[main])
+            ops = _supervised_ops(settings, app, supervisor)
+            supervisor.run()
         else:
-            server.run(sockets=sockets)
+            ops = server.ops_listener = _in_process_ops(settings, app)
+            server.run(sockets=[main])
     except KeyboardInterrupt:
         pass
     finally:
-        for sock in sockets:
-            sock.close()
+        if ops is not None:
+            ops.close()
+        main.close()
     if settings.workers == 1 and not server.started:
         raise SystemExit(STARTUP_FAILURE)
+
+
+def _supervised_ops(
+    settings: Settings, app: ASGIApp | str, supervisor: Multiprocess
+) -> OpsListener | None:
+    """Several workers: the supervisor's listener reads their heartbeats and metrics
+    from prometheus-client's multiprocess directory (the CLI made one)."""
+    if settings.ops.address is None:
+        return None
+    directory = settings.prometheus_multiproc_dir
+    if directory is None:
+        raise ConfigError("ops.listen: several workers need PROMETHEUS_MULTIPROC_DIR")
+
+    def alive() -> list[int]:
+        return [
+            p.pid for p in list(supervisor.processes) if p.pid is not None and p.process.is_alive()
+        ]
+
+    verdicts = Supervised(settings.ops.stall_seconds, settings.workers, directory, alive)
+    return _start_ops(settings, app, verdicts)

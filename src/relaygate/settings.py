@@ -566,19 +566,25 @@ class HttpConfig(_Config, kw_only=True):
 
 
 class OpsConfig(_Config, kw_only=True):
-    """Who may read ``/metrics`` and ``/ready`` (``/health`` is always open).
+    """The operational routes: ``/health``, ``/ready``, ``/metrics``.
 
-    ``access``: ``open`` (anyone who reaches the port) or ``admin`` (an admin key).
-    ``listen``: ``host:port`` of a separate address that alone serves them; the main
-    port then answers 404 for them.
+    ``access``: who may read ``/metrics`` and ``/ready`` on the main port: ``open``
+    (anyone who reaches it) or ``admin`` (an admin key); ``/health`` is always open.
+    ``listen``: ``host:port`` (or ``:port``, the main ``host``) of the operations
+    listener, which serves the three routes from a thread (with several workers, from
+    the supervising process) so they answer while the workers' event loops are busy;
+    the main port then answers 404 for ``/metrics`` and ``/ready``. Off by default.
+    ``stall_seconds``: the listener's ``/health`` fails once a worker's event loop has
+    not ticked for this long (busy is not dead: keep it generous).
     """
 
     access: Literal["open", "admin"] = "open"
     listen: str | None = None
+    stall_seconds: Annotated[float, msgspec.Meta(ge=1.0)] = 30.0
 
     @property
     def address(self) -> tuple[str, int] | None:
-        """``listen`` as (host, port); None when the main port serves them."""
+        """``listen`` as (host, port), host "" for the main one; None when it is off."""
         if self.listen is None:
             return None
         host, _, port = self.listen.rpartition(":")
@@ -1428,19 +1434,25 @@ def _origin(origin: str) -> tuple[str, str | None]:
 
 
 def _check_ops(settings: Settings, lines: Lines, source: str | None) -> None:
-    """``ops.listen`` is ``host:port``, on another port than the main one."""
+    """``ops.listen`` is ``host:port`` or ``:port``, on another port than the main one,
+    and without ``access: admin`` (its listener checks no keys)."""
     listen = settings.ops.listen
     if listen is None:
         return
-    host, _, text = listen.rpartition(":")
+    _, colon, text = listen.rpartition(":")
     port = whole_number(text, max_digits=5)
     problem = None
-    if not host or port is None or not 0 <= port <= 65535:
-        problem = f"must be host:port (e.g. 127.0.0.1:9100), not {listen!r}"
+    if not colon or port is None or not 0 <= port <= 65535:
+        problem = f"must be host:port or :port (e.g. 127.0.0.1:9100), not {listen!r}"
     elif port != 0 and port == settings.port:
         problem = f"port {port} is the main port; use another one"
     elif port == 0 and settings.workers > 1:
         problem = "with several workers, give a fixed port (not 0)"
+    elif settings.ops.access == "admin":
+        problem = (
+            "cannot be combined with ops.access: admin: the operations listener answers "
+            "outside the event loop and checks no keys; keep its address private instead"
+        )
     if problem:
         line = _line_of(("ops", "listen"), lines)
         raise ConfigError(f"ops.listen: {problem}", source=source, line=line)

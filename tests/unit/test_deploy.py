@@ -25,6 +25,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from relaygate.api.openapi import OPERATIONS
 from relaygate.cli import main
 from relaygate.observability.metrics import Metrics
+from relaygate.observability.ops_listener import OPS_PATHS
 from relaygate.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,6 +64,14 @@ def container() -> dict[str, Any]:
 
 def config() -> Settings:
     return load_settings(CONFIG, environ={})
+
+
+def ops_port(settings: Settings) -> int:
+    """The operations listener's port: the deploy files turn it on."""
+    address = settings.ops.address
+    assert address is not None, "deploy/relaygate.yaml sets no ops.listen"
+    assert address[1] != settings.port
+    return address[1]
 
 
 # --- the Dockerfile -----------------------------------------------------------------
@@ -164,7 +173,11 @@ def test_the_image_runs_relaygate_as_a_non_root_user_with_a_health_check() -> No
     probe = exec_form(healthcheck.split(" CMD ", 1)[1])
     assert probe[:2] == ["python", "-c"]
     compile(probe[2], "HEALTHCHECK", "exec")  # the probe is valid Python
+    # it probes the operations listener's port, read from the variable the image sets
+    assert "os.environ.get('RELAYGATE_OPS__LISTEN')" in probe[2]
+    assert "RELAYGATE_OPS__LISTEN=" in " ".join(instruction_args("ENV"))
     assert_served("/health")
+    assert "/health" in OPS_PATHS
 
 
 def test_the_image_environment_is_settings_relaygate_reads() -> None:
@@ -178,7 +191,8 @@ def test_the_image_environment_is_settings_relaygate_reads() -> None:
     settings = load_settings(environ=ours)
     assert settings.host == "0.0.0.0"
     (exposed,) = instruction_args("EXPOSE")
-    assert int(exposed) == settings.port == config().port
+    assert [int(port) for port in exposed.split()] == [settings.port, ops_port(settings)]
+    assert settings.port == config().port and ops_port(settings) == ops_port(config())
     assert "/opt/relaygate/bin" in env["PATH"]
 
 
@@ -258,8 +272,12 @@ def test_compose_health_checks_probe_paths_the_gateway_serves() -> None:
     services = compose()["services"]
     port = config().port
     probe = " ".join(services["relaygate"]["healthcheck"]["test"])
-    assert f"http://127.0.0.1:{port}/ready" in probe
+    # on the operations listener: the main port answers 404 for /ready when it is on
+    ops = ops_port(config())
+    assert f"http://127.0.0.1:{ops}/ready" in probe and f":{port}/" not in probe
+    assert str(ops) in services["relaygate"]["expose"]
     assert_served("/ready")
+    assert "/ready" in OPS_PATHS
     assert services["front"]["depends_on"]["relaygate"]["condition"] == "service_healthy"
     assert services["relaygate"]["depends_on"]["migrate"]["condition"] == (
         "service_completed_successfully"
@@ -354,12 +372,17 @@ def test_the_deployment_probes_ready_and_health_on_the_ports_that_serve_them() -
     assert ports["http"] == settings.port == config().port
     ops = settings.ops.address  # /metrics and /ready answer only there when it is set
     assert ops is not None and ports["ops"] == ops[1] != settings.port
-    assert ops[0] == "0.0.0.0"  # the kubelet and Prometheus come from outside the pod
+    # the kubelet and Prometheus come from outside the pod ("" is the main host)
+    assert (ops[0] or settings.host) == "0.0.0.0"
+    # readiness and liveness on the listener that answers while the workers are busy
     assert c["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "ops"}
-    assert c["livenessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/health", "port": "ops"}
+    assert c["startupProbe"]["httpGet"] == {"path": "/health", "port": "http"}
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
-        assert c[probe]["httpGet"]["port"] in ports
-        assert_served(c[probe]["httpGet"]["path"])
+        get = c[probe]["httpGet"]
+        assert get["port"] in ports
+        assert_served(get["path"])
+        assert get["port"] == "http" or get["path"] in OPS_PATHS
     assert pinned(c["image"])
     assert_cli_command(c["args"])
     deployment = k8s_objects()["Deployment"]
@@ -574,8 +597,8 @@ def test_prometheus_scrapes_the_replicas_and_loads_the_mounted_rules() -> None:
     (job,) = prometheus["scrape_configs"]
     assert job["job_name"] == "relaygate"  # the alerts' up{job="relaygate"}
     (sd,) = job["dns_sd_configs"]
-    assert sd["names"] == ["relaygate"] and sd["port"] == config().port
-    assert job["metrics_path"] == "/metrics"
+    assert sd["names"] == ["relaygate"] and sd["port"] == ops_port(config())
+    assert job["metrics_path"] == "/metrics" and "/metrics" in OPS_PATHS
     assert_served("/metrics")
 
 

@@ -25,12 +25,14 @@ def test_defaults() -> None:
 
 def test_file_and_environment(tmp_path: Path) -> None:
     path = tmp_path / "relaygate.yaml"
-    path.write_text("http:\n  header_timeout: 3\n  max_headers: 50\nops:\n  access: admin\n")
+    path.write_text("http:\n  header_timeout: 3\n  max_headers: 50\nops:\n  stall_seconds: 5\n")
     env = {"RELAYGATE_HTTP__MAX_CONNECTIONS": "64", "RELAYGATE_OPS__LISTEN": "[::1]:9100"}
     settings = load_settings(path, environ=env)
     assert settings.http.header_timeout == 3 and settings.http.max_headers == 50
     assert settings.http.max_connections == 64
-    assert settings.ops.access == "admin" and settings.ops.address == ("::1", 9100)
+    assert settings.ops.stall_seconds == 5 and settings.ops.address == ("::1", 9100)
+    # ":port": the main host
+    assert load_settings(environ={"RELAYGATE_OPS__LISTEN": ":9100"}).ops.address == ("", 9100)
 
 
 @pytest.mark.parametrize(
@@ -42,6 +44,12 @@ def test_file_and_environment(tmp_path: Path) -> None:
         ({"RELAYGATE_OPS__LISTEN": "9100"}, "ops.listen: must be host:port"),
         ({"RELAYGATE_OPS__LISTEN": "127.0.0.1:²"}, "ops.listen: must be host:port"),  # was a ValueError
         ({"RELAYGATE_OPS__LISTEN": "127.0.0.1:" + "9" * 5000}, "ops.listen: must be host:port"),
+        ({"RELAYGATE_OPS__LISTEN": ":http"}, "ops.listen: must be host:port"),
+        ({"RELAYGATE_OPS__STALL_SECONDS": "0.1"}, "ops.stall_seconds"),
+        (
+            {"RELAYGATE_OPS__LISTEN": ":9100", "RELAYGATE_OPS__ACCESS": "admin"},
+            "ops.listen: cannot be combined with ops.access: admin",
+        ),
         ({"RELAYGATE_OPS__LISTEN": "127.0.0.1:8000"}, "ops.listen: port 8000 is the main port"),
         (
             {"RELAYGATE_OPS__LISTEN": "127.0.0.1:0", "RELAYGATE_WORKERS": "2",

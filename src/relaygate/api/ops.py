@@ -15,7 +15,7 @@ from relaygate.observability.metrics import CONTENT_TYPE_LATEST
 if TYPE_CHECKING:
     from relaygate.state import AppState
 
-__all__ = ["OpsAPI"]
+__all__ = ["OpsAPI", "readiness"]
 
 _HEALTH = b'{"status":"ok"}'
 
@@ -51,7 +51,7 @@ class OpsAPI:
             ok = router.servable(model, now)
             serving += ok
             models[model.name] = {"ready": ok, "deployments": deployments}
-        ready = serving > 0 and not self.state.draining
+        ready = _ready(serving, self.state)
         body = {
             "status": "ready" if ready else "unavailable",
             "draining": self.state.draining,
@@ -81,6 +81,19 @@ class OpsAPI:
             await send_error(send, exc, new_request_id())
             return False
         return True
+
+
+def readiness(state: AppState) -> tuple[bool, int]:
+    """Whether this worker is ready, and how many models it can serve: what /ready says,
+    without the per-deployment detail (the operations listener's heartbeat publishes it)."""
+    now = time.monotonic()
+    router = state.router
+    serving = sum(router.servable(model, now) for model in router.models.values())
+    return _ready(serving, state), serving
+
+
+def _ready(serving: int, state: AppState) -> bool:
+    return serving > 0 and not state.draining
 
 
 def _error_class(kind: str) -> dict[str, str]:

@@ -8,7 +8,8 @@ request waiting on that loop waited as long. The gauge
 seconds, so a stall between two scrapes is not lost (livemax over a worker's processes in
 multiprocess mode: the worst live worker).
 
-It costs one wake-up per ``interval`` (0.5 s by default), nothing per request.
+It costs one wake-up per ``interval`` (0.5 s by default), nothing per request. Each
+wake-up also calls ``on_tick`` (the operations listener's heartbeat, ops_listener.py).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class LoopLag:
         self._clock = clock
         self._sleep = sleep or asyncio.sleep
         self._task: asyncio.Task[None] | None = None
+        self.on_tick: list[Callable[[], None]] = []  # called on the loop after each sample
 
     @property
     def current(self) -> float:
@@ -75,6 +77,8 @@ class LoopLag:
             before = clock()
             await self._sleep(self.interval)
             self.record(clock() - before - self.interval)
+            for listener in self.on_tick:
+                listener()
 
     async def aclose(self) -> None:
         task, self._task = self._task, None
