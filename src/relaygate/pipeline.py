@@ -408,27 +408,35 @@ class Pipeline:
         send: Send,
         hooks: Hooks,
     ) -> tuple[int, float | None]:
+        """Relay the stream, one write per batch the upstream gave (a batch is what one
+        network read brought, where the adapter can tell): nothing waits for more."""
         started = time.perf_counter()
         headers = [*fmt.stream_headers, (b"x-request-id", call.request_id.encode()), *call.headers]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         ttfb: float | None = None
         kept: list[JSON] | None = [] if plan.store or plan.leader else None
-        chunk = upstream.first
+        batch = upstream.first
+        events: list[bytes] = []  # rendered, not yet sent
         try:
-            while chunk is not None:
-                observe(chunk, call, kept)
-                data = fmt.event(call, chunk) if kept is None else fmt.replayed(call, chunk)
-                if data:
-                    await send({"type": "http.response.body", "body": data, "more_body": True})
+            while batch is not None:
+                for chunk in batch:
+                    observe(chunk, call, kept)
+                    data = fmt.event(call, chunk) if kept is None else fmt.replayed(call, chunk)
+                    if data:
+                        events.append(data)
+                if events:
+                    body = events[0] if len(events) == 1 else b"".join(events)
+                    events = []
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
                     if ttfb is None:
                         ttfb = time.perf_counter() - started
-                chunk = await upstream.next()
+                batch = await upstream.next()
         except UpstreamError as exc:
-            return await _end_with_error(fmt, hooks, call, send, exc), ttfb
+            return await _end_with_error(fmt, hooks, call, send, exc, events), ttfb
         except Exception:
             self.state.log.exception("unexpected error relaying stream %s", call.request_id)
             error = _internal_error(call.request_id)
-            return await _end_with_error(fmt, hooks, call, send, error), ttfb
+            return await _end_with_error(fmt, hooks, call, send, error, events), ttfb
         provider = upstream.deployment.provider_name
         last = fmt.end(call, provider, False)
         await send({"type": "http.response.body", "body": last, "more_body": False})
@@ -460,13 +468,21 @@ async def _send_error(send: Send, fmt: WireFormat, error: RelaygateError, reques
 
 
 async def _end_with_error(
-    fmt: WireFormat, hooks: Hooks, call: Call, send: Send, error: RelaygateError
+    fmt: WireFormat,
+    hooks: Hooks,
+    call: Call,
+    send: Send,
+    error: RelaygateError,
+    before: list[bytes],
 ) -> int:
-    """A stream that already started ends with an error event and a clean close."""
+    """A stream that already started ends with an error event and a clean close, after
+    the events ``before`` it that were rendered but not yet sent."""
     if hooks.stream_error is not None:
         body = hooks.stream_error(call, error)
     else:
         body = fmt.error_event(error)
+    if before:
+        body = b"".join(before) + body
     await send({"type": "http.response.body", "body": body, "more_body": False})
     return error.status
 
@@ -566,7 +582,7 @@ async def open_stream(state: AppState, call: Call) -> UpstreamStream:
     for deployment in call.route or state.router.plan(call.model):
         call.served_by = (deployment.provider_name, deployment.name)
         started = time.monotonic()
-        stream = UpstreamStream(deployment, deployment.provider.stream(deployment, call))
+        stream = UpstreamStream.of(deployment, call)
         try:
             first = await stream.next()
         except UpstreamError as exc:
@@ -586,16 +602,30 @@ async def open_stream(state: AppState, call: Call) -> UpstreamStream:
 
 @dataclass(slots=True, eq=False)
 class UpstreamStream:
-    """An upstream stream with its deadlines: first byte, idle between chunks, total."""
+    """An upstream stream with its deadlines: first byte, idle between reads, total.
+
+    It gives batches of chunks: all that one network read brought when the adapter can
+    tell (``stream_batches``, the OpenAI-compatible one), else one chunk at a time.
+    """
 
     deployment: Deployment
-    chunks: AsyncIterator[JSON]
-    first: JSON | None = None
+    chunks: AsyncIterator[list[JSON]] | AsyncIterator[JSON]
+    batched: bool = False  # ``chunks`` yields lists of chunks
+    first: list[JSON] | None = None
     started: float = field(default_factory=time.monotonic)
     received: int = 0
 
-    async def next(self) -> JSON | None:
-        """The next chunk, None at the end; raises UpstreamError on failure or expiry."""
+    @classmethod
+    def of(cls, deployment: Deployment, call: Call) -> UpstreamStream:
+        """The deployment's stream for ``call``, in batches where its adapter has them."""
+        provider = deployment.provider
+        batches = getattr(provider, "stream_batches", None)
+        if batches is not None:
+            return cls(deployment, batches(deployment, call), batched=True)
+        return cls(deployment, provider.stream(deployment, call))
+
+    async def next(self) -> list[JSON] | None:
+        """The next batch, None at the end; raises UpstreamError on failure or expiry."""
         t = self.deployment.timeouts
         now = time.monotonic()
         total_deadline = self.started + t.total
@@ -605,13 +635,13 @@ class UpstreamStream:
             wait, phase = total_deadline - now, "total"
         try:
             async with asyncio.timeout(wait):
-                chunk = await anext(self.chunks)
+                got: Any = await anext(self.chunks)
         except StopAsyncIteration:
             return None
         except TimeoutError:
             raise _timed_out(self.deployment, phase, wait) from None
         self.received += 1
-        return chunk
+        return got if self.batched else [got]
 
     async def aclose(self) -> None:
         """Release the upstream connection (cancels the upstream request if unfinished)."""
