@@ -15,6 +15,10 @@ uvicorn bounds none of these by itself; one protocol class does, per connection
 * ``max_connections`` per worker: one more connection is answered 503 with
   ``Retry-After: 1`` at once, and closed.
 
+uvicorn writes a response's head as soon as it is started and its body apart: two
+writes, two TCP segments for every small answer. The protocol holds the head until the
+body's first bytes (or the end of the event loop's turn) and writes them together.
+
 ``relaygate serve`` and the tests both build their server here, listening on the
 main address and, when ``ops.listen`` is set, on the operational one.
 """
@@ -93,6 +97,47 @@ def _path(url: bytes | None) -> str | None:
     if not url:
         return None
     return url.split(b"?", 1)[0].decode("latin-1")
+
+
+class _HeadWithBody:
+    """What one request's cycle writes to: the connection's transport, except that its
+    first write (the response head) waits for the next (the body) to go out in one
+    write, or for the end of this turn of the event loop, whichever comes first.
+    Bytes always leave in the order they were written."""
+
+    __slots__ = ("_armed", "_held", "_loop", "transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self.transport = transport
+        self._loop = loop
+        self._armed = True
+        self._held: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self.transport.write(held + data)
+        elif self._armed:
+            self._armed = False
+            self._held = data
+            self._loop.call_soon(self.flush)
+        else:
+            self.transport.write(data)
+
+    def flush(self) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            if not self.transport.is_closing():
+                self.transport.write(held)
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
 
 
 class GuardedHttpProtocol(HttpToolsProtocol):
@@ -218,6 +263,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             raise _Refused(self._too_large("headers"))
         self._head_left = None
         super().on_headers_complete()
+        self.cycle.transport = _HeadWithBody(self.transport, self.loop)  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
         self._head_left = self._head_limit
