@@ -11,7 +11,8 @@ from aiohttp.base_protocol import BaseProtocol
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relaygate.errors import UpstreamStatusError
+from relaygate.errors import UpstreamProtocolError, UpstreamStatusError
+from relaygate.providers import base
 from relaygate.providers.base import in_body_error, ndjson_lines, sse_data_batches, upstream_text
 from relaygate.providers.mock import MockProvider
 from relaygate.routing.health import Health
@@ -130,3 +131,19 @@ async def test_sse_batches_hold_the_data_lines_read_line_by_line(
     assert all(batches)
     assert [data for batch in batches for data in batch] == expected
     await asyncio.gather(by_line.feeding, batched.feeding)
+
+
+async def test_an_sse_line_over_the_limit_is_the_upstreams_fault(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A line that never ends (within MAX_SSE_LINE) is an upstream protocol error, not a
+    buffer that grows without bound."""
+    monkeypatch.setattr(base, "MAX_SSE_LINE", 64)
+    fine = _Response([b"data: " + b"x" * 58 + b"\n", b"data: " + b"y" * 58])
+    batches = [b async for b in sse_data_batches(fine, deployment())]  # type: ignore[arg-type]
+    assert batches == [[b"x" * 58], [b"y" * 58]]
+    endless = _Response([b"data: {", b"z" * 40, b"z" * 40])
+    with pytest.raises(UpstreamProtocolError, match="longer than 64 bytes"):
+        async for _ in sse_data_batches(endless, deployment()):  # type: ignore[arg-type]
+            pass
+    await asyncio.gather(fine.feeding, endless.feeding)
