@@ -8,7 +8,7 @@ OpenAI server; on one, the deployment's adapter is wrapped so that it has no
 by the same generated upstream reply (text, chunking and pacing, usage or none, tool
 calls, ``n``, an error before or in the middle of the stream, a garbage line); the
 answers must be the same bytes, the cache must answer repeats alike, and the usage
-records must agree.
+records and the request and upstream error counters must agree.
 """
 
 from __future__ import annotations
@@ -88,6 +88,8 @@ async def gateways(fake: FakeOpenAI) -> AsyncIterator[tuple[RunningGateway, Runn
     async with running_gateway(settings_()) as batched, running_gateway(settings_()) as single:
         for deployment in single.state.router.get("m").deployments:
             deployment.provider = ChunkByChunk(deployment.provider)
+        for gateway in (batched, single):  # exact estimates from the start, on both
+            await gateway.state.recorder.tokenizer.load()
         assert hasattr(batched.state.router.get("m").deployments[0].provider, "stream_batches")
         yield batched, single
 
@@ -159,6 +161,21 @@ async def answer(
         return response.status, sorted(headers), UPSTREAM_IDS.sub(b"#", raw)
 
 
+def counters(gateway: RunningGateway) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The request and upstream error counters, by labels."""
+    found = {}
+    for metric in gateway.state.metrics.registry.collect():
+        if metric.name in ("relaygate_requests", "relaygate_upstream_errors"):
+            for sample in metric.samples:
+                if sample.name.endswith("_total"):
+                    found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+def grown(before: dict[Any, float], after: dict[Any, float]) -> dict[Any, float]:
+    return {k: v - before.get(k, 0.0) for k, v in after.items() if v != before.get(k, 0.0)}
+
+
 async def records(gateway: RunningGateway, ids: list[str]) -> list[tuple[Any, ...]]:
     """The usage records of these requests, in their order, once the writer has them all."""
     query = sa.select(usage_records).where(usage_records.c.request_id.in_(ids))
@@ -194,6 +211,7 @@ async def test_batched_streams_are_the_chunk_by_chunk_ones(
         for deployment in gateway.state.router.get("m").deployments:
             deployment.health = Health(deployment.health.policy)
     fake.drop_pending()
+    before = [counters(gateway) for gateway in gateways]
     fake.push(script, script)
     first = await answer(session, batched, body, ids[0])
     assert fake.pending == 1, first  # it went upstream
@@ -204,3 +222,4 @@ async def test_batched_streams_are_the_chunk_by_chunk_ones(
         again = await answer(session, batched, body, ids[0])
         assert again == await answer(session, single, body, ids[1])
     assert await records(batched, ids[0]) == await records(single, ids[1])
+    assert grown(before[0], counters(batched)) == grown(before[1], counters(single))
