@@ -272,8 +272,16 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def on_response_complete(self) -> None:
         if self._head_left is None and self.cycle.response_complete:
             # The answer is out and its request body is still coming: don't drain it.
+            self._flush_held()
             self.transport.close()
         super().on_response_complete()
+
+    def _flush_held(self) -> None:
+        """Write what the current cycle holds (a head) before the protocol itself writes
+        to or closes the connection."""
+        cycle = self.cycle
+        if cycle is not None and isinstance(cycle.transport, _HeadWithBody):
+            cycle.transport.flush()
 
     # limits
 
@@ -306,6 +314,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._cancel_timer()
         if self.transport.is_closing():
             return
+        self._flush_held()
         cycle = self.cycle
         if cycle is None or cycle.response_complete or not cycle.response_started:
             self.transport.write(_answer(error, _path(self.url)))

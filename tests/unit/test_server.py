@@ -279,3 +279,15 @@ async def test_the_head_leaves_with_the_body_and_the_bytes_are_uvicorns(
             assert written.endswith(b"\r\n\r\n")  # sent alone, not held for the body
         else:
             assert b"part0" in written  # one write: the head and the body's first part
+
+
+async def test_a_held_head_goes_out_before_the_connection_closes() -> None:
+    """A HEAD answer has no body to carry its head: closing the connection at once (its
+    request body is still coming) still sends the head first."""
+    protocol, transport = connect()
+    protocol.data_received(b"HEAD / HTTP/1.1\r\ncontent-length: 100000\r\n\r\nxxxx")
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert status_of(bytes(transport.written)) == 200
+    assert transport.closed
+    await settle(protocol)
