@@ -279,9 +279,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def _flush_held(self) -> None:
         """Write what the current cycle holds (a head) before the protocol itself writes
         to or closes the connection."""
-        cycle = self.cycle
-        if cycle is not None and isinstance(cycle.transport, _HeadWithBody):
-            cycle.transport.flush()
+        writer: object = self.cycle.transport if self.cycle is not None else None
+        if isinstance(writer, _HeadWithBody):
+            writer.flush()
 
     # limits
 
