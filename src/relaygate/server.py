@@ -262,8 +262,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if len(self.headers) > self.limits.max_headers:
             raise _Refused(self._too_large("headers"))
         self._head_left = None
+        previous = self.cycle
         super().on_headers_complete()
-        self.cycle.transport = _HeadWithBody(self.transport, self.loop)  # type: ignore[assignment]
+        cycle = self.cycle
+        if cycle is not None and cycle is not previous:  # a request (not an upgrade) begins
+            cycle.transport = _HeadWithBody(self.transport, self.loop)  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
         self._head_left = self._head_limit
