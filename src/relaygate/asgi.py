@@ -130,24 +130,37 @@ async def wait_for_disconnect(receive: Receive) -> None:
             return
 
 
+WATCH_AFTER = 0.005  # seconds into the call before a request's client is watched
+
+
 class DisconnectWatch:
     """Cancels the current task the moment the client goes away.
 
     The upstream call is then abandoned at once (its connection closed), so an
-    abandoned generation does not keep a GPU busy. One small task per request;
-    ``close()`` must be called as soon as the response is complete, before
-    anything else is awaited (after that, ``receive()`` also reports a
-    disconnect).
+    abandoned generation does not keep a GPU busy. Watching takes a small task per
+    request, started only once the call has run ``WATCH_AFTER`` seconds: a faster
+    answer (most that do not wait for a model) costs a timer instead, and a client that
+    left before then is noticed at that moment. ``close()`` must be called as soon as
+    the response is complete, before anything else is awaited (after that,
+    ``receive()`` also reports a disconnect).
     """
 
-    __slots__ = ("_task", "_watcher", "client_gone")
+    __slots__ = ("_receive", "_task", "_timer", "_watcher", "client_gone")
 
     def __init__(self, receive: Receive) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._task = task
+        self._receive = receive
         self.client_gone = False
-        self._watcher = asyncio.ensure_future(wait_for_disconnect(receive))
+        self._watcher: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = task.get_loop().call_later(
+            WATCH_AFTER, self._watch
+        )
+
+    def _watch(self) -> None:
+        self._timer = None
+        self._watcher = self._task.get_loop().create_task(wait_for_disconnect(self._receive))
         self._watcher.add_done_callback(self._gone)
 
     def _gone(self, watcher: asyncio.Future[None]) -> None:
@@ -156,8 +169,14 @@ class DisconnectWatch:
             self._task.cancel()
 
     def close(self) -> None:
-        self._watcher.remove_done_callback(self._gone)
-        self._watcher.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        watcher = self._watcher
+        if watcher is not None:
+            self._watcher = None
+            watcher.remove_done_callback(self._gone)
+            watcher.cancel()
 
     def absorb(self) -> bool:
         """After a CancelledError: True (and the cancellation undone) if the client left."""

@@ -535,6 +535,8 @@ class Pipeline:
         watch: DisconnectWatch,
         outcome: _Outcome,
     ) -> None:
+        """Relay the stream, one write per batch the upstream gave (a batch is what one
+        network read brought, where the adapter can tell): nothing waits for more."""
         trace: RequestTrace | None = call.trace
         if trace is not None:
             trace.stage("relay")
@@ -542,31 +544,31 @@ class Pipeline:
         outcome.answered, outcome.status = True, 200
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         kept: list[JSON] | None = [] if plan.store or plan.leader else None
-        chunk = upstream.first
+        batch = upstream.first
+        events: list[bytes] = []  # rendered, not yet sent
         try:
-            while chunk is not None:
-                if trace is not None:
-                    trace.chunk(chunk)
-                observe(chunk, call, kept)
-                data = fmt.event(call, chunk) if kept is None else fmt.replayed(call, chunk)
-                if data:
-                    await send({"type": "http.response.body", "body": data, "more_body": True})
+            while batch is not None:
+                _render(fmt, call, batch, kept, trace, events)
+                if events:
+                    body = events[0] if len(events) == 1 else b"".join(events)
+                    events = []
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
                     if outcome.ttfb is None:
                         outcome.ttfb = time.perf_counter() - outcome.started
-                chunk = await upstream.next()
+                batch = await upstream.next()
         except UpstreamError as exc:
-            await _end_with_error(fmt, hooks, call, send, exc, outcome)
+            await _end_with_error(fmt, hooks, call, send, exc, outcome, events)
             return
         except asyncio.CancelledError:
             if watch.client_gone:
                 raise
             _uncancel()  # the server stopping it (drain time over): end it cleanly
-            await _end_with_error(fmt, hooks, call, send, ShuttingDown(), outcome)
+            await _end_with_error(fmt, hooks, call, send, ShuttingDown(), outcome, events)
             return
         except Exception as exc:
             self.state.log.exception("unexpected error relaying stream %s", call.request_id)
             error = _internal_error(call.request_id)
-            await _end_with_error(fmt, hooks, call, send, error, outcome)
+            await _end_with_error(fmt, hooks, call, send, error, outcome, events)
             outcome.failed(exc)  # on the span: what went wrong, not the answer it got
             return
         provider = upstream.deployment.provider_name
@@ -598,6 +600,24 @@ async def _send_error(send: Send, fmt: WireFormat, error: RelaygateError, reques
     await send_bytes(send, error.status, fmt.error(error), request_id, extra=error.headers())
 
 
+def _render(
+    fmt: WireFormat,
+    call: Call,
+    batch: list[JSON],
+    kept: list[JSON] | None,
+    trace: RequestTrace | None,
+    events: list[bytes],
+) -> None:
+    """A batch of upstream chunks as the client's events, added to ``events``."""
+    for chunk in batch:
+        if trace is not None:
+            trace.chunk(chunk)
+        observe(chunk, call, kept)
+        data = fmt.event(call, chunk) if kept is None else fmt.replayed(call, chunk)
+        if data:
+            events.append(data)
+
+
 async def _end_with_error(
     fmt: WireFormat,
     hooks: Hooks,
@@ -605,14 +625,18 @@ async def _end_with_error(
     send: Send,
     error: RelaygateError,
     outcome: _Outcome,
+    before: list[bytes],
 ) -> None:
-    """A stream that already started ends with an error event and a clean close."""
+    """A stream that already started ends with an error event and a clean close, after
+    the events ``before`` it that were rendered but not yet sent."""
     outcome.status, outcome.error = error.status, error
     outcome.failed(error)
     if hooks.stream_error is not None:
         body = hooks.stream_error(call, error)
     else:
         body = fmt.error_event(error)
+    if before:
+        body = b"".join(before) + body
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
@@ -736,7 +760,7 @@ async def open_stream(state: AppState, call: Call) -> UpstreamStream:
         call.served_by = (deployment.provider_name, deployment.name)
         attempt = trace.attempt(deployment, call) if trace is not None else None
         started = time.monotonic()
-        stream = UpstreamStream(deployment, deployment.provider.stream(deployment, call))
+        stream = UpstreamStream.of(deployment, call)
         try:
             first = await stream.next()
         except UpstreamError as exc:
@@ -765,17 +789,31 @@ async def open_stream(state: AppState, call: Call) -> UpstreamStream:
 
 @dataclass(slots=True, eq=False)
 class UpstreamStream:
-    """An upstream stream with its deadlines: first byte, idle between chunks, total."""
+    """An upstream stream with its deadlines: first byte, idle between reads, total.
+
+    It gives batches of chunks: all that one network read brought when the adapter can
+    tell (``stream_batches``, the OpenAI-compatible one), else one chunk at a time.
+    """
 
     deployment: Deployment
-    chunks: AsyncIterator[JSON]
-    first: JSON | None = None
+    chunks: AsyncIterator[list[JSON]] | AsyncIterator[JSON]
+    batched: bool = False  # ``chunks`` yields lists of chunks
+    first: list[JSON] | None = None
     started: float = field(default_factory=time.monotonic)
     received: int = 0
     attempt: Attempt | None = None  # its CLIENT span, when tracing is on
 
-    async def next(self) -> JSON | None:
-        """The next chunk, None at the end; raises UpstreamError on failure or expiry."""
+    @classmethod
+    def of(cls, deployment: Deployment, call: Call) -> UpstreamStream:
+        """The deployment's stream for ``call``, in batches where its adapter has them."""
+        provider = deployment.provider
+        batches = getattr(provider, "stream_batches", None)
+        if batches is not None:
+            return cls(deployment, batches(deployment, call), batched=True)
+        return cls(deployment, provider.stream(deployment, call))
+
+    async def next(self) -> list[JSON] | None:
+        """The next batch, None at the end; raises UpstreamError on failure or expiry."""
         t = self.deployment.timeouts
         now = time.monotonic()
         total_deadline = self.started + t.total
@@ -785,13 +823,13 @@ class UpstreamStream:
             wait, phase = total_deadline - now, "total"
         try:
             async with asyncio.timeout(wait):
-                chunk = await anext(self.chunks)
+                got: Any = await anext(self.chunks)
         except StopAsyncIteration:
             return None
         except TimeoutError:
             raise _timed_out(self.deployment, phase, wait) from None
         self.received += 1
-        return chunk
+        return got if self.batched else [got]
 
     async def aclose(self) -> None:
         """Release the upstream connection (cancels the upstream request if unfinished)."""

@@ -19,6 +19,10 @@ uvicorn bounds none of these by itself; one protocol class does, per connection
   any route runs or its body is read, and its connection closed (load shedding);
   the operational routes (``NEVER_SHED``) are always served.
 
+uvicorn writes a response's head as soon as it is started and its body apart: two
+writes, two TCP segments for every small answer. The protocol holds the head until the
+body's first bytes (or the end of the event loop's turn) and writes them together.
+
 ``relaygate serve`` and the tests both build their server here, listening on the
 main address; when ``ops.listen`` is set, the operations listener
 (observability/ops_listener.py) answers /health, /ready and /metrics from a thread of
@@ -105,6 +109,47 @@ def _path(url: bytes | None) -> str | None:
     if not url:
         return None
     return url.split(b"?", 1)[0].decode("latin-1")
+
+
+class _HeadWithBody:
+    """What one request's cycle writes to: the connection's transport, except that its
+    first write (the response head) waits for the next (the body) to go out in one
+    write, or for the end of this turn of the event loop, whichever comes first.
+    Bytes always leave in the order they were written."""
+
+    __slots__ = ("_armed", "_held", "_loop", "transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self.transport = transport
+        self._loop = loop
+        self._armed = True
+        self._held: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self.transport.write(held + data)
+        elif self._armed:
+            self._armed = False
+            self._held = data
+            self._loop.call_soon(self.flush)
+        else:
+            self.transport.write(data)
+
+    def flush(self) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            if not self.transport.is_closing():
+                self.transport.write(held)
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
 
 
 class GuardedHttpProtocol(HttpToolsProtocol):
@@ -234,7 +279,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
                 Overloaded("This server is busy with other requests; retry in a second.")
             )
         self._head_left = None
+        previous = self.cycle
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle is not previous:  # a request (not an upgrade) begins
+            cycle.transport = _HeadWithBody(self.transport, self.loop)  # type: ignore[assignment]
 
     def _sheddable(self) -> bool:
         return self.url.split(b"?", 1)[0] not in NEVER_SHED
@@ -246,8 +295,16 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def on_response_complete(self) -> None:
         if self._head_left is None and self.cycle.response_complete:
             # The answer is out and its request body is still coming: don't drain it.
+            self._flush_held()
             self.transport.close()
         super().on_response_complete()
+
+    def _flush_held(self) -> None:
+        """Write what the current cycle holds (a head) before the protocol itself writes
+        to or closes the connection."""
+        writer: object = self.cycle.transport if self.cycle is not None else None
+        if isinstance(writer, _HeadWithBody):
+            writer.flush()
 
     # limits
 
@@ -280,6 +337,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._cancel_timer()
         if self.transport.is_closing():
             return
+        self._flush_held()
         cycle = self.cycle
         if cycle is None or cycle.response_complete or not cycle.response_started:
             self.transport.write(_answer(error, _path(self.url)))

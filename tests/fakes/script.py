@@ -317,6 +317,10 @@ class FakeServer:
         """Scripts still queued."""
         return len(self._queue)
 
+    def drop_pending(self) -> None:
+        """Forget the scripts still queued (a request answered by the cache left its own)."""
+        self._queue.clear()
+
     @property
     def in_flight(self) -> int:
         """Inference requests currently being answered."""

@@ -276,3 +276,83 @@ async def test_uvicorn_state_the_protocol_reads() -> None:
         assert hasattr(protocol.cycle, attribute)
     assert protocol.config.http_protocol_class is GuardedHttpProtocol
     await settle(protocol)
+
+
+class WriteLog(FakeTransport):
+    """A FakeTransport that also keeps each write apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        super().write(data)
+        self.writes.append(bytes(data))
+
+
+def app_with(pause: float, chunks: int) -> Any:
+    """Starts a response, maybe waits, then sends ``chunks`` body parts."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        if pause:
+            await asyncio.sleep(pause)
+        for i in range(chunks):
+            more = i < chunks - 1
+            await send({"type": "http.response.body", "body": b"part%d" % i, "more_body": more})
+
+    return app
+
+
+async def serve_bytes(protocol_class: type[HttpToolsProtocol], app: Any, requests: int) -> WriteLog:
+    config = ServerConfig(app, limits=LIMITS, lifespan="off", log_level="warning")
+    config.load()
+    protocol = protocol_class(config, ServerState(), {}, asyncio.get_running_loop())
+    transport = WriteLog()
+    protocol.connection_made(transport)
+    protocol.data_received(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n" * requests)
+    for _ in range(200):  # until every answer is complete (chunked: ends with 0 CRLF CRLF)
+        await asyncio.sleep(0.001)
+        done = transport.written.count(b"0\r\n\r\n") == requests
+        if done and transport.written.count(b"HTTP/1.1 200") == requests:
+            break
+    protocol.connection_lost(None)
+    await asyncio.sleep(0)
+    return transport
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    pause=st.sampled_from([0.0, 0.002]),
+    chunks=st.integers(1, 4),
+    requests=st.integers(1, 3),
+)
+async def test_the_head_leaves_with_the_body_and_the_bytes_are_uvicorns(
+    pause: float, chunks: int, requests: int
+) -> None:
+    """An answer's head goes out in one write with its first body bytes when they follow at
+    once, alone (without waiting for them) when they do not; either way, pipelined requests
+    included, the connection carries exactly the bytes plain uvicorn writes."""
+    ours = await serve_bytes(GuardedHttpProtocol, app_with(pause, chunks), requests)
+    plain = await serve_bytes(HttpToolsProtocol, app_with(pause, chunks), requests)
+    assert bytes(ours.written) == bytes(plain.written)
+    assert ours.written.count(b"HTTP/1.1 200") == requests
+    heads = [w for w in ours.writes if w.startswith(b"HTTP/1.1 200")]
+    assert len(heads) == requests
+    for written in heads:
+        if pause:
+            assert written.endswith(b"\r\n\r\n")  # sent alone, not held for the body
+        else:
+            assert b"part0" in written  # one write: the head and the body's first part
+
+
+async def test_a_held_head_goes_out_before_the_connection_closes() -> None:
+    """A HEAD answer has no body to carry its head: closing the connection at once (its
+    request body is still coming) still sends the head first."""
+    protocol, transport = connect()
+    protocol.data_received(b"HEAD / HTTP/1.1\r\ncontent-length: 100000\r\n\r\nxxxx")
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert status_of(bytes(transport.written)) == 200
+    assert transport.closed
+    await settle(protocol)

@@ -40,6 +40,7 @@ __all__ = [
     "post",
     "raise_for_status",
     "rate_limit_wait",
+    "sse_data_batches",
     "translate_errors",
     "upstream_json",
     "upstream_text",
@@ -286,3 +287,35 @@ async def ndjson_lines(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]
         line = line.strip()
         if line:
             yield line
+
+
+MAX_SSE_LINE = 8 * 1024 * 1024  # one event's line; beyond it the upstream is broken
+
+
+async def sse_data_batches(
+    response: aiohttp.ClientResponse, deployment: Upstream
+) -> AsyncIterator[list[bytes]]:
+    """The ``data:`` payloads of a server-sent event stream, as many as each network
+    read completed (never an empty list): one read, one batch, however many events it
+    held. Lines are those of :func:`ndjson_lines` (split on ``\\n``, stripped); other
+    fields (comments, ``event:``, ``id:``) are skipped."""
+    rest = b""
+    async for block in response.content.iter_any():
+        lines = (rest + block if rest else block).split(b"\n")
+        rest = lines.pop()
+        if len(rest) > MAX_SSE_LINE:
+            raise UpstreamProtocolError(
+                f"Deployment {deployment.name!r} sent a stream line longer than "
+                f"{MAX_SSE_LINE} bytes.",
+                deployment=deployment.name,
+            )
+        found = []
+        for line in lines:
+            line = line.strip()
+            if line.startswith(b"data:"):
+                found.append(line[5:].strip())
+        if found:
+            yield found
+    last = rest.strip()
+    if last.startswith(b"data:"):
+        yield [last[5:].strip()]

@@ -3,7 +3,9 @@
 The canonical format is this upstream's own, so the client's body is passed on
 with only ``model`` replaced; fields the gateway does not know pass through.
 Streams always ask for ``stream_options.include_usage`` so that usage is known;
-the inbound API strips that chunk again if the client did not ask for it.
+the inbound API strips that chunk again if the client did not ask for it. A stream
+is read in batches (:meth:`OpenAIProvider.stream_batches`): every chunk one network
+read brought, so that the pipeline relays them in one write.
 A deployment's ``organization`` and ``project`` are sent as OpenAI's
 ``OpenAI-Organization`` and ``OpenAI-Project`` headers. A 429's wait (Retry-After,
 or OpenAI's x-ratelimit-reset-* headers) is read by ``base.raise_for_status``.
@@ -17,8 +19,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import aiohttp
 import msgspec
 
-from relaygate.errors import InvalidRequest
-from relaygate.providers.base import JSON, in_body_error, ndjson_lines, post, upstream_json
+from relaygate.errors import InvalidRequest, UpstreamError
+from relaygate.providers.base import JSON, in_body_error, post, sse_data_batches, upstream_json
 
 if TYPE_CHECKING:
     from relaygate.providers.base import Upstream
@@ -99,17 +101,36 @@ class OpenAIProvider:
         return reply
 
     async def stream(self, deployment: Upstream, call: Call) -> AsyncIterator[JSON]:
+        async for batch in self.stream_batches(deployment, call):
+            for chunk in batch:
+                yield chunk
+
+    async def stream_batches(self, deployment: Upstream, call: Call) -> AsyncIterator[list[JSON]]:
+        """The stream's chunks, as many at a time as each network read brought (never an
+        empty list). A chunk that is an error ends the stream after the chunks before it."""
         url = self._url(call)
         body = self._body(deployment, call, stream=True)
         headers = {**self._headers(deployment), "Accept": "text/event-stream"}
         async with post(self._session, url, body, headers, deployment, call) as response:
-            async for line in ndjson_lines(response):
-                if not line.startswith(b"data:"):
-                    continue  # comments (": keep-alive"), event names, ids
-                data = line[5:].strip()
-                if data == b"[DONE]":
+            async for batch in sse_data_batches(response, deployment):
+                chunks: list[JSON] = []
+                failed: UpstreamError | None = None
+                done = False
+                for data in batch:
+                    if data == b"[DONE]":
+                        done = True
+                        break
+                    try:
+                        chunks.append(_chunk(data, deployment, call))
+                    except UpstreamError as exc:
+                        failed = exc
+                        break
+                if chunks:
+                    yield chunks
+                if failed is not None:
+                    raise failed
+                if done:
                     return
-                yield _chunk(data, deployment, call)
 
     async def list_models(self, api_key: str | None = None) -> list[str]:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else None

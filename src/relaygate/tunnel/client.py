@@ -40,7 +40,8 @@ Finder = Callable[[str], NodeLink | None]
 
 
 class TunnelBody:
-    """A response body arriving in frames: read whole, by size, or line by line."""
+    """A response body arriving in frames: read whole, by size, line by line, or as it
+    arrives (``iter_any``), as aiohttp's StreamReader is."""
 
     def __init__(self, exchange: Exchange, node: str) -> None:
         self._exchange = exchange
@@ -75,6 +76,14 @@ class TunnelBody:
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._lines()
+
+    async def iter_any(self) -> AsyncIterator[bytes]:
+        """What has arrived, then each frame as it arrives, until the end of the body."""
+        while self._buffer or await self._more():
+            data = bytes(self._buffer)
+            self._buffer.clear()
+            if data:
+                yield data
 
     async def _lines(self) -> AsyncIterator[bytes]:
         while True:

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
-import pytest
+import asyncio
+import itertools
 
-from relaygate.errors import UpstreamStatusError
-from relaygate.providers.base import in_body_error, upstream_text
+import aiohttp
+import pytest
+from aiohttp.base_protocol import BaseProtocol
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from relaygate.errors import UpstreamProtocolError, UpstreamStatusError
+from relaygate.providers import base
+from relaygate.providers.base import in_body_error, ndjson_lines, sse_data_batches, upstream_text
 from relaygate.providers.mock import MockProvider
 from relaygate.routing.health import Health
 from relaygate.routing.router import Deployment
@@ -68,3 +76,74 @@ def test_health_keeps_the_class_apart_from_the_text() -> None:
     )  # fmt: skip
     health.record_success()
     assert (health.last_error_kind, health.last_error, health.last_error_at) == ("", "", None)
+
+
+class _Response:
+    """Just what the stream readers use of an aiohttp response: its body as a real
+    ``aiohttp.StreamReader``, fed ``pieces`` one per turn of the event loop."""
+
+    def __init__(self, pieces: list[bytes]) -> None:
+        loop = asyncio.get_running_loop()
+        protocol = BaseProtocol(loop)
+        protocol.connection_made(asyncio.Transport())  # bodies here stay below flow control
+        self.content = aiohttp.StreamReader(protocol, 2**16, loop=loop)
+        self.feeding = asyncio.ensure_future(self._feed(pieces))
+
+    async def _feed(self, pieces: list[bytes]) -> None:
+        for piece in pieces:
+            self.content.feed_data(piece)
+            await asyncio.sleep(0)
+        self.content.feed_eof()
+
+
+SSE_LINE = st.one_of(
+    st.builds(lambda s: b"data: " + s.encode(), st.text(max_size=30)),
+    st.builds(lambda s: b"data:" + s.encode(), st.text(max_size=30)),
+    st.sampled_from([b"", b": keep-alive", b"event: delta", b"id: 7", b"data: [DONE]"]),
+    st.builds(lambda s: s.encode(), st.text(max_size=20)),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    lines=st.lists(SSE_LINE, max_size=12),
+    crlf=st.booleans(),
+    final_newline=st.booleans(),
+    cuts=st.lists(st.integers(0, 10**4), max_size=8),
+)
+async def test_sse_batches_hold_the_data_lines_read_line_by_line(
+    lines: list[bytes], crlf: bool, final_newline: bool, cuts: list[int]
+) -> None:
+    """However the body is cut into network reads, the batches hold, in order, exactly the
+    ``data:`` payloads that reading it line by line (``ndjson_lines``) finds; no batch is
+    empty."""
+    body = (b"\r\n" if crlf else b"\n").join(lines) + (b"\n" if final_newline else b"")
+    points = sorted({c % (len(body) + 1) for c in cuts} | {0, len(body)})
+    pieces = [body[a:b] for a, b in itertools.pairwise(points)]
+    by_line = _Response(pieces)
+    expected = [
+        line[5:].strip()
+        async for line in ndjson_lines(by_line)  # type: ignore[arg-type]
+        if line.startswith(b"data:")
+    ]
+    batched = _Response(pieces)
+    batches = [b async for b in sse_data_batches(batched, deployment())]  # type: ignore[arg-type]
+    assert all(batches)
+    assert [data for batch in batches for data in batch] == expected
+    await asyncio.gather(by_line.feeding, batched.feeding)
+
+
+async def test_an_sse_line_over_the_limit_is_the_upstreams_fault(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A line that never ends (within MAX_SSE_LINE) is an upstream protocol error, not a
+    buffer that grows without bound."""
+    monkeypatch.setattr(base, "MAX_SSE_LINE", 64)
+    fine = _Response([b"data: " + b"x" * 58 + b"\n", b"data: " + b"y" * 58])
+    batches = [b async for b in sse_data_batches(fine, deployment())]  # type: ignore[arg-type]
+    assert batches == [[b"x" * 58], [b"y" * 58]]
+    endless = _Response([b"data: {", b"z" * 40, b"z" * 40])
+    with pytest.raises(UpstreamProtocolError, match="longer than 64 bytes"):
+        async for _ in sse_data_batches(endless, deployment()):  # type: ignore[arg-type]
+            pass
+    await asyncio.gather(fine.feeding, endless.feeding)
