@@ -44,6 +44,7 @@ __all__ = ["Outbox"]
 
 T = TypeVar("T")
 
+_CREATE_ATTEMPTS = 5  # names tried when another process's scan deletes ours first
 _PREFIX = "outbox-"
 _SUFFIX = ".db"
 _SIDE_FILES = ("-wal", "-shm", "-journal")
@@ -362,19 +363,34 @@ class _Spool:
 
     @classmethod
     def create(cls, directory: Path) -> _Spool:
-        """A new, locked file. It is locked under a name orphan scans skip, then renamed."""
+        """A new, locked file. It is locked under a name orphan scans skip, then renamed.
+
+        Between creating the file and locking it, another process's scan may take it for
+        one abandoned by a dead process and delete it (the rename then finds nothing):
+        that name is given up and another one made."""
         directory.mkdir(parents=True, exist_ok=True)
-        name = f"{_PREFIX}{secrets.token_hex(8)}{_SUFFIX}"
-        temporary, path = directory / f".{name}.new", directory / name
-        fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            os.rename(temporary, path)
-            _fsync_directory(directory)
-            return cls(path, fd)
-        except BaseException:
-            os.close(fd)
-            raise
+        for attempt in range(_CREATE_ATTEMPTS):
+            name = f"{_PREFIX}{secrets.token_hex(8)}{_SUFFIX}"
+            temporary, path = directory / f".{name}.new", directory / name
+            fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                os.rename(temporary, path)
+            except FileNotFoundError:
+                os.close(fd)
+                if attempt == _CREATE_ATTEMPTS - 1:
+                    raise
+                continue
+            except BaseException:
+                os.close(fd)
+                raise
+            try:
+                _fsync_directory(directory)
+                return cls(path, fd)
+            except BaseException:
+                os.close(fd)
+                raise
+        raise AssertionError("unreachable")
 
     @classmethod
     def adopt(cls, path: Path, log: logging.Logger) -> _Spool | None:

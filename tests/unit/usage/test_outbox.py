@@ -14,13 +14,14 @@ import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relaygate.observability.metrics import Metrics
-from relaygate.usage.outbox import Outbox
+from relaygate.usage.outbox import Outbox, _Spool, _spool_files
 from relaygate.usage.record import UsageRecord
 
 LOG = logging.getLogger("relaygate.tests.outbox")
@@ -265,7 +266,7 @@ async def test_append_only_buffers_and_one_flush_commits_all(tmp_path: Path) -> 
 
 CHILD = """
 import asyncio, logging, os, sys, time
-from relaygate.usage.outbox import Outbox
+from relaygate.usage.outbox import Outbox, _Spool, _spool_files
 from relaygate.usage.record import UsageRecord
 
 async def main(directory, mode, window):
@@ -482,3 +483,31 @@ async def test_the_outbox_age_is_never_younger_than_the_oldest_waiting_record(
                 assert age == pytest.approx(truth, abs=1e-6)
     finally:
         await outbox.aclose()
+
+
+@given(lost=st.integers(min_value=0, max_value=4))
+def test_a_spool_deleted_by_another_scan_before_it_is_locked_is_made_again(
+    tmp_path_factory: pytest.TempPathFactory, lost: int
+) -> None:
+    """Between creating its file and locking it, a process can lose the file to another
+    process's orphan scan (it looks abandoned: unlocked, half-created). The name is given
+    up and a new one made, instead of failing the worker's start (FileNotFoundError)."""
+    directory = tmp_path_factory.mktemp("spool")
+    real_flock = fcntl.flock
+    raced = 0
+
+    def scan_first(fd: int, operation: int) -> None:
+        nonlocal raced
+        if raced < lost and operation & fcntl.LOCK_EX:  # the other process's scan wins
+            raced += 1
+            _spool_files(directory)
+        real_flock(fd, operation)
+
+    with mock.patch("relaygate.usage.outbox.fcntl.flock", scan_first):
+        spool = _Spool.create(directory)
+    try:
+        assert raced == lost and spool.path.exists()
+        assert not list(directory.glob(".*.new"))  # no half-made file left behind
+        assert _spool_files(directory) == [spool.path]
+    finally:
+        spool.close()
