@@ -88,8 +88,10 @@ def fmt_ms(value: float, digits: int = 3) -> str:
 
 
 def cmdline(argv: Sequence[str]) -> str:
-    """A copy-pasteable shell rendering of ``argv``."""
-    return shlex.join(str(a) for a in argv)
+    """A copy-pasteable shell rendering of ``argv``, run from the repository: its paths
+    relative to it (a report names the repository's files, not this machine's)."""
+    root = f"{REPO_DIR}/"
+    return shlex.join(str(a).removeprefix(root) for a in argv)
 
 
 def run(argv: Sequence[str], timeout: float) -> subprocess.CompletedProcess[str]:
