@@ -62,6 +62,7 @@ __all__ = [
     "ShuttingDown",
     "StoreUnavailable",
     "TooManyConnections",
+    "Unavailable",
     "UnsupportedMediaType",
     "UpstreamConnectError",
     "UpstreamError",
@@ -347,13 +348,22 @@ class NoHealthyDeployment(RelaygateError):
         return _retry_after(self.retry_in)
 
 
-class ShuttingDown(RelaygateError):
+class Unavailable(RelaygateError):
+    """503: this process cannot take the request now; another (or this one, a second
+    later) can: ``Retry-After: 1``."""
+
+    status = 503
+    type = "service_unavailable"
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"retry-after", b"1")]
+
+
+class ShuttingDown(Unavailable):
     """The gateway is stopping and ``graceful_shutdown_seconds`` ran out before this request
     was done: a stream that started ends with this as its error event, a request not yet
     answered gets it as a 503. Another replica (or this one, restarted) can serve a retry."""
 
-    status = 503
-    type = "service_unavailable"
     code = "shutting_down"
     usage_status: Status | None = "interrupted"
 
@@ -363,28 +373,15 @@ class ShuttingDown(RelaygateError):
             "was complete; retry the request."
         )
 
-    def headers(self) -> list[tuple[bytes, bytes]]:
-        return [(b"retry-after", b"1")]
 
-
-class TooManyConnections(RelaygateError):
-    status = 503
-    type = "service_unavailable"
+class TooManyConnections(Unavailable):
     code = "too_many_connections"
 
-    def headers(self) -> list[tuple[bytes, bytes]]:
-        return [(b"retry-after", b"1")]
 
-
-class Overloaded(RelaygateError):
+class Overloaded(Unavailable):
     """The worker serves ``http.max_in_flight`` requests already: shed, retry shortly."""
 
-    status = 503
-    type = "service_unavailable"
     code = "overloaded"
-
-    def headers(self) -> list[tuple[bytes, bytes]]:
-        return [(b"retry-after", b"1")]
 
 
 def _retry_after(seconds: float) -> list[tuple[bytes, bytes]]:

@@ -55,7 +55,7 @@ def test_each_error_knows_its_usage_status(error: RelaygateError, status: str | 
 
 def test_every_error_class_that_can_end_a_request_is_covered_above() -> None:
     covered = {type(error) for error, _ in EXAMPLES} | {UpstreamStatusError}
-    abstract = {errors.ClientError, errors.NotFound, errors.UpstreamError}
+    abstract = {errors.ClientError, errors.NotFound, errors.UpstreamError, errors.Unavailable}
     # answered by the HTTP layer or the admin API, never by the pipeline
     elsewhere = {
         errors.MethodNotAllowed, errors.RequestTimeout, errors.HeadersTooLarge,
