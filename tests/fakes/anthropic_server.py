@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from aiohttp import web
+
+from tests.fakes.local_app import LocalApp
 
 VERSION = "2023-06-01"
 _ERROR_TYPES = {
@@ -75,7 +76,7 @@ class Received:
     json: Any
 
 
-class FakeAnthropic:
+class FakeAnthropic(LocalApp):
     """Anthropic's API on 127.0.0.1; ``base_url`` has no path, as ``api.anthropic.com``."""
 
     def __init__(
@@ -85,6 +86,7 @@ class FakeAnthropic:
         api_key: str = "sk-ant-fake-key-0123456789",
         version: str = VERSION,
     ) -> None:
+        super().__init__()
         self.models = models or ["claude-sonnet-4-5", "claude-haiku-4-5", "claude-opus-4-1"]
         self.api_key = api_key
         self.version = version
@@ -92,13 +94,7 @@ class FakeAnthropic:
         self.requests: list[Received] = []
         self.problems: list[str] = []
         self._queue: list[Reply] = []
-        self._runner: web.AppRunner | None = None
-        self._port = 0
         self._count = 0
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self._port}"
 
     def push(self, *replies: Reply) -> None:
         self._queue.extend(replies)
@@ -107,25 +103,9 @@ class FakeAnthropic:
     def messages(self) -> list[Received]:
         return [r for r in self.requests if r.path == "/v1/messages"]
 
-    async def __aenter__(self) -> Self:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/messages", self._messages)
         app.router.add_get("/v1/models", self._models)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self._port = int(self._runner.addresses[0][1])
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
     # -- handlers -------------------------------------------------------------------------
 

@@ -5,8 +5,7 @@ bytes too, so that a test can search everything the gateway sent."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from aiohttp import web
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -15,6 +14,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as SpanProto
+
+from tests.fakes.local_app import LocalApp
 
 KINDS = {
     SpanProto.SPAN_KIND_INTERNAL: "internal",
@@ -48,38 +49,22 @@ def value_of(value: AnyValue) -> Any:
     return getattr(value, which)
 
 
-class OtlpCollector:
+class OtlpCollector(LocalApp):
     """``POST /v1/traces`` (protobuf), on a free port of 127.0.0.1."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.exports: list[bytes] = []  # every request body, as received
         self.headers: list[dict[str, str]] = []  # lower-case keys
         self.spans: list[Span] = []
-        self._runner: web.AppRunner | None = None
-        self.port = 0
 
     @property
     def endpoint(self) -> str:
         """The base URL (spans go to ``/v1/traces`` under it)."""
-        return f"http://127.0.0.1:{self.port}"
+        return self.base_url
 
-    async def __aenter__(self) -> Self:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/traces", self._traces)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.port = int(self._runner.addresses[0][1])
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
     async def _traces(self, request: web.Request) -> web.Response:
         if request.content_type != "application/x-protobuf":
