@@ -270,7 +270,7 @@ try {
   assert.match(response.headers()['content-type'], /text\/event-stream/)
   const figures = user.getByLabel('Reply figures').last()
   await figures.getByText(/tokens/).waitFor()
-  await figures.getByText(/cost \$0/).waitFor({ timeout: 15000 })
+  await figures.getByText(/cost \$0/).waitFor({ timeout: 20000 }) // polled for ~15 s
   assert.match(await figures.textContent(), /\d+ in · \d+ out tokens · first token .* · total/)
   assert.ok((await user.locator('.message.assistant .markdown').last().textContent()).length > 0)
 
@@ -300,12 +300,12 @@ try {
     .getByLabel('Reply figures')
     .nth(1)
     .getByText(/cost \$0/)
-    .waitFor({ timeout: 15000 })
+    .waitFor({ timeout: 20000 })
   await user
     .getByLabel('Reply figures')
     .last()
     .getByText(/cost \$0/)
-    .waitFor({ timeout: 15000 })
+    .waitFor({ timeout: 20000 })
   assert.equal(await user.getByLabel('Reply figures').filter({ hasText: 'Stopped' }).count(), 1)
   await user.getByRole('button', { name: 'Send' }).waitFor()
 

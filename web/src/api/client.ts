@@ -4,6 +4,12 @@
 
 import type { OidcConfig } from '../lib/oidc'
 
+/** Whether asking again may succeed: not there yet (404), too early or too many (408, 429),
+ * or the gateway's side failing (5xx). */
+export function retryable(status: number): boolean {
+  return status === 404 || status === 408 || status === 429 || status >= 500
+}
+
 export class ApiError extends Error {
   constructor(
     message: string,

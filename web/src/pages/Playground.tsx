@@ -4,7 +4,7 @@
 
 import { useQuery } from '@tanstack/react-query'
 import { useEffect, useMemo, useRef, useState, type KeyboardEvent } from 'react'
-import { api, ApiError } from '../api/client'
+import { api, ApiError, retryable } from '../api/client'
 import { streamChat } from '../api/chat'
 import { CopyButton, ErrorNote } from '../components/common'
 import {
@@ -126,6 +126,9 @@ export function Playground() {
         const message =
           error instanceof ApiError ? `${error.message} (${error.status})` : String(error)
         setBook((b) => failReply(b, id, message, Date.now()))
+        // A key revoked, disabled or expired meanwhile: back to sign-in, saying why, as
+        // every other page does when the gateway answers 401.
+        if (error instanceof ApiError && error.status === 401) session.refused(error.message)
       }
     } finally {
       const total = performance.now() - started
@@ -147,16 +150,18 @@ export function Playground() {
   }
 
   /** The cost is the gateway's own figure, from the usage record written just after the
-   * answer: asked for a few times, then given up (the reply keeps its other figures). */
+   * answer (later when the gateway is busy or its database slow): asked for over about
+   * 15 s, through a 404 (not written yet) or a passing failure (429, 5xx, the network),
+   * then given up (the reply keeps its other figures). */
   const fetchCost = async (id: string, reply: number, requestId: string) => {
-    for (const wait of [300, 700, 1500, 3000]) {
+    for (const wait of [300, 700, 1500, 2500, 5000, 5000]) {
       await sleep(wait)
       try {
         const record = await api.usageRecord(session, requestId)
         setBook((b) => setReplyStats(b, id, reply, { cost: record.cost }, Date.now()))
         return
       } catch (error) {
-        if (!(error instanceof ApiError && error.status === 404)) return
+        if (error instanceof ApiError && !retryable(error.status)) return
       }
     }
   }
