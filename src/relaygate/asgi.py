@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -44,8 +45,15 @@ class ClientGone(Exception):
 
 
 def new_request_id() -> str:
-    """A random, URL-safe request id (also sent back as X-Request-Id)."""
-    return os.urandom(12).hex()
+    """A unique, URL-safe request id (also sent back as X-Request-Id): 32 hex digits,
+    the time in milliseconds (48 bits) then 80 random bits, as in a UUIDv7.
+
+    Ids made later sort after earlier ones, so the rows keyed by them (usage records,
+    stored responses ``resp_<id>``) are added at the end of their indexes, where the
+    pages are already in memory. Random ids scatter every insert over the whole index:
+    on SQLite that cost twice the CPU per row and grew with the table (issues 11, 15).
+    """
+    return (time.time_ns() // 1_000_000).to_bytes(6, "big").hex() + os.urandom(10).hex()
 
 
 def header(scope: Scope, name: bytes) -> bytes | None:

@@ -1,11 +1,14 @@
-"""DisconnectWatch: the client leaving cancels the request's task; a fast answer costs no task."""
+"""DisconnectWatch: the client leaving cancels the request's task; a fast answer costs no task.
+Request ids: unique, and in time order."""
 
 from __future__ import annotations
 
 import asyncio
+import re
+import time
 from typing import Any
 
-from relaygate.asgi import WATCH_AFTER, DisconnectWatch
+from relaygate.asgi import WATCH_AFTER, DisconnectWatch, new_request_id
 
 
 class Client:
@@ -74,3 +77,19 @@ async def test_an_answer_done_before_the_watch_starts_never_reads_receive() -> N
     await asyncio.sleep(WATCH_AFTER * 4)
     assert client.receives == 0
     assert not watch.absorb()
+
+
+def test_request_ids_are_unique_hex_and_sort_by_time() -> None:
+    """32 lowercase hex digits, the millisecond clock first: every id made in a later
+    millisecond sorts after every earlier one (keys added at an index's end), and none
+    repeats."""
+    before = time.time_ns() // 1_000_000
+    first = [new_request_id() for _ in range(2000)]
+    time.sleep(0.002)  # the next ids are made in a later millisecond
+    later = [new_request_id() for _ in range(2000)]
+    after = time.time_ns() // 1_000_000
+    ids = first + later
+    assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
+    assert len(set(ids)) == len(ids)
+    assert all(before <= int(i[:12], 16) <= after for i in ids)
+    assert max(first) < min(later)
