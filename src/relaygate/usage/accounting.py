@@ -32,6 +32,11 @@ __all__ = [
 ]
 
 LOCAL_PROVIDERS = ("ollama", "mock", "node")  # your own hardware: free
+# The most tokens one request is counted for: what usage_records' INTEGER columns hold.
+# An upstream that reports more, or fewer than none, is taken at this bound, so its number
+# can neither fail the record (the outbox encodes 64-bit integers at most) nor refund
+# a token limit (limits are settled at the record's figures).
+MAX_TOKENS = 2**31 - 1
 
 
 @dataclass(slots=True)
@@ -119,7 +124,7 @@ class Recorder:
         if usage:
             prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
             if isinstance(prompt, int) and isinstance(completion, int | None):
-                return prompt, completion or 0, False
+                return _bounded(prompt), _bounded(completion or 0), False
         if served.body is None or served.http_status in (400, 404, 413, 415):
             return 0, 0, False  # never reached a model: nothing was used
         if served.status == "rejected":
@@ -134,6 +139,10 @@ class Recorder:
         return self.pricing.cost(
             served.model, served.provider, served.deployment, prompt, completion, usage
         )
+
+
+def _bounded(tokens: int) -> int:
+    return min(max(tokens, 0), MAX_TOKENS)
 
 
 class Pricing:

@@ -8,10 +8,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from relaygate.settings import Price, UsageConfig
-from relaygate.usage.accounting import Recorder, Served, cost_usd, status_for
+from relaygate.usage.accounting import MAX_TOKENS, Recorder, Served, cost_usd, status_for
 from relaygate.usage.record import UsageRecord
 from relaygate.usage.tokens import LazyTokenizer, prompt_text
 
@@ -194,3 +197,18 @@ def test_a_local_model_costs_nothing_even_when_priced() -> None:
     usage = {"prompt_tokens": 1000, "completion_tokens": 500}
     assert record_.record(served(model="llama3", provider="ollama", usage=usage)).cost == 0.0
     assert record_.record(served(model="llama3", provider="vllm", usage=usage)).cost > 0.0
+
+
+@given(prompt=st.integers(), completion=st.none() | st.integers())
+def test_any_reported_token_count_gives_a_record_the_outbox_can_keep(
+    prompt: int, completion: int | None
+) -> None:
+    """An upstream's usage numbers, however large or negative, are counted within
+    [0, MAX_TOKENS]: the record always encodes (the outbox's format) and never refunds."""
+    rec, appended = recorder()
+    usage = {"prompt_tokens": prompt, "completion_tokens": completion}
+    record = rec.record(served(usage=usage, started=time.time()))
+    assert 0 <= record.prompt_tokens <= MAX_TOKENS and 0 <= record.completion_tokens <= MAX_TOKENS
+    assert record.prompt_tokens == min(max(prompt, 0), MAX_TOKENS)
+    assert msgspec.msgpack.decode(msgspec.msgpack.encode(record), type=UsageRecord) == record
+    assert appended == [record]
