@@ -31,12 +31,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from relaygate.errors import ConfigError
 from relaygate.observability.metrics import Metrics
+from relaygate.store import sqlite_bulk
 from relaygate.store.tables import usage_daily, usage_records
 from relaygate.usage.election import WriterLock
 from relaygate.usage.outbox import Outbox
 from relaygate.usage.partitions import apply_retention, ensure_partitions
 from relaygate.usage.pg_bulk import BulkStatements
 from relaygate.usage.record import UsageRecord
+from relaygate.usage.sqlite_bulk import SqliteStatements
 
 __all__ = ["UsageWriter", "daily_rollups", "record_row"]
 
@@ -51,6 +53,10 @@ _AGE_EVERY = 1.0  # seconds between outbox age updates while the writer waits
 _INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
 _INTS = ("prompt_tokens", "completion_tokens", "http_status")
 _FLOATS = ("duration_ms", "cost")
+# The largest duration (ms) or cost (USD) a row holds: far beyond any real one, and small
+# enough that the daily sums of billions of rows stay finite (PostgreSQL refuses a sum
+# that overflows, and the batch would wait in the outbox for ever).
+_FLOAT_MAX = 1e12
 # Column widths: PostgreSQL would refuse the whole batch over one long model name. The key
 # is never cut (two ids could become one): a record whose id does not fit is set aside.
 _WIDTHS = {
@@ -100,8 +106,13 @@ class UsageWriter:
                 f"Python has {sqlite3.sqlite_version}: use PostgreSQL or a newer Python build"
             )
         self._insert_records, self._upsert_daily = _statements(engine.dialect.name)
-        # PostgreSQL: fixed statements taking one array a column (usage/pg_bulk.py)
-        self._bulk = BulkStatements(_SUMS) if engine.dialect.name == "postgresql" else None
+        # Fixed statements taking the whole batch: PostgreSQL one array a column
+        # (usage/pg_bulk.py), SQLite one JSON array (usage/sqlite_bulk.py)
+        self._bulk: BulkStatements | SqliteStatements | None = None
+        if engine.dialect.name == "postgresql":
+            self._bulk = BulkStatements(_SUMS)
+        elif sqlite_bulk.usable(engine.dialect):
+            self._bulk = SqliteStatements(_SUMS, engine.dialect)
         self._orphans: list[Outbox] = []
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -311,8 +322,7 @@ class UsageWriter:
             fresh.extend(_fresh(rows, inserted))
             return daily_rollups(fresh) if fresh else []
 
-        if self._bulk is not None:
-            await self._bulk.insert(conn, rows, rollups)
+        if self._bulk is not None and await self._bulk.insert(conn, rows, rollups):
             return len(fresh)
         result = await conn.execute(self._insert_records, rows)
         daily = rollups([(request_id, at) for request_id, at in result])
@@ -401,8 +411,9 @@ class UsageWriter:
 
 def record_row(record: UsageRecord) -> dict[str, Any]:
     """The usage_records row for ``record``: timestamps as UTC datetimes, strings cut to
-    their column's width, out-of-range numbers clamped (one bad value must not block
-    a batch forever). Raises ValueError/OverflowError for an impossible timestamp or
+    their column's width and any NUL in them replaced (U+FFFD), out-of-range numbers
+    clamped (one bad value must not block a batch forever). Raises
+    ValueError/OverflowError for an impossible timestamp or
     a request id that is empty or too long for the key."""
     if not 0 < len(record.request_id) <= _ID_WIDTH:
         raise ValueError(f"request_id of {len(record.request_id)} characters")
@@ -410,15 +421,21 @@ def record_row(record: UsageRecord) -> dict[str, Any]:
     row["created_at"] = datetime.fromtimestamp(record.created_at, UTC)
     for name, width in _WIDTHS.items():
         value = row[name]
-        if value is not None and len(value) > width:
+        if value is None:
+            continue
+        if "\x00" in value:  # PostgreSQL's text cannot hold a NUL: the row would never go in
+            value = row[name] = value.replace("\x00", "\ufffd")
+        if len(value) > width:
             row[name] = value[:width]
     for name in _INTS:
         row[name] = max(_INT_MIN, min(_INT_MAX, row[name]))
     for name in _FLOATS:
-        if not math.isfinite(row[name]):
-            row[name] = 0.0
-    if row["ttft_ms"] is not None and not math.isfinite(row["ttft_ms"]):
-        row["ttft_ms"] = None
+        row[name] = (
+            max(-_FLOAT_MAX, min(_FLOAT_MAX, row[name])) if math.isfinite(row[name]) else 0.0
+        )
+    ttft = row["ttft_ms"]
+    if ttft is not None:
+        row["ttft_ms"] = max(-_FLOAT_MAX, min(_FLOAT_MAX, ttft)) if math.isfinite(ttft) else None
     return row
 
 

@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relaygate.observability.metrics import Metrics
@@ -221,6 +223,30 @@ async def test_an_orphan_spool_is_written_once_and_deleted(
     assert leftovers(spool_dir) == []
 
 
+async def test_a_nul_in_a_model_name_is_replaced_not_a_blocked_batch(
+    engine: AsyncEngine, spool_dir: Path
+) -> None:
+    """PostgreSQL's text holds no NUL (its insert fails, and the batch would wait in the
+    outbox forever): a NUL in a record's text is written as U+FFFD, on both databases,
+    and the record counted once."""
+    records = make_records(40, two_days=False)
+    for record in records[::3]:
+        record.model = "odd\x00model"
+    async with Pipeline(spool_dir, engine) as pipeline:
+        pipeline.append(records)
+        await wait_drained(pipeline.writer)
+        pipeline.append(records)  # replayed: still once
+        await wait_drained(pipeline.writer)
+        assert pipeline.written() == 40
+    assert await count_rows(engine) == 40
+    for record in records[::3]:
+        record.model = "odd\ufffdmodel"
+    assert_daily(await daily_rows(engine), expected_daily(records))
+    async with engine.connect() as conn:
+        models = set((await conn.execute(sa.select(usage_records.c.model))).scalars())
+    assert "odd\ufffdmodel" in models
+
+
 async def test_aclose_drains_before_exit(engine: AsyncEngine, spool_dir: Path) -> None:
     async with Pipeline(spool_dir, engine, interval=60.0, batch_size=50) as pipeline:
         await asyncio.sleep(0.1)  # the loop has run its first pass and sleeps for a minute
@@ -249,6 +275,49 @@ async def test_values_the_schema_cannot_hold_do_not_block_the_batch(
     assert rows["req_000000"].model == "m" * 256
     assert (rows["req_000001"].cost, rows["req_000001"].ttft_ms) == (0.0, None)
     assert rows["req_000002"].prompt_tokens == 2**31 - 1
+
+
+any_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=300)
+any_number = st.floats() | st.integers(-(2**62), 2**62)  # what a record can hold (accounting)
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    texts=st.lists(st.tuples(any_text, any_text, st.none() | any_text), min_size=1, max_size=8),
+    numbers=st.lists(st.tuples(any_number, any_number), min_size=8, max_size=8),
+)
+async def test_any_text_or_number_a_client_sends_is_written(
+    engine: AsyncEngine,
+    spool_dir: Path,
+    texts: list[tuple[str, str, str | None]],
+    numbers: list[tuple[float, float]],
+) -> None:
+    """Whatever text (NUL, any script, too long) and numbers (NaN, infinite, huge) a
+    record holds, both databases take it: nothing waits in the outbox, nothing is lost."""
+    records = make_records(len(texts), prefix=f"p{time.monotonic_ns()}", two_days=False)
+    for record, (model, endpoint, ip), (cost, duration) in zip(
+        records, texts, numbers, strict=False
+    ):
+        record.model, record.endpoint, record.client_ip = model, endpoint, ip
+        record.cost, record.duration_ms = float(cost), float(duration)
+        record.prompt_tokens = int(duration) if abs(duration) < 2**62 else 0
+        record.completion_tokens = int(cost) if abs(cost) < 2**62 else 0
+    async with Pipeline(spool_dir, engine) as pipeline:
+        pipeline.append(records)
+        await wait_drained(pipeline.writer)
+    async with engine.connect() as conn:
+        ids = set(
+            (
+                await conn.execute(
+                    sa.select(usage_records.c.request_id).where(
+                        usage_records.c.request_id.in_([r.request_id for r in records])
+                    )
+                )
+            ).scalars()
+        )
+    assert ids == {r.request_id for r in records}
 
 
 def test_record_row_converts_time_to_utc() -> None:

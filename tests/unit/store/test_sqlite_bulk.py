@@ -1,0 +1,148 @@
+"""SQLite's one-statement batch insert (store/sqlite_bulk.py) stores exactly what
+SQLAlchemy's own insert stores: for generated rows of every column type the tables use
+(text of any characters, None, booleans, integers, floats of any magnitude, UTC datetimes,
+dates, binary JSON), the two tables read back equal, value by value and type by type.
+A batch the JSON path cannot carry (a NUL) is refused, for the caller's generic insert."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from relaygate.store import sqlite_bulk
+from relaygate.store.engine import create_engine
+from relaygate.store.sqlite_bulk import JsonRowsInsert
+from relaygate.store.tables import stored_responses, usage_daily, usage_records
+
+pytestmark = pytest.mark.skipif(
+    not sqlite_bulk.usable(sa.create_engine("sqlite://").dialect),
+    reason="this SQLite has no JSON functions (older than 3.38)",
+)
+
+text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
+maybe_text = st.none() | text
+floats = st.floats(allow_nan=False, allow_infinity=False)
+ints = st.integers(-(2**31), 2**31 - 1)
+moments = st.datetimes(
+    min_value=datetime(1971, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
+)
+json_bytes = st.recursive(
+    st.none() | st.booleans() | floats | ints | text,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(text, inner, max_size=3),
+    max_leaves=8,
+).map(msgspec.json.encode)
+
+
+def _row(table: sa.Table, draw: st.DrawFn, key: int) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    for column in table.columns:
+        kind = column.type
+        if column.primary_key and isinstance(kind, sa.String):
+            value: Any = f"{key:06d}-{draw(text)}"
+        elif isinstance(kind, sa.String):
+            value = draw(text if not column.nullable else maybe_text)
+        elif isinstance(kind, sa.Boolean):
+            value = draw(st.booleans())
+        elif isinstance(kind, sa.Integer):
+            value = draw(ints)
+        elif isinstance(kind, sa.Float):
+            value = draw(floats if not column.nullable else st.none() | floats)
+        elif isinstance(kind, sa.DateTime):
+            value = draw(moments if not column.nullable else st.none() | moments)
+        elif isinstance(kind, sa.Date):
+            value = date(2026, 1, 1) if column.primary_key else draw(st.dates())
+        elif isinstance(kind, sa.LargeBinary):
+            value = draw(json_bytes)
+        else:  # a column type this test does not know: it must learn it
+            raise AssertionError(f"{table.name}.{column.name}: {kind!r}")
+        row[column.name] = value
+    return row
+
+
+def _cannot_travel(rows: list[dict[str, Any]]) -> bool:
+    """A NUL character (or the text of one escaped), which the JSON path does not carry."""
+    marks = ("\x00", "\\u0000")
+    for row in rows:
+        for value in row.values():
+            text_value = value.decode() if isinstance(value, bytes) else value
+            if isinstance(text_value, str) and any(m in text_value for m in marks):
+                return True
+    return False
+
+
+@st.composite
+def rows_of(draw: st.DrawFn, table: sa.Table) -> list[dict[str, Any]]:
+    return [_row(table, draw, i) for i in range(draw(st.integers(1, 12)))]
+
+
+@pytest.fixture
+async def engines(tmp_path: Path, sqlite_template: Path) -> AsyncIterator[list[AsyncEngine]]:
+    """Two migrated SQLite databases: one written by SQLAlchemy, one by the bulk insert."""
+    made = []
+    for name in ("generic", "bulk"):
+        path = tmp_path / f"{name}.db"
+        shutil.copyfile(sqlite_template, path)
+        made.append(create_engine(f"sqlite+aiosqlite:///{path}"))
+    yield made
+    for engine in made:
+        await engine.dispose()
+
+
+async def _contents(engine: AsyncEngine, table: sa.Table) -> list[tuple[Any, ...]]:
+    async with engine.connect() as conn:
+        found = await conn.execute(sa.select(table).order_by(*table.primary_key.columns))
+        rows = [tuple(row) for row in found]
+        await conn.execute(sa.delete(table))
+        await conn.commit()
+    return rows
+
+
+@pytest.mark.parametrize("table", [usage_records, usage_daily, stored_responses], ids=str)
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+async def test_the_bulk_insert_stores_what_sqlalchemy_stores(
+    engines: list[AsyncEngine], table: sa.Table, data: st.DataObject
+) -> None:
+    rows = data.draw(rows_of(table))
+    generic, bulk = engines
+    async with generic.begin() as conn:
+        await conn.execute(sa.insert(table), rows)
+    async with bulk.begin() as conn:
+        if await JsonRowsInsert(table, bulk.dialect).run(conn, rows) is None:
+            assert _cannot_travel(rows)  # only then: the caller inserts them as SQLAlchemy does
+            await conn.execute(sa.insert(table), rows)
+    want, got = await _contents(generic, table), await _contents(bulk, table)
+    assert got == want
+    assert [[type(v) for v in row] for row in got] == [[type(v) for v in row] for row in want]
+
+
+async def test_returning_gives_the_rows_inserted(engines: list[AsyncEngine]) -> None:
+    """``ON CONFLICT DO NOTHING RETURNING``: a row already there is not returned."""
+    _, engine = engines
+    keys = "request_id, created_at"
+    insert = JsonRowsInsert(
+        usage_records, engine.dialect, f"ON CONFLICT ({keys}) DO NOTHING RETURNING request_id"
+    )
+    row = {c.name: None for c in usage_records.columns} | {
+        "request_id": "r1", "created_at": datetime(2026, 11, 30, tzinfo=UTC), "api": "openai",
+        "endpoint": "/v1/chat/completions", "model": "m", "prompt_tokens": 1,
+        "completion_tokens": 2, "tokens_estimated": False, "cached": False, "status": "ok",
+        "http_status": 200, "duration_ms": 1.5, "cost": 0.0,
+    }  # fmt: skip
+    async with engine.begin() as conn:
+        first = await insert.run(conn, [row])
+        again = await insert.run(conn, [row, {**row, "request_id": "r2"}])
+    assert [r[0] for r in first] == ["r1"]
+    assert [r[0] for r in again] == ["r2"]
