@@ -21,6 +21,8 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from relaygate.store import sqlite_bulk
+from relaygate.store.sqlite_bulk import JsonRowsInsert
 from relaygate.store.tables import stored_responses
 
 __all__ = ["MAX_CHAIN", "ResponseRecord", "ResponseStore"]
@@ -55,6 +57,12 @@ class ResponseStore:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        # SQLite: a batch in one statement (store/sqlite_bulk.py), not a row at a time
+        self._bulk = (
+            JsonRowsInsert(stored_responses, engine.dialect)
+            if sqlite_bulk.usable(engine.dialect)
+            else None
+        )
 
     async def save(self, record: ResponseRecord) -> None:
         """Store one response (saving the same id again for the same owner replaces it)."""
@@ -76,9 +84,11 @@ class ResponseStore:
         not, each is saved on its own, replacing the one stored)."""
         if not records:
             return
+        rows = [_row(r) for r in records]
         try:
             async with self.engine.begin() as conn:
-                await conn.execute(sa.insert(stored_responses), [_row(r) for r in records])
+                if self._bulk is None or await self._bulk.run(conn, rows) is None:
+                    await conn.execute(sa.insert(stored_responses), rows)
         except IntegrityError:
             for record in records:
                 await self.save(record)
