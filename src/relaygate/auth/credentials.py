@@ -20,6 +20,7 @@ from relaygate.errors import AuthenticationError
 __all__ = ["client_ip", "looks_like_jwt", "read_credential"]
 
 MAX_TOKEN = 8192
+_SCOPE_KEY = "relaygate.credential"  # the request's credential, once read
 _QUERY_NAMES = (b"api_key", b"apikey", b"key", b"access_token", b"token", b"x-api-key")
 
 
@@ -33,7 +34,18 @@ def looks_like_jwt(token: str) -> bool:
 
 
 def read_credential(scope: Scope) -> str | None:
-    """The token the request presents, None when it presents none."""
+    """The token the request presents, None when it presents none.
+
+    Read once a request: authentication and the pipeline (which scrubs it from upstream
+    error text) both ask, and the answer is kept in the scope."""
+    try:
+        return scope[_SCOPE_KEY]  # type: ignore[no-any-return]
+    except KeyError:
+        token = scope[_SCOPE_KEY] = _read_credential(scope)
+        return token
+
+
+def _read_credential(scope: Scope) -> str | None:
     found: list[bytes] = []
     for name, value in scope["headers"]:
         if name == b"authorization":

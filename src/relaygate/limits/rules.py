@@ -52,7 +52,23 @@ class Period:
 
 
 def month_period(now: float, reset_day: int = 1) -> Period:
-    """The month that contains ``now``, starting on ``reset_day`` (1..28) at 00:00 UTC."""
+    """The month that contains ``now``, starting on ``reset_day`` (1..28) at 00:00 UTC.
+
+    Every request asks (its monthly rules, the quota primer); the answer changes once a
+    month, so the last one is kept, with its bounds in seconds, and given while ``now``
+    is within them."""
+    last = _LAST_PERIOD.get(reset_day)
+    if last is not None and last[0] <= now < last[1]:
+        return last[2]
+    period = _month_period(now, reset_day)
+    _LAST_PERIOD[reset_day] = (period.start.timestamp(), period.end.timestamp(), period)
+    return period
+
+
+_LAST_PERIOD: dict[int, tuple[float, float, Period]] = {}  # reset day -> (start, end, period)
+
+
+def _month_period(now: float, reset_day: int) -> Period:
     if not 1 <= reset_day <= 28:
         raise ValueError(f"reset_day must be 1..28, not {reset_day}")
     today = datetime.fromtimestamp(now, UTC)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from relaygate.limits.base import Decision, Rule, RuleState
 from relaygate.limits.memory import MemoryLimiter
@@ -349,3 +351,27 @@ def test_month_period_defaults_to_the_first_and_is_utc(monkeypatch: pytest.Monke
         monkeypatch.undo()
         time.tzset()
     assert period.label == "2026-11" and period.end == datetime(2026, 12, 1, tzinfo=UTC)
+
+
+def _month_of(now: float, day: int) -> tuple[datetime, datetime]:
+    """The billing month that holds ``now``, worked out from scratch."""
+    moment = datetime.fromtimestamp(now, UTC)
+    year, month = moment.year, moment.month
+    if moment.day < day:
+        year, month = (year - 1, 12) if month == 1 else (year, month - 1)
+    after = (year + 1, 1) if month == 12 else (year, month + 1)
+    return datetime(year, month, day, tzinfo=UTC), datetime(*after, day, tzinfo=UTC)
+
+
+@given(
+    asks=st.lists(
+        st.tuples(st.floats(0, 4_102_444_800), st.integers(1, 28)), min_size=1, max_size=30
+    )
+)
+def test_the_kept_month_is_the_month_that_holds_now(asks: list[tuple[float, int]]) -> None:
+    """month_period keeps its last answer per reset day: for any sequence of times (back
+    and forth across month ends) and days, it gives the month that holds ``now``."""
+    for now, day in asks:
+        period = month_period(now, day)
+        assert (period.start, period.end) == _month_of(now, day)
+        assert period.start.timestamp() <= now < period.end.timestamp()
