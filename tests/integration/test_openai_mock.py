@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import re
+import time
 from array import array
 
 import aiohttp
@@ -149,7 +151,9 @@ async def test_response_carries_request_id(mock_gateway: RunningGateway) -> None
             model="mock",
             messages=USER,  # type: ignore[arg-type]
         )
-    assert len(raw.headers["x-request-id"]) == 24
+    request_id = raw.headers["x-request-id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", request_id)  # milliseconds, then random (asgi.py)
+    assert abs(int(request_id[:12], 16) / 1000 - time.time()) < 60
 
 
 async def test_sdk_error_classes_for_client_errors() -> None:
