@@ -53,6 +53,7 @@ from relaygate.errors import (
     UpstreamStatusError,
     UpstreamTimeout,
 )
+from relaygate.providers.base import Relayed
 from relaygate.redact import scrub
 from relaygate.usage.accounting import Served
 from relaygate.vault.service import SERVER_HEADERS, Picked
@@ -146,12 +147,16 @@ class Hooks:
         Who the request is, in place of the gateway's keys (a webhook whose caller
         cannot send a key proves a shared secret instead); may raise a RelaygateError.
 
-    and this attribute:
+    and these attributes:
 
     ``user_providers = True``
         A task endpoint: every request is served by the caller's own provider
         configuration when it has one (BYOK, seed 004), else by the server's default.
         Other routes do so only for model ``auto`` or with ``X-Relaygate-Provider``.
+    ``relays_openai = True``
+        ``render`` writes the canonical (OpenAI) body as it is: a complete answer
+        from an OpenAI-compatible upstream is sent as the bytes it came as, only
+        ``model`` replaced (``call.relay``; providers/base.py ``relayed``).
     """
 
     prepare: Callable[[Call, Principal], Awaitable[None]] | None = None
@@ -159,6 +164,7 @@ class Hooks:
     stream_error: Callable[[Call, RelaygateError], bytes] | None = None
     authenticate: Callable[[Scope], Awaitable[Principal]] | None = None
     user_providers: bool = False
+    relays_openai: bool = False
 
     @classmethod
     def of(cls, fmt: WireFormat) -> Hooks:
@@ -168,6 +174,7 @@ class Hooks:
             getattr(fmt, "stream_error", None),
             getattr(fmt, "authenticate", None),
             bool(getattr(fmt, "user_providers", False)),
+            bool(getattr(fmt, "relays_openai", False)),
         )
 
 
@@ -322,6 +329,7 @@ class Pipeline:
         state = self.state
         trace = outcome.trace
         principal, call, size = await self._parse(fmt, kind, scope, receive, served, outcome, hooks)
+        call.relay = hooks.relays_openai
         picked, chosen = self._choose(call, principal, scope, served, outcome, hooks)
         if hooks.prepare is not None:  # before the cache key and admission: may change the prompt
             await hooks.prepare(call, principal)
@@ -490,16 +498,22 @@ class Pipeline:
         watch: DisconnectWatch,
         outcome: _Outcome,
     ) -> int:
-        body, deployment = await complete(self.state, call)
-        usage = body.get("usage")
-        call.usage = usage if isinstance(usage, dict) else None
-        rendered = fmt.render(call, body, deployment.provider_name, False)
+        answer, deployment = await complete(self.state, call)
+        if isinstance(answer, Relayed):  # the upstream's bytes: already in the client's format
+            call.usage, rendered = answer.usage, answer.raw
+        else:
+            usage = answer.get("usage")
+            call.usage = usage if isinstance(usage, dict) else None
+            rendered = fmt.render(call, answer, deployment.provider_name, False)
         outcome.answered, outcome.status = True, 200
         await send_bytes(send, 200, rendered, call.request_id, extra=call.headers)
         watch.close()
-        if (plan.store or plan.leader) and (body.get("choices") or body.get("data")):
-            cache = self.state.cache
-            cache.release(plan, cache.entry(plan, deployment.provider_name, call.usage, body=body))
+        if plan.store or plan.leader:
+            body = answer.body() if isinstance(answer, Relayed) else answer
+            if body.get("choices") or body.get("data"):
+                cache = self.state.cache
+                entry = cache.entry(plan, deployment.provider_name, call.usage, body=body)
+                cache.release(plan, entry)
         return 200
 
     async def _stream(
@@ -711,8 +725,9 @@ def _internal_error(request_id: str) -> RelaygateError:
     return RelaygateError(f"Internal error; the gateway's log has details under {request_id}.")
 
 
-async def complete(state: AppState, call: Call) -> tuple[JSON, Deployment]:
-    """Call the first deployment that answers; return its (OpenAI-shaped) body."""
+async def complete(state: AppState, call: Call) -> tuple[JSON | Relayed, Deployment]:
+    """Call the first deployment that answers; return its (OpenAI-shaped) body, or its
+    bytes (``call.relay``), ``model`` the client's name either way."""
     last: UpstreamError | None = None
     trace: RequestTrace | None = call.trace
     for deployment in call.route or state.router.plan(call.model):
@@ -734,10 +749,11 @@ async def complete(state: AppState, call: Call) -> tuple[JSON, Deployment]:
             raise
         else:
             if attempt is not None:
-                attempt.answered(body)
+                attempt.answered(body if isinstance(body, dict) else body.as_sent())
             deployment.health.record_success()
             _served(call, deployment, time.monotonic() - started)
-            body["model"] = call.model
+            if isinstance(body, dict):
+                body["model"] = call.model
             return body, deployment
         if attempt is not None:
             attempt.failed(last)

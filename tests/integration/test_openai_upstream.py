@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import aiohttp
 import openai
 import pytest
+from aiohttp import web
 
 from tests.conftest import closed_port_url
+from tests.fakes.local_app import LocalApp
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.script import Script
 from tests.gateway import make_settings, running_gateway
+from tests.usage_rows import usage_rows
 
 USER = [{"role": "user", "content": "tell me a story"}]
 # Shaped like no known key (no sk- prefix, too short to look random): only the gateway's
@@ -400,3 +404,69 @@ async def test_streams_failing_before_the_first_chunk_count_toward_health(
         assert len(other.requests) == 4
         if script is not None:
             assert len(fake_openai.requests) == 2  # never tried while cooling down
+
+
+class FixedAnswer(LocalApp):
+    """An OpenAI-compatible server that answers every call with the same bytes."""
+
+    def __init__(self, body: bytes) -> None:
+        super().__init__()
+        self.body = body
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_post("/v1/chat/completions", self._answer)
+        app.router.add_post("/v1/embeddings", self._answer)
+
+    async def _answer(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.body, content_type="application/json")
+
+
+# As a server may write it: a vendor field, \u escapes, 1.50, logprobs null, spaces
+UPSTREAM_ANSWER = (
+    b'{"id": "c1", "object": "chat.completion", "model": "upstream-name", '
+    b'"system_fingerprint": "fp_caf\\u00e9", "choices": [{"index": 0, "message": '
+    b'{"role": "assistant", "content": "caf\\u00e9 costs 1.50"}, "logprobs": null, '
+    b'"finish_reason": "stop"}], "usage": {"prompt_tokens": 3, "completion_tokens": 4, '
+    b'"total_tokens": 7}, "vendor": {"score": 1.50, "model": "upstream-name"}}'
+)
+
+
+@pytest.mark.parametrize("cache", [False, True])
+async def test_an_answer_is_relayed_as_the_upstream_wrote_it_but_for_its_model(
+    cache: bool,
+) -> None:
+    """The client gets the upstream's own bytes, only the top-level ``model`` renamed
+    (nothing decoded and encoded again); usage is still read and recorded, and a cached
+    copy replays the same answer."""
+    async with FixedAnswer(UPSTREAM_ANSWER) as upstream:
+        settings = make_settings(
+            [model("public", upstream.base_url + "/v1", model="upstream-name")],
+            cache={"enabled": cache},
+        )
+        async with running_gateway(settings) as gateway, aiohttp.ClientSession() as session:
+            body = {"model": "public", "messages": USER}
+            sent = []
+            for _ in range(2):
+                async with session.post(
+                    gateway.url + "/v1/chat/completions", json=body, headers=gateway.headers
+                ) as response:
+                    assert response.status == 200
+                    sent.append((await response.read(), response.headers.get("x-cache")))
+            rows = await usage_rows(gateway.state.engine, 2)
+    expected = json.loads(UPSTREAM_ANSWER)
+    expected["model"] = "public"
+    first, replayed = sent
+    # every value verbatim (spaces inside them too); between top-level keys, compact
+    assert first[0] == (
+        b'{"id":"c1","object":"chat.completion","model":"public",'
+        b'"system_fingerprint":"fp_caf\\u00e9","choices":[{"index": 0, "message": '
+        b'{"role": "assistant", "content": "caf\\u00e9 costs 1.50"}, "logprobs": null, '
+        b'"finish_reason": "stop"}],"usage":{"prompt_tokens": 3, "completion_tokens": 4, '
+        b'"total_tokens": 7},"vendor":{"score": 1.50, "model": "upstream-name"}}'
+    )
+    assert json.loads(replayed[0]) == expected
+    assert replayed[1] == ("HIT" if cache else "BYPASS")
+    assert [(r.prompt_tokens, r.completion_tokens, r.tokens_estimated) for r in rows] == [
+        (3, 4, False),
+        (3, 4, False),
+    ]

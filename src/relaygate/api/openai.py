@@ -42,6 +42,7 @@ class OpenAIFormat:
     name = "openai"
     json_type_required = True  # Content-Type must say JSON (Ollama's API does not ask it)
     stream_headers = _SSE_HEADERS
+    relays_openai = True  # render() is the canonical body as it is: an upstream's bytes do
 
     def parse(self, kind: Kind, body: bytes, request_id: str) -> Call:
         return parse_call(kind, body, request_id)

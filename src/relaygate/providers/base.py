@@ -5,6 +5,11 @@ wire format. They do not authenticate, limit, cache, count, retry or time out
 calls: the pipeline does that around them. Every adapter yields responses as
 OpenAI-shaped dicts; a stream ends with a usage chunk (``choices: []``) when
 the upstream reported usage.
+
+One exception to decoding: when the client's API is OpenAI's own (``call.relay``),
+an OpenAI-compatible adapter may answer a complete call with :class:`Relayed`, the
+upstream's bytes with only ``model`` replaced (:func:`relayed`), which the pipeline
+sends as they are rather than decoding the whole body and encoding it again.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import os
 import re
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
@@ -34,12 +40,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Provider",
+    "Relayed",
     "Upstream",
     "in_body_error",
     "ndjson_lines",
     "post",
     "raise_for_status",
     "rate_limit_wait",
+    "relayed",
     "sse_data_batches",
     "translate_errors",
     "upstream_json",
@@ -48,6 +56,10 @@ __all__ = [
 
 JSON = dict[str, Any]
 _decode = msgspec.json.decode
+_encode = msgspec.json.encode
+# An answer's top level, each value kept as the bytes it came as (msgspec skips over
+# them without building anything; encoding a Raw writes those bytes back unchanged).
+_TOP_LEVEL = msgspec.json.Decoder(dict[str, msgspec.Raw])
 
 
 class Upstream(Protocol):
@@ -74,19 +86,63 @@ class Upstream(Protocol):
     def client_timeout(self) -> aiohttp.ClientTimeout: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Relayed:
+    """A complete OpenAI-shaped answer as the upstream sent it, but for ``model``,
+    which is already the client's name: for a client whose API is the same
+    (``call.relay``), sent on as it is."""
+
+    raw: bytes
+    usage: JSON | None  # as the upstream reported it
+    upstream_model: Any  # the ``model`` the upstream named (traces show it)
+
+    def body(self) -> JSON:
+        """The answer decoded (what the cache stores)."""
+        body: JSON = _decode(self.raw)
+        return body
+
+    def as_sent(self) -> JSON:
+        """The answer decoded with the upstream's own ``model`` (what traces record)."""
+        return {**self.body(), "model": self.upstream_model}
+
+
+def relayed(raw: bytes, model: str) -> Relayed | None:
+    """An upstream's complete answer with ``model`` set to the client's name, read for
+    its usage, every other value left as the bytes it came as: not decoded and
+    encoded again (on a 30 kB embedding, ~30 µs instead of ~140).
+
+    None when the body must be decoded whole instead: not a JSON object (or invalid
+    JSON anywhere in it, or text that is not UTF-8), or an answer carrying an
+    ``error``. Those go through :func:`upstream_json` and its errors.
+    """
+    try:
+        top = _TOP_LEVEL.decode(raw)
+        if "error" in top:
+            return None
+        if not raw.isascii():
+            raw.decode()  # skipped values' text is not checked as it is read: check it here
+        usage = _decode(top["usage"]) if "usage" in top else None
+        upstream_model = _decode(top["model"]) if "model" in top else None
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
+        return None
+    top["model"] = msgspec.Raw(_encode(model))
+    return Relayed(_encode(top), usage if isinstance(usage, dict) else None, upstream_model)
+
+
 class Provider(Protocol):
     """One upstream server (one base URL) and the pooled connection to it."""
 
     base_url: str
 
-    async def complete(self, deployment: Upstream, call: Call) -> JSON:
-        """A whole chat or text completion, OpenAI-shaped."""
+    async def complete(self, deployment: Upstream, call: Call) -> JSON | Relayed:
+        """A whole chat or text completion, OpenAI-shaped (:class:`Relayed` only when
+        ``call.relay`` allows it)."""
 
     def stream(self, deployment: Upstream, call: Call) -> AsyncIterator[JSON]:
         """Chat or text completion chunks, OpenAI-shaped, as they arrive."""
 
-    async def embed(self, deployment: Upstream, call: Call) -> JSON:
-        """Embeddings, OpenAI-shaped."""
+    async def embed(self, deployment: Upstream, call: Call) -> JSON | Relayed:
+        """Embeddings, OpenAI-shaped (:class:`Relayed` as for ``complete``)."""
 
     async def list_models(self) -> list[str]:
         """Names of the models the upstream serves."""

@@ -2,6 +2,8 @@
 
 The canonical format is this upstream's own, so the client's body is passed on
 with only ``model`` replaced; fields the gateway does not know pass through.
+A complete answer for a client of the same API (``call.relay``) goes back as the bytes
+it came as, ``model`` replaced (``base.relayed``); any other is decoded.
 Streams always ask for ``stream_options.include_usage`` so that usage is known;
 the inbound API strips that chunk again if the client did not ask for it. A stream
 is read in batches (:meth:`OpenAIProvider.stream_batches`): every chunk one network
@@ -20,10 +22,17 @@ import aiohttp
 import msgspec
 
 from relaygate.errors import InvalidRequest, UpstreamError
-from relaygate.providers.base import JSON, in_body_error, post, sse_data_batches, upstream_json
+from relaygate.providers.base import (
+    JSON,
+    in_body_error,
+    post,
+    relayed,
+    sse_data_batches,
+    upstream_json,
+)
 
 if TYPE_CHECKING:
-    from relaygate.providers.base import Upstream
+    from relaygate.providers.base import Relayed, Upstream
     from relaygate.schema.requests import Call
 
 __all__ = ["OpenAIProvider"]
@@ -82,19 +91,21 @@ class OpenAIProvider:
             body["stream_options"] = options
         return _encode(body)
 
-    async def complete(self, deployment: Upstream, call: Call) -> JSON:
+    async def complete(self, deployment: Upstream, call: Call) -> JSON | Relayed:
         return await self._post_json(deployment, call)
 
-    async def embed(self, deployment: Upstream, call: Call) -> JSON:
+    async def embed(self, deployment: Upstream, call: Call) -> JSON | Relayed:
         return await self._post_json(deployment, call)
 
-    async def _post_json(self, deployment: Upstream, call: Call) -> JSON:
+    async def _post_json(self, deployment: Upstream, call: Call) -> JSON | Relayed:
         url = self._url(call)
         body = self._body(deployment, call, stream=False)
         async with post(
             self._session, url, body, self._headers(deployment), deployment, call
         ) as response:
             raw = await response.read()
+        if call.relay and (answer := relayed(raw, call.model)) is not None:
+            return answer
         reply = upstream_json(raw, deployment)
         if "error" in reply and not reply.get("choices") and not reply.get("data"):
             raise in_body_error(deployment, call, reply["error"])  # a 200 carrying an error

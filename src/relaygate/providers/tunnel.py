@@ -20,7 +20,7 @@ from relaygate.providers.openai import OpenAIProvider
 from relaygate.tunnel.client import Finder, TunnelSession
 
 if TYPE_CHECKING:
-    from relaygate.providers.base import Upstream
+    from relaygate.providers.base import Relayed, Upstream
     from relaygate.schema.requests import Call
 
 __all__ = ["TunnelProvider"]
@@ -44,13 +44,13 @@ class TunnelProvider:
             return self._openai
         return self._ollama  # not connected: its session fails at once either way
 
-    async def complete(self, deployment: Upstream, call: Call) -> JSON:
+    async def complete(self, deployment: Upstream, call: Call) -> JSON | Relayed:
         return await self._adapter().complete(deployment, call)
 
     def stream(self, deployment: Upstream, call: Call) -> AsyncIterator[JSON]:
         return self._adapter().stream(deployment, call)
 
-    async def embed(self, deployment: Upstream, call: Call) -> JSON:
+    async def embed(self, deployment: Upstream, call: Call) -> JSON | Relayed:
         return await self._adapter().embed(deployment, call)
 
     async def list_models(self) -> list[str]:

@@ -28,7 +28,7 @@ from relaygate.schema.requests import ollama_tagged
 from relaygate.settings import PoolConfig, RoutingConfig
 
 if TYPE_CHECKING:
-    from relaygate.providers.base import JSON, Provider, Upstream
+    from relaygate.providers.base import JSON, Provider, Relayed, Upstream
     from relaygate.schema.requests import Call
 
 __all__ = [
@@ -414,7 +414,7 @@ class NodeProvider:
     def inner(self) -> Provider:
         return self.node.member.provider
 
-    async def complete(self, deployment: Upstream, call: Call) -> JSON:
+    async def complete(self, deployment: Upstream, call: Call) -> JSON | Relayed:
         await self.pool.acquire(self.node)
         try:
             started = time.monotonic()
@@ -437,7 +437,7 @@ class NodeProvider:
         finally:
             self.pool.release(self.node)
 
-    async def embed(self, deployment: Upstream, call: Call) -> JSON:
+    async def embed(self, deployment: Upstream, call: Call) -> JSON | Relayed:
         await self.pool.acquire(self.node)
         try:
             return await self.inner.embed(deployment, call)
@@ -469,13 +469,13 @@ class PoolProvider:
             )
         return nodes[0].gate
 
-    async def complete(self, deployment: Upstream, call: Call) -> JSON:
+    async def complete(self, deployment: Upstream, call: Call) -> JSON | Relayed:
         return await self._best(deployment).complete(deployment, call)
 
     def stream(self, deployment: Upstream, call: Call) -> AsyncIterator[JSON]:
         return self._best(deployment).stream(deployment, call)
 
-    async def embed(self, deployment: Upstream, call: Call) -> JSON:
+    async def embed(self, deployment: Upstream, call: Call) -> JSON | Relayed:
         return await self._best(deployment).embed(deployment, call)
 
     async def list_models(self) -> list[str]:

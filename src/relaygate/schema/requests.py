@@ -226,6 +226,8 @@ class Call:
     route: list[Any] | None = field(default=None, repr=False)
     # its spans (observability/tracing.py RequestTrace) when tracing is on, else None
     trace: Any = field(default=None, repr=False)
+    # the client's API is OpenAI's own: a complete answer may be relayed as its bytes
+    relay: bool = False
 
     @property
     def include_usage(self) -> bool:
