@@ -11,6 +11,7 @@ from .common import Options, Section
 from .http_sections import latency, open_loop, throughput
 from .node_sections import nodes_scaling
 from .peer_sections import peers
+from .relay_sections import large_answers
 from .scaling_sections import scaling
 from .stream_sections import held_streams, idle_rss, streaming
 from .tunnel_sections import node_cost
@@ -37,4 +38,5 @@ SECTIONS: dict[str, tuple[str, Callable[[Section, Options], None]]] = {
         "14. Workers on PostgreSQL + Redis: throughput per worker, usage outbox depth, p99/p50",
         scaling,
     ),
+    "large": ("15. Large answers: added latency at concurrency 1", large_answers),
 }

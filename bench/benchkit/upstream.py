@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import subprocess
 import urllib.request
@@ -31,6 +32,32 @@ COMPLETION: dict[str, Any] = {
         }
     ],
     "usage": {"prompt_tokens": 12, "completion_tokens": 9, "total_tokens": 21},
+}
+# Large answers (section 15): a long chat answer, and a 1,536-dimension embedding (the
+# size of OpenAI's text-embedding-3-small), fixed so every run sends the same bytes.
+BIG_COMPLETION: dict[str, Any] = {
+    **COMPLETION,
+    "model": "bench-big",
+    "choices": [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "The gateway relays this answer. " * 200},
+            "finish_reason": "stop",
+        }
+    ],
+    "usage": {"prompt_tokens": 12, "completion_tokens": 1000, "total_tokens": 1012},
+}
+EMBEDDING: dict[str, Any] = {
+    "object": "list",
+    "model": "bench-embed",
+    "data": [
+        {
+            "object": "embedding",
+            "index": 0,
+            "embedding": [round(random.Random(i).uniform(-0.1, 0.1), 9) for i in range(1536)],
+        }
+    ],
+    "usage": {"prompt_tokens": 3, "total_tokens": 3},
 }
 MODELS = {
     "object": "list",
@@ -83,6 +110,8 @@ def render_conf(prefix: Path, port: int = UPSTREAM_PORT) -> str:
         "PREFIX": str(prefix),
         "PORT": str(port),
         "COMPLETION_JSON": _compact(COMPLETION),
+        "BIG_COMPLETION_JSON": _compact(BIG_COMPLETION),
+        "EMBEDDING_JSON": _compact(EMBEDDING),
         "MODELS_JSON": _compact(MODELS),
         "EVENTS": str(STREAM_EVENTS),
         "SLOW_PACE": str(SLOW_PACE_S),
