@@ -103,6 +103,17 @@ def stream_directives(pace_s: float, indent: str = " " * 12) -> str:
     return "\n".join(indent + line for line in lines)
 
 
+def write_answers(prefix: Path) -> None:
+    """The large answers as the files nginx serves (under ``prefix``/answers)."""
+    for path, answer in (
+        ("big/v1/chat/completions", BIG_COMPLETION),
+        ("v1/embeddings", EMBEDDING),
+    ):
+        target = prefix / "answers" / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(_compact(answer))
+
+
 def render_conf(prefix: Path, port: int = UPSTREAM_PORT) -> str:
     """nginx.conf for a server rooted at ``prefix``."""
     values = {
@@ -110,8 +121,6 @@ def render_conf(prefix: Path, port: int = UPSTREAM_PORT) -> str:
         "PREFIX": str(prefix),
         "PORT": str(port),
         "COMPLETION_JSON": _compact(COMPLETION),
-        "BIG_COMPLETION_JSON": _compact(BIG_COMPLETION),
-        "EMBEDDING_JSON": _compact(EMBEDDING),
         "MODELS_JSON": _compact(MODELS),
         "EVENTS": str(STREAM_EVENTS),
         "SLOW_PACE": str(SLOW_PACE_S),
@@ -155,6 +164,7 @@ class Nginx:
         for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
             (self.prefix / "tmp" / sub).mkdir(parents=True, exist_ok=True)
         (self.prefix / "nginx.conf").write_text(render_conf(self.prefix, self.port))
+        write_answers(self.prefix)
 
     def _ready(self) -> bool:
         try:
