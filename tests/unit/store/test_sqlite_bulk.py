@@ -1,8 +1,9 @@
-"""SQLite's one-statement batch insert (store/sqlite_bulk.py) stores exactly what
-SQLAlchemy's own insert stores: for generated rows of every column type the tables use
-(text of any characters, None, booleans, integers, floats of any magnitude, UTC datetimes,
-dates, binary JSON), the two tables read back equal, value by value and type by type.
-A batch the JSON path cannot carry (a NUL) is refused, for the caller's generic insert."""
+"""SQLite's batch inserts (store/sqlite_bulk.py) store exactly what SQLAlchemy's own
+insert stores: for generated rows of every column type the tables use (text of any
+characters, None, booleans, integers, floats of any magnitude, UTC datetimes, dates,
+binary JSON), the two tables read back equal, value by value and type by type. A batch
+the JSON path cannot carry (a NUL) is refused, for the caller's generic insert; the
+executemany path carries it."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relaygate.store import sqlite_bulk
 from relaygate.store.engine import create_engine
-from relaygate.store.sqlite_bulk import JsonRowsInsert
+from relaygate.store.sqlite_bulk import BoundRowsInsert, JsonRowsInsert
 from relaygate.store.tables import stored_responses, usage_daily, usage_records
 
 pytestmark = pytest.mark.skipif(
@@ -108,19 +109,23 @@ async def _contents(engine: AsyncEngine, table: sa.Table) -> list[tuple[Any, ...
 
 
 @pytest.mark.parametrize("table", [usage_records, usage_daily, stored_responses], ids=str)
+@pytest.mark.parametrize("insert", [JsonRowsInsert, BoundRowsInsert])
 @settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(data=st.data())
 async def test_the_bulk_insert_stores_what_sqlalchemy_stores(
-    engines: list[AsyncEngine], table: sa.Table, data: st.DataObject
+    engines: list[AsyncEngine],
+    table: sa.Table,
+    insert: type[JsonRowsInsert | BoundRowsInsert],
+    data: st.DataObject,
 ) -> None:
     rows = data.draw(rows_of(table))
     generic, bulk = engines
     async with generic.begin() as conn:
         await conn.execute(sa.insert(table), rows)
     async with bulk.begin() as conn:
-        if await JsonRowsInsert(table, bulk.dialect).run(conn, rows) is None:
+        if await insert(table, bulk.dialect).run(conn, rows) is None and insert is JsonRowsInsert:
             assert _cannot_travel(rows)  # only then: the caller inserts them as SQLAlchemy does
             await conn.execute(sa.insert(table), rows)
     want, got = await _contents(generic, table), await _contents(bulk, table)
