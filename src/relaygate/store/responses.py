@@ -21,7 +21,8 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from relaygate.store.sqlite_bulk import BoundRowsInsert
+from relaygate.store import sqlite_bulk
+from relaygate.store.sqlite_bulk import JsonRowsInsert
 from relaygate.store.tables import stored_responses
 
 __all__ = ["MAX_CHAIN", "ResponseRecord", "ResponseStore"]
@@ -56,10 +57,10 @@ class ResponseStore:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-        # SQLite: a batch bound by the driver (store/sqlite_bulk.py), not by SQLAlchemy
+        # SQLite: a batch in one statement (store/sqlite_bulk.py), not a row at a time
         self._bulk = (
-            BoundRowsInsert(stored_responses, engine.dialect)
-            if engine.dialect.name == "sqlite"
+            JsonRowsInsert(stored_responses, engine.dialect)
+            if sqlite_bulk.usable(engine.dialect)
             else None
         )
 
@@ -86,9 +87,7 @@ class ResponseStore:
         rows = [_row(r) for r in records]
         try:
             async with self.engine.begin() as conn:
-                if self._bulk is not None:
-                    await self._bulk.run(conn, rows)
-                else:
+                if self._bulk is None or await self._bulk.run(conn, rows) is None:
                     await conn.execute(sa.insert(stored_responses), rows)
         except IntegrityError:
             for record in records:

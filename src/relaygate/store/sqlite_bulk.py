@@ -1,11 +1,4 @@
-"""SQLite: many rows in one statement whose text never changes, bound outside the event loop.
-
-Two ways, by what the rows hold. :class:`JsonRowsInsert` (many small values, and an
-upsert or ``RETURNING``: the usage tables) sends a batch as one JSON parameter.
-:class:`BoundRowsInsert` (a few large text or binary values: stored responses, whose
-JSON would be escaped into that parameter and out again) hands the rows to the sqlite3
-module's ``executemany``, which binds each value in C.
-
+"""SQLite: many rows in one statement whose text never changes, unpacked by SQLite itself.
 
 SQLAlchemy renders a batch as ``INSERT ... VALUES (...), (...)`` and binds and converts
 every parameter of every row in Python, on the event loop: ~17 µs a usage record, so a
@@ -27,14 +20,17 @@ checks, on generated rows, that both store the same values).
 ``usable()``: SQLite's JSON functions and ``->>`` are built in from 3.38; with an older
 library the callers keep SQLAlchemy's statements.
 
-Both convert a value exactly as SQLAlchemy's own insert would (its bind processors), so
-what is read back is the same; tests/unit/store/test_sqlite_bulk.py checks it on
-generated rows of every table.
+Why one statement and not ``executemany`` with the rows bound by the sqlite3 module: the
+driver's thread holds the GIL while it binds a row, so 120 rows are 120 hand-overs of
+the GIL between it and the event loop. For stored responses, executemany took less CPU
+(per row, 41-44 → 30-31 µs on the loop and 42-44 → 27-28 µs in the driver's thread) but
+in the same-hour bench the stored /v1/responses run was slower at c=1, its gap over
+Chat Completions +29% and +32% against +18% and +21% with this statement; one statement
+holds the GIL for one bind, and SQLite inserts every row with it released.
 """
 
 from __future__ import annotations
 
-import operator
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta, timezone
@@ -45,7 +41,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-__all__ = ["BoundRowsInsert", "JsonRowsInsert", "usable"]
+__all__ = ["JsonRowsInsert", "bind_processor", "datetime_text", "usable"]
 
 _MIN_VERSION = (3, 38)  # json_each and ->> built in
 _encode = msgspec.json.encode
@@ -63,7 +59,7 @@ def _text(value: bytes | None) -> str | None:
     return None if value is None else value.decode()
 
 
-def _datetime_text(value: datetime | None) -> str | None:
+def datetime_text(value: datetime | None) -> str | None:
     """A datetime as SQLAlchemy's SQLite DATETIME writes it by default (its fields as they
     are, any time zone left out, always six digits of microseconds), by the C isoformat:
     about a third of the time of SQLAlchemy's Python formatting."""
@@ -74,7 +70,7 @@ def _datetime_text(value: datetime | None) -> str | None:
     return value.isoformat(" ", "microseconds")
 
 
-# Datetimes on which _datetime_text must agree with a column's own processor to stand in
+# Datetimes on which datetime_text must agree with a column's own processor to stand in
 # for it: the extremes, no microseconds, and times in and out of UTC.
 _PROBES = (
     datetime(1, 1, 1),
@@ -84,16 +80,16 @@ _PROBES = (
 )
 
 
-def _bind_processor(column: sa.Column[Any], dialect: Dialect) -> Callable[[Any], Any] | None:
+def bind_processor(column: sa.Column[Any], dialect: Dialect) -> Callable[[Any], Any] | None:
     """What SQLAlchemy does to ``column``'s values before binding them; for a DATETIME in
-    SQLite's default format, :func:`_datetime_text`, which gives the same text faster."""
+    SQLite's default format, :func:`datetime_text`, which gives the same text faster."""
     convert = column.type.dialect_impl(dialect).bind_processor(dialect)
     if (
         convert is not None
         and isinstance(column.type, sa.DateTime)
-        and all(convert(probe) == _datetime_text(probe) for probe in _PROBES)
+        and all(convert(probe) == datetime_text(probe) for probe in _PROBES)
     ):
-        return _datetime_text
+        return datetime_text
     return convert
 
 
@@ -118,7 +114,7 @@ class JsonRowsInsert:
         for i, column in enumerate(table.columns):
             binary = isinstance(column.type, sa.LargeBinary)
             values.append(f"CAST(value->>{i} AS BLOB)" if binary else f"value->>{i}")
-            convert.append(_text if binary else _bind_processor(column, dialect))
+            convert.append(_text if binary else bind_processor(column, dialect))
         self._convert = tuple(convert)
         sql = sa.text(
             f"INSERT INTO {table.name} ({', '.join(self.columns)}) "
@@ -148,44 +144,3 @@ class JsonRowsInsert:
             return None
         result = await conn.execute(self.statement, {"rows": payload})
         return [tuple(row) for row in result] if result.returns_rows else ()
-
-
-class BoundRowsInsert:
-    """``INSERT INTO table (columns) VALUES (?, ...)`` run once per batch with
-    ``executemany``: each row's values converted in one pass on the event loop (only the
-    columns SQLAlchemy converts: datetimes to its text, booleans to 0/1; text and bytes
-    go as they are), then bound and inserted by the sqlite3 module in the driver's
-    thread, with no JSON in between. Any text travels, NUL characters included.
-
-    Measured for stored responses (``ResponseStore.save_many``, 120-row batches of the
-    bench's answers): 44 → 27 µs per row on the event loop and 42 → 28 µs in the
-    driver's thread, against :class:`JsonRowsInsert`.
-    """
-
-    def __init__(self, table: sa.Table, dialect: Dialect) -> None:
-        self.columns = tuple(c.name for c in table.columns)
-        self._values = operator.itemgetter(*self.columns)
-        self._convert = tuple(
-            (i, convert)
-            for i, column in enumerate(table.columns)
-            if not isinstance(column.type, sa.LargeBinary)  # bytes bind as a BLOB already
-            and (convert := _bind_processor(column, dialect))
-        )
-        placeholders = ", ".join("?" * len(self.columns))
-        self.statement = (
-            f"INSERT INTO {table.name} ({', '.join(self.columns)}) VALUES ({placeholders})"
-        )
-
-    def values(self, rows: Iterable[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
-        """Each row's values in column order, as SQLAlchemy would bind them."""
-        bound: list[tuple[Any, ...]] = []
-        for row in rows:
-            values = list(self._values(row))
-            for i, convert in self._convert:
-                values[i] = convert(values[i])
-            bound.append(tuple(values))
-        return bound
-
-    async def run(self, conn: AsyncConnection, rows: Iterable[Mapping[str, Any]]) -> None:
-        """Insert ``rows`` in ``conn``'s transaction."""
-        await conn.exec_driver_sql(self.statement, self.values(rows))

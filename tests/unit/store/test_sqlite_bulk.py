@@ -2,14 +2,13 @@
 insert stores: for generated rows of every column type the tables use (text of any
 characters, None, booleans, integers, floats of any magnitude, UTC datetimes, dates,
 binary JSON), the two tables read back equal, value by value and type by type. A batch
-the JSON path cannot carry (a NUL) is refused, for the caller's generic insert; the
-executemany path carries it."""
+the JSON path cannot carry (a NUL) is refused, for the caller's generic insert."""
 
 from __future__ import annotations
 
 import shutil
 from collections.abc import AsyncIterator
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relaygate.store import sqlite_bulk
 from relaygate.store.engine import create_engine
-from relaygate.store.sqlite_bulk import BoundRowsInsert, JsonRowsInsert
+from relaygate.store.sqlite_bulk import JsonRowsInsert, datetime_text
 from relaygate.store.tables import stored_responses, usage_daily, usage_records
 
 pytestmark = pytest.mark.skipif(
@@ -109,23 +108,19 @@ async def _contents(engine: AsyncEngine, table: sa.Table) -> list[tuple[Any, ...
 
 
 @pytest.mark.parametrize("table", [usage_records, usage_daily, stored_responses], ids=str)
-@pytest.mark.parametrize("insert", [JsonRowsInsert, BoundRowsInsert])
 @settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(data=st.data())
 async def test_the_bulk_insert_stores_what_sqlalchemy_stores(
-    engines: list[AsyncEngine],
-    table: sa.Table,
-    insert: type[JsonRowsInsert | BoundRowsInsert],
-    data: st.DataObject,
+    engines: list[AsyncEngine], table: sa.Table, data: st.DataObject
 ) -> None:
     rows = data.draw(rows_of(table))
     generic, bulk = engines
     async with generic.begin() as conn:
         await conn.execute(sa.insert(table), rows)
     async with bulk.begin() as conn:
-        if await insert(table, bulk.dialect).run(conn, rows) is None and insert is JsonRowsInsert:
+        if await JsonRowsInsert(table, bulk.dialect).run(conn, rows) is None:
             assert _cannot_travel(rows)  # only then: the caller inserts them as SQLAlchemy does
             await conn.execute(sa.insert(table), rows)
     want, got = await _contents(generic, table), await _contents(bulk, table)
@@ -151,3 +146,21 @@ async def test_returning_gives_the_rows_inserted(engines: list[AsyncEngine]) -> 
         again = await insert.run(conn, [row, {**row, "request_id": "r2"}])
     assert [r[0] for r in first] == ["r1"]
     assert [r[0] for r in again] == ["r2"]
+
+
+@given(
+    moment=st.datetimes(
+        timezones=st.none()
+        | st.builds(
+            timezone, st.timedeltas(min_value=-timedelta(hours=23), max_value=timedelta(hours=23))
+        )
+    )
+)
+def test_datetimes_are_written_as_sqlalchemy_writes_them(moment: datetime) -> None:
+    """The C-formatted text stands in for SQLAlchemy's SQLite DATETIME processor: the
+    same text for any datetime, naive or in any time zone, years 1 to 9999."""
+    dialect = sa.create_engine("sqlite://").dialect
+    theirs = sa.DateTime().dialect_impl(dialect).bind_processor(dialect)
+    assert theirs is not None
+    assert sqlite_bulk.bind_processor(usage_records.c.created_at, dialect) is datetime_text
+    assert datetime_text(moment) == theirs(moment)
