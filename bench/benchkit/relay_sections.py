@@ -11,6 +11,8 @@ gateway the same way.
 
 from __future__ import annotations
 
+import statistics
+
 from . import procs
 from .common import CHAT, DIRECT, VIA, Options, Section
 from .gateway import Gateway, check_gateway
@@ -90,9 +92,9 @@ def large_answers(sec: Section, opts: Options) -> None:
     if not opts.direct_only:
         sec.details += ["", "Added by the gateway (median round):", ""]
         for label, measured in pairs.items():
-            p50 = sorted(v.p50_ms - d.p50_ms for d, v in measured)[len(measured) // 2]
-            p99 = sorted(v.p99_ms - d.p99_ms for d, v in measured)[len(measured) // 2]
-            used = sorted(cpu[label])[len(measured) // 2]
+            p50 = statistics.median(v.p50_ms - d.p50_ms for d, v in measured)
+            p99 = statistics.median(v.p99_ms - d.p99_ms for d, v in measured)
+            used = statistics.median(cpu[label])
             sec.details.append(
                 f"- {label}: p50 {p50:+.3f} ms, p99 {p99:+.3f} ms, CPU {used:,.0f} µs per request"
             )
