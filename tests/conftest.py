@@ -51,12 +51,12 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def postgres_template() -> Iterator[str]:
     """A migrated PostgreSQL database, cloned for each test that wants PostgreSQL."""
     name = f"rg_template_{uuid.uuid4().hex[:12]}"
-    _admin_sql(f'CREATE DATABASE "{name}"')
+    admin_sql(f'CREATE DATABASE "{name}"')
     try:
         upgrade(f"{PG_SERVER}/{name}")
         yield name
     finally:
-        _admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -70,25 +70,25 @@ def database_url(
         yield f"sqlite+aiosqlite:///{path}"
         return
     name = f"rg_test_{uuid.uuid4().hex[:12]}"
-    _admin_sql(f'CREATE DATABASE "{name}" TEMPLATE "{postgres_template}"')
+    admin_sql(f'CREATE DATABASE "{name}" TEMPLATE "{postgres_template}"')
     try:
         yield f"{PG_SERVER}/{name}"
     finally:
-        _admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
 def postgres_database(postgres_template: str) -> Iterator[str]:
     """The name of a fresh, migrated PostgreSQL database (on 127.0.0.1:5432)."""
     name = f"rg_test_{uuid.uuid4().hex[:12]}"
-    _admin_sql(f'CREATE DATABASE "{name}" TEMPLATE "{postgres_template}"')
+    admin_sql(f'CREATE DATABASE "{name}" TEMPLATE "{postgres_template}"')
     try:
         yield name
     finally:
-        _admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def _admin_sql(statement: str) -> None:
+def admin_sql(statement: str) -> None:
     """Run one statement on the server's maintenance database (outside any event loop)."""
     import asyncpg
 

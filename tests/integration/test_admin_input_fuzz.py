@@ -20,7 +20,7 @@ import pytest
 import pytest_asyncio
 from hypothesis import given
 
-from tests.conftest import MOCK, PG_SERVER, _admin_sql
+from tests.conftest import MOCK, PG_SERVER, admin_sql
 from tests.fuzz import FUZZ, SWEEP, check_answer, mutated, request, sweep
 from tests.gateway import RunningGateway, make_settings, running_gateway
 
@@ -119,11 +119,11 @@ class Admin:
 @pytest.fixture(scope="module")
 def postgres_url(postgres_template: str) -> Iterator[str]:
     name = f"rg_test_{uuid.uuid4().hex[:12]}"
-    _admin_sql(f'CREATE DATABASE "{name}" TEMPLATE "{postgres_template}"')
+    admin_sql(f'CREATE DATABASE "{name}" TEMPLATE "{postgres_template}"')
     try:
         yield f"{PG_SERVER}/{name}"
     finally:
-        _admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

@@ -592,7 +592,6 @@ def record(
         expires_at=expires,
         previous_response_id=state.request.previous_response_id,
         input_items=state.input_items,
-        output_items=list(state.response.get("output") or ()),
         response=state.response,
         encoded=state.encoded,
     )

@@ -10,7 +10,7 @@ from relaygate.store.engine import create_engine
 __all__ = ["SCHEMA_REVISION", "current_revision"]
 
 # The newest migration in store/migrations/versions; a test checks the two agree.
-SCHEMA_REVISION = "0006"
+SCHEMA_REVISION = "0007"
 
 
 async def current_revision(url: str) -> str | None:

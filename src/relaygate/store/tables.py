@@ -148,10 +148,8 @@ stored_responses = Table(
     Column("expires_at", DateTime(timezone=True), nullable=True),  # None: until deleted
     Column("previous_response_id", String(300), nullable=True),
     Column("input_items", LargeBinary, nullable=False),  # JSON: the items this request added
-    Column("output_items", LargeBinary, nullable=False),  # JSON: the response's output items
-    Column("response", LargeBinary, nullable=False),  # JSON: the Response object
+    Column("response", LargeBinary, nullable=False),  # JSON: the Response object, output included
 )
-Index("ix_responses_owner_created", stored_responses.c.owner, stored_responses.c.created_at)
 Index("ix_responses_expires_at", stored_responses.c.expires_at)
 
 # Users' own provider keys (vault/), encrypted (vault/crypto.py). ``owner`` is the user

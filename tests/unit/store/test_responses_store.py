@@ -53,7 +53,6 @@ def make(
         expires_at=expires,
         previous_response_id=previous,
         input_items=[{"type": "message", "role": "user", "content": said}],
-        output_items=output,
         response={"id": rid, "object": "response", "output": output, "text": "é ✓"},
     )
 
