@@ -9,7 +9,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-__all__ = ["create_engine", "ensure_sqlite_folder", "is_sqlite", "safe_url"]
+__all__ = ["create_engine", "ensure_sqlite_folder", "is_sqlite", "safe_url", "sqlite_pragmas"]
 
 
 def is_sqlite(url: str) -> bool:
@@ -33,7 +33,7 @@ def create_engine(url: str) -> AsyncEngine:
     """An engine for ``url``; SQLite gets WAL mode. Migrations create the folder first."""
     if is_sqlite(url):
         engine = create_async_engine(url, connect_args={"timeout": 15})
-        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        event.listen(engine.sync_engine, "connect", lambda conn, _record: sqlite_pragmas(conn))
         return engine
     return create_async_engine(
         url, pool_size=10, max_overflow=10, pool_pre_ping=True, pool_timeout=5,
@@ -41,7 +41,9 @@ def create_engine(url: str) -> AsyncEngine:
     )  # fmt: skip
 
 
-def _sqlite_pragmas(connection: Any, _record: Any) -> None:
+def sqlite_pragmas(connection: Any) -> None:
+    """What every connection to the SQLite database sets (a DB-API connection, sqlite3's or
+    aiosqlite's adapter): WAL, NORMAL sync, foreign keys, 15 s of waiting for a writer."""
     cursor = connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")

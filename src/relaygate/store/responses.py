@@ -64,12 +64,19 @@ class ResponseStore:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-        # SQLite: a batch in one statement (store/sqlite_bulk.py), not a row at a time
+        # SQLite: a batch in one statement (store/sqlite_bulk.py), not a row at a time,
+        # written by a connection of its own in one hand-over to its thread
         self._bulk = (
             JsonRowsInsert(stored_responses, engine.dialect)
             if sqlite_bulk.usable(engine.dialect)
             else None
         )
+        self._writer = sqlite_bulk.Writer.for_engine(engine) if self._bulk else None
+
+    async def aclose(self) -> None:
+        """Close what the store opened beside the engine (which its owner disposes of)."""
+        if self._writer is not None:
+            await self._writer.aclose()
 
     async def save(self, record: ResponseRecord) -> None:
         """Store one response (saving the same id again for the same owner replaces it)."""
@@ -92,7 +99,11 @@ class ResponseStore:
         if not records:
             return
         rows = [_row(r) for r in records]
+        payload = self._bulk.payload(rows) if self._bulk and self._writer else None
         try:
+            if self._writer is not None and self._bulk is not None and payload is not None:
+                await self._writer.run(self._bulk.sql, {"rows": payload})
+                return
             async with self.engine.begin() as conn:
                 if self._bulk is None or await self._bulk.run(conn, rows) is None:
                     await conn.execute(sa.insert(stored_responses), rows)

@@ -100,13 +100,13 @@ class ResponseKeeper:
         self._closing = True
         self._wake.set()
         self._now.set()
-        if self._writer is None:
-            return
-        try:
-            await asyncio.wait_for(self._writer, drain_timeout)
-        except TimeoutError:
-            lost = len(self._queue) + len(self._waiting)
-            self.log.warning("shutdown: up to %d stored responses were not saved in time", lost)
+        if self._writer is not None:
+            try:
+                await asyncio.wait_for(self._writer, drain_timeout)
+            except TimeoutError:
+                lost = len(self._queue) + len(self._waiting)
+                self.log.warning("shutdown: up to %d stored responses were not saved in time", lost)
+        await self.store.aclose()
 
     async def _write_forever(self) -> None:
         """Gather saves for ``batch_window``, write them in one transaction, again."""

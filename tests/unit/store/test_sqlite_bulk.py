@@ -17,11 +17,12 @@ import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relaygate.store import sqlite_bulk
 from relaygate.store.engine import create_engine
-from relaygate.store.sqlite_bulk import JsonRowsInsert, datetime_text
+from relaygate.store.sqlite_bulk import JsonRowsInsert, Writer, datetime_text
 from relaygate.store.tables import stored_responses, usage_daily, usage_records
 
 pytestmark = pytest.mark.skipif(
@@ -87,9 +88,10 @@ def rows_of(draw: st.DrawFn, table: sa.Table) -> list[dict[str, Any]]:
 
 @pytest.fixture
 async def engines(tmp_path: Path, sqlite_template: Path) -> AsyncIterator[list[AsyncEngine]]:
-    """Two migrated SQLite databases: one written by SQLAlchemy, one by the bulk insert."""
+    """Three migrated SQLite databases: one written by SQLAlchemy, one by the bulk insert
+    through SQLAlchemy's connection, one by the bulk insert through a :class:`Writer`."""
     made = []
-    for name in ("generic", "bulk"):
+    for name in ("generic", "bulk", "writer"):
         path = tmp_path / f"{name}.db"
         shutil.copyfile(sqlite_template, path)
         made.append(create_engine(f"sqlite+aiosqlite:///{path}"))
@@ -116,21 +118,32 @@ async def test_the_bulk_insert_stores_what_sqlalchemy_stores(
     engines: list[AsyncEngine], table: sa.Table, data: st.DataObject
 ) -> None:
     rows = data.draw(rows_of(table))
-    generic, bulk = engines
+    generic, bulk, by_writer = engines
     async with generic.begin() as conn:
         await conn.execute(sa.insert(table), rows)
+    insert = JsonRowsInsert(table, bulk.dialect)
     async with bulk.begin() as conn:
-        if await JsonRowsInsert(table, bulk.dialect).run(conn, rows) is None:
+        if await insert.run(conn, rows) is None:
             assert _cannot_travel(rows)  # only then: the caller inserts them as SQLAlchemy does
             await conn.execute(sa.insert(table), rows)
-    want, got = await _contents(generic, table), await _contents(bulk, table)
-    assert got == want
-    assert [[type(v) for v in row] for row in got] == [[type(v) for v in row] for row in want]
+    writer = Writer.for_engine(by_writer)
+    assert writer is not None
+    payload = insert.payload(rows)
+    if payload is not None:
+        await writer.run(insert.sql, {"rows": payload})
+    else:
+        async with by_writer.begin() as conn:
+            await conn.execute(sa.insert(table), rows)
+    await writer.aclose()
+    want = await _contents(generic, table)
+    for got in (await _contents(bulk, table), await _contents(by_writer, table)):
+        assert got == want
+        assert [[type(v) for v in row] for row in got] == [[type(v) for v in row] for row in want]
 
 
 async def test_returning_gives_the_rows_inserted(engines: list[AsyncEngine]) -> None:
     """``ON CONFLICT DO NOTHING RETURNING``: a row already there is not returned."""
-    _, engine = engines
+    _, engine, _ = engines
     keys = "request_id, created_at"
     insert = JsonRowsInsert(
         usage_records, engine.dialect, f"ON CONFLICT ({keys}) DO NOTHING RETURNING request_id"
@@ -146,6 +159,51 @@ async def test_returning_gives_the_rows_inserted(engines: list[AsyncEngine]) -> 
         again = await insert.run(conn, [row, {**row, "request_id": "r2"}])
     assert [r[0] for r in first] == ["r1"]
     assert [r[0] for r in again] == ["r2"]
+
+
+async def test_a_writer_raises_sqlalchemys_errors_without_the_rows(
+    engines: list[AsyncEngine], tmp_path: Path
+) -> None:
+    """A duplicate key is SQLAlchemy's IntegrityError (the store's fallback catches it),
+    nothing of the batch is kept, and neither the error nor its text holds the rows: they
+    are clients' text, and errors are logged."""
+    _, _, engine = engines
+    writer = Writer.for_engine(engine)
+    assert writer is not None
+    insert = JsonRowsInsert(stored_responses, engine.dialect)
+    row = {c.name: None for c in stored_responses.columns} | {
+        "id": "resp_1", "owner": "t1", "model": "m", "created_at": datetime(2026, 11, 30),
+        "input_items": b"[]", "response": b'{"secret": "sk-live-do-not-log"}',
+    }  # fmt: skip
+    payload = insert.payload([row])
+    assert payload is not None
+    await writer.run(insert.sql, {"rows": payload})
+    second = insert.payload([{**row, "id": "resp_2"}, row])
+    assert second is not None
+    with pytest.raises(IntegrityError) as caught:
+        await writer.run(insert.sql, {"rows": second})
+    assert "sk-live" not in str(caught.value) and "sk-live" not in repr(caught.value.params)
+    async with engine.connect() as conn:
+        ids = (await conn.execute(sa.select(stored_responses.c.id))).scalars().all()
+    assert ids == ["resp_1"]  # the batch's other row went with it
+    await writer.aclose()
+
+    unwritable = tmp_path / "missing-folder" / "relaygate.db"
+    broken = Writer(str(unwritable))
+    with pytest.raises(OperationalError):
+        await broken.run(insert.sql, {"rows": payload})
+    await broken.aclose()
+
+
+def test_a_writer_only_for_a_sqlite_file() -> None:
+    """In memory, a connection of its own would be another database; PostgreSQL has none."""
+    for url in (
+        "sqlite+aiosqlite://",
+        "sqlite+aiosqlite:///:memory:",
+        "postgresql+asyncpg://postgres@127.0.0.1:5432/test",
+    ):
+        assert Writer.for_engine(create_engine(url)) is None, url
+    assert Writer.for_engine(create_engine("sqlite+aiosqlite:///data/x.db")) is not None
 
 
 @given(
