@@ -73,10 +73,11 @@ class ResponseStore:
         )
         self._writer = sqlite_bulk.Writer.for_engine(engine) if self._bulk else None
 
-    async def aclose(self) -> None:
-        """Close what the store opened beside the engine (which its owner disposes of)."""
+    async def aclose(self, drain_timeout: float | None = None) -> None:
+        """Close what the store opened beside the engine (which its owner disposes of),
+        waiting at most ``drain_timeout`` seconds for a batch being written."""
         if self._writer is not None:
-            await self._writer.aclose()
+            await self._writer.aclose(drain_timeout)
 
     async def save(self, record: ResponseRecord) -> None:
         """Store one response (saving the same id again for the same owner replaces it)."""

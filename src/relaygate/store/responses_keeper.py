@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -93,6 +94,7 @@ class ResponseKeeper:
 
     async def aclose(self, drain_timeout: float) -> None:
         """Stop purging; write what is waiting, giving it up to ``drain_timeout`` seconds."""
+        deadline = time.monotonic() + drain_timeout
         if self._purger is not None:
             self._purger.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -106,7 +108,7 @@ class ResponseKeeper:
             except TimeoutError:
                 lost = len(self._queue) + len(self._waiting)
                 self.log.warning("shutdown: up to %d stored responses were not saved in time", lost)
-        await self.store.aclose()
+        await self.store.aclose(max(0.0, deadline - time.monotonic()))
 
     async def _write_forever(self) -> None:
         """Gather saves for ``batch_window``, write them in one transaction, again."""

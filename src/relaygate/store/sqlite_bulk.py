@@ -32,11 +32,12 @@ holds the GIL for one bind, and SQLite inserts every row with it released.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import sqlalchemy as sa
@@ -48,6 +49,7 @@ from relaygate.store.engine import sqlite_pragmas
 
 __all__ = ["JsonRowsInsert", "Writer", "bind_processor", "datetime_text", "usable"]
 
+T = TypeVar("T")
 _MIN_VERSION = (3, 38)  # json_each and ->> built in
 _encode = msgspec.json.encode
 # A NUL as JSON writes it; also found in an escaped backslash before "u0000", which then
@@ -188,25 +190,36 @@ class Writer:
 
     async def run(self, sql: str, parameters: Mapping[str, Any]) -> None:
         """``sql`` with ``parameters`` in a transaction of its own, committed."""
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._thread, self._run, sql, parameters)
+        await self.call(lambda db: db.execute(sql, parameters))
 
-    async def aclose(self) -> None:
-        """Close the connection (after any batch being written)."""
+    async def call(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """``work(connection)`` in the writer's thread, in a transaction committed after it
+        (rolled back if it raises). ``work`` runs off the event loop: it must not touch
+        what the loop's tasks change meanwhile."""
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._thread, self._close)
+        return await loop.run_in_executor(self._thread, self._call, work)
+
+    async def aclose(self, drain_timeout: float | None = None) -> None:
+        """Close the connection once any batch being written is done, waiting at most
+        ``drain_timeout`` seconds for that (the connection is closed after it all the same)."""
+        closed = self._thread.submit(self._close)
         self._thread.shutdown(wait=False)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.wrap_future(closed), drain_timeout)
 
-    def _run(self, sql: str, parameters: Mapping[str, Any]) -> None:
+    def _call(self, work: Callable[[sqlite3.Connection], T]) -> T:
         db = None
         try:
             db = self._db or self._connect()
-            db.execute(sql, parameters)
+            done = work(db)
             db.commit()
-        except sqlite3.Error as exc:
+            return done
+        except BaseException as exc:
             if db is not None and db.in_transaction:
                 db.rollback()
-            raise DBAPIError.instance(sql, None, exc, sqlite3.Error) from exc  # rows left out
+            if isinstance(exc, sqlite3.Error):  # as the engine raises it; rows left out
+                raise DBAPIError.instance(None, None, exc, sqlite3.Error) from exc
+            raise
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=15, check_same_thread=False)

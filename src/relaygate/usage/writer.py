@@ -21,6 +21,7 @@ import logging
 import math
 import sqlite3
 import time
+from collections.abc import Callable
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -113,6 +114,8 @@ class UsageWriter:
             self._bulk = BulkStatements(_SUMS)
         elif sqlite_bulk.usable(engine.dialect):
             self._bulk = SqliteStatements(_SUMS, engine.dialect)
+        # SQLite: a batch in one hand-over to a connection of its own (store/sqlite_bulk.py)
+        self._sqlite = sqlite_bulk.Writer.for_engine(engine) if self._bulk else None
         self._orphans: list[Outbox] = []
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -163,6 +166,8 @@ class UsageWriter:
         self._orphans = []
         if self._lock is not None:
             self._lock.release()
+        if self._sqlite is not None:
+            await self._sqlite.aclose(max(0.0, deadline - time.monotonic()))
         if left and self.elected:
             self._log.warning(
                 "%d usage records not written before shutdown; they stay in %s for the next start",
@@ -302,8 +307,7 @@ class UsageWriter:
             return
         started = time.perf_counter()
         try:
-            async with self._engine.begin() as conn:
-                inserted = await self._insert(conn, rows)
+            inserted = await self._write_rows(rows)
         except BaseException:
             self._observe_write(False, started)
             raise
@@ -314,14 +318,20 @@ class UsageWriter:
             self._metrics.usage_written.inc(inserted)
         await asyncio.gather(*(source.ack(ids) for source, ids in acks if ids))
 
+    async def _write_rows(self, rows: list[dict[str, Any]]) -> int:
+        """Insert the rows not already there and add exactly those to usage_daily, in one
+        transaction; how many were new."""
+        if self._sqlite is not None and isinstance(self._bulk, SqliteStatements):
+            fresh: list[dict[str, Any]] = []
+            if await self._bulk.write(self._sqlite, rows, _rollups(rows, fresh)):
+                return len(fresh)
+        async with self._engine.begin() as conn:
+            return await self._insert(conn, rows)
+
     async def _insert(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> int:
         """Insert the rows not already there; add exactly those to usage_daily."""
         fresh: list[dict[str, Any]] = []
-
-        def rollups(inserted: list[tuple[Any, Any]]) -> list[dict[str, Any]]:
-            fresh.extend(_fresh(rows, inserted))
-            return daily_rollups(fresh) if fresh else []
-
+        rollups = _rollups(rows, fresh)
         if self._bulk is not None and await self._bulk.insert(conn, rows, rollups):
             return len(fresh)
         result = await conn.execute(self._insert_records, rows)
@@ -437,6 +447,19 @@ def record_row(record: UsageRecord) -> dict[str, Any]:
     if ttft is not None:
         row["ttft_ms"] = max(-_FLOAT_MAX, min(_FLOAT_MAX, ttft)) if math.isfinite(ttft) else None
     return row
+
+
+def _rollups(
+    rows: list[dict[str, Any]], fresh: list[dict[str, Any]]
+) -> Callable[[list[tuple[Any, Any]]], list[dict[str, Any]]]:
+    """Given the keys the database inserted: the usage_daily increments for those rows of
+    ``rows`` (each added to ``fresh``)."""
+
+    def rollups(inserted: list[tuple[Any, Any]]) -> list[dict[str, Any]]:
+        fresh.extend(_fresh(rows, inserted))
+        return daily_rollups(fresh) if fresh else []
+
+    return rollups
 
 
 def _fresh(rows: list[dict[str, Any]], inserted: list[tuple[Any, Any]]) -> list[dict[str, Any]]:

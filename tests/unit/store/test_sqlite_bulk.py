@@ -7,6 +7,7 @@ the JSON path cannot carry (a NUL) is refused, for the caller's generic insert."
 from __future__ import annotations
 
 import shutil
+import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
@@ -186,6 +187,19 @@ async def test_a_writer_raises_sqlalchemys_errors_without_the_rows(
     async with engine.connect() as conn:
         ids = (await conn.execute(sa.select(stored_responses.c.id))).scalars().all()
     assert ids == ["resp_1"]  # the batch's other row went with it
+    await writer.aclose()
+
+    def fails_after_inserting(db: sqlite3.Connection) -> None:
+        db.execute(insert.sql, {"rows": insert.payload([{**row, "id": "resp_3"}])})
+        raise AssertionError("the caller's own check failed")
+
+    writer = Writer.for_engine(engine)
+    assert writer is not None
+    with pytest.raises(AssertionError):
+        await writer.call(fails_after_inserting)
+    async with engine.connect() as conn:
+        ids = (await conn.execute(sa.select(stored_responses.c.id))).scalars().all()
+    assert ids == ["resp_1"]  # rolled back
     await writer.aclose()
 
     unwritable = tmp_path / "missing-folder" / "relaygate.db"
