@@ -53,11 +53,6 @@ class ResponseRecord:
     # ``response`` as JSON when it is at hand (encoded once: for the row, for GET)
     encoded: bytes | None = field(default=None, compare=False, repr=False)
 
-    @property
-    def output_items(self) -> list[JSON]:
-        """The response's output items (the Response object's ``output``)."""
-        return list(self.response.get("output") or ())
-
 
 class ResponseStore:
     """The ``responses`` table. Times are UTC; reads never see expired rows."""
@@ -100,11 +95,12 @@ class ResponseStore:
         if not records:
             return
         rows = [_row(r) for r in records]
-        payload = self._bulk.payload(rows) if self._bulk and self._writer else None
         try:
-            if self._writer is not None and self._bulk is not None and payload is not None:
-                await self._writer.run(self._bulk.sql, {"rows": payload})
-                return
+            if self._writer is not None and self._bulk is not None:
+                payload = self._bulk.payload(rows)
+                if payload is not None:  # else a NUL: SQLAlchemy's insert below
+                    await self._writer.run(self._bulk.sql, {"rows": payload})
+                    return
             async with self.engine.begin() as conn:
                 if self._bulk is None or await self._bulk.run(conn, rows) is None:
                     await conn.execute(sa.insert(stored_responses), rows)

@@ -287,7 +287,7 @@ def test_previous_conversation_goes_before_the_input_and_instructions_are_not_ca
     render(first, completion("Seven."))
     stored = record(first, CALLER, retention_days=30)
     assert stored is not None
-    history = stored.input_items + stored.output_items
+    history = stored.input_items + stored.response["output"]
 
     body = request(input="Double it.", previous_response_id="resp_r1", instructions="New.")
     second = parse(body, "r2")
@@ -317,7 +317,7 @@ def test_function_calls_from_a_stored_output_continue_with_their_results() -> No
     output = [{"type": "function_call_output", "call_id": "call_1", "output": "Rain"}]
     chat = to_canonical(
         {"model": "m", "input": output, "tools": [{"type": "function", "name": "w"}]},
-        stored.input_items + stored.output_items,
+        stored.input_items + stored.response["output"],
     )
     assert [m["role"] for m in chat["messages"]] == ["user", "assistant", "tool"]
     assert chat["messages"][1]["tool_calls"] == calls
@@ -662,7 +662,8 @@ def test_a_response_is_recorded_unless_the_request_or_the_settings_say_not_to() 
     assert json.loads(responses.stored_body(saved)) == saved.response
     assert saved.expires_at is not None and (saved.expires_at - saved.created_at).days == 30
     assert saved.input_items == [{"type": "message", "role": "user", "content": "Hi"}]
-    assert saved.output_items == saved.response["output"]
+    [message] = saved.response["output"]  # the output is stored inside the Response object
+    assert message["role"] == "assistant" and message["content"][0]["text"] == "Hello!"
 
 
 # -- generated requests ----------------------------------------------------------------

@@ -80,7 +80,7 @@ async def test_saving_again_replaces(store: ResponseStore) -> None:
     await store.save(make("resp_1", answer="first"))
     await store.save(make("resp_1", answer="second"))
     got = await store.get("resp_1", "ten_a", NOW)
-    assert got is not None and texts(got.output_items) == ["second"]
+    assert got is not None and texts(got.response["output"]) == ["second"]
 
 
 async def test_one_owner_never_reads_or_deletes_anothers(store: ResponseStore) -> None:
@@ -177,7 +177,7 @@ async def test_save_many_in_one_go_and_with_an_id_already_stored(store: Response
     await store.save_many([make("resp_b", answer="two again"), make("resp_c")])  # b conflicts
     await store.save_many([])
     found = {rid: await store.get(rid, "ten_a", now=NOW) for rid in ("resp_a", "resp_b", "resp_c")}
-    assert {rid: r and texts(r.output_items) for rid, r in found.items()} == {
+    assert {rid: r and texts(r.response["output"]) for rid, r in found.items()} == {
         "resp_a": ["one"],
         "resp_b": ["two again"],
         "resp_c": ["hello"],
