@@ -14,6 +14,7 @@ comes back is exactly what was stored, on SQLite and PostgreSQL alike.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -96,10 +97,9 @@ class ResponseStore:
             return
         rows = [_row(r) for r in records]
         try:
-            if self._writer is not None and self._bulk is not None:
-                payload = self._bulk.payload(rows)
-                if payload is not None:  # else a NUL: SQLAlchemy's insert below
-                    await self._writer.run(self._bulk.sql, {"rows": payload})
+            if self._writer is not None and (bulk := self._bulk) is not None:
+                with contextlib.suppress(sqlite_bulk.Unsendable):  # else SQLAlchemy's below
+                    await self._writer.call(lambda db: bulk.insert(db, rows))
                     return
             async with self.engine.begin() as conn:
                 if self._bulk is None or await self._bulk.run(conn, rows) is None:

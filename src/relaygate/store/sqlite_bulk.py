@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, TypeVar
@@ -45,9 +45,10 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from relaygate import slices
 from relaygate.store.engine import sqlite_pragmas
 
-__all__ = ["JsonRowsInsert", "Writer", "bind_processor", "datetime_text", "usable"]
+__all__ = ["JsonRowsInsert", "Unsendable", "Writer", "bind_processor", "datetime_text", "usable"]
 
 T = TypeVar("T")
 _MIN_VERSION = (3, 38)  # json_each and ->> built in
@@ -100,6 +101,15 @@ def bind_processor(column: sa.Column[Any], dialect: Dialect) -> Callable[[Any], 
     return convert
 
 
+class Unsendable(ValueError):
+    """A row holds a value that cannot travel as JSON to SQLite exactly (a NUL character,
+    text that is not UTF-8): the caller inserts the batch with SQLAlchemy's statement."""
+
+
+def _array(rows: list[bytes]) -> str:
+    return (b"[" + b",".join(rows) + b"]").decode()
+
+
 class JsonRowsInsert:
     """``INSERT INTO table (columns) SELECT ... FROM json_each(:rows) WHERE true <tail>``.
 
@@ -142,6 +152,55 @@ class JsonRowsInsert:
         except UnicodeError:
             return None
         return None if _NUL in rows_json else rows_json.decode()
+
+    def parts(
+        self, rows: Iterable[Mapping[str, Any]], budget: int = slices.JSON_BYTES
+    ) -> Iterator[str]:
+        """The rows as :meth:`payload` gives them, in parts of about ``budget`` bytes (one
+        row at least each), each encoded when it is asked for; :class:`Unsendable` at the
+        first value that cannot travel exactly."""
+        pairs = tuple(zip(self.columns, self._convert, strict=True))
+        part: list[bytes] = []
+        size = 0
+        for row in rows:
+            try:
+                encoded = _encode([row[k] if fn is None else fn(row[k]) for k, fn in pairs])
+            except UnicodeError:
+                raise Unsendable("a value that is not UTF-8") from None
+            if _NUL in encoded:
+                raise Unsendable("a NUL character")
+            if part and size + len(encoded) > budget:
+                yield _array(part)
+                part, size = [], 0
+            part.append(encoded)
+            size += len(encoded) + 1
+        if part:
+            yield _array(part)
+
+    def payloads(
+        self, rows: Iterable[Mapping[str, Any]], budget: int = slices.JSON_BYTES
+    ) -> list[str] | None:
+        """All of :meth:`parts`; None when a value cannot travel exactly."""
+        try:
+            return list(self.parts(rows, budget))
+        except Unsendable:
+            return None
+
+    def insert(
+        self,
+        db: sqlite3.Connection,
+        rows: Iterable[Mapping[str, Any]],
+        budget: int = slices.JSON_BYTES,
+    ) -> list[tuple[Any, ...]]:
+        """Insert ``rows`` with ``db`` (a sqlite3 connection, in its transaction), one
+        statement for each of :meth:`parts`, each part encoded after a pause of the thread
+        (slices.py); what ``RETURNING`` gave, as sqlite3 reads it. :class:`Unsendable`
+        when a value cannot travel this way: the caller's transaction, which may hold
+        some of the parts, is to be rolled back (:meth:`Writer.call` does)."""
+        found: list[tuple[Any, ...]] = []
+        for payload in slices.paced(self.parts(rows, budget)):
+            found += db.execute(self.sql, {"rows": payload}).fetchall()
+        return found
 
     async def run(
         self, conn: AsyncConnection, rows: Iterable[Mapping[str, Any]]
@@ -187,10 +246,6 @@ class Writer:
         if url.query.get("mode") == "memory" or url.database.startswith("file:"):
             return None
         return cls(url.database)
-
-    async def run(self, sql: str, parameters: Mapping[str, Any]) -> None:
-        """``sql`` with ``parameters`` in a transaction of its own, committed."""
-        await self.call(lambda db: db.execute(sql, parameters))
 
     async def call(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """``work(connection)`` in the writer's thread, in a transaction committed after it

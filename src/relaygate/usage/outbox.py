@@ -37,6 +37,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from relaygate import slices
 from relaygate.observability.metrics import Metrics
 from relaygate.usage.record import UsageRecord
 
@@ -51,6 +52,9 @@ _SIDE_FILES = ("-wal", "-shm", "-journal")
 _WARN_EVERY = 60.0  # seconds between "spool too big" warnings
 _ERROR_EVERY = 10.0  # seconds between "cannot write the spool" errors
 _FINAL_TRIES = 5  # flushes attempted by aclose() before records are given up
+# Records a statement of the spool's thread handles before it pauses (slices.py): ~0.3 ms
+# of inserting, reading or deleting on the bench machine
+_SLICE_ROWS = 64
 _PRAGMAS = (
     "PRAGMA auto_vacuum=INCREMENTAL",  # only takes effect on a new file
     "PRAGMA locking_mode=EXCLUSIVE",
@@ -427,7 +431,8 @@ class _Spool:
         """Commit ``blobs`` in one transaction (fsynced); return the live size in bytes."""
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            self._db.executemany("INSERT INTO spool (data) VALUES (?)", [(b,) for b in blobs])
+            for part in slices.parts(blobs, _SLICE_ROWS):
+                self._db.executemany("INSERT INTO spool (data) VALUES (?)", [(b,) for b in part])
             self._db.execute("COMMIT")
         except BaseException:
             self._rollback()
@@ -438,16 +443,16 @@ class _Spool:
     def take(
         self, limit: int, decode: Callable[[bytes], UsageRecord]
     ) -> tuple[list[tuple[int, UsageRecord]], int]:
-        rows = self._db.execute(
-            "SELECT id, data FROM spool ORDER BY id LIMIT ?", (limit,)
-        ).fetchall()
+        cursor = self._db.execute("SELECT id, data FROM spool ORDER BY id LIMIT ?", (limit,))
         taken: list[tuple[int, UsageRecord]] = []
         bad: list[int] = []
-        for row_id, data in rows:
-            try:
-                taken.append((row_id, decode(data)))
-            except msgspec.MsgspecError:
-                bad.append(row_id)
+        parts = iter(lambda: cursor.fetchmany(_SLICE_ROWS), [])
+        for rows in slices.paced(parts):
+            for row_id, data in rows:
+                try:
+                    taken.append((row_id, decode(data)))
+                except msgspec.MsgspecError:
+                    bad.append(row_id)
         if bad:
             self.bury(bad, "undecodable")
         return taken, len(bad)
@@ -455,16 +460,21 @@ class _Spool:
     def delete(self, ids: list[int]) -> int:
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            cursor = self._db.executemany("DELETE FROM spool WHERE id = ?", [(i,) for i in ids])
+            deleted = 0
+            for part in slices.parts(ids, _SLICE_ROWS):
+                cursor = self._db.executemany(
+                    "DELETE FROM spool WHERE id = ?", [(i,) for i in part]
+                )
+                deleted += cursor.rowcount
             self._db.execute("COMMIT")
         except BaseException:
             self._rollback()
             raise
-        self.count -= cursor.rowcount
+        self.count -= deleted
         if self.count == 0:  # give pages back to the disk, a bounded step (16 MB) at a time;
             # executescript() steps the pragma to completion (execute() frees one page)
             self._db.executescript("PRAGMA incremental_vacuum(4096);")
-        return cursor.rowcount
+        return deleted
 
     def bury(self, ids: list[int], reason: str) -> None:
         self._db.execute("BEGIN IMMEDIATE")

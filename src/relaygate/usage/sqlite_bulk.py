@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from relaygate.store.sqlite_bulk import JsonRowsInsert, Writer
+from relaygate.store.sqlite_bulk import JsonRowsInsert, Unsendable, Writer
 from relaygate.store.tables import usage_daily, usage_records
 
 __all__ = ["SqliteStatements"]
@@ -49,16 +49,14 @@ class SqliteStatements:
         self._read_at = at.result_processor(dialect, None)
 
     async def write(self, writer: Writer, rows: list[dict[str, Any]], rollups: Rollups) -> bool:
-        """As :meth:`insert`, through ``writer`` (store/sqlite_bulk.py): both statements and
-        the commit in one hand-over to its thread, ``rollups`` run there too (it reads only
-        ``rows``, which the caller leaves alone while it waits). False, having written
-        nothing, when a value cannot travel this way."""
-        records = self._records.payload(rows)
-        if records is None:
-            return False
+        """As :meth:`insert`, through ``writer`` (store/sqlite_bulk.py): the rows encoded,
+        both statements and the commit in one hand-over to its thread, the records in
+        slices of a few kilobytes with pauses between them (slices.py), ``rollups`` run
+        there too (it reads only ``rows``, which the caller leaves alone while it waits).
+        False, having written nothing, when a value cannot travel this way."""
 
         def work(db: sqlite3.Connection) -> None:
-            found = db.execute(self._records.sql, {"rows": records}).fetchall()
+            found = self._records.insert(db, rows)
             daily = rollups([self._key(row) for row in found])
             if daily:
                 payload = self._daily.payload(daily)
@@ -66,7 +64,10 @@ class SqliteStatements:
                     raise AssertionError("usage_daily rows the records insert could carry")
                 db.execute(self._daily.sql, {"rows": payload})
 
-        await writer.call(work)
+        try:
+            await writer.call(work)
+        except Unsendable:
+            return False
         return True
 
     def _key(self, row: tuple[Any, ...]) -> Key:

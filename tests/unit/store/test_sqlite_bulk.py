@@ -21,9 +21,10 @@ from hypothesis import strategies as st
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from relaygate import slices
 from relaygate.store import sqlite_bulk
 from relaygate.store.engine import create_engine
-from relaygate.store.sqlite_bulk import JsonRowsInsert, Writer, datetime_text
+from relaygate.store.sqlite_bulk import JsonRowsInsert, Unsendable, Writer, datetime_text
 from relaygate.store.tables import stored_responses, usage_daily, usage_records
 
 pytestmark = pytest.mark.skipif(
@@ -104,10 +105,7 @@ async def engines(tmp_path: Path, sqlite_template: Path) -> AsyncIterator[list[A
 async def _contents(engine: AsyncEngine, table: sa.Table) -> list[tuple[Any, ...]]:
     async with engine.connect() as conn:
         found = await conn.execute(sa.select(table).order_by(*table.primary_key.columns))
-        rows = [tuple(row) for row in found]
-        await conn.execute(sa.delete(table))
-        await conn.commit()
-    return rows
+        return [tuple(row) for row in found]
 
 
 @pytest.mark.parametrize("table", [usage_records, usage_daily, stored_responses], ids=str)
@@ -119,7 +117,11 @@ async def test_the_bulk_insert_stores_what_sqlalchemy_stores(
     engines: list[AsyncEngine], table: sa.Table, data: st.DataObject
 ) -> None:
     rows = data.draw(rows_of(table))
+    budget = data.draw(st.sampled_from([1, 300, slices.JSON_BYTES]), "slice budget")
     generic, bulk, by_writer = engines
+    for engine in engines:  # empty, even after an example that failed
+        async with engine.begin() as conn:
+            await conn.execute(sa.delete(table))
     async with generic.begin() as conn:
         await conn.execute(sa.insert(table), rows)
     insert = JsonRowsInsert(table, bulk.dialect)
@@ -129,10 +131,10 @@ async def test_the_bulk_insert_stores_what_sqlalchemy_stores(
             await conn.execute(sa.insert(table), rows)
     writer = Writer.for_engine(by_writer)
     assert writer is not None
-    payload = insert.payload(rows)
-    if payload is not None:
-        await writer.run(insert.sql, {"rows": payload})
-    else:
+    try:
+        await writer.call(lambda db: insert.insert(db, rows, budget))
+    except Unsendable:
+        assert _cannot_travel(rows)  # the parts before it were rolled back
         async with by_writer.begin() as conn:
             await conn.execute(sa.insert(table), rows)
     await writer.aclose()
@@ -140,6 +142,23 @@ async def test_the_bulk_insert_stores_what_sqlalchemy_stores(
     for got in (await _contents(bulk, table), await _contents(by_writer, table)):
         assert got == want
         assert [[type(v) for v in row] for row in got] == [[type(v) for v in row] for row in want]
+
+
+@settings(max_examples=60)
+@given(data=st.data(), budget=st.integers(1, 2_000))
+def test_a_batch_in_parts_is_the_batch(data: st.DataObject, budget: int) -> None:
+    """The parts a batch is inserted in hold its rows, in order, each once; a part holds
+    more than one row only within ``budget`` bytes."""
+    table = data.draw(st.sampled_from([usage_records, stored_responses]))
+    rows = data.draw(rows_of(table))
+    insert = JsonRowsInsert(table, sa.create_engine("sqlite://").dialect)
+    whole, parts = insert.payload(rows), insert.payloads(rows, budget)
+    if whole is None:
+        assert parts is None and _cannot_travel(rows)
+        return
+    assert parts is not None
+    assert [r for p in parts for r in msgspec.json.decode(p)] == msgspec.json.decode(whole)
+    assert all(len(p.encode()) <= budget + 2 or len(msgspec.json.decode(p)) == 1 for p in parts)
 
 
 async def test_returning_gives_the_rows_inserted(engines: list[AsyncEngine]) -> None:
@@ -176,18 +195,16 @@ async def test_a_writer_raises_sqlalchemys_errors_without_the_rows(
         "id": "resp_1", "owner": "t1", "model": "m", "created_at": datetime(2026, 11, 30),
         "input_items": b"[]", "response": b'{"secret": "sk-live-do-not-log"}',
     }  # fmt: skip
-    payload = insert.payload([row])
-    assert payload is not None
-    await writer.run(insert.sql, {"rows": payload})
-    second = insert.payload([{**row, "id": "resp_2"}, row])
-    assert second is not None
-    with pytest.raises(IntegrityError) as caught:
-        await writer.run(insert.sql, {"rows": second})
+    assert await writer.call(lambda db: insert.insert(db, [row])) == []
+    with pytest.raises(IntegrityError) as caught:  # the duplicate in the second statement
+        await writer.call(lambda db: insert.insert(db, [{**row, "id": "resp_2"}, row], 1))
     assert "sk-live" not in str(caught.value) and "sk-live" not in repr(caught.value.params)
     async with engine.connect() as conn:
         ids = (await conn.execute(sa.select(stored_responses.c.id))).scalars().all()
     assert ids == ["resp_1"]  # the batch's other row went with it
     await writer.aclose()
+
+    nul = {**row, "id": "resp_5", "model": "a\x00b"}
 
     def fails_after_inserting(db: sqlite3.Connection) -> None:
         db.execute(insert.sql, {"rows": insert.payload([{**row, "id": "resp_3"}])})
@@ -202,10 +219,19 @@ async def test_a_writer_raises_sqlalchemys_errors_without_the_rows(
     assert ids == ["resp_1"]  # rolled back
     await writer.aclose()
 
+    writer = Writer.for_engine(engine)
+    assert writer is not None
+    with pytest.raises(Unsendable):  # in the second part, after the first was inserted
+        await writer.call(lambda db: insert.insert(db, [{**row, "id": "r4"}, nul], 1))
+    async with engine.connect() as conn:
+        ids = (await conn.execute(sa.select(stored_responses.c.id))).scalars().all()
+    assert ids == ["resp_1"]  # rolled back
+    await writer.aclose()
+
     unwritable = tmp_path / "missing-folder" / "relaygate.db"
     broken = Writer(str(unwritable))
     with pytest.raises(OperationalError):
-        await broken.run(insert.sql, {"rows": payload})
+        await broken.call(lambda db: insert.insert(db, [row]))
     await broken.aclose()
 
 

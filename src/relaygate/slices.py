@@ -1,0 +1,53 @@
+"""Background work in short slices, so that a request never waits long for a core.
+
+The gateway's background threads (the usage outbox's, the usage writer's, the stored
+responses') work in bursts: a batch of a hundred usage rows is ~2 ms of CPU in one SQLite
+statement. When a request's next step wakes (a socket ready, the upstream's answer in) on
+a core where such a burst runs, it waits for the burst to end or for the kernel to switch:
+a thread that has just started its time slice keeps the core for up to ~3 ms. The gateway
+shares its cores with its workers, its load balancer and often its upstream, so this
+wait shows in its tail latency long before the cores are busy.
+
+Measured on the 2-core bench machine at concurrency 1 (bench/RESULTS.md, section 1): a
+thread in the gateway burning 4 ms of CPU every 45 ms (the GIL released, 9% of a core)
+took the p99 from 0.94-1.06 ms to 2.0-2.6 ms; the same CPU in 0.4 ms bursts every 4.5 ms,
+to 1.2-1.3 ms. So the threads cut their work into slices of well under a millisecond and
+sleep ``GAP`` between them: a waiting request gets the core at the next gap. The cost is
+the gaps' wall time, in the background (~1 ms a usage batch of a hundred rows).
+
+For threads only: ``paced()`` and ``parts()`` sleep in the thread that iterates them.
+On the event loop, yield with ``await asyncio.sleep(0)`` instead.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TypeVar
+
+__all__ = ["GAP", "JSON_BYTES", "paced", "parts"]
+
+T = TypeVar("T")
+
+# Seconds a thread sleeps between two slices: time enough for a woken request's step to
+# take the core (a few tens of µs of CPU each) and short against the batch's own time.
+GAP = 0.0002
+# About 0.3 ms of a thread's work on the bench machine when a statement unpacks its rows
+# from JSON (json_each): encoding them and inserting them, ~25 µs per 350-byte usage row.
+JSON_BYTES = 4 * 1024
+
+
+def paced(items: Iterable[T]) -> Iterator[T]:
+    """``items`` one by one; between two of them the iterating thread sleeps ``GAP`` (not
+    before the first, not after the last)."""
+    for i, item in enumerate(items):
+        if i:
+            time.sleep(GAP)
+        yield item
+
+
+def parts(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    """``items`` in consecutive parts of at most ``size``, :func:`paced`."""
+    if size < 1:
+        raise ValueError(f"size must be at least 1, not {size}")
+    return paced(items[start : start + size] for start in range(0, len(items), size))
