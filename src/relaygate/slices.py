@@ -1,8 +1,7 @@
 """Background work in short slices, so that a request never waits long for a core.
 
-The gateway's background threads (the usage outbox's, the usage writer's, the stored
-responses') work in bursts: a batch of a hundred usage rows is ~2 ms of CPU in one SQLite
-statement. When a request's next step wakes (a socket ready, the upstream's answer in) on
+The usage outbox's and the usage writer's threads work in bursts: a batch of a hundred
+usage rows was ~2-5 ms of CPU in one SQLite statement. When a request's next step wakes (a socket ready, the upstream's answer in) on
 a core where such a burst runs, it waits for the burst to end or for the kernel to switch:
 a thread that has just started its time slice keeps the core for up to ~3 ms. The gateway
 shares its cores with its workers, its load balancer and often its upstream, so this

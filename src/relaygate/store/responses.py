@@ -98,8 +98,11 @@ class ResponseStore:
         rows = [_row(r) for r in records]
         try:
             if self._writer is not None and (bulk := self._bulk) is not None:
+                # One statement, not slices (slices.py): 4 kB parts hold two or three
+                # answers, and their overhead cost storing's p50 at c=1 ~0.05 ms more
+                # (bench/RESULTS.md, section 10)
                 with contextlib.suppress(sqlite_bulk.Unsendable):  # else SQLAlchemy's below
-                    await self._writer.call(lambda db: bulk.insert(db, rows))
+                    await self._writer.call(lambda db: bulk.insert(db, rows, None))
                     return
             async with self.engine.begin() as conn:
                 if self._bulk is None or await self._bulk.run(conn, rows) is None:

@@ -154,11 +154,11 @@ class JsonRowsInsert:
         return None if _NUL in rows_json else rows_json.decode()
 
     def parts(
-        self, rows: Iterable[Mapping[str, Any]], budget: int = slices.JSON_BYTES
+        self, rows: Iterable[Mapping[str, Any]], budget: int | None = slices.JSON_BYTES
     ) -> Iterator[str]:
         """The rows as :meth:`payload` gives them, in parts of about ``budget`` bytes (one
-        row at least each), each encoded when it is asked for; :class:`Unsendable` at the
-        first value that cannot travel exactly."""
+        row at least each; None: all in one), each encoded when it is asked for;
+        :class:`Unsendable` at the first value that cannot travel exactly."""
         pairs = tuple(zip(self.columns, self._convert, strict=True))
         part: list[bytes] = []
         size = 0
@@ -169,7 +169,7 @@ class JsonRowsInsert:
                 raise Unsendable("a value that is not UTF-8") from None
             if _NUL in encoded:
                 raise Unsendable("a NUL character")
-            if part and size + len(encoded) > budget:
+            if part and budget is not None and size + len(encoded) > budget:
                 yield _array(part)
                 part, size = [], 0
             part.append(encoded)
@@ -177,20 +177,11 @@ class JsonRowsInsert:
         if part:
             yield _array(part)
 
-    def payloads(
-        self, rows: Iterable[Mapping[str, Any]], budget: int = slices.JSON_BYTES
-    ) -> list[str] | None:
-        """All of :meth:`parts`; None when a value cannot travel exactly."""
-        try:
-            return list(self.parts(rows, budget))
-        except Unsendable:
-            return None
-
     def insert(
         self,
         db: sqlite3.Connection,
         rows: Iterable[Mapping[str, Any]],
-        budget: int = slices.JSON_BYTES,
+        budget: int | None = slices.JSON_BYTES,
     ) -> list[tuple[Any, ...]]:
         """Insert ``rows`` with ``db`` (a sqlite3 connection, in its transaction), one
         statement for each of :meth:`parts`, each part encoded after a pause of the thread
