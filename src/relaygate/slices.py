@@ -1,11 +1,12 @@
 """Background work in short slices, so that a request never waits long for a core.
 
 The usage outbox's and the usage writer's threads work in bursts: a batch of a hundred
-usage rows was ~2-5 ms of CPU in one SQLite statement. When a request's next step wakes (a socket ready, the upstream's answer in) on
-a core where such a burst runs, it waits for the burst to end or for the kernel to switch:
-a thread that has just started its time slice keeps the core for up to ~3 ms. The gateway
-shares its cores with its workers, its load balancer and often its upstream, so this
-wait shows in its tail latency long before the cores are busy.
+usage rows was ~2-5 ms of CPU in one SQLite statement. When a request's next step wakes
+(a socket ready, the upstream's answer in) on a core where such a burst runs, it waits
+for the burst to end or for the kernel to switch: a thread that has just started its
+time slice keeps the core for up to ~3 ms. The gateway shares its cores with its workers,
+its load balancer and often its upstream, so this wait shows in its tail latency long
+before the cores are busy.
 
 Measured on the 2-core bench machine at concurrency 1 (bench/RESULTS.md, section 1): a
 thread in the gateway burning 4 ms of CPU every 45 ms (the GIL released, 9% of a core)
