@@ -55,10 +55,6 @@ _FINAL_TRIES = 5  # flushes attempted by aclose() before records are given up
 # Records a statement of the spool's thread handles before it pauses (slices.py): ~0.3 ms
 # of inserting, reading or deleting on the bench machine
 _SLICE_ROWS = 64
-# Free pages a spool file keeps for the records to come (8 MB at SQLite's 4 kB pages)
-# rather than giving each drained batch's back to the disk and growing the file again: in
-# process, that was ~2 of the spool thread's ~12 µs a record. Beyond it they go back.
-_KEEP_FREE_PAGES = 2048
 _PRAGMAS = (
     "PRAGMA auto_vacuum=INCREMENTAL",  # only takes effect on a new file
     "PRAGMA locking_mode=EXCLUSIVE",
@@ -475,9 +471,8 @@ class _Spool:
             self._rollback()
             raise
         self.count -= deleted
-        if self._scalar("PRAGMA freelist_count") > _KEEP_FREE_PAGES:
-            # give pages back to the disk, a bounded step (16 MB) at a time; executescript()
-            # steps the pragma to completion (execute() frees one page)
+        if self.count == 0:  # give pages back to the disk, a bounded step (16 MB) at a time;
+            # executescript() steps the pragma to completion (execute() frees one page)
             self._db.executescript("PRAGMA incremental_vacuum(4096);")
         return deleted
 

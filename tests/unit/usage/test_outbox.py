@@ -511,31 +511,3 @@ def test_a_spool_deleted_by_another_scan_before_it_is_locked_is_made_again(
         assert _spool_files(directory) == [spool.path]
     finally:
         spool.close()
-
-
-def test_a_drained_backlog_gives_the_disk_back_a_small_one_keeps_its_pages(
-    tmp_path: Path,
-) -> None:
-    """After a backlog of megabytes drains, the spool file shrinks; a batch's few pages
-    are kept for the records to come, not given back and grown again every batch."""
-    spool = _Spool.create(tmp_path)
-    try:
-        page = spool._scalar("PRAGMA page_size")
-
-        def pages() -> int:
-            return spool._scalar("PRAGMA page_count")
-
-        spool.append([b"x" * 4000] * 100)
-        before = pages()
-        spool.delete(list(range(1, 101)))
-        assert spool.count == 0 and pages() == before  # kept for the next batch
-
-        spool.append([b"y" * 4000] * 5000)  # ~20 MB waiting (a database outage, say)
-        assert pages() * page > 19_000_000
-        first = 101
-        for start in range(first, first + 5000, 1000):  # drained in batches
-            assert spool.delete(list(range(start, start + 1000))) == 1000
-        assert spool.count == 0
-        assert pages() * page <= 9_000_000  # at most 8 MB of free pages kept, and the rest
-    finally:
-        spool.close()
