@@ -6,7 +6,9 @@ every parameter of every row in Python, on the event loop: ~17 µs a usage recor
 (issue 15's p99). Here a batch travels as one parameter, a JSON array of rows that
 msgspec encodes in C, and SQLite unpacks it with ``json_each``: one fixed statement
 (prepared once per connection by the sqlite3 module's cache), its rows converted and
-inserted by SQLite in the driver's thread.
+inserted by SQLite in the driver's thread. Through a :class:`Writer`, ``insert()`` cuts
+a batch into parts of a few kilobytes, one statement each, with pauses between them
+(slices.py), so a big batch is not one burst of CPU.
 
 The values are those SQLAlchemy would bind: its own bind processors give a DATETIME's or
 a DATE's text and a boolean's 0/1, so SQLAlchemy reads the rows back as it reads its own.

@@ -1,13 +1,14 @@
 """SQLite: a usage batch in two statements whose text never changes (store/sqlite_bulk.py).
 
 The counterpart of pg_bulk.py: the records insert (``ON CONFLICT DO NOTHING RETURNING``
-the keys inserted) and the usage_daily upsert each take the whole batch as one JSON
-parameter. The writer's event-loop CPU per record fell from ~17 µs (SQLAlchemy's generic
-batch insert) to ~2 µs (a 15,000-row batch held the loop 26 ms), and a 100-row batch no
-longer holds it for milliseconds; one worker serves ~10% more requests a second (bench/
-RESULTS.md, section 2's A/B). ``write()`` runs both, and the commit, in one hand-over
-to a :class:`~relaygate.store.sqlite_bulk.Writer`'s thread, where SQLAlchemy's async
-engine took about seven.
+the keys inserted) and the usage_daily upsert each take rows as one JSON parameter (the
+records in parts of a few kilobytes, slices.py). The writer's event-loop CPU per record
+fell from ~17 µs (SQLAlchemy's generic batch insert) to ~2 µs (a 15,000-row batch held
+the loop 26 ms), and a 100-row batch no longer holds it for milliseconds; one worker
+serves ~10% more requests a second (bench/RESULTS.md, section 2's A/B). ``write()``
+runs both, and the commit, in one hand-over to a
+:class:`~relaygate.store.sqlite_bulk.Writer`'s thread, where SQLAlchemy's async engine
+took about seven.
 """
 
 from __future__ import annotations
