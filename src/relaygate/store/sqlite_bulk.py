@@ -7,7 +7,7 @@ every parameter of every row in Python, on the event loop: ~17 µs a usage recor
 msgspec encodes in C, and SQLite unpacks it with ``json_each``: one fixed statement
 (prepared once per connection by the sqlite3 module's cache), its rows converted and
 inserted by SQLite in the driver's thread. Through a :class:`Writer`, ``insert()`` cuts
-a batch into parts of a few kilobytes, one statement each, with pauses between them
+a batch into parts of a few kilobytes, one statement each, the thread yielding between them
 (slices.py), so a big batch is not one burst of CPU.
 
 The values are those SQLAlchemy would bind: its own bind processors give a DATETIME's or
@@ -186,7 +186,7 @@ class JsonRowsInsert:
         budget: int | None = slices.JSON_BYTES,
     ) -> list[tuple[Any, ...]]:
         """Insert ``rows`` with ``db`` (a sqlite3 connection, in its transaction), one
-        statement for each of :meth:`parts`, each part encoded after a pause of the thread
+        statement for each of :meth:`parts`, each part encoded after the thread yields
         (slices.py); what ``RETURNING`` gave, as sqlite3 reads it. :class:`Unsendable`
         when a value cannot travel this way: the caller's transaction, which may hold
         some of the parts, is to be rolled back (:meth:`Writer.call` does)."""

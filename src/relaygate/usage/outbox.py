@@ -52,7 +52,7 @@ _SIDE_FILES = ("-wal", "-shm", "-journal")
 _WARN_EVERY = 60.0  # seconds between "spool too big" warnings
 _ERROR_EVERY = 10.0  # seconds between "cannot write the spool" errors
 _FINAL_TRIES = 5  # flushes attempted by aclose() before records are given up
-# Records a statement of the spool's thread handles before it pauses (slices.py): ~0.3 ms
+# Records a statement of the spool's thread handles before it yields (slices.py): ~0.3 ms
 # of inserting, reading or deleting on the bench machine
 _SLICE_ROWS = 64
 _PRAGMAS = (

@@ -52,7 +52,7 @@ class SqliteStatements:
     async def write(self, writer: Writer, rows: list[dict[str, Any]], rollups: Rollups) -> bool:
         """As :meth:`insert`, through ``writer`` (store/sqlite_bulk.py): the rows encoded,
         both statements and the commit in one hand-over to its thread, the records in
-        slices of a few kilobytes with pauses between them (slices.py), ``rollups`` run
+        slices of a few kilobytes, yielding between them (slices.py), ``rollups`` run
         there too (it reads only ``rows``, which the caller leaves alone while it waits).
         False, having written nothing, when a value cannot travel this way."""
 
