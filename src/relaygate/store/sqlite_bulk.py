@@ -146,14 +146,10 @@ class JsonRowsInsert:
     def payload(self, rows: Iterable[Mapping[str, Any]]) -> str | None:
         """The rows as one JSON array of arrays, each value as SQLAlchemy would bind it;
         None when a value cannot travel exactly (a NUL character, bytes not UTF-8)."""
-        pairs = tuple(zip(self.columns, self._convert, strict=True))
         try:
-            rows_json = _encode(
-                [[row[k] if fn is None else fn(row[k]) for k, fn in pairs] for row in rows]
-            )
-        except UnicodeError:
+            return next(self.parts(rows, None), "[]")
+        except Unsendable:
             return None
-        return None if _NUL in rows_json else rows_json.decode()
 
     def parts(
         self, rows: Iterable[Mapping[str, Any]], budget: int | None = slices.JSON_BYTES
