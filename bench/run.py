@@ -35,7 +35,7 @@ from benchkit.common import (
 from benchkit.sections import SECTIONS
 
 # sections that start gateways with Redis
-REDIS_SECTIONS = {"throughput", "idle", "auth", "cache", "scaling"}
+REDIS_SECTIONS = {"throughput", "idle", "auth", "cache", "scaling", "scaling-sqlite"}
 APT_PACKAGES = ["nginx-light", "libnginx-mod-http-echo", "wrk", "hey", "redis-server"]
 
 

@@ -12,7 +12,7 @@ from .http_sections import latency, open_loop, throughput
 from .node_sections import nodes_scaling
 from .peer_sections import peers
 from .relay_sections import large_answers
-from .scaling_sections import scaling
+from .scaling_sections import scaling, scaling_sqlite
 from .stream_sections import held_streams, idle_rss, streaming
 from .tunnel_sections import node_cost
 from .usage_sections import usage_cost
@@ -39,4 +39,8 @@ SECTIONS: dict[str, tuple[str, Callable[[Section, Options], None]]] = {
         scaling,
     ),
     "large": ("15. Large answers: added latency at concurrency 1", large_answers),
+    "scaling-sqlite": (
+        "16. Workers on SQLite + Redis: throughput per worker, usage outbox depth, p99/p50",
+        scaling_sqlite,
+    ),
 }
