@@ -18,6 +18,16 @@ straight on. Sleeping 0.2 ms between slices did as well for the tail but halved 
 writer's rate when it catches up (20,000 records in 0.62 s before slices, 1.27 s with the
 sleeps, 0.70-0.85 s with yields).
 
+When the event loop is busy, slices cost the thread, not the requests. A thread that
+releases the GIL (each yield, each SQLite statement) while the event loop's thread runs
+Python waits for it back until that thread is made to let go, every switch interval
+(5 ms): one worker at saturation left the usage writer 16-64 rows a second against
+2,200 requests a second (an in-process load of 32 requests at ~400 µs of Python each),
+and its outbox grew without end (bench/RESULTS.md, sections 14 and 16). So a yield is
+timed: one that took over ``CONTENDED_S`` waited for the GIL, and the rest of that
+piece of work goes on without slices (:class:`Pacer`). The core is not what is scarce
+then, the GIL is, and every statement the work is cut into costs a switch interval.
+
 For threads only: ``paced()`` and ``parts()`` yield in the thread that iterates them.
 On the event loop, yield with ``await asyncio.sleep(0)`` instead.
 """
@@ -29,7 +39,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TypeVar
 
-__all__ = ["JSON_BYTES", "paced", "parts"]
+__all__ = ["CONTENDED_S", "JSON_BYTES", "Pacer", "paced", "parts"]
 
 T = TypeVar("T")
 
@@ -39,19 +49,46 @@ _yield = getattr(os, "sched_yield", lambda: time.sleep(0))
 # About 0.3 ms of a thread's work on the bench machine when a statement unpacks its rows
 # from JSON (json_each): encoding them and inserting them, ~25 µs per 350-byte usage row.
 JSON_BYTES = 4 * 1024
+# A yield that took longer waited for the GIL (a bare sched_yield takes ~1 µs, ~0.1 ms
+# when another thread runs on the core first): the event loop's thread holds it.
+CONTENDED_S = 0.001
+
+
+class Pacer:
+    """The pauses of one piece of work: each yields the core, until one has to wait for
+    the GIL; from then on :attr:`contended` is true and pauses do nothing."""
+
+    __slots__ = ("contended",)
+
+    def __init__(self) -> None:
+        self.contended = False
+
+    def pause(self) -> None:
+        if not self.contended:
+            started = time.perf_counter()
+            _yield()
+            self.contended = time.perf_counter() - started > CONTENDED_S
 
 
 def paced(items: Iterable[T]) -> Iterator[T]:
     """``items`` one by one; between two of them the iterating thread yields its core (not
-    before the first, not after the last)."""
+    before the first, not after the last), while the GIL is not in demand (:class:`Pacer`)."""
+    pacer = Pacer()
     for i, item in enumerate(items):
         if i:
-            _yield()
+            pacer.pause()
         yield item
 
 
 def parts(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
-    """``items`` in consecutive parts of at most ``size``, :func:`paced`."""
+    """``items`` in consecutive parts of at most ``size``, yielding between them; once a
+    yield had to wait for the GIL, the rest in one part (:class:`Pacer`)."""
     if size < 1:
         raise ValueError(f"size must be at least 1, not {size}")
-    return paced(items[start : start + size] for start in range(0, len(items), size))
+    pacer, start = Pacer(), 0
+    while start < len(items):
+        if start:
+            pacer.pause()
+        end = len(items) if pacer.contended else start + size
+        yield items[start:end]
+        start = end

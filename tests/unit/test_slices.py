@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from unittest import mock
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -21,3 +24,48 @@ def test_parts_hold_every_item_once_in_order(items: list[int], size: int) -> Non
 def test_a_part_holds_at_least_one_item() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         list(slices.parts([1, 2], 0))
+
+
+@given(
+    items=st.lists(st.integers(), max_size=50),
+    size=st.integers(1, 10),
+    waits=st.lists(st.booleans(), max_size=10),
+)
+def test_once_a_yield_waits_for_the_gil_the_rest_is_one_part(
+    items: list[int], size: int, waits: list[bool]
+) -> None:
+    """A yield that took longer than CONTENDED_S waited for the GIL: the work goes on
+    unsliced (slices.py). Every item still comes once, in order."""
+    pauses = iter(waits)
+
+    def pause() -> None:
+        if next(pauses, False):
+            time.sleep(slices.CONTENDED_S * 2)
+
+    with mock.patch.object(slices, "_yield", pause):
+        parts = list(slices.parts(items, size))
+    assert [i for part in parts for i in part] == items
+    slow = next((n for n, wait in enumerate(waits[: max(0, len(parts) - 1)]) if wait), None)
+    if slow is None:  # never contended: parts of ``size``
+        assert all(len(part) <= size for part in parts)
+    else:  # the pause after part ``slow`` waited: the rest came in the next part, the last
+        assert len(parts) == slow + 2
+        assert all(len(part) == size for part in parts[:-1])
+
+
+def test_a_pacer_stops_pausing_once_contended() -> None:
+    calls: list[int] = []
+
+    def pause() -> None:
+        calls.append(1)
+        time.sleep(slices.CONTENDED_S * 2)
+
+    pacer = slices.Pacer()
+    with mock.patch.object(slices, "_yield", pause):
+        pacer.pause()
+        pacer.pause()
+    assert pacer.contended and len(calls) == 1
+    fresh = slices.Pacer()
+    with mock.patch.object(slices, "_yield", lambda: None):
+        fresh.pause()
+    assert not fresh.contended

@@ -152,11 +152,16 @@ class JsonRowsInsert:
             return None
 
     def parts(
-        self, rows: Iterable[Mapping[str, Any]], budget: int | None = slices.JSON_BYTES
+        self,
+        rows: Iterable[Mapping[str, Any]],
+        budget: int | None = slices.JSON_BYTES,
+        pacer: slices.Pacer | None = None,
     ) -> Iterator[str]:
         """The rows as :meth:`payload` gives them, in parts of about ``budget`` bytes (one
         row at least each; None: all in one), each encoded when it is asked for;
-        :class:`Unsendable` at the first value that cannot travel exactly."""
+        :class:`Unsendable` at the first value that cannot travel exactly. With a
+        ``pacer``, it pauses after each part is taken, and once the GIL is in demand the
+        rest comes in one part (slices.py)."""
         pairs = tuple(zip(self.columns, self._convert, strict=True))
         part: list[bytes] = []
         size = 0
@@ -170,6 +175,9 @@ class JsonRowsInsert:
             if part and budget is not None and size + len(encoded) > budget:
                 yield _array(part)
                 part, size = [], 0
+                if pacer is not None:
+                    pacer.pause()
+                    budget = None if pacer.contended else budget
             part.append(encoded)
             size += len(encoded) + 1
         if part:
@@ -183,11 +191,12 @@ class JsonRowsInsert:
     ) -> list[tuple[Any, ...]]:
         """Insert ``rows`` with ``db`` (a sqlite3 connection, in its transaction), one
         statement for each of :meth:`parts`, each part encoded after the thread yields
-        (slices.py); what ``RETURNING`` gave, as sqlite3 reads it. :class:`Unsendable`
-        when a value cannot travel this way: the caller's transaction, which may hold
-        some of the parts, is to be rolled back (:meth:`Writer.call` does)."""
+        (slices.py: the rest in one part once the GIL is in demand); what ``RETURNING``
+        gave, as sqlite3 reads it. :class:`Unsendable` when a value cannot travel this
+        way: the caller's transaction, which may hold some of the parts, is to be rolled
+        back (:meth:`Writer.call` does)."""
         found: list[tuple[Any, ...]] = []
-        for payload in slices.paced(self.parts(rows, budget)):
+        for payload in self.parts(rows, budget, slices.Pacer()):
             found += db.execute(self.sql, {"rows": payload}).fetchall()
         return found
 

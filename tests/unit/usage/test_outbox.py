@@ -7,11 +7,13 @@ aclose) or by SIGKILL, and a fresh outbox adopts what it left behind.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import logging
 import os
 import signal
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from unittest import mock
@@ -509,5 +511,43 @@ def test_a_spool_deleted_by_another_scan_before_it_is_locked_is_made_again(
         assert raced == lost and spool.path.exists()
         assert not list(directory.glob(".*.new"))  # no half-made file left behind
         assert _spool_files(directory) == [spool.path]
+    finally:
+        spool.close()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    blobs=st.lists(st.binary(max_size=300), max_size=300),
+    gone=st.sets(st.integers(0, 299)),
+    contended=st.booleans(),
+    limit=st.integers(1, 400),
+)
+def test_the_spool_gives_back_every_blob_as_it_was(
+    tmp_path_factory: pytest.TempPathFactory,
+    blobs: list[bytes],
+    gone: set[int],
+    contended: bool,
+    limit: int,
+) -> None:
+    """Blobs travel a part at a time, concatenated and cut by SQLite, and come back in
+    hex (outbox.py): any bytes (NUL, empty, not UTF-8) come back the same, in order,
+    whether the parts are sliced or, the GIL in demand, the rest goes in one (slices.py)."""
+    directory = tmp_path_factory.mktemp("spool")
+    spool = _Spool.create(directory)
+    slow = mock.patch("relaygate.slices._yield", lambda: time.sleep(0.002))
+    try:
+        with slow if contended else contextlib.nullcontext():
+            spool.append(blobs)
+            taken, buried = spool.take(limit, lambda data: data)  # type: ignore[arg-type,return-value]
+            assert buried == 0
+            assert [blob for _, blob in taken] == blobs[:limit]
+            ids = [row_id for row_id, _ in taken]
+            assert ids == sorted(ids)
+            dropped = [row_id for i, (row_id, _) in enumerate(taken) if i in gone]
+            assert spool.delete(dropped) == len(dropped)
+            left, _ = spool.take(10**6, lambda data: data)  # type: ignore[arg-type,return-value]
+        kept = [blob for i, blob in enumerate(blobs) if i >= limit or i not in gone]
+        assert [blob for _, blob in left] == kept
+        assert spool.count == len(kept)
     finally:
         spool.close()
