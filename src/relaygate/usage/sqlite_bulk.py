@@ -2,7 +2,10 @@
 
 The counterpart of pg_bulk.py: the records insert (``ON CONFLICT DO NOTHING RETURNING``
 the keys inserted) and the usage_daily upsert each take rows as one JSON parameter (the
-records in parts of a few kilobytes, slices.py). The writer's event-loop CPU per record
+records in parts of a few kilobytes, slices.py). In the writer's thread the new keys come
+from one query of those already there, not from ``RETURNING``: sqlite3 steps once a
+returned row, and releases the GIL at each step, which costs a switch interval (5 ms)
+each while the event loop is busy (slices.py). The writer's event-loop CPU per record
 fell from ~17 µs (SQLAlchemy's generic batch insert) to ~2 µs (a 15,000-row batch held
 the loop 26 ms), and a 100-row batch no longer holds it for milliseconds; one worker
 serves ~10% more requests a second (bench/RESULTS.md, section 2's A/B). ``write()``
@@ -17,15 +20,18 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from relaygate.store.sqlite_bulk import JsonRowsInsert, Unsendable, Writer
+from relaygate.store.sqlite_bulk import JsonRowsInsert, Unsendable, Writer, bind_processor
 from relaygate.store.tables import usage_daily, usage_records
 
 __all__ = ["SqliteStatements"]
 
 Key = tuple[Any, Any]  # (request_id, created_at)
+_ENCODE = msgspec.json.Encoder().encode
+_KEYS = msgspec.json.Decoder(list[tuple[str, str]]).decode
 Rollups = Callable[[list[Key]], list[dict[str, Any]]]
 
 
@@ -33,13 +39,25 @@ class SqliteStatements:
     """The usage_records insert and the usage_daily upsert, one fixed statement each."""
 
     def __init__(self, sums: tuple[str, ...], dialect: Dialect) -> None:
-        keys = ", ".join(c.name for c in usage_records.primary_key.columns)
+        names = [c.name for c in usage_records.primary_key.columns]
+        if names != ["request_id", "created_at"]:
+            raise AssertionError(f"usage_records' key is {names}")
+        keys = ", ".join(names)
         self._records = JsonRowsInsert(
             usage_records,
             dialect,
             f"ON CONFLICT ({keys}) DO NOTHING RETURNING {keys}",
-            returning=[c.name for c in usage_records.primary_key.columns],
+            returning=names,
         )
+        # the writer's thread: the keys already there (one row), then the insert
+        self._records_new = JsonRowsInsert(
+            usage_records, dialect, f"ON CONFLICT ({keys}) DO NOTHING"
+        )
+        self._there = (
+            f"SELECT json_group_array(json_array({keys})) FROM usage_records"
+            f" WHERE ({keys}) IN (SELECT value->>0, value->>1 FROM json_each(:keys))"
+        )
+        self._at_text = bind_processor(usage_records.c.created_at, dialect) or str
         daily_keys = ", ".join(c.name for c in usage_daily.primary_key.columns)
         added = ", ".join(f"{s} = usage_daily.{s} + excluded.{s}" for s in sums)
         self._daily = JsonRowsInsert(
@@ -57,7 +75,14 @@ class SqliteStatements:
         False, having written nothing, when a value cannot travel this way."""
 
         def work(db: sqlite3.Connection) -> None:
-            found = self._records.insert(db, rows)
+            if not db.in_transaction:  # the query and the insert see the same rows
+                db.execute("BEGIN IMMEDIATE")
+            keys = [(row["request_id"], self._at_text(row["created_at"])) for row in rows]
+            (there,) = db.execute(self._there, {"keys": _ENCODE(keys).decode()}).fetchone()
+            old = set(_KEYS(there))
+            self._records_new.insert(db, rows)
+            # each key not there before once, as RETURNING gives them
+            found = [key for key in dict.fromkeys(keys) if key not in old]
             daily = rollups([self._key(row) for row in found])
             if daily:
                 payload = self._daily.payload(daily)

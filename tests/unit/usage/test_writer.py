@@ -201,6 +201,20 @@ async def test_replayed_records_count_once(engine: AsyncEngine, spool_dir: Path)
     assert_daily(before, expected_daily(records))
 
 
+async def test_new_records_twice_in_their_first_batch_count_once(
+    engine: AsyncEngine, spool_dir: Path
+) -> None:
+    """On SQLite the new keys come from a query of those already there, not RETURNING
+    (usage/sqlite_bulk.py): a key twice among new records is still one row, added once."""
+    records = make_records(200)
+    async with Pipeline(spool_dir, engine, batch_size=2000) as pipeline:
+        pipeline.append(records[:120] + records[60:] + records[::7])
+        await wait_drained(pipeline.writer)
+        assert pipeline.written() == 200
+    assert await count_rows(engine) == 200
+    assert_daily(await daily_rows(engine), expected_daily(records))
+
+
 async def test_an_orphan_spool_is_written_once_and_deleted(
     engine: AsyncEngine, spool_dir: Path
 ) -> None:
