@@ -53,9 +53,10 @@ class SqliteStatements:
         self._records_new = JsonRowsInsert(
             usage_records, dialect, f"ON CONFLICT ({keys}) DO NOTHING"
         )
-        self._there = (
-            f"SELECT json_group_array(json_array({keys})) FROM usage_records"
-            f" WHERE ({keys}) IN (SELECT value->>0, value->>1 FROM json_each(:keys))"
+        self._there = (  # a join: each key one search of the primary key's index
+            "SELECT json_group_array(json_array(u.request_id, u.created_at))"
+            " FROM json_each(:keys) AS k JOIN usage_records AS u"
+            " ON u.request_id = k.value->>0 AND u.created_at = k.value->>1"
         )
         self._at_text = bind_processor(usage_records.c.created_at, dialect) or str
         daily_keys = ", ".join(c.name for c in usage_daily.primary_key.columns)
