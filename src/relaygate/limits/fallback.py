@@ -18,6 +18,7 @@ the client's favour.)
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -69,6 +70,8 @@ class FallbackLimiter:
         self._retry_interval = retry_interval
         self._degraded = False
         self._next_try = 0.0
+        # when the primary last failed: only a call started after it says it is back
+        self._failed_at = -math.inf
         self._pending: deque[_Pending] = deque(maxlen=max_pending)
 
     @property
@@ -81,13 +84,14 @@ class FallbackLimiter:
     ) -> Decision:
         """Ask the primary; when it fails, refuse (fail closed) or ask the fallback."""
         if self._should_try():
+            started = time.monotonic()
             try:
                 async with asyncio.timeout(self._timeout):
                     decision = await self._primary.acquire(rules, request_id, now)
             except _FAILURES:
                 self._failed()
             else:
-                self._answered()
+                self._answered(started)
                 await self._replay()
                 return decision
         self._refuse_if_closed()
@@ -113,13 +117,14 @@ class FallbackLimiter:
     async def peek(self, rules: Sequence[Rule], now: float | None = None) -> list[RuleState]:
         """Where each rule stands, from the primary or, when it fails, the fallback."""
         if self._should_try():
+            started = time.monotonic()
             try:
                 async with asyncio.timeout(self._timeout):
                     states = await self._primary.peek(rules, now)
             except _FAILURES:
                 self._failed()
             else:
-                self._answered()
+                self._answered(started)
                 return states
         self._refuse_if_closed()
         return await self._fallback.peek(rules, now)
@@ -135,13 +140,14 @@ class FallbackLimiter:
         self, lease: Lease, actual: Mapping[str, int] | None, now: float | None
     ) -> bool:
         """Settle on the primary; False (and degraded) when it cannot be reached."""
+        started = time.monotonic()
         try:
             async with asyncio.timeout(self._timeout):
                 await self._primary.settle(lease, actual, now)
         except _FAILURES:
             self._failed()
             return False
-        self._answered()
+        self._answered(started)
         return True
 
     async def _replay(self) -> None:
@@ -165,13 +171,18 @@ class FallbackLimiter:
         return True
 
     def _failed(self) -> None:
-        self._next_try = time.monotonic() + self._retry_interval
+        self._failed_at = time.monotonic()
+        self._next_try = self._failed_at + self._retry_interval
         if not self._degraded:
             self._degraded = True
             self._on_degraded(True)
 
-    def _answered(self) -> None:
-        if self._degraded:
+    def _answered(self, started: float) -> None:
+        """A call that began at ``started`` succeeded. One already in flight when the
+        primary failed says nothing of it now: with many requests in flight (a burst of
+        new connections at start, say), each such answer flipped the state back and the
+        next timeout flipped it again, 20-odd times a worker in a second."""
+        if self._degraded and started > self._failed_at:
             self._degraded = False
             self._on_degraded(False)
 
