@@ -24,9 +24,10 @@ Python waits for it back until that thread is made to let go, every switch inter
 (5 ms): one worker at saturation left the usage writer 16-64 rows a second against
 2,200 requests a second (an in-process load of 32 requests at ~400 µs of Python each),
 and its outbox grew without end (bench/RESULTS.md, sections 14 and 16). So a yield is
-timed: one that took over ``CONTENDED_S`` waited for the GIL, and the rest of that
-piece of work goes on without slices (:class:`Pacer`). The core is not what is scarce
-then, the GIL is, and every statement the work is cut into costs a switch interval.
+timed: one that took most of a switch interval waited for the GIL to be taken from the
+loop's thread, and the rest of that piece of work goes on without slices
+(:class:`Pacer`). The core is not what is scarce then, the GIL is, and every statement
+the work is cut into costs a switch interval.
 
 For threads only: ``paced()`` and ``parts()`` yield in the thread that iterates them.
 On the event loop, yield with ``await asyncio.sleep(0)`` instead.
@@ -35,11 +36,12 @@ On the event loop, yield with ``await asyncio.sleep(0)`` instead.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TypeVar
 
-__all__ = ["CONTENDED_S", "JSON_BYTES", "Pacer", "paced", "parts"]
+__all__ = ["JSON_BYTES", "Pacer", "contended_s", "paced", "parts"]
 
 T = TypeVar("T")
 
@@ -49,9 +51,18 @@ _yield = getattr(os, "sched_yield", lambda: time.sleep(0))
 # About 0.3 ms of a thread's work on the bench machine when a statement unpacks its rows
 # from JSON (json_each): encoding them and inserting them, ~25 µs per 350-byte usage row.
 JSON_BYTES = 4 * 1024
-# A yield that took longer waited for the GIL (a bare sched_yield takes ~1 µs, ~0.1 ms
-# when another thread runs on the core first): the event loop's thread holds it.
-CONTENDED_S = 0.001
+# A yield that took longer waited for the GIL until the event loop's thread was made to
+# let go of it (after the switch interval, 5 ms by default): that thread never idles, it
+# is saturated. A shorter wait is a core's other thread running first, or the loop's
+# thread finishing a step and going back to wait for I/O: there slices are wanted (at
+# c=1 on the 2-core bench machine, a 1 ms threshold stopped them and cost the p99).
+CONTENDED_FRACTION = 0.8
+
+
+def contended_s() -> float:
+    """How long a yield takes when it had to wait for the GIL to be taken from a thread
+    that does not let go of it on its own."""
+    return CONTENDED_FRACTION * sys.getswitchinterval()
 
 
 class Pacer:
@@ -67,7 +78,7 @@ class Pacer:
         if not self.contended:
             started = time.perf_counter()
             _yield()
-            self.contended = time.perf_counter() - started > CONTENDED_S
+            self.contended = time.perf_counter() - started > contended_s()
 
 
 def paced(items: Iterable[T]) -> Iterator[T]:

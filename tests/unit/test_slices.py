@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 
 from relaygate import slices
 
+FAST = mock.patch.object(slices, "contended_s", lambda: 0.001)  # 2 ms pauses are contended
+
 
 @given(items=st.lists(st.integers(), max_size=50), size=st.integers(1, 60))
 def test_parts_hold_every_item_once_in_order(items: list[int], size: int) -> None:
@@ -34,15 +36,15 @@ def test_a_part_holds_at_least_one_item() -> None:
 def test_once_a_yield_waits_for_the_gil_the_rest_is_one_part(
     items: list[int], size: int, waits: list[bool]
 ) -> None:
-    """A yield that took longer than CONTENDED_S waited for the GIL: the work goes on
+    """A yield that took most of a switch interval waited for the GIL: the work goes on
     unsliced (slices.py). Every item still comes once, in order."""
     pauses = iter(waits)
 
     def pause() -> None:
         if next(pauses, False):
-            time.sleep(slices.CONTENDED_S * 2)
+            time.sleep(0.002)
 
-    with mock.patch.object(slices, "_yield", pause):
+    with mock.patch.object(slices, "_yield", pause), FAST:
         parts = list(slices.parts(items, size))
     assert [i for part in parts for i in part] == items
     slow = next((n for n, wait in enumerate(waits[: max(0, len(parts) - 1)]) if wait), None)
@@ -58,10 +60,10 @@ def test_a_pacer_stops_pausing_once_contended() -> None:
 
     def pause() -> None:
         calls.append(1)
-        time.sleep(slices.CONTENDED_S * 2)
+        time.sleep(0.002)
 
     pacer = slices.Pacer()
-    with mock.patch.object(slices, "_yield", pause):
+    with mock.patch.object(slices, "_yield", pause), FAST:
         pacer.pause()
         pacer.pause()
     assert pacer.contended and len(calls) == 1

@@ -24,13 +24,13 @@ import msgspec
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from relaygate.store.sqlite_bulk import JsonRowsInsert, Unsendable, Writer, bind_processor
+from relaygate import slices
+from relaygate.store.sqlite_bulk import JsonRowsInsert, Unsendable, Writer
 from relaygate.store.tables import usage_daily, usage_records
 
 __all__ = ["SqliteStatements"]
 
 Key = tuple[Any, Any]  # (request_id, created_at)
-_ENCODE = msgspec.json.Encoder().encode
 _KEYS = msgspec.json.Decoder(list[tuple[str, str]]).decode
 Rollups = Callable[[list[Key]], list[dict[str, Any]]]
 
@@ -49,16 +49,19 @@ class SqliteStatements:
             f"ON CONFLICT ({keys}) DO NOTHING RETURNING {keys}",
             returning=names,
         )
-        # the writer's thread: the keys already there (one row), then the insert
+        # The writer's thread, for each part of the rows: the keys of the part not there
+        # yet (one row of JSON; each key one search of the primary key's index), then the
+        # part's insert. A key twice in the batch is there for its second part already.
         self._records_new = JsonRowsInsert(
             usage_records, dialect, f"ON CONFLICT ({keys}) DO NOTHING"
         )
-        self._there = (  # a join: each key one search of the primary key's index
-            "SELECT json_group_array(json_array(u.request_id, u.created_at))"
-            " FROM json_each(:keys) AS k JOIN usage_records AS u"
-            " ON u.request_id = k.value->>0 AND u.created_at = k.value->>1"
+        pos = [self._records_new.columns.index(name) for name in names]
+        new_key = f"k.value->>{pos[0]}, k.value->>{pos[1]}"
+        self._new_keys = (
+            f"SELECT json_group_array(json_array({new_key})) FROM json_each(:rows) AS k"
+            f" WHERE NOT EXISTS (SELECT 1 FROM usage_records AS u WHERE"
+            f" u.request_id = k.value->>{pos[0]} AND u.created_at = k.value->>{pos[1]})"
         )
-        self._at_text = bind_processor(usage_records.c.created_at, dialect) or str
         daily_keys = ", ".join(c.name for c in usage_daily.primary_key.columns)
         added = ", ".join(f"{s} = usage_daily.{s} + excluded.{s}" for s in sums)
         self._daily = JsonRowsInsert(
@@ -76,15 +79,15 @@ class SqliteStatements:
         False, having written nothing, when a value cannot travel this way."""
 
         def work(db: sqlite3.Connection) -> None:
-            if not db.in_transaction:  # the query and the insert see the same rows
+            if not db.in_transaction:  # the queries and the inserts see the same rows
                 db.execute("BEGIN IMMEDIATE")
-            keys = [(row["request_id"], self._at_text(row["created_at"])) for row in rows]
-            (there,) = db.execute(self._there, {"keys": _ENCODE(keys).decode()}).fetchone()
-            old = set(_KEYS(there))
-            self._records_new.insert(db, rows)
-            # each key not there before once, as RETURNING gives them
-            found = [key for key in dict.fromkeys(keys) if key not in old]
-            daily = rollups([self._key(row) for row in found])
+            found: list[tuple[str, str]] = []
+            for part in self._records_new.parts(rows, slices.JSON_BYTES, slices.Pacer()):
+                (new,) = db.execute(self._new_keys, {"rows": part}).fetchone()
+                found += _KEYS(new)
+                db.execute(self._records_new.sql, {"rows": part})
+            # each new key once, as RETURNING gives them
+            daily = rollups([self._key(row) for row in dict.fromkeys(found)])
             if daily:
                 payload = self._daily.payload(daily)
                 if payload is None:

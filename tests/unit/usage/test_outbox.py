@@ -534,7 +534,9 @@ def test_the_spool_gives_back_every_blob_as_it_was(
     whether the parts are sliced or, the GIL in demand, the rest goes in one (slices.py)."""
     directory = tmp_path_factory.mktemp("spool")
     spool = _Spool.create(directory)
-    slow = mock.patch("relaygate.slices._yield", lambda: time.sleep(0.002))
+    slow = contextlib.ExitStack()
+    slow.enter_context(mock.patch("relaygate.slices._yield", lambda: time.sleep(0.002)))
+    slow.enter_context(mock.patch("relaygate.slices.contended_s", lambda: 0.001))
     try:
         with slow if contended else contextlib.nullcontext():
             spool.append(blobs)
