@@ -2,8 +2,8 @@
 
 The counterpart of pg_bulk.py: the records insert (``ON CONFLICT DO NOTHING RETURNING``
 the keys inserted) and the usage_daily upsert each take rows as one JSON parameter (the
-records in parts of a few kilobytes, slices.py). In the writer's thread the new keys come
-from one query of those already there, not from ``RETURNING``: sqlite3 steps once a
+records in parts of a few kilobytes, slices.py). In the writer's thread a part's new
+keys come from one query before its insert, not from ``RETURNING``: sqlite3 steps once a
 returned row, and releases the GIL at each step, which costs a switch interval (5 ms)
 each while the event loop is busy (slices.py). The writer's event-loop CPU per record
 fell from ~17 µs (SQLAlchemy's generic batch insert) to ~2 µs (a 15,000-row batch held
