@@ -29,7 +29,7 @@ loop's thread, and the rest of that piece of work goes on without slices
 (:class:`Pacer`). The core is not what is scarce then, the GIL is, and every statement
 the work is cut into costs a switch interval.
 
-For threads only: ``paced()`` and ``parts()`` yield in the thread that iterates them.
+For threads only: :class:`Pacer` and ``parts()`` yield in the thread that runs them.
 On the event loop, yield with ``await asyncio.sleep(0)`` instead.
 """
 
@@ -38,10 +38,10 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import TypeVar
 
-__all__ = ["JSON_BYTES", "Pacer", "contended_s", "paced", "parts"]
+__all__ = ["JSON_BYTES", "Pacer", "contended_s", "parts"]
 
 T = TypeVar("T")
 
@@ -79,16 +79,6 @@ class Pacer:
             started = time.perf_counter()
             _yield()
             self.contended = time.perf_counter() - started > contended_s()
-
-
-def paced(items: Iterable[T]) -> Iterator[T]:
-    """``items`` one by one; between two of them the iterating thread yields its core (not
-    before the first, not after the last), while the GIL is not in demand (:class:`Pacer`)."""
-    pacer = Pacer()
-    for i, item in enumerate(items):
-        if i:
-            pacer.pause()
-        yield item
 
 
 def parts(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:

@@ -20,7 +20,6 @@ def test_parts_hold_every_item_once_in_order(items: list[int], size: int) -> Non
     assert [i for part in parts for i in part] == items
     assert all(1 <= len(part) <= size for part in parts)
     assert len(parts) == -(-len(items) // size)
-    assert list(slices.paced(items)) == items
 
 
 def test_a_part_holds_at_least_one_item() -> None:
