@@ -25,9 +25,9 @@ Python waits for it back until that thread is made to let go, every switch inter
 2,200 requests a second (an in-process load of 32 requests at ~400 µs of Python each),
 and its outbox grew without end (bench/RESULTS.md, sections 14 and 16). So a yield is
 timed: one that took most of a switch interval waited for the GIL to be taken from the
-loop's thread, and the rest of that piece of work goes on without slices
-(:class:`Pacer`). The core is not what is scarce then, the GIL is, and every statement
-the work is cut into costs a switch interval.
+loop's thread, and the rest of that piece of work goes on in parts 64 times larger,
+without pauses (:class:`Pacer`). The core is not what is scarce then, the GIL is, and
+every statement the work is cut into costs a switch interval.
 
 For threads only: :class:`Pacer` and ``parts()`` yield in the thread that runs them.
 On the event loop, yield with ``await asyncio.sleep(0)`` instead.
@@ -41,7 +41,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import TypeVar
 
-__all__ = ["JSON_BYTES", "Pacer", "contended_s", "parts"]
+__all__ = ["CONTENDED_SCALE", "JSON_BYTES", "Pacer", "contended_s", "parts"]
 
 T = TypeVar("T")
 
@@ -57,6 +57,9 @@ JSON_BYTES = 4 * 1024
 # thread finishing a step and going back to wait for I/O: there slices are wanted (at
 # c=1 on the 2-core bench machine, a 1 ms threshold stopped them and cost the p99).
 CONTENDED_FRACTION = 0.8
+# Once contended, a part holds this many times more: few statements, each still far
+# within SQLite's limit on one value (1 GB by default) and a bounded memory
+CONTENDED_SCALE = 64
 
 
 def contended_s() -> float:
@@ -83,13 +86,14 @@ class Pacer:
 
 def parts(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
     """``items`` in consecutive parts of at most ``size``, yielding between them; once a
-    yield had to wait for the GIL, the rest in one part (:class:`Pacer`)."""
+    yield had to wait for the GIL, parts of ``CONTENDED_SCALE`` times ``size`` without
+    pauses (:class:`Pacer`)."""
     if size < 1:
         raise ValueError(f"size must be at least 1, not {size}")
     pacer, start = Pacer(), 0
     while start < len(items):
         if start:
             pacer.pause()
-        end = len(items) if pacer.contended else start + size
+        end = start + (size * CONTENDED_SCALE if pacer.contended else size)
         yield items[start:end]
         start = end

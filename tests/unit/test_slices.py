@@ -31,15 +31,15 @@ def test_a_part_holds_at_least_one_item() -> None:
 
 
 @given(
-    items=st.lists(st.integers(), max_size=50),
+    items=st.lists(st.integers(), max_size=2000),
     size=st.integers(1, 10),
     waits=st.lists(st.booleans(), max_size=10),
 )
-def test_once_a_yield_waits_for_the_gil_the_rest_is_one_part(
+def test_parts_grow_once_a_yield_waits_for_the_gil(
     items: list[int], size: int, waits: list[bool]
 ) -> None:
     """A yield that took most of a switch interval waited for the GIL: the work goes on
-    unsliced (slices.py). Every item still comes once, in order."""
+    in parts CONTENDED_SCALE times larger, without pauses (slices.py)."""
     pauses = iter(waits)
 
     def pause() -> None:
@@ -48,13 +48,16 @@ def test_once_a_yield_waits_for_the_gil_the_rest_is_one_part(
 
     with mock.patch.object(slices, "_yield", pause), FAST:
         parts = list(slices.parts(items, size))
+    expected: list[list[int]] = []
+    start, drawn, contended = 0, iter(waits), False
+    while start < len(items):
+        if start and not contended:
+            contended = next(drawn, False)
+        step = size * slices.CONTENDED_SCALE if contended else size
+        expected.append(items[start : start + step])
+        start += step
+    assert [list(part) for part in parts] == expected
     assert [i for part in parts for i in part] == items
-    slow = next((n for n, wait in enumerate(waits[: max(0, len(parts) - 1)]) if wait), None)
-    if slow is None:  # never contended: parts of ``size``
-        assert all(len(part) <= size for part in parts)
-    else:  # the pause after part ``slow`` waited: the rest came in the next part, the last
-        assert len(parts) == slow + 2
-        assert all(len(part) == size for part in parts[:-1])
 
 
 def test_a_pacer_stops_pausing_once_contended() -> None:

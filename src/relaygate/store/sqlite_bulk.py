@@ -161,7 +161,7 @@ class JsonRowsInsert:
         row at least each; None: all in one), each encoded when it is asked for;
         :class:`Unsendable` at the first value that cannot travel exactly. With a
         ``pacer``, it pauses after each part is taken, and once the GIL is in demand the
-        rest comes in one part (slices.py)."""
+        parts grow ``CONTENDED_SCALE``-fold, without pauses (slices.py)."""
         pairs = tuple(zip(self.columns, self._convert, strict=True))
         part: list[bytes] = []
         size = 0
@@ -176,8 +176,10 @@ class JsonRowsInsert:
                 yield _array(part)
                 part, size = [], 0
                 if pacer is not None:
+                    was = pacer.contended
                     pacer.pause()
-                    budget = None if pacer.contended else budget
+                    if pacer.contended and not was:
+                        budget *= slices.CONTENDED_SCALE
             part.append(encoded)
             size += len(encoded) + 1
         if part:
@@ -191,7 +193,7 @@ class JsonRowsInsert:
     ) -> list[tuple[Any, ...]]:
         """Insert ``rows`` with ``db`` (a sqlite3 connection, in its transaction), one
         statement for each of :meth:`parts`, each part encoded after the thread yields
-        (slices.py: the rest in one part once the GIL is in demand); what ``RETURNING``
+        (slices.py: larger parts once the GIL is in demand); what ``RETURNING``
         gave, as sqlite3 reads it. :class:`Unsendable` when a value cannot travel this
         way: the caller's transaction, which may hold some of the parts, is to be rolled
         back (:meth:`Writer.call` does)."""

@@ -472,7 +472,8 @@ class _Spool:
             if after:
                 pacer.pause()
             room = limit - len(taken) - len(bad)
-            asked = room if pacer.contended else min(room, _SLICE_ROWS)
+            part = _SLICE_ROWS * (slices.CONTENDED_SCALE if pacer.contended else 1)
+            asked = min(room, part)
             ids, hexed = self._db.execute(_TAKE, (after, asked)).fetchone()
             if ids is None:
                 break

@@ -50,6 +50,7 @@ _ORPHAN_SCAN_EVERY = 60.0
 _SHARED_SCAN_EVERY = 0.5  # the elected writer looks for handed-over files this often
 HAND_OFF_EVERY = 1.0  # a process that is not the writer hands its file over this often
 _CATCH_UP = 50  # the largest turn, in batch_size units, when the writer is far behind
+_MAX_TURN = 100_000  # ...and in records, whatever batch_size: a turn's memory is bounded
 _AGE_EVERY = 1.0  # seconds between outbox age updates while the writer waits
 # Records made into rows between two turns of the event loop: ~0.2 ms of it (slices.py)
 _LOOP_SLICE = 32
@@ -272,13 +273,13 @@ class UsageWriter:
         turn of it, so at saturation its rate is rows per turn: the sources are read
         together, written in one transaction and acknowledged together, whatever their
         number (the elected writer drains every worker's files). When far behind, a
-        source gives all that waits, up to ``_CATCH_UP`` batches in all: a turn costs the
-        same few switch intervals of the GIL whatever its size while the loop is busy
-        (slices.py), so the writer's rate grows with its backlog, and the rows are made
-        ``_LOOP_SLICE`` at a time between turns of the loop.
+        source gives all that waits, up to ``_CATCH_UP`` batches (``_MAX_TURN`` records)
+        in all: a turn costs the same few switch intervals of the GIL whatever its size
+        while the loop is busy (slices.py), so the writer's rate grows with its backlog,
+        and the rows are made ``_LOOP_SLICE`` at a time between turns of the loop.
         """
         limits: list[tuple[Outbox, int]] = []
-        room = _CATCH_UP * self._batch_size
+        room = max(self._batch_size, min(_CATCH_UP * self._batch_size, _MAX_TURN))
         for source in self._sources():
             if source.durable and room > 0:
                 limit = min(room, max(self._batch_size, source.durable))

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import msgspec
 import pytest
@@ -161,6 +163,18 @@ def test_a_batch_in_parts_is_the_batch(data: st.DataObject, budget: int) -> None
     assert whole is not None
     assert [r for p in parts for r in msgspec.json.decode(p)] == msgspec.json.decode(whole)
     assert all(len(p.encode()) <= budget + 2 or len(msgspec.json.decode(p)) == 1 for p in parts)
+    # a pause that waits for the GIL: the next parts are larger, still bounded (slices.py)
+    with (
+        mock.patch.object(slices, "_yield", lambda: time.sleep(0.002)),
+        mock.patch.object(slices, "contended_s", lambda: 0.001),
+    ):
+        paced = list(insert.parts(rows, budget, slices.Pacer()))
+    assert [r for p in paced for r in msgspec.json.decode(p)] == msgspec.json.decode(whole)
+    larger = budget * slices.CONTENDED_SCALE
+    assert all(
+        len(p.encode()) <= (budget if i == 0 else larger) + 2 or len(msgspec.json.decode(p)) == 1
+        for i, p in enumerate(paced)
+    )
 
 
 async def test_returning_gives_the_rows_inserted(engines: list[AsyncEngine]) -> None:
