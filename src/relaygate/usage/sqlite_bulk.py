@@ -86,8 +86,8 @@ class SqliteStatements:
                 (new,) = db.execute(self._new_keys, {"rows": part}).fetchone()
                 found += _KEYS(new)
                 db.execute(self._records_new.sql, {"rows": part})
-            # each new key once, as RETURNING gives them
-            daily = rollups([self._key(row) for row in dict.fromkeys(found)])
+            # a key new twice in one part is listed twice; rollups counts each row once
+            daily = rollups([self._key(row) for row in found])
             if daily:
                 payload = self._daily.payload(daily)
                 if payload is None:
