@@ -56,6 +56,7 @@ from relaygate.errors import (
 from relaygate.observability.logging import uses_own_handlers
 from relaygate.observability.ops_listener import InProcess, OpsListener, Supervised, Verdicts
 from relaygate.settings import HttpConfig, Settings
+from relaygate.usage.dedicated import DedicatedWriter, wanted
 
 __all__ = [
     "GuardedHttpProtocol",
@@ -470,8 +471,12 @@ def serve(settings: Settings, app: ASGIApp | str) -> None:
     main = config.bind_socket() if settings.workers > 1 else bind(config.host, config.port)
     server = Server(config)
     ops = None
+    # several workers on SQLite: usage written by a process of its own (usage/dedicated.py)
+    writer = DedicatedWriter(settings) if wanted(settings) else None
     try:
         if settings.workers > 1:
+            if writer is not None and not writer.start():
+                writer = None
             supervisor = Multiprocess(config, sockets=[main])
             ops = _supervised_ops(settings, app, supervisor)
             supervisor.run()
@@ -484,6 +489,8 @@ def serve(settings: Settings, app: ASGIApp | str) -> None:
         if ops is not None:
             ops.close()
         main.close()
+        if writer is not None:  # after the workers, whose last records it writes
+            writer.stop()
     if settings.workers == 1 and not server.started:
         raise SystemExit(STARTUP_FAILURE)
 

@@ -32,7 +32,7 @@ from relaygate.routing.catalog import build_router, close_providers
 from relaygate.routing.discovery import dial_out_changed, dial_out_nodes
 from relaygate.routing.router import Model, Router
 from relaygate.settings import Settings
-from relaygate.store.engine import create_engine, is_sqlite, safe_url
+from relaygate.store.engine import create_engine, safe_url
 from relaygate.store.identity import IdentityStore
 from relaygate.store.nodes import NodeTokenStore
 from relaygate.store.responses import ResponseStore
@@ -41,6 +41,7 @@ from relaygate.store.schema import SCHEMA_REVISION, current_revision
 from relaygate.tunnel.hub import Hub
 from relaygate.tunnel.serving import RegisteredModels
 from relaygate.usage.accounting import Recorder
+from relaygate.usage.dedicated import elects_writer
 from relaygate.usage.election import WriterLock
 from relaygate.usage.outbox import Outbox
 from relaygate.usage.tokens import LazyTokenizer
@@ -172,7 +173,7 @@ async def open_state(settings: Settings, log: logging.Logger) -> AppState:
     writer = UsageWriter(
         outbox, engine, batch_size=usage.batch_size, interval=usage.write_interval,
         log=log, metrics=metrics, retention_days=usage.retention_days,
-        lock=WriterLock(usage.outbox_dir) if _elect_writer(settings) else None,
+        lock=WriterLock(usage.outbox_dir) if elects_writer(settings) else None,
     )  # fmt: skip
     await writer.start()
     tokenizer = LazyTokenizer(Path(usage.outbox_dir).parent / "tiktoken", log)
@@ -209,12 +210,6 @@ async def open_state(settings: Settings, log: logging.Logger) -> AppState:
     vault.start()
     loop_lag.start()
     return state
-
-
-def _elect_writer(settings: Settings) -> bool:
-    """One usage writer per outbox folder (usage.elect_writer; by default with SQLite)."""
-    elect = settings.usage.elect_writer
-    return is_sqlite(settings.database_url) if elect is None else elect
 
 
 def _redis(settings: Settings, metrics: Metrics) -> redis.Redis | None:

@@ -1,0 +1,143 @@
+"""``relaygate serve --workers 2`` on SQLite: usage written by a process of its own
+(usage/dedicated.py), every record once, whichever way the gateway stops.
+
+Real processes on a real port: the supervisor starts the writer process before the
+workers, so neither worker is elected; after Ctrl-C (SIGINT to the whole process group)
+or SIGTERM to the supervisor, every answered request is in ``usage_records`` exactly
+once, counted once in the daily rollups, and no spool file is left. When the writer
+process is killed, a worker is elected and writes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.integration.test_cli import ADMIN_KEY, AUTH, RELAYGATE, SLOW_MOCK, stop
+from tests.processes import free_port, wait_ready
+
+pytestmark = pytest.mark.slow
+
+BODY = {"model": "mock", "messages": [{"role": "user", "content": "x"}]}
+WRITER_LINE = re.compile(rb"usage writer process (\d+):")
+
+
+@asynccontextmanager
+async def gateway(tmp_path: Path) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        SLOW_MOCK.format(delay=0)
+        + f"redis_url: redis://127.0.0.1:6379/0\nredis_prefix: 'rgtest:{uuid.uuid4().hex}:'\n"
+    )
+    port = free_port()
+    env = {
+        **os.environ,
+        "RELAYGATE_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'relaygate.db'}",
+        "RELAYGATE_ADMIN_KEY": ADMIN_KEY,
+        "RELAYGATE_USAGE__OUTBOX_DIR": str(tmp_path / "outbox"),
+    }
+    process = await asyncio.create_subprocess_exec(
+        *RELAYGATE, "serve", "--config", str(config), "--port", str(port), "--workers", "2",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True, env=env,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        await wait_ready(url)
+        yield process, url
+    finally:
+        await stop(process)
+
+
+async def send(url: str, n: int) -> None:
+    """``n`` requests, eight at a time, each answered 200."""
+    gate = asyncio.Semaphore(8)
+
+    async def one(session: aiohttp.ClientSession) -> None:
+        async with gate, session.post(f"{url}/v1/chat/completions", json=BODY, headers=AUTH) as r:
+            assert r.status == 200, await r.text()
+
+    async with aiohttp.ClientSession() as session:
+        await asyncio.gather(*(one(session) for _ in range(n)))
+
+
+def recorded(database: Path) -> tuple[int, int, int]:
+    """Rows in usage_records, distinct request ids, and requests counted by the rollups."""
+    with sqlite3.connect(database) as db:
+        rows, distinct = db.execute(
+            "SELECT count(*), count(DISTINCT request_id) FROM usage_records "
+            "WHERE endpoint = '/v1/chat/completions'"
+        ).fetchone()
+        counted = db.execute(
+            "SELECT coalesce(sum(request_count), 0) FROM usage_daily "
+            "WHERE endpoint = '/v1/chat/completions'"
+        ).fetchone()[0]
+    return rows, distinct, counted
+
+
+def spools_left(tmp_path: Path) -> list[str]:
+    return sorted(p.name for p in (tmp_path / "outbox").glob("outbox-*"))
+
+
+async def output_until(process: asyncio.subprocess.Process, pattern: re.Pattern[bytes]) -> bytes:
+    """What the gateway printed up to the first line matching ``pattern``."""
+    assert process.stdout is not None
+    seen = b""
+    while not pattern.search(seen):
+        line = await asyncio.wait_for(process.stdout.readline(), 15)
+        assert line, seen.decode()
+        seen += line
+    return seen
+
+
+async def test_the_writer_process_writes_every_record_once_after_ctrl_c(tmp_path: Path) -> None:
+    async with gateway(tmp_path) as (process, url):
+        printed = await output_until(process, WRITER_LINE)
+        match = WRITER_LINE.search(printed)
+        assert match is not None
+        writer = int(match.group(1))
+        assert writer != process.pid
+        await send(url, 120)
+        # Ctrl-C: the terminal signals the whole group, the writer process included; it
+        # stays to write what the workers hand over as they stop
+        os.killpg(process.pid, signal.SIGINT)
+        await asyncio.wait_for(process.wait(), 30)
+        rest = await process.stdout.read() if process.stdout else b""
+    output = (printed + rest).decode()
+    assert "Traceback" not in output and "ERROR" not in output, output
+    # only the writer process was elected: no worker ever wrote
+    assert output.count("this process writes usage records") == 1, output
+    assert recorded(tmp_path / "relaygate.db") == (120, 120, 120)
+    assert spools_left(tmp_path) == []
+    with pytest.raises(ProcessLookupError):
+        os.kill(writer, 0)
+
+
+async def test_a_worker_writes_when_the_writer_process_dies(tmp_path: Path) -> None:
+    async with gateway(tmp_path) as (process, url):
+        printed = await output_until(process, WRITER_LINE)
+        match = WRITER_LINE.search(printed)
+        assert match is not None
+        await send(url, 50)
+        os.kill(int(match.group(1)), signal.SIGKILL)
+        await send(url, 50)
+        # a worker is elected (within its next turn) and writes both halves
+        for _ in range(200):
+            if recorded(tmp_path / "relaygate.db")[0] == 100:
+                break
+            await asyncio.sleep(0.05)
+        assert recorded(tmp_path / "relaygate.db") == (100, 100, 100)
+        await send(url, 20)
+    # SIGTERM to the supervisor alone (stop()), as a service manager sends it
+    assert recorded(tmp_path / "relaygate.db") == (120, 120, 120)
+    assert spools_left(tmp_path) == []
