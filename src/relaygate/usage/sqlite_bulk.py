@@ -83,16 +83,16 @@ class SqliteStatements:
                 db.execute("BEGIN IMMEDIATE")
             found: list[tuple[str, str]] = []
             for part in self._records_new.parts(rows, slices.JSON_BYTES, slices.Pacer()):
-                (new,) = db.execute(self._new_keys, {"rows": part}).fetchone()
+                (new,) = db.execute(self._new_keys, part).fetchone()
                 found += _KEYS(new)
-                db.execute(self._records_new.sql, {"rows": part})
+                db.execute(self._records_new.sql, part)
             # a key new twice in one part is listed twice; rollups counts each row once
             daily = rollups([self._key(row) for row in found])
             if daily:
                 payload = self._daily.payload(daily)
                 if payload is None:
                     raise AssertionError("usage_daily rows the records insert could carry")
-                db.execute(self._daily.sql, {"rows": payload})
+                db.execute(self._daily.sql, payload)
 
         try:
             await writer.call(work)

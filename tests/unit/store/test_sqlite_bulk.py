@@ -66,8 +66,8 @@ def _row(table: sa.Table, draw: st.DrawFn, key: int) -> dict[str, Any]:
             value = draw(moments if not column.nullable else st.none() | moments)
         elif isinstance(kind, sa.Date):
             value = date(2026, 1, 1) if column.primary_key else draw(st.dates())
-        elif isinstance(kind, sa.LargeBinary):
-            value = draw(json_bytes)
+        elif isinstance(kind, sa.LargeBinary):  # what is stored (JSON), or any bytes at all
+            value = draw(json_bytes | st.binary(max_size=40))
         else:  # a column type this test does not know: it must learn it
             raise AssertionError(f"{table.name}.{column.name}: {kind!r}")
         row[column.name] = value
@@ -75,12 +75,12 @@ def _row(table: sa.Table, draw: st.DrawFn, key: int) -> dict[str, Any]:
 
 
 def _cannot_travel(rows: list[dict[str, Any]]) -> bool:
-    """A NUL character (or the text of one escaped), which the JSON path does not carry."""
+    """A NUL character (or the text of one escaped) in a text value, which the JSON path
+    does not carry; binary values travel as they are, whatever their bytes."""
     marks = ("\x00", "\\u0000")
     for row in rows:
         for value in row.values():
-            text_value = value.decode() if isinstance(value, bytes) else value
-            if isinstance(text_value, str) and any(m in text_value for m in marks):
+            if isinstance(value, str) and any(m in value for m in marks):
                 return True
     return False
 
@@ -146,6 +146,27 @@ async def test_the_bulk_insert_stores_what_sqlalchemy_stores(
         assert [[type(v) for v in row] for row in got] == [[type(v) for v in row] for row in want]
 
 
+def _rows_in(insert: JsonRowsInsert, params: sqlite_bulk.Params) -> list[list[Any]]:
+    """A part's rows as the statement reads them: each binary value cut from ``blob``."""
+    rows = msgspec.json.decode(params["rows"])
+    binary = [i for i, c in enumerate(insert.columns) if c in ("input_items", "response")]
+    blob = params.get("blob", b"")
+    assert isinstance(blob, bytes)
+    found = []
+    for row in rows:
+        values, lengths = row[: len(insert.columns)], row[len(insert.columns) :]
+        assert len(lengths) == len(binary)
+        for i, length in zip(binary, lengths, strict=True):
+            if values[i] is not None:
+                values[i] = blob[values[i] - 1 : values[i] - 1 + length]
+        found.append(values)
+    return found
+
+
+def _size(params: sqlite_bulk.Params) -> int:
+    return sum(len(v if isinstance(v, bytes) else v.encode()) for v in params.values())
+
+
 @settings(max_examples=60)
 @given(data=st.data(), budget=st.integers(1, 2_000))
 def test_a_batch_in_parts_is_the_batch(data: st.DataObject, budget: int) -> None:
@@ -161,18 +182,23 @@ def test_a_batch_in_parts_is_the_batch(data: st.DataObject, budget: int) -> None
         assert whole is None and _cannot_travel(rows)
         return
     assert whole is not None
-    assert [r for p in parts for r in msgspec.json.decode(p)] == msgspec.json.decode(whole)
-    assert all(len(p.encode()) <= budget + 2 or len(msgspec.json.decode(p)) == 1 for p in parts)
+    rows_whole = _rows_in(insert, whole)
+    assert [r for p in parts for r in _rows_in(insert, p)] == rows_whole
+    # every binary value is in its part's blob, and nothing else is
+    for p in parts:
+        held = [v for r in _rows_in(insert, p) for v in r if isinstance(v, bytes)]
+        assert b"".join(held) == p.get("blob", b"")
+    assert all(_size(p) <= budget + 2 or len(_rows_in(insert, p)) == 1 for p in parts)
     # a pause that waits for the GIL: the next parts are larger, still bounded (slices.py)
     with (
         mock.patch.object(slices, "_yield", lambda: time.sleep(0.002)),
         mock.patch.object(slices, "contended_s", lambda: 0.001),
     ):
         paced = list(insert.parts(rows, budget, slices.Pacer()))
-    assert [r for p in paced for r in msgspec.json.decode(p)] == msgspec.json.decode(whole)
+    assert [r for p in paced for r in _rows_in(insert, p)] == rows_whole
     larger = budget * slices.CONTENDED_SCALE
     assert all(
-        len(p.encode()) <= (budget if i == 0 else larger) + 2 or len(msgspec.json.decode(p)) == 1
+        _size(p) <= (budget if i == 0 else larger) + 2 or len(_rows_in(insert, p)) == 1
         for i, p in enumerate(paced)
     )
 
@@ -223,7 +249,9 @@ async def test_a_writer_raises_sqlalchemys_errors_without_the_rows(
     nul = {**row, "id": "resp_5", "model": "a\x00b"}
 
     def fails_after_inserting(db: sqlite3.Connection) -> None:
-        db.execute(insert.sql, {"rows": insert.payload([{**row, "id": "resp_3"}])})
+        params = insert.payload([{**row, "id": "resp_3"}])
+        assert params is not None
+        db.execute(insert.sql, params)
         raise AssertionError("the caller's own check failed")
 
     writer = Writer.for_engine(engine)
