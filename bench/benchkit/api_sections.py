@@ -60,7 +60,7 @@ def _cycles(opts: Options) -> list[Row]:
     direct = loadgen.wrk_script(CHAT_BODY, headers, "api-direct")
     loadgen.wrk(DIRECT + CHAT, direct, 1, 1, opts.warmup_s)  # warm-ups, not reported
     for _, path, script in scripts:
-        loadgen.wrk(VIA + path, script, 1, 1, opts.warmup_s)
+        loadgen.warm_up(VIA + path, script, 1, 1, opts.warmup_s)
     rows: list[Row] = []
     for cycle in range(opts.rounds * max(1, round(opts.seconds / SLICE_S))):
         rows.append(("direct", cycle, loadgen.wrk(DIRECT + CHAT, direct, 1, 1, SLICE_S)))

@@ -132,12 +132,12 @@ def _start(opts: Options, stack: contextlib.ExitStack) -> list[_Gateway]:
 def _measure(opts: Options, gateways: list[_Gateway]) -> None:
     """c=1 in rounds alternating between the gateways, then c=32 on each."""
     for gw in gateways:
-        loadgen.wrk(gw.url, gw.script, 1, 1, opts.warmup_s)  # warm-up, not reported
+        loadgen.warm_up(gw.url, gw.script, 1, 1, opts.warmup_s)
     for _ in range(opts.rounds):
         for gw in gateways:
             gw.c1.append(loadgen.wrk(gw.url, gw.script, 1, 1, opts.seconds))
     for gw in gateways:
-        loadgen.wrk(gw.url, gw.script, 1, 8, opts.warmup_s)  # warm-up, not reported
+        loadgen.warm_up(gw.url, gw.script, 1, 8, opts.warmup_s)
         gw.c32 = loadgen.wrk(gw.url, gw.script, 1, 32, opts.seconds)
 
 

@@ -210,14 +210,14 @@ def _short(opts: Options) -> int:
 
 def _latency_rounds(opts: Options, runs: list[_Run]) -> None:
     for run in runs:
-        loadgen.wrk(run.url, run.script, 1, 1, opts.warmup_s)  # warm-up, not reported
+        loadgen.warm_up(run.url, run.script, 1, 1, opts.warmup_s)
     for _ in range(opts.rounds):
         for run in runs:
             run.c1.append(_measure(run, 1, _short(opts)))
 
 
 def _throughput(opts: Options, run: _Run) -> None:
-    loadgen.wrk(run.url, run.script, 1, 8, opts.warmup_s)  # warm-up, not reported
+    loadgen.warm_up(run.url, run.script, 1, 8, opts.warmup_s)
     run.c32 = _measure(run, 32, _short(opts))
 
 

@@ -30,7 +30,7 @@ def _chat_script(opts: Options) -> Path:
 
 def _wrk(opts: Options, base: str, conns: int) -> LoadResult:
     script = _chat_script(opts)
-    loadgen.wrk(base + CHAT, script, 1, min(conns, 8), opts.warmup_s)  # warm-up, not reported
+    loadgen.warm_up(base + CHAT, script, 1, min(conns, 8), opts.warmup_s)
     return loadgen.wrk(base + CHAT, script, 1, conns, opts.seconds)
 
 
@@ -66,7 +66,7 @@ def _latency_rounds(
     warm-up each."""
     rows = []
     for _, url, script in runs:
-        loadgen.wrk(url, script, 1, 1, opts.warmup_s)  # warm-up, not reported
+        loadgen.warm_up(url, script, 1, 1, opts.warmup_s)
     for i in range(1, opts.rounds + 1):
         for label, url, script in runs:
             rows.append((f"round {i}: {label}", loadgen.wrk(url, script, 1, 1, opts.seconds)))
@@ -136,7 +136,7 @@ def throughput(sec: Section, opts: Options) -> None:
             label = f"via relaygate, {workers} worker{'s' if workers > 1 else ''}"
             label += ", Redis limits" if workers > 1 else ", memory limits"
             script = _chat_script(opts)
-            loadgen.wrk(VIA + CHAT, script, 1, 8, opts.warmup_s)  # warm-up, not reported
+            loadgen.warm_up(VIA + CHAT, script, 1, 8, opts.warmup_s)
             before = procs.tree_cpu_seconds(gw.pid)
             result = loadgen.wrk(VIA + CHAT, script, 1, 32, opts.seconds)
             used = procs.tree_cpu_seconds(gw.pid) - before
@@ -165,7 +165,7 @@ def throughput(sec: Section, opts: Options) -> None:
 
 def _open_loop_runs(opts: Options, base: str) -> list[LoadResult]:
     """Paced wrk at 1,000 req/s, then hey -c 50 -q 20 (same offered rate, but bursty)."""
-    loadgen.wrk(base + CHAT, _chat_script(opts), 1, 8, opts.warmup_s)  # warm-up, not reported
+    loadgen.warm_up(base + CHAT, _chat_script(opts), 1, 8, opts.warmup_s)
     headers = {"Content-Type": "application/json", **opts.headers}
     paced = loadgen.wrk_script(CHAT_BODY, headers, "paced", rate=1000)
     return [

@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -110,6 +111,20 @@ def wrk(url: str, script: Path, threads: int, conns: int, seconds: float) -> Loa
         max_ms=raw["max_us"] / 1000,
         errors=errors,
     )
+
+
+# After a warm-up, before the measurement: wrk's end cuts its requests in flight, the
+# gateway records them (499) with estimated tokens, and a worker's first estimate loads
+# tiktoken's o200k_base (0.4-0.5 s, one ~0.24 s piece of it with the GIL held inside
+# tiktoken's constructor: docs/usage.md, "token-estimates"). Once per worker; a
+# measurement that started at once caught it as a p99 of 0.27-0.43 s at one worker.
+SETTLE_S = 1.5
+
+
+def warm_up(url: str, script: Path, threads: int, conns: int, seconds: float) -> None:
+    """:func:`wrk` for ``seconds``, not reported, then ``SETTLE_S`` for what it started."""
+    wrk(url, script, threads, conns, seconds)
+    time.sleep(SETTLE_S)
 
 
 def _hey_seconds(out: str, label: str) -> float:

@@ -222,7 +222,7 @@ def measure(
     script = loadgen.wrk_script(
         CHAT_BODY, {"Content-Type": "application/json", **headers}, f"peer-{port}"
     )
-    loadgen.wrk(base + CHAT, script, 1, 8, opts.warmup_s)  # warm-up, not reported
+    loadgen.warm_up(base + CHAT, script, 1, 8, opts.warmup_s)
     c1 = loadgen.wrk(base + CHAT, script, 1, 1, opts.seconds)
     rss = [0]
 

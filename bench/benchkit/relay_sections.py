@@ -12,12 +12,13 @@ gateway the same way.
 from __future__ import annotations
 
 import statistics
+import time
 
 from . import procs
 from .common import CHAT, DIRECT, VIA, Options, Section
 from .gateway import Gateway, check_gateway
 from .http_sections import load_table
-from .loadgen import LoadResult, wrk, wrk_script
+from .loadgen import SETTLE_S, LoadResult, wrk, wrk_script
 
 EMBEDDINGS = "/v1/embeddings"
 # (label, direct URL, gateway path, request body)
@@ -68,6 +69,8 @@ def large_answers(sec: Section, opts: Options) -> None:
             wrk(direct, script, 1, 1, opts.warmup_s)
             if gw is not None:
                 wrk(VIA + path, script, 1, 1, opts.warmup_s)
+        if gw is not None:
+            time.sleep(SETTLE_S)  # what the warm-ups' ends started (loadgen.py)
         for i in range(1, opts.rounds + 1):
             for label, direct, path, script in runs:
                 plain = wrk(direct, script, 1, 1, opts.seconds)

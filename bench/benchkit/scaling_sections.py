@@ -128,7 +128,7 @@ def _one(opts: Options, workers: int, database: str) -> Run:
         headers = {"Content-Type": "application/json", **opts.headers}
         script = loadgen.wrk_script(CHAT_BODY, headers, "chat")
         conns = CONNS_PER_WORKER * workers
-        loadgen.wrk(VIA + CHAT, script, 1, conns, opts.warmup_s)  # warm-up, not reported
+        loadgen.warm_up(VIA + CHAT, script, 1, conns, opts.warmup_s)
         before = procs.tree_cpu_seconds(gw.pid)
         with DepthSampler(gw.base) as depth:
             result = loadgen.wrk(VIA + CHAT, script, 1, conns, opts.seconds)
