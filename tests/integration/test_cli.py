@@ -115,18 +115,21 @@ def test_serve_with_bad_config_exits_2_and_listens_nowhere(tmp_path: Path) -> No
 
 @asynccontextmanager
 async def serving(
-    config: Path, *args: str
+    config: Path, *args: str, env: dict[str, str] | None = None
 ) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
+    """``relaygate serve`` on a free port, its database beside ``config``; ``env`` adds to
+    (or overrides) the environment."""
     port = free_port()
-    env = {
+    environment = {
         **os.environ,
         "RELAYGATE_DATABASE_URL": f"sqlite+aiosqlite:///{config.parent / 'relaygate.db'}",
         "RELAYGATE_ADMIN_KEY": ADMIN_KEY,
+        **(env or {}),
     }
     process = await asyncio.create_subprocess_exec(
         *RELAYGATE, "serve", "--config", str(config), "--port", str(port), *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        start_new_session=True, env=env,
+        start_new_session=True, env=environment,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:

@@ -23,8 +23,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.integration.test_cli import ADMIN_KEY, AUTH, RELAYGATE, SLOW_MOCK, stop
-from tests.processes import free_port, wait_ready
+from tests.integration.test_cli import AUTH, SLOW_MOCK, serving
 
 pytestmark = pytest.mark.slow
 
@@ -34,29 +33,15 @@ WRITER_LINE = re.compile(rb"usage writer process (\d+):")
 
 @asynccontextmanager
 async def gateway(tmp_path: Path) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
+    """Two workers on SQLite, limits in Redis (a prefix of their own)."""
     config = tmp_path / "c.yaml"
     config.write_text(
         SLOW_MOCK.format(delay=0)
         + f"redis_url: redis://127.0.0.1:6379/0\nredis_prefix: 'rgtest:{uuid.uuid4().hex}:'\n"
     )
-    port = free_port()
-    env = {
-        **os.environ,
-        "RELAYGATE_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'relaygate.db'}",
-        "RELAYGATE_ADMIN_KEY": ADMIN_KEY,
-        "RELAYGATE_USAGE__OUTBOX_DIR": str(tmp_path / "outbox"),
-    }
-    process = await asyncio.create_subprocess_exec(
-        *RELAYGATE, "serve", "--config", str(config), "--port", str(port), "--workers", "2",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        start_new_session=True, env=env,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        await wait_ready(url)
+    outbox = {"RELAYGATE_USAGE__OUTBOX_DIR": str(tmp_path / "outbox")}
+    async with serving(config, "--workers", "2", env=outbox) as (process, url):
         yield process, url
-    finally:
-        await stop(process)
 
 
 async def send(url: str, n: int) -> None:
