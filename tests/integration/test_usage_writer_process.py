@@ -23,6 +23,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from relaygate.usage.election import WriterLock
 from tests.integration.test_cli import AUTH, SLOW_MOCK, serving
 
 pytestmark = pytest.mark.slow
@@ -125,4 +126,29 @@ async def test_a_worker_writes_when_the_writer_process_dies(tmp_path: Path) -> N
         await send(url, 20)
     # SIGTERM to the supervisor alone (stop()), as a service manager sends it
     assert recorded(tmp_path / "relaygate.db") == (120, 120, 120)
+    assert spools_left(tmp_path) == []
+
+
+async def test_another_gateways_writer_is_left_to_write(tmp_path: Path) -> None:
+    """Another process already holds the writer lock of this outbox folder (a second
+    gateway sharing it): the writer process says so and stops, the workers hand their
+    records over, and once that lock is free a worker is elected and writes them."""
+    other = WriterLock(tmp_path / "outbox")
+    assert await asyncio.to_thread(other.try_acquire)
+    try:
+        async with gateway(tmp_path) as (process, url):
+            left = re.compile(rb"another process writes usage records for .*: left to it")
+            printed = await output_until(process, left)
+            assert not WRITER_LINE.search(printed)
+            await send(url, 30)
+            await asyncio.sleep(1.5)  # a hand-over or more: nobody here may write them
+            assert recorded(tmp_path / "relaygate.db") == (0, 0, 0)
+            await asyncio.to_thread(other.release)
+            for _ in range(200):
+                if recorded(tmp_path / "relaygate.db")[0] == 30:
+                    break
+                await asyncio.sleep(0.05)
+            assert recorded(tmp_path / "relaygate.db") == (30, 30, 30)
+    finally:
+        await asyncio.to_thread(other.release)
     assert spools_left(tmp_path) == []

@@ -60,6 +60,7 @@ class DedicatedWriter:
 
     def __init__(self, settings: Settings) -> None:
         self.drain_timeout = float(settings.graceful_shutdown_seconds)
+        self.outbox_dir = settings.usage.outbox_dir
         context = multiprocessing.get_context("spawn")  # as uvicorn starts its workers
         self._pipe, child = context.Pipe()
         self.process = context.Process(
@@ -72,14 +73,17 @@ class DedicatedWriter:
         and the workers elect one of their own) when it could not."""
         self.process.start()
         self._child.close()  # the child's end lives in the child now
-        elected = False
+        elected: bool | None = None  # None: no answer (it failed, or took too long)
         with contextlib.suppress(EOFError, OSError):
             if self._pipe.poll(timeout):
                 elected = bool(self._pipe.recv())
-        if not elected:
+        if elected is None:
             log.warning("the usage writer process did not start; a worker writes usage instead")
+        elif not elected:  # another gateway sharing usage.outbox_dir holds writer.lock
+            log.info("another process writes usage records for %s: left to it", self.outbox_dir)
+        if not elected:
             self.stop()
-        return elected
+        return bool(elected)
 
     def stop(self) -> None:
         """Let it write what the workers left, then wait for it to exit."""
