@@ -15,9 +15,9 @@ a DATE's text and a boolean's 0/1, so SQLAlchemy reads the rows back as it reads
 A binary column's bytes travel in a second parameter, one BLOB of all the part's bytes
 end to end, and the row holds where its bytes start in it and how many there are
 (``substr`` cuts them out): no text is made of them, escaped into the JSON and parsed
-back by SQLite. For a stored response (a Response object of ~1 kB) that halved the
-Python work of a row in the writer's thread, where it holds the GIL (11 → 5.7 µs), and
-the row's whole insert went from 24-32 to 18-19 µs. Floats round-trip exactly (JSON's
+back by SQLite. For a stored response (a Response object of ~1 kB), instructions per
+row in the writer's thread (callgrind): encoding 68.2k → 57.6k, the whole insert
+168.8k → 127.5k (bench/RESULTS.md, section 10). Floats round-trip exactly (JSON's
 shortest form, parsed by SQLite to the same double). SQLite's JSON functions end a text
 at a NUL character, so a batch with one in a text value (or text that is not UTF-8) is
 not sent this way: ``run()`` returns None and the caller inserts it with SQLAlchemy's
@@ -218,7 +218,7 @@ class JsonRowsInsert:
                 yield _params(part, blob[:held] if binary else None)
                 del blob[:held]
                 part, size, at = [], 0, extra
-                if base and len(blob):  # its values start the next part's blob
+                if base and blob:  # its values start the next part's blob
                     for i in binary:
                         if values[i] is not None:
                             values[i] -= base
