@@ -41,16 +41,17 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import TypeVar
 
-__all__ = ["CONTENDED_SCALE", "JSON_BYTES", "Pacer", "contended_s", "parts"]
+__all__ = ["CONTENDED_SCALE", "SQL_ROWS", "Pacer", "contended_s", "parts"]
 
 T = TypeVar("T")
 
 # The core handed to whatever else is ready to run on it (where the OS has no such call,
 # a zero sleep, which only releases the GIL)
 _yield = getattr(os, "sched_yield", lambda: time.sleep(0))
-# About 0.3 ms of a thread's work on the bench machine when a statement unpacks its rows
-# from JSON (json_each): encoding them and inserting them, ~25 µs per 350-byte usage row.
-JSON_BYTES = 4 * 1024
+# Usage rows in one SQLite statement (store/sqlite_bulk.py): ~1.5 million instructions
+# with their conversion, 0.4-0.45 ms on the 2-core bench machine in a slow hour, where
+# the 4 kB part of JSON rows it replaces (12 records) took 0.55-0.6 ms
+SQL_ROWS = 16
 # A yield that took longer waited for the GIL until the event loop's thread was made to
 # let go of it (after the switch interval, 5 ms by default): that thread never idles, it
 # is saturated. A shorter wait is a core's other thread running first, or the loop's

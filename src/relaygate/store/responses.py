@@ -14,7 +14,6 @@ comes back is exactly what was stored, on SQLite and PostgreSQL alike.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,7 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relaygate.store import sqlite_bulk
-from relaygate.store.sqlite_bulk import JsonRowsInsert
+from relaygate.store.sqlite_bulk import RowsInsert
 from relaygate.store.tables import stored_responses
 
 __all__ = ["MAX_CHAIN", "ResponseRecord", "ResponseStore"]
@@ -62,10 +61,10 @@ class ResponseStore:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-        # SQLite: a batch in one statement (store/sqlite_bulk.py), not a row at a time,
-        # written by a connection of its own in one hand-over to its thread
+        # SQLite: a batch in a few statements (store/sqlite_bulk.py), not a row at a
+        # time, written by a connection of its own in one hand-over to its thread
         self._bulk = (
-            JsonRowsInsert(stored_responses, engine.dialect)
+            RowsInsert(stored_responses, engine.dialect)
             if sqlite_bulk.usable(engine.dialect)
             else None
         )
@@ -100,15 +99,16 @@ class ResponseStore:
         rows = [_row(r) for r in records]
         try:
             if self._writer is not None and (bulk := self._bulk) is not None:
-                # One statement, not slices (slices.py): 4 kB parts hold two or three
-                # answers, and their overhead cost storing's p50 at c=1 ~0.05 ms more
+                # As many rows a statement as it takes, not slices (slices.py): parts of
+                # two or three answers cost storing's p50 at c=1 ~0.05 ms more
                 # (bench/RESULTS.md, section 10)
-                with contextlib.suppress(sqlite_bulk.Unsendable):  # else SQLAlchemy's below
-                    await self._writer.call(lambda db: bulk.insert(db, rows, None))
-                    return
+                await self._writer.call(lambda db: bulk.insert(db, rows, None))
+                return
             async with self.engine.begin() as conn:
-                if self._bulk is None or await self._bulk.run(conn, rows) is None:
+                if self._bulk is None:
                     await conn.execute(sa.insert(stored_responses), rows)
+                else:
+                    await self._bulk.run(conn, rows)
         except IntegrityError:
             for record in records:
                 await self.save(record)

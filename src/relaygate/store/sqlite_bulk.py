@@ -1,52 +1,50 @@
-"""SQLite: many rows in one statement whose text never changes, unpacked by SQLite itself.
+"""SQLite: many rows in one statement of a fixed text, their values bound by the driver in C.
 
 SQLAlchemy renders a batch as ``INSERT ... VALUES (...), (...)`` and binds and converts
 every parameter of every row in Python, on the event loop: ~17 µs a usage record, so a
 100-row batch held the loop ~1.7 ms, and a request at concurrency 1 waited behind it
-(issue 15's p99). Here a batch travels as one parameter, a JSON array of rows that
-msgspec encodes in C, and SQLite unpacks it with ``json_each``: one fixed statement
-(prepared once per connection by the sqlite3 module's cache), its rows converted and
-inserted by SQLite in the driver's thread. Through a :class:`Writer`, ``insert()`` cuts
-a batch into parts of a few kilobytes, one statement each, the thread yielding between them
-(slices.py), so a big batch is not one burst of CPU.
+(issue 15's p99). Here a batch goes through a sqlite3 connection in a thread of its own
+(:class:`Writer`): the rows' values, converted as SQLAlchemy's bind processors would,
+are one flat list that the sqlite3 module binds in C to ``INSERT ... VALUES (?, ...),
+(?, ...)`` with a row count that is a power of two (16 rows: statements for 16, 8, 4, 2
+and 1 rows, each prepared once per connection and then kept by sqlite3's statement
+cache). ``insert()`` cuts a batch into parts of a few rows, one statement each, the
+thread yielding between them (slices.py), so a big batch is not one burst of CPU.
 
 The values are those SQLAlchemy would bind: its own bind processors give a DATETIME's or
-a DATE's text and a boolean's 0/1, so SQLAlchemy reads the rows back as it reads its own.
-A binary column's bytes travel in a second parameter, one BLOB of all the part's bytes
-end to end, and the row holds where its bytes start in it and how many there are
-(``substr`` cuts them out): no text is made of them, escaped into the JSON and parsed
-back by SQLite. For a stored response (a Response object of ~1 kB), instructions per
-row in the writer's thread (callgrind): encoding 68.2k → 57.6k, the whole insert
-168.8k → 127.5k (bench/RESULTS.md, section 10). Floats round-trip exactly (JSON's
-shortest form, parsed by SQLite to the same double). SQLite's JSON functions end a text
-at a NUL character, so a batch with one in a text value (or text that is not UTF-8) is
-not sent this way: ``run()`` returns None and the caller inserts it with SQLAlchemy's
-statement (tests/unit/store/test_sqlite_bulk.py checks, on generated rows, that both
-store the same values).
+a DATE's text and a boolean's 0/1, so SQLAlchemy reads the rows back as it reads its own
+(tests/unit/store/test_sqlite_bulk.py checks, on generated rows, that both store the same
+values, type by type).
 
-``usable()``: SQLite's JSON functions and ``->>`` are built in from 3.38; with an older
-library the callers keep SQLAlchemy's statements.
+Why bound values and not ``executemany``: the driver's thread holds the GIL while it
+binds a row and releases it for each step, so 120 rows are 120 hand-overs of the GIL
+between it and the event loop, and at saturation each costs a switch interval (5 ms,
+slices.py). One statement for many rows binds them all in one hold of the GIL and
+inserts them all in one step with it released.
 
-Why one statement and not ``executemany`` with the rows bound by the sqlite3 module: the
-driver's thread holds the GIL while it binds a row, so 120 rows are 120 hand-overs of
-the GIL between it and the event loop. For stored responses, executemany took less CPU
-(per row, 41-44 → 30-31 µs on the loop and 42-44 → 27-28 µs in the driver's thread) but
-in the same-hour bench the stored /v1/responses run was slower at c=1, its gap over
-Chat Completions +29% and +32% against +18% and +21% with this statement; one statement
-holds the GIL for one bind, and SQLite inserts every row with it released.
+Why not one JSON parameter unpacked by SQLite (``json_each``, and ``value->>i`` for each
+column), as before: SQLite 3.40 renders a row's JSON text again and parses it again for
+every column it reads, after msgspec has encoded the rows. Instructions per row
+(callgrind, 3,000 usage records in 500-record batches; 2,800 stored responses in
+140-answer batches), the whole write (conversion, statements, rollups, commit): a usage
+record 253k with JSON, 93k bound; a stored response 114k, 70k (bench/RESULTS.md,
+section 14).
+
+``usable()``: the callers' queries use SQLite's JSON functions (``json_group_array``),
+built in from 3.38; with an older library they keep SQLAlchemy's statements.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
-import msgspec
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
@@ -56,18 +54,19 @@ from relaygate import slices
 from relaygate.store.engine import sqlite_pragmas
 
 __all__ = [
-    "JsonRowsInsert", "Params", "Unsendable", "Writer", "bind_processor", "datetime_text",
-    "usable",
+    "Part", "RowsInsert", "Writer", "bind_processor", "datetime_text", "usable", "variable_limit",
 ]  # fmt: skip
 
 T = TypeVar("T")
-# A statement's parameters: ``rows``, the JSON array, and ``blob``, the binary columns' bytes
-Params = dict[str, str | bytes]
-_MIN_VERSION = (3, 38)  # json_each and ->> built in
-_encode = msgspec.json.encode
-# A NUL as JSON writes it; also found in an escaped backslash before "u0000", which then
-# takes the slower path for nothing.
-_NUL = b"\\u0000"
+_MIN_VERSION = (3, 38)  # the JSON functions built in
+
+
+class Part(NamedTuple):
+    """Rows of a batch as one statement: how many, the statement, its parameters."""
+
+    rows: int
+    sql: str
+    params: list[Any]
 
 
 def usable(dialect: Dialect) -> bool:
@@ -98,46 +97,38 @@ _PROBES = (
 
 def bind_processor(column: sa.Column[Any], dialect: Dialect) -> Callable[[Any], Any] | None:
     """What SQLAlchemy does to ``column``'s values before binding them; for a DATETIME in
-    SQLite's default format, :func:`datetime_text`, which gives the same text faster."""
+    SQLite's default format, :func:`datetime_text`, which gives the same text faster; for
+    a BOOLEAN stored as 0/1, nothing: sqlite3 binds ``True`` as the integer 1."""
     convert = column.type.dialect_impl(dialect).bind_processor(dialect)
-    if (
-        convert is not None
-        and isinstance(column.type, sa.DateTime)
-        and all(convert(probe) == datetime_text(probe) for probe in _PROBES)
+    if convert is None:
+        return None
+    if isinstance(column.type, sa.DateTime) and all(
+        convert(probe) == datetime_text(probe) for probe in _PROBES
     ):
         return datetime_text
+    if isinstance(column.type, sa.Boolean) and _stores_as_int(convert):
+        return None
     return convert
 
 
-class Unsendable(ValueError):
-    """A row holds a value that cannot travel as JSON to SQLite exactly (a NUL character,
-    text that is not UTF-8): the caller inserts the batch with SQLAlchemy's statement."""
+def _stores_as_int(convert: Callable[[Any], Any]) -> bool:
+    return [convert(v) for v in (True, False, None)] == [1, 0, None]
 
 
-def _checked(values: list[Any]) -> bytes:
-    """One row as JSON; :class:`Unsendable` when it cannot travel exactly."""
-    try:
-        encoded = _encode(values)
-    except UnicodeError:
-        raise Unsendable("a value that is not UTF-8") from None
-    if _NUL in encoded:
-        raise Unsendable("a NUL character")
-    return encoded
+@functools.cache
+def variable_limit() -> int:
+    """How many parameters one statement may have with this SQLite library (32,766 by
+    default since 3.32; builds may set another)."""
+    with contextlib.closing(sqlite3.connect(":memory:")) as db:
+        return db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
 
 
-def _params(rows: list[bytes], blob: list[bytes] | None) -> Params:
-    params: Params = {"rows": (b"[" + b",".join(rows) + b"]").decode()}
-    if blob is not None:
-        params["blob"] = b"".join(blob)
-    return params
+class RowsInsert:
+    """``INSERT INTO table (columns) VALUES (?, ...), ... <tail>`` for any number of rows.
 
-
-class JsonRowsInsert:
-    """``INSERT INTO table (columns) SELECT ... FROM json_each(:rows) WHERE true <tail>``.
-
-    ``tail`` is what follows the rows (``ON CONFLICT ...``, ``RETURNING ...``); SQLite
-    needs the ``WHERE`` for an upsert after a ``SELECT``. ``returning`` names the columns
-    of a ``RETURNING`` in ``tail``: ``run()`` gives them as SQLAlchemy reads them.
+    ``tail`` is what follows the rows (``ON CONFLICT ...``, ``RETURNING ...``).
+    ``returning`` names the columns of a ``RETURNING`` in ``tail``: ``run()`` gives them
+    as SQLAlchemy reads them.
     """
 
     def __init__(
@@ -147,119 +138,99 @@ class JsonRowsInsert:
         tail: str = "",
         returning: Sequence[str] = (),
     ) -> None:
+        self.table = table.name
         self.columns = tuple(c.name for c in table.columns)
-        values: list[str] = []
-        convert: list[Callable[[Any], Any] | None] = []
-        binary: list[int] = []
-        for i, column in enumerate(table.columns):
-            if isinstance(column.type, sa.LargeBinary):
-                # the row holds its start in ``blob`` (1-based) and, after the columns, its
-                # length; substr() of no bytes is NULL, so an empty value is x'' here
-                length = f"value->>{len(self.columns) + len(binary)}"
-                values.append(
-                    f"CASE {length} WHEN 0 THEN x'' ELSE substr(:blob, value->>{i}, {length}) END"
-                )
-                binary.append(i)
-                convert.append(None)
-            else:
-                values.append(f"value->>{i}")
-                convert.append(bind_processor(column, dialect))
-        self._convert = tuple(convert)
-        self._binary = tuple(binary)
-        # the SQL as sqlite3 takes it too (named parameters), for :class:`Writer`
-        self.sql = (
-            f"INSERT INTO {table.name} ({', '.join(self.columns)}) "
-            f"SELECT {', '.join(values)} FROM json_each(:rows) WHERE true {tail}".rstrip()
+        self._pairs = tuple(
+            (column.name, bind_processor(column, dialect)) for column in table.columns
         )
-        sql = sa.text(self.sql)
-        self.statement = sql.columns(*(table.c[name] for name in returning)) if returning else sql
+        self._tail = f" {tail}" if tail else ""
+        self._row = f"({', '.join('?' * len(self.columns))})"
+        self._sql: dict[int, str] = {}
+        # rows in one statement at most: a power of two within SQLite's parameters
+        self.max_rows = _floor2(variable_limit() // len(self.columns))
+        # what SQLAlchemy does to a returned column's value as the driver gives it
+        self._readers = [
+            table.c[name].type.dialect_impl(dialect).result_processor(dialect, None)
+            for name in returning
+        ]
 
-    def payload(self, rows: Iterable[Mapping[str, Any]]) -> Params | None:
-        """The statement's parameters for all the rows: ``rows``, one JSON array of
-        arrays, each value as SQLAlchemy would bind it, and ``blob``, the binary columns'
-        bytes, when the table has any; None when a value cannot travel exactly (a NUL
-        character, text that is not UTF-8)."""
-        try:
-            return next(self.parts(rows, None), None) or _params([], [] if self._binary else None)
-        except Unsendable:
-            return None
+    def sql(self, rows: int) -> str:
+        """The statement for ``rows`` rows (kept: the callers ask for a few counts only)."""
+        found = self._sql.get(rows)
+        if found is None:
+            found = self._sql[rows] = (
+                f"INSERT INTO {self.table} ({', '.join(self.columns)}) "
+                f"VALUES {', '.join([self._row] * rows)}{self._tail}"
+            )
+        return found
+
+    def values(self, rows: Iterable[Mapping[str, Any]]) -> list[Any]:
+        """The rows' values, row after row, each as SQLAlchemy would bind it."""
+        pairs = self._pairs
+        return [row[k] if fn is None else fn(row[k]) for row in rows for k, fn in pairs]
 
     def parts(
         self,
-        rows: Iterable[Mapping[str, Any]],
-        budget: int | None = slices.JSON_BYTES,
+        rows: Sequence[Mapping[str, Any]],
+        size: int | None = slices.SQL_ROWS,
         pacer: slices.Pacer | None = None,
-    ) -> Iterator[Params]:
-        """The rows as :meth:`payload` gives them, in parts of about ``budget`` bytes (one
-        row at least each; None: all in one), each encoded when it is asked for;
-        :class:`Unsendable` at the first value that cannot travel exactly. With a
-        ``pacer``, it pauses after each part is taken, and once the GIL is in demand the
-        parts grow ``CONTENDED_SCALE``-fold, without pauses (slices.py)."""
-        pairs = tuple(zip(self.columns, self._convert, strict=True))
-        binary = self._binary
-        part: list[bytes] = []
-        blob: list[bytes] = []  # the part's binary values, end to end
-        size = at = 0  # the part's bytes; where the next binary value starts in ``blob``
-        for row in rows:
-            values = [row[k] if fn is None else fn(row[k]) for k, fn in pairs]
-            base, held = at, len(blob)
-            for i in binary:  # its start (1-based) in place, its length after the columns
-                value = values[i]
-                if value is None:
-                    values.append(None)
-                else:
-                    blob.append(value)
-                    values[i] = at + 1
-                    values.append(len(value))
-                    at += len(value)
-            encoded = _checked(values)
-            extra = at - base  # its binary values' bytes
-            if part and budget is not None and size + len(encoded) + extra > budget:
-                yield _params(part, blob[:held] if binary else None)
-                del blob[:held]
-                part, size, at = [], 0, extra
-                if base and blob:  # its values start the next part's blob
-                    for i in binary:
-                        if values[i] is not None:
-                            values[i] -= base
-                    encoded = _checked(values)
-                if pacer is not None:
-                    was = pacer.contended
-                    pacer.pause()
-                    if pacer.contended and not was:
-                        budget *= slices.CONTENDED_SCALE
-            part.append(encoded)
-            size += len(encoded) + 1 + extra
-        if part:
-            yield _params(part, blob if binary else None)
+    ) -> Iterator[Part]:
+        """The rows in order as statements of at most ``size`` rows (None: as many as one
+        statement takes), each a power of two, so that a batch of any length needs only a
+        few statements' texts; each converted when it is asked for. With a ``pacer``, it
+        pauses after each part is taken, and once the GIL is in demand the parts grow
+        ``CONTENDED_SCALE``-fold, without pauses (slices.py)."""
+        if size is not None and size < 1:
+            raise ValueError(f"size must be at least 1, not {size}")
+        start = 0
+        while start < len(rows):
+            if start and pacer is not None:
+                pacer.pause()
+            cap = self.max_rows if size is None else size
+            if pacer is not None and pacer.contended:
+                cap *= slices.CONTENDED_SCALE
+            count = _floor2(min(len(rows) - start, cap, self.max_rows))
+            taken = rows[start : start + count]
+            yield Part(count, self.sql(count), self.values(taken))
+            start += count
 
     def insert(
         self,
         db: sqlite3.Connection,
-        rows: Iterable[Mapping[str, Any]],
-        budget: int | None = slices.JSON_BYTES,
+        rows: Sequence[Mapping[str, Any]],
+        size: int | None = slices.SQL_ROWS,
     ) -> list[tuple[Any, ...]]:
         """Insert ``rows`` with ``db`` (a sqlite3 connection, in its transaction), one
-        statement for each of :meth:`parts`, each part encoded after the thread yields
-        (slices.py: larger parts once the GIL is in demand); what ``RETURNING``
-        gave, as sqlite3 reads it. :class:`Unsendable` when a value cannot travel this
-        way: the caller's transaction, which may hold some of the parts, is to be rolled
-        back (:meth:`Writer.call` does)."""
+        statement for each of :meth:`parts`, each converted after the thread yields
+        (slices.py: larger parts once the GIL is in demand); what ``RETURNING`` gave, as
+        sqlite3 reads it."""
         found: list[tuple[Any, ...]] = []
-        for params in self.parts(rows, budget, slices.Pacer()):
-            found += db.execute(self.sql, params).fetchall()
+        for part in self.parts(rows, size, slices.Pacer()):
+            found += db.execute(part.sql, part.params).fetchall()
         return found
 
     async def run(
-        self, conn: AsyncConnection, rows: Iterable[Mapping[str, Any]]
-    ) -> Sequence[tuple[Any, ...]] | None:
+        self, conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]
+    ) -> list[tuple[Any, ...]]:
         """Insert ``rows`` in ``conn``'s transaction and give what ``RETURNING`` gave (no
-        rows without one); None, inserting nothing, when ``payload()`` cannot carry them."""
-        params = self.payload(rows)
-        if params is None:
-            return None
-        result = await conn.execute(self.statement, params)
-        return [tuple(row) for row in result] if result.returns_rows else ()
+        rows without one), read as SQLAlchemy reads those columns."""
+        found: list[tuple[Any, ...]] = []
+        for part in self.parts(rows, None):
+            result = await conn.exec_driver_sql(part.sql, tuple(part.params))
+            if result.returns_rows:
+                found += [tuple(row) for row in result]
+        readers = self._readers
+        if not any(readers):
+            return found
+        return [
+            tuple(v if fn is None else fn(v) for v, fn in zip(row, readers, strict=True))
+            for row in found
+        ]
+
+
+def _floor2(n: int) -> int:
+    """The largest power of two not above ``n`` (at least 1)."""
+    return 1 << (max(n, 1).bit_length() - 1)
 
 
 class Writer:

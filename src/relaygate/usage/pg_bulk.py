@@ -56,9 +56,9 @@ class BulkStatements:
 
     async def insert(
         self, conn: AsyncConnection, rows: list[dict[str, Any]], rollups: Rollups
-    ) -> bool:
+    ) -> None:
         """Insert ``rows``, then the usage_daily increments ``rollups`` gives for the keys
-        that were new; both in one transaction. True: every batch travels this way."""
+        that were new; both in one transaction."""
         raw = await conn.get_raw_connection()
         driver = raw.driver_connection  # asyncpg.Connection
         assert driver is not None
@@ -68,7 +68,6 @@ class BulkStatements:
             daily = rollups(keys)
             if daily:
                 await driver.execute(self._daily, *_columns(daily, self._daily_columns))
-        return True
 
 
 def _columns(rows: list[dict[str, Any]], names: tuple[str, ...]) -> list[list[Any]]:

@@ -1,15 +1,15 @@
-"""SQLite: a usage batch in two statements whose text never changes (store/sqlite_bulk.py).
+"""SQLite: a usage batch in a few statements of fixed texts (store/sqlite_bulk.py).
 
-The counterpart of pg_bulk.py: the records insert (``ON CONFLICT DO NOTHING RETURNING``
-the keys inserted) and the usage_daily upsert each take rows as one JSON parameter (the
-records in parts of a few kilobytes, slices.py). In the writer's thread a part's new
-keys come from one query before its insert, not from ``RETURNING``: sqlite3 steps once a
-returned row, and releases the GIL at each step, which costs a switch interval (5 ms)
+The counterpart of pg_bulk.py: the records insert (``ON CONFLICT DO NOTHING``) and the
+usage_daily upsert each take many rows' values bound at once, the records in parts of
+``slices.SQL_ROWS`` rows. In the writer's thread, which of a part's rows are already
+stored comes from one query before its insert, not from ``RETURNING``: sqlite3 steps once
+a returned row, and releases the GIL at each step, which costs a switch interval (5 ms)
 each while the event loop is busy (slices.py). The writer's event-loop CPU per record
 fell from ~17 µs (SQLAlchemy's generic batch insert) to ~2 µs (a 15,000-row batch held
 the loop 26 ms), and a 100-row batch no longer holds it for milliseconds; one worker
 serves ~10% more requests a second (bench/RESULTS.md, section 2's A/B). ``write()``
-runs both, and the commit, in one hand-over to a
+runs the statements, and the commit, in one hand-over to a
 :class:`~relaygate.store.sqlite_bulk.Writer`'s thread, where SQLAlchemy's async engine
 took about seven.
 """
@@ -25,98 +25,101 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from relaygate import slices
-from relaygate.store.sqlite_bulk import JsonRowsInsert, Unsendable, Writer
+from relaygate.store.sqlite_bulk import RowsInsert, Writer
 from relaygate.store.tables import usage_daily, usage_records
 
 __all__ = ["SqliteStatements"]
 
 Key = tuple[Any, Any]  # (request_id, created_at)
-_KEYS = msgspec.json.Decoder(list[tuple[str, str]]).decode
+_INDICES = msgspec.json.Decoder(list[int]).decode
+# the usage_daily increments for the keys inserted, or for the rows inserted
 Rollups = Callable[[list[Key]], list[dict[str, Any]]]
+Rollup = Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
 
 
 class SqliteStatements:
-    """The usage_records insert and the usage_daily upsert, one fixed statement each."""
+    """The usage_records insert and the usage_daily upsert, fixed statements each."""
 
     def __init__(self, sums: tuple[str, ...], dialect: Dialect) -> None:
         names = [c.name for c in usage_records.primary_key.columns]
         if names != ["request_id", "created_at"]:
             raise AssertionError(f"usage_records' key is {names}")
         keys = ", ".join(names)
-        self._records = JsonRowsInsert(
+        self._records = RowsInsert(
             usage_records,
             dialect,
             f"ON CONFLICT ({keys}) DO NOTHING RETURNING {keys}",
             returning=names,
         )
-        # The writer's thread, for each part of the rows: the keys of the part not there
-        # yet (one row of JSON; each key one search of the primary key's index), then the
-        # part's insert. A key twice in the batch is there for its second part already.
-        self._records_new = JsonRowsInsert(
-            usage_records, dialect, f"ON CONFLICT ({keys}) DO NOTHING"
-        )
-        pos = [self._records_new.columns.index(name) for name in names]
-        new_key = f"k.value->>{pos[0]}, k.value->>{pos[1]}"
-        self._new_keys = (
-            f"SELECT json_group_array(json_array({new_key})) FROM json_each(:rows) AS k"
-            f" WHERE NOT EXISTS (SELECT 1 FROM usage_records AS u WHERE"
-            f" u.request_id = k.value->>{pos[0]} AND u.created_at = k.value->>{pos[1]})"
-        )
+        self._records_new = RowsInsert(usage_records, dialect, f"ON CONFLICT ({keys}) DO NOTHING")
+        self._key_at = [self._records_new.columns.index(name) for name in names]
+        self._width = len(self._records_new.columns)
+        self._stored_sql: dict[int, str] = {}
         daily_keys = ", ".join(c.name for c in usage_daily.primary_key.columns)
         added = ", ".join(f"{s} = usage_daily.{s} + excluded.{s}" for s in sums)
-        self._daily = JsonRowsInsert(
+        self._daily = RowsInsert(
             usage_daily, dialect, f"ON CONFLICT ({daily_keys}) DO UPDATE SET {added}"
         )
-        # sqlite3 returns created_at as its text; SQLAlchemy's own reading of it
-        at = usage_records.c.created_at.type.dialect_impl(dialect)
-        self._read_at = at.result_processor(dialect, None)
 
-    async def write(self, writer: Writer, rows: list[dict[str, Any]], rollups: Rollups) -> bool:
-        """As :meth:`insert`, through ``writer`` (store/sqlite_bulk.py): the rows encoded,
-        both statements and the commit in one hand-over to its thread, the records in
-        slices of a few kilobytes, yielding between them (slices.py), ``rollups`` run
-        there too (it reads only ``rows``, which the caller leaves alone while it waits).
-        False, having written nothing, when a value cannot travel this way."""
+    def _stored(self, rows: int) -> str:
+        """The query for which of ``rows`` keys are stored already: their places in the
+        part, as one row of JSON (each key one search of the primary key's index)."""
+        found = self._stored_sql.get(rows)
+        if found is None:
+            keys = ", ".join(f"({i}, ?, ?)" for i in range(rows))
+            found = self._stored_sql[rows] = (
+                f"WITH k(i, request_id, created_at) AS (VALUES {keys}) "
+                "SELECT json_group_array(k.i) FROM k WHERE EXISTS (SELECT 1 FROM "
+                "usage_records AS u WHERE u.request_id = k.request_id "
+                "AND u.created_at = k.created_at)"
+            )
+        return found
 
-        def work(db: sqlite3.Connection) -> None:
+    async def write(self, writer: Writer, rows: list[dict[str, Any]], rollup: Rollup) -> int:
+        """Insert ``rows`` not already there, then the usage_daily increments ``rollup``
+        gives for exactly those; through ``writer`` (store/sqlite_bulk.py): the statements
+        and the commit in one hand-over to its thread, the records in parts of a few rows,
+        yielding between them (slices.py), ``rollup`` run there too (it reads only
+        ``rows``, which the caller leaves alone while it waits). How many were new."""
+
+        def work(db: sqlite3.Connection) -> int:
             if not db.in_transaction:  # the queries and the inserts see the same rows
                 db.execute("BEGIN IMMEDIATE")
-            found: list[tuple[str, str]] = []
-            for part in self._records_new.parts(rows, slices.JSON_BYTES, slices.Pacer()):
-                (new,) = db.execute(self._new_keys, part).fetchone()
-                found += _KEYS(new)
-                db.execute(self._records_new.sql, part)
-            # a key new twice in one part is listed twice; rollups counts each row once
-            daily = rollups([self._key(row) for row in found])
-            if daily:
-                payload = self._daily.payload(daily)
-                if payload is None:
-                    raise AssertionError("usage_daily rows the records insert could carry")
-                db.execute(self._daily.sql, payload)
+            fresh: list[dict[str, Any]] = []
+            start = 0
+            (request_id, created_at), width = self._key_at, self._width
+            for part in self._records_new.parts(rows, slices.SQL_ROWS, slices.Pacer()):
+                ids = part.params[request_id::width]
+                times = part.params[created_at::width]
+                keys: list[Any] = [None] * (2 * part.rows)
+                keys[0::2], keys[1::2] = ids, times
+                (stored,) = db.execute(self._stored(part.rows), keys).fetchone()
+                before = db.total_changes
+                db.execute(part.sql, part.params)
+                added = db.total_changes - before
+                skip = set(_INDICES(stored))
+                taken = rows[start : start + part.rows]
+                if added == part.rows - len(skip):
+                    fresh += [row for i, row in enumerate(taken) if i not in skip]
+                else:  # a key twice in the part: stored once, so counted once
+                    seen: set[tuple[Any, Any]] = set()
+                    for i, key in enumerate(zip(ids, times, strict=True)):
+                        if i not in skip and key not in seen:
+                            seen.add(key)
+                            fresh.append(taken[i])
+                start += part.rows
+            for part in self._daily.parts(rollup(fresh), None):
+                db.execute(part.sql, part.params)
+            return len(fresh)
 
-        try:
-            await writer.call(work)
-        except Unsendable:
-            return False
-        return True
-
-    def _key(self, row: tuple[Any, ...]) -> Key:
-        """A returned (request_id, created_at) as SQLAlchemy reads them (a datetime)."""
-        request_id, created_at = row
-        return request_id, self._read_at(created_at) if self._read_at else created_at
+        return await writer.call(work)
 
     async def insert(
         self, conn: AsyncConnection, rows: list[dict[str, Any]], rollups: Rollups
-    ) -> bool:
+    ) -> None:
         """Insert ``rows``, then the usage_daily increments ``rollups`` gives for the keys
-        that were new; in ``conn``'s transaction (the writer commits both or neither).
-        False, having written nothing, when a value cannot travel this way (a NUL in a
-        model name): the writer then uses SQLAlchemy's statements for the batch."""
+        that were new; in ``conn``'s transaction (the writer commits both or neither)."""
         inserted = await self._records.run(conn, rows)
-        if inserted is None:
-            return False
         daily = rollups([(row[0], row[1]) for row in inserted])
-        # the rollups hold no client text but the model and endpoint, already sent above
-        if daily and await self._daily.run(conn, daily) is None:
-            raise AssertionError("usage_daily rows the records insert could carry")
-        return True
+        if daily:
+            await self._daily.run(conn, daily)

@@ -111,7 +111,7 @@ class UsageWriter:
             )
         self._insert_records, self._upsert_daily = _statements(engine.dialect.name)
         # Fixed statements taking the whole batch: PostgreSQL one array a column
-        # (usage/pg_bulk.py), SQLite one JSON array (usage/sqlite_bulk.py)
+        # (usage/pg_bulk.py), SQLite many rows bound at once (usage/sqlite_bulk.py)
         self._bulk: BulkStatements | SqliteStatements | None = None
         if engine.dialect.name == "postgresql":
             self._bulk = BulkStatements(_SUMS)
@@ -329,9 +329,7 @@ class UsageWriter:
         """Insert the rows not already there and add exactly those to usage_daily, in one
         transaction; how many were new."""
         if self._sqlite is not None and isinstance(self._bulk, SqliteStatements):
-            fresh: list[dict[str, Any]] = []
-            if await self._bulk.write(self._sqlite, rows, _rollups(rows, fresh)):
-                return len(fresh)
+            return await self._bulk.write(self._sqlite, rows, daily_rollups)
         async with self._engine.begin() as conn:
             return await self._insert(conn, rows)
 
@@ -339,7 +337,8 @@ class UsageWriter:
         """Insert the rows not already there; add exactly those to usage_daily."""
         fresh: list[dict[str, Any]] = []
         rollups = _rollups(rows, fresh)
-        if self._bulk is not None and await self._bulk.insert(conn, rows, rollups):
+        if self._bulk is not None:
+            await self._bulk.insert(conn, rows, rollups)
             return len(fresh)
         result = await conn.execute(self._insert_records, rows)
         daily = rollups([(request_id, at) for request_id, at in result])

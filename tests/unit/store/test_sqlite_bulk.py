@@ -1,8 +1,8 @@
 """SQLite's batch inserts (store/sqlite_bulk.py) store exactly what SQLAlchemy's own
 insert stores: for generated rows of every column type the tables use (text of any
-characters, None, booleans, integers, floats of any magnitude, UTC datetimes, dates,
-binary JSON), the two tables read back equal, value by value and type by type. A batch
-the JSON path cannot carry (a NUL) is refused, for the caller's generic insert."""
+characters, NUL included, None, booleans, integers, floats of any magnitude, UTC
+datetimes, dates, binary values of any bytes), the tables read back equal, value by value
+and type by type, whatever the batch's length and however it is cut into statements."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from relaygate import slices
 from relaygate.store import sqlite_bulk
 from relaygate.store.engine import create_engine
-from relaygate.store.sqlite_bulk import JsonRowsInsert, Unsendable, Writer, datetime_text
+from relaygate.store.sqlite_bulk import RowsInsert, Writer, datetime_text
 from relaygate.store.tables import stored_responses, usage_daily, usage_records
 
 pytestmark = pytest.mark.skipif(
@@ -74,17 +74,6 @@ def _row(table: sa.Table, draw: st.DrawFn, key: int) -> dict[str, Any]:
     return row
 
 
-def _cannot_travel(rows: list[dict[str, Any]]) -> bool:
-    """A NUL character (or the text of one escaped) in a text value, which the JSON path
-    does not carry; binary values travel as they are, whatever their bytes."""
-    marks = ("\x00", "\\u0000")
-    for row in rows:
-        for value in row.values():
-            if isinstance(value, str) and any(m in value for m in marks):
-                return True
-    return False
-
-
 @st.composite
 def rows_of(draw: st.DrawFn, table: sa.Table) -> list[dict[str, Any]]:
     return [_row(table, draw, i) for i in range(draw(st.integers(1, 12)))]
@@ -119,26 +108,19 @@ async def test_the_bulk_insert_stores_what_sqlalchemy_stores(
     engines: list[AsyncEngine], table: sa.Table, data: st.DataObject
 ) -> None:
     rows = data.draw(rows_of(table))
-    budget = data.draw(st.sampled_from([1, 300, slices.JSON_BYTES, None]), "slice budget")
+    size = data.draw(st.sampled_from([1, 3, slices.SQL_ROWS, None]), "rows a statement")
     generic, bulk, by_writer = engines
     for engine in engines:  # empty, even after an example that failed
         async with engine.begin() as conn:
             await conn.execute(sa.delete(table))
     async with generic.begin() as conn:
         await conn.execute(sa.insert(table), rows)
-    insert = JsonRowsInsert(table, bulk.dialect)
+    insert = RowsInsert(table, bulk.dialect)
     async with bulk.begin() as conn:
-        if await insert.run(conn, rows) is None:
-            assert _cannot_travel(rows)  # only then: the caller inserts them as SQLAlchemy does
-            await conn.execute(sa.insert(table), rows)
+        assert await insert.run(conn, rows) == []
     writer = Writer.for_engine(by_writer)
     assert writer is not None
-    try:
-        await writer.call(lambda db: insert.insert(db, rows, budget))
-    except Unsendable:
-        assert _cannot_travel(rows)  # the parts before it were rolled back
-        async with by_writer.begin() as conn:
-            await conn.execute(sa.insert(table), rows)
+    assert await writer.call(lambda db: insert.insert(db, rows, size)) == []
     await writer.aclose()
     want = await _contents(generic, table)
     for got in (await _contents(bulk, table), await _contents(by_writer, table)):
@@ -146,69 +128,78 @@ async def test_the_bulk_insert_stores_what_sqlalchemy_stores(
         assert [[type(v) for v in row] for row in got] == [[type(v) for v in row] for row in want]
 
 
-def _rows_in(insert: JsonRowsInsert, params: sqlite_bulk.Params) -> list[list[Any]]:
-    """A part's rows as the statement reads them: each binary value cut from ``blob``."""
-    rows = msgspec.json.decode(params["rows"])
-    binary = [i for i, c in enumerate(insert.columns) if c in ("input_items", "response")]
-    blob = params.get("blob", b"")
-    assert isinstance(blob, bytes)
-    found = []
-    for row in rows:
-        values, lengths = row[: len(insert.columns)], row[len(insert.columns) :]
-        assert len(lengths) == len(binary)
-        for i, length in zip(binary, lengths, strict=True):
-            if values[i] is not None:
-                values[i] = blob[values[i] - 1 : values[i] - 1 + length]
-        found.append(values)
-    return found
-
-
-def _size(params: sqlite_bulk.Params) -> int:
-    return sum(len(v if isinstance(v, bytes) else v.encode()) for v in params.values())
+def _statement_rows(sql: str) -> int:
+    return sql.count("(?")
 
 
 @settings(max_examples=60)
-@given(data=st.data(), budget=st.integers(1, 2_000))
-def test_a_batch_in_parts_is_the_batch(data: st.DataObject, budget: int) -> None:
-    """The parts a batch is inserted in hold its rows, in order, each once; a part holds
-    more than one row only within ``budget`` bytes."""
+@given(data=st.data(), size=st.integers(1, 40) | st.none(), limit=st.integers(20, 2_000))
+def test_a_batch_in_parts_is_the_batch(
+    data: st.DataObject, size: int | None, limit: int
+) -> None:
+    """The parts a batch is inserted in hold its rows' values, in order, each once; each
+    part's row count is a power of two, at most ``size`` and within SQLite's limit on a
+    statement's parameters; its statement has that many rows of parameters."""
     table = data.draw(st.sampled_from([usage_records, stored_responses]))
-    rows = data.draw(rows_of(table))
-    insert = JsonRowsInsert(table, sa.create_engine("sqlite://").dialect)
-    whole = insert.payload(rows)
-    try:
-        parts = list(insert.parts(rows, budget))
-    except Unsendable:
-        assert whole is None and _cannot_travel(rows)
-        return
-    assert whole is not None
-    rows_whole = _rows_in(insert, whole)
-    assert [r for p in parts for r in _rows_in(insert, p)] == rows_whole
-    # every binary value is in its part's blob, and nothing else is
+    rows = data.draw(rows_of(table)) * data.draw(st.integers(1, 30), "repeated")
+    with mock.patch.object(sqlite_bulk, "variable_limit", lambda: limit):
+        insert = RowsInsert(table, sa.create_engine("sqlite://").dialect)
+    width = len(table.columns)
+    assert insert.max_rows * width <= limit
+    parts = list(insert.parts(rows, size))
+    assert [v for p in parts for v in p.params] == insert.values(rows)
+    assert sum(p.rows for p in parts) == len(rows)
     for p in parts:
-        held = [v for r in _rows_in(insert, p) for v in r if isinstance(v, bytes)]
-        assert b"".join(held) == p.get("blob", b"")
-    assert all(_size(p) <= budget + 2 or len(_rows_in(insert, p)) == 1 for p in parts)
+        assert p.rows & (p.rows - 1) == 0 and p.rows <= min(size or limit, insert.max_rows)
+        assert len(p.params) == p.rows * width and _statement_rows(p.sql) == p.rows
+    # a few statements' texts serve every length of batch: one per power of two
+    assert len({p.sql for p in parts}) <= (len(rows)).bit_length()
     # a pause that waits for the GIL: the next parts are larger, still bounded (slices.py)
     with (
         mock.patch.object(slices, "_yield", lambda: time.sleep(0.002)),
         mock.patch.object(slices, "contended_s", lambda: 0.001),
     ):
-        paced = list(insert.parts(rows, budget, slices.Pacer()))
-    assert [r for p in paced for r in _rows_in(insert, p)] == rows_whole
-    larger = budget * slices.CONTENDED_SCALE
+        paced = list(insert.parts(rows, size, slices.Pacer()))
+    assert [v for p in paced for v in p.params] == insert.values(rows)
+    larger = (size or limit) * slices.CONTENDED_SCALE
     assert all(
-        _size(p) <= (budget if i == 0 else larger) + 2 or len(_rows_in(insert, p)) == 1
+        p.rows <= min(size or limit if i == 0 else larger, insert.max_rows)
         for i, p in enumerate(paced)
     )
 
 
+async def test_a_batch_beyond_one_statements_parameters_is_stored(
+    engines: list[AsyncEngine],
+) -> None:
+    """More rows than one statement may take (SQLite's limit on parameters, made small
+    here) go in several statements, all of them stored."""
+    _, _, engine = engines
+    with mock.patch.object(sqlite_bulk, "variable_limit", lambda: 100):
+        insert = RowsInsert(stored_responses, engine.dialect)
+    row = {c.name: None for c in stored_responses.columns} | {
+        "owner": "t1", "model": "m", "created_at": datetime(2026, 11, 30),
+        "input_items": b"[]", "response": b"{}",
+    }  # fmt: skip
+    rows = [{**row, "id": f"resp_{i}"} for i in range(77)]
+    writer = Writer.for_engine(engine)
+    assert writer is not None
+    await writer.call(lambda db: insert.insert(db, rows, None))
+    await writer.aclose()
+    async with engine.connect() as conn:
+        ids = (await conn.execute(sa.select(stored_responses.c.id))).scalars().all()
+    assert sorted(ids) == sorted(r["id"] for r in rows)
+
+
 async def test_returning_gives_the_rows_inserted(engines: list[AsyncEngine]) -> None:
-    """``ON CONFLICT DO NOTHING RETURNING``: a row already there is not returned."""
+    """``ON CONFLICT DO NOTHING RETURNING``: a row already there is not returned, and
+    what is returned reads as SQLAlchemy reads it (a DATETIME as a datetime)."""
     _, engine, _ = engines
     keys = "request_id, created_at"
-    insert = JsonRowsInsert(
-        usage_records, engine.dialect, f"ON CONFLICT ({keys}) DO NOTHING RETURNING request_id"
+    insert = RowsInsert(
+        usage_records,
+        engine.dialect,
+        f"ON CONFLICT ({keys}) DO NOTHING RETURNING {keys}",
+        returning=["request_id", "created_at"],
     )
     row = {c.name: None for c in usage_records.columns} | {
         "request_id": "r1", "created_at": datetime(2026, 11, 30, tzinfo=UTC), "api": "openai",
@@ -219,7 +210,7 @@ async def test_returning_gives_the_rows_inserted(engines: list[AsyncEngine]) -> 
     async with engine.begin() as conn:
         first = await insert.run(conn, [row])
         again = await insert.run(conn, [row, {**row, "request_id": "r2"}])
-    assert [r[0] for r in first] == ["r1"]
+    assert first == [("r1", datetime(2026, 11, 30))]
     assert [r[0] for r in again] == ["r2"]
 
 
@@ -232,7 +223,7 @@ async def test_a_writer_raises_sqlalchemys_errors_without_the_rows(
     _, _, engine = engines
     writer = Writer.for_engine(engine)
     assert writer is not None
-    insert = JsonRowsInsert(stored_responses, engine.dialect)
+    insert = RowsInsert(stored_responses, engine.dialect)
     row = {c.name: None for c in stored_responses.columns} | {
         "id": "resp_1", "owner": "t1", "model": "m", "created_at": datetime(2026, 11, 30),
         "input_items": b"[]", "response": b'{"secret": "sk-live-do-not-log"}',
@@ -246,27 +237,14 @@ async def test_a_writer_raises_sqlalchemys_errors_without_the_rows(
     assert ids == ["resp_1"]  # the batch's other row went with it
     await writer.aclose()
 
-    nul = {**row, "id": "resp_5", "model": "a\x00b"}
-
     def fails_after_inserting(db: sqlite3.Connection) -> None:
-        params = insert.payload([{**row, "id": "resp_3"}])
-        assert params is not None
-        db.execute(insert.sql, params)
+        insert.insert(db, [{**row, "id": "resp_3"}])
         raise AssertionError("the caller's own check failed")
 
     writer = Writer.for_engine(engine)
     assert writer is not None
     with pytest.raises(AssertionError):
         await writer.call(fails_after_inserting)
-    async with engine.connect() as conn:
-        ids = (await conn.execute(sa.select(stored_responses.c.id))).scalars().all()
-    assert ids == ["resp_1"]  # rolled back
-    await writer.aclose()
-
-    writer = Writer.for_engine(engine)
-    assert writer is not None
-    with pytest.raises(Unsendable):  # in the second part, after the first was inserted
-        await writer.call(lambda db: insert.insert(db, [{**row, "id": "r4"}, nul], 1))
     async with engine.connect() as conn:
         ids = (await conn.execute(sa.select(stored_responses.c.id))).scalars().all()
     assert ids == ["resp_1"]  # rolled back

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relaygate.observability.metrics import Metrics
+from relaygate.store import sqlite_bulk
 from relaygate.store.engine import create_engine
 from relaygate.store.tables import usage_daily, usage_records
 from relaygate.usage.outbox import Outbox
@@ -213,6 +214,29 @@ async def test_new_records_twice_in_their_first_batch_count_once(
         assert pipeline.written() == 200
     assert await count_rows(engine) == 200
     assert_daily(await daily_rows(engine), expected_daily(records))
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_through_sqlalchemys_connection_too_each_record_counts_once(
+    database_url: str, spool_dir: Path
+) -> None:
+    """A SQLite database named by a URI (``file:...``) is written through SQLAlchemy's
+    connection, with ``RETURNING``, not a thread of the writer's own: the same rows and
+    rollups, replays and duplicates in a batch counted once."""
+    engine = create_engine(database_url.replace(":///", ":///file:") + "?uri=true")
+    assert sqlite_bulk.Writer.for_engine(engine) is None
+    records = make_records(200)
+    try:
+        async with Pipeline(spool_dir, engine, batch_size=2000) as pipeline:
+            pipeline.append(records[:120] + records[60:] + records[::7])
+            await wait_drained(pipeline.writer)
+            pipeline.append(records)
+            await wait_drained(pipeline.writer)
+            assert pipeline.written() == 200
+        assert await count_rows(engine) == 200
+        assert_daily(await daily_rows(engine), expected_daily(records))
+    finally:
+        await engine.dispose()
 
 
 async def test_an_orphan_spool_is_written_once_and_deleted(
