@@ -96,23 +96,29 @@ _PROBES = (
 
 
 def bind_processor(column: sa.Column[Any], dialect: Dialect) -> Callable[[Any], Any] | None:
-    """What SQLAlchemy does to ``column``'s values before binding them; for a DATETIME in
-    SQLite's default format, :func:`datetime_text`, which gives the same text faster; for
-    a BOOLEAN stored as 0/1, nothing: sqlite3 binds ``True`` as the integer 1."""
+    """What SQLAlchemy does to ``column``'s values before binding them, or a faster
+    equivalent: for a DATETIME in SQLite's default format, :func:`datetime_text` (the C
+    isoformat); for a BOOLEAN that is never NULL, ``int``; for binary values, nothing
+    (sqlite3 binds ``bytes`` as the BLOB it binds SQLAlchemy's ``memoryview`` of them as).
+    The sqlite3 module binds ``int``, ``float`` and ``str`` directly, but looks anything
+    else up in its adapters first (~0.25 µs a value: ``True``, ``None``, ``bytes``)."""
     convert = column.type.dialect_impl(dialect).bind_processor(dialect)
     if convert is None:
         return None
-    if isinstance(column.type, sa.DateTime) and all(
+    kind = column.type
+    if isinstance(kind, sa.DateTime) and all(
         convert(probe) == datetime_text(probe) for probe in _PROBES
     ):
         return datetime_text
-    if isinstance(column.type, sa.Boolean) and _stores_as_int(convert):
+    if isinstance(kind, sa.Boolean) and not column.nullable and _as_int(convert):
+        return int
+    if isinstance(kind, sa.LargeBinary) and bytes(convert(b"\x00\xff")) == b"\x00\xff":
         return None
     return convert
 
 
-def _stores_as_int(convert: Callable[[Any], Any]) -> bool:
-    return [convert(v) for v in (True, False, None)] == [1, 0, None]
+def _as_int(convert: Callable[[Any], Any]) -> bool:
+    return [convert(True), convert(False)] == [1, 0]
 
 
 @functools.cache
