@@ -244,3 +244,21 @@ async def test_first_start_prints_an_admin_key_once(tmp_path: Path) -> None:
             await stop(process)
     assert "shown only this once" in outputs[0]
     assert "shown only this once" not in outputs[1] and "rg_" not in outputs[1]
+
+
+async def test_cryptography_is_loaded_only_with_a_secret_key(tmp_path: Path) -> None:
+    """A gateway without RELAYGATE_SECRET_KEY never loads ``cryptography`` (~8.7 MiB of
+    RSS a process, vault/crypto.py); one with a key does, to open what it stores."""
+    from relaygate.vault.crypto import new_key
+
+    config = tmp_path / "c.yaml"
+    config.write_text(SLOW_MOCK.format(delay=0))
+
+    async def loaded(env: dict[str, str]) -> bool:
+        async with serving(config, env=env) as (process, _):
+            maps = await asyncio.to_thread(Path(f"/proc/{process.pid}/maps").read_text)
+        return "/cryptography/" in maps
+
+    without = {k: v for k, v in os.environ.items() if k != "RELAYGATE_SECRET_KEY"}
+    assert not await loaded({**without, "RELAYGATE_SECRET_KEY": ""})
+    assert await loaded({"RELAYGATE_SECRET_KEY": new_key()})

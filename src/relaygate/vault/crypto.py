@@ -10,15 +10,21 @@ a token that was altered, or made under a key not listed, never decrypts.
 Each ciphertext is stored with its key's *fingerprint* (the first 16 hex digits of
 the key's SHA-256), so the gateway can tell at start whether every stored secret is
 readable, and rotation can tell which rows still need it, without decrypting.
+
+``cryptography`` is imported when a key is first used, not with this module: it adds
+~8.7 MiB to a process's RSS, and a gateway without ``RELAYGATE_SECRET_KEY`` never needs it
+(bench/RESULTS.md, section 6).
 """
 
 from __future__ import annotations
 
 import hashlib
-
-from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from typing import TYPE_CHECKING
 
 from relaygate.errors import ConfigError
+
+if TYPE_CHECKING:
+    from cryptography.fernet import Fernet
 
 __all__ = ["SecretBox", "fingerprint", "mask", "new_key", "parse_keys"]
 
@@ -27,6 +33,8 @@ FINGERPRINT_CHARS = 16
 
 def new_key() -> str:
     """A fresh master key, as ``RELAYGATE_SECRET_KEY`` takes it."""
+    from cryptography.fernet import Fernet
+
     return Fernet.generate_key().decode("ascii")
 
 
@@ -43,7 +51,7 @@ def parse_keys(value: str) -> list[str]:
         raise ConfigError("secret_key: RELAYGATE_SECRET_KEY is set but holds no key")
     for position, key in enumerate(keys, 1):
         try:
-            Fernet(key.encode("ascii"))
+            _fernet(key)
         except (ValueError, UnicodeEncodeError):
             raise ConfigError(
                 f"secret_key: key {position} of RELAYGATE_SECRET_KEY is not a Fernet key "
@@ -62,7 +70,9 @@ class SecretBox:
     def __init__(self, keys: list[str]) -> None:
         if not keys:
             raise ConfigError("secret_key: no key given")
-        self._fernet = MultiFernet([Fernet(k.encode("ascii")) for k in keys])
+        from cryptography.fernet import MultiFernet
+
+        self._fernet = MultiFernet([_fernet(k) for k in keys])
         self.fingerprints = tuple(fingerprint(k) for k in keys)
         self.newest = self.fingerprints[0]
 
@@ -79,6 +89,8 @@ class SecretBox:
 
     def decrypt(self, token: bytes) -> str:
         """The plaintext; raises ValueError (never the token) when no key opens it."""
+        from cryptography.fernet import InvalidToken
+
         try:
             return self._fernet.decrypt(token).decode("utf-8")
         except InvalidToken:
@@ -86,6 +98,8 @@ class SecretBox:
 
     def rotate(self, token: bytes) -> bytes:
         """The same secret, re-encrypted under the newest key."""
+        from cryptography.fernet import InvalidToken
+
         try:
             return self._fernet.rotate(token)
         except InvalidToken:
@@ -93,6 +107,12 @@ class SecretBox:
 
     def readable(self, key_fingerprint: str) -> bool:
         return key_fingerprint in self.fingerprints
+
+
+def _fernet(key: str) -> Fernet:
+    from cryptography.fernet import Fernet
+
+    return Fernet(key.encode("ascii"))
 
 
 def mask(secret: str) -> str:

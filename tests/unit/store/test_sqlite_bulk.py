@@ -134,9 +134,7 @@ def _statement_rows(sql: str) -> int:
 
 @settings(max_examples=60)
 @given(data=st.data(), size=st.integers(1, 40) | st.none(), limit=st.integers(20, 2_000))
-def test_a_batch_in_parts_is_the_batch(
-    data: st.DataObject, size: int | None, limit: int
-) -> None:
+def test_a_batch_in_parts_is_the_batch(data: st.DataObject, size: int | None, limit: int) -> None:
     """The parts a batch is inserted in hold its rows' values, in order, each once; each
     part's row count is a power of two, at most ``size`` and within SQLite's limit on a
     statement's parameters; its statement has that many rows of parameters."""
