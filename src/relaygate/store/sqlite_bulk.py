@@ -70,7 +70,7 @@ class Part(NamedTuple):
 
 
 def usable(dialect: Dialect) -> bool:
-    """Whether ``dialect`` is SQLite with the JSON functions this module's statements use."""
+    """Whether ``dialect`` is SQLite with the JSON functions the callers' queries use."""
     return dialect.name == "sqlite" and sqlite3.sqlite_version_info >= _MIN_VERSION
 
 
