@@ -1,4 +1,5 @@
-"""Usage accounting figures: recording cost, writer rate into PostgreSQL, kill -9 loss.
+"""Usage accounting figures: recording cost, writer rate into PostgreSQL and SQLite, kill -9
+loss.
 
 Run alone: ``.venv/bin/python -m bench.benchkit.usage_bench`` (prints Markdown);
 ``run.py --only usage`` runs it as section 8.
@@ -82,28 +83,40 @@ async def writer_rate(directory: Path, batch: int, n: int = 20_000) -> float:
     name = f"rg_bench_{uuid.uuid4().hex[:10]}"
     admin = await asyncpg.connect(f"{PG}/postgres")
     await admin.execute(f'CREATE DATABASE "{name}"')
-    url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
     try:
-        await asyncio.to_thread(upgrade, url)
-        engine = create_engine(url)
-        box = Outbox(directory / f"w{batch}", fsync_window=0.2, max_bytes=10**10, log=LOG)
-        await box.start()
-        for i in range(n):
-            box.append(_record(i))
-        await box.flush()
-        writer = UsageWriter(box, engine, batch_size=batch, interval=0.05, log=LOG)
-        started = time.perf_counter()
-        await writer.start()
-        while box.backlog:  # noqa: ASYNC110 - polling the writer's progress is the measurement
-            await asyncio.sleep(0.01)
-        elapsed = time.perf_counter() - started
-        await writer.aclose()
-        await box.aclose()
-        await engine.dispose()
-        return n / elapsed
+        url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+        return await _drain(url, directory / f"w{batch}", batch, n)
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+async def sqlite_writer_rate(directory: Path, batch: int, n: int = 20_000) -> float:
+    """Rows per second the writer inserts into a fresh SQLite file (its own thread and
+    connection, store/sqlite_bulk.py), nothing else running."""
+    url = f"sqlite+aiosqlite:///{directory / f's{batch}.db'}"
+    return await _drain(url, directory / f"s{batch}", batch, n)
+
+
+async def _drain(url: str, spool: Path, batch: int, n: int) -> float:
+    """Rows per second a writer drains ``n`` spooled records into the database at ``url``."""
+    await asyncio.to_thread(upgrade, url)
+    engine = create_engine(url)
+    box = Outbox(spool, fsync_window=0.2, max_bytes=10**10, log=LOG)
+    await box.start()
+    for i in range(n):
+        box.append(_record(i))
+    await box.flush()
+    writer = UsageWriter(box, engine, batch_size=batch, interval=0.05, log=LOG)
+    started = time.perf_counter()
+    await writer.start()
+    while box.backlog:  # noqa: ASYNC110 - polling the writer's progress is the measurement
+        await asyncio.sleep(0.01)
+    elapsed = time.perf_counter() - started
+    await writer.aclose()
+    await box.aclose()
+    await engine.dispose()
+    return n / elapsed
 
 
 async def kill9_loss(directory: Path, window: float, kill_after: int = 1500) -> tuple[int, int]:
@@ -133,7 +146,8 @@ async def kill9_loss(directory: Path, window: float, kill_after: int = 1500) -> 
 @dataclass
 class UsageFigures:
     recording_us: float
-    rates: dict[int, float]  # batch size -> rows/s
+    rates: dict[int, float]  # batch size -> rows/s into PostgreSQL
+    sqlite_rates: dict[int, float]  # the same into SQLite
     losses: list[tuple[int, int]]  # (appended, lost) per kill -9
     window: float = 0.2
 
@@ -143,8 +157,9 @@ async def measure() -> UsageFigures:
         base = Path(tmp)
         cost = await recording_cost(base / "rec")
         rates = {b: await writer_rate(base, b) for b in (100, 2000)}
+        sqlite_rates = {b: await sqlite_writer_rate(base, b) for b in (100, 2000)}
         losses = [await kill9_loss(base / f"k{i}", 0.2) for i in range(3)]
-    return UsageFigures(cost, rates, losses)
+    return UsageFigures(cost, rates, sqlite_rates, losses)
 
 
 def table(figures: UsageFigures) -> list[str]:
@@ -157,6 +172,10 @@ def table(figures: UsageFigures) -> list[str]:
     lines += [
         f"| Writer into PostgreSQL, {b}-row batches | {rate:,.0f} rows/s |"
         for b, rate in figures.rates.items()
+    ]
+    lines += [
+        f"| Writer into SQLite, {b}-row batches | {rate:,.0f} rows/s |"
+        for b, rate in figures.sqlite_rates.items()
     ]
     lines += [
         f"| kill -9 after {appended} appends (~1 per ms), fsync window {figures.window} s | "

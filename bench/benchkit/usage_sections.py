@@ -10,7 +10,8 @@ from .usage_bench import measure, table
 INTRO = [
     "In process (benchkit/usage_bench.py): the request path's share of recording (build the",
     "UsageRecord from what the request did, append it to the outbox) over 5 rounds of 20,000;",
-    "the writer draining 20,000 spooled records into a fresh PostgreSQL database; and a child",
+    "the writer draining 20,000 spooled records into a fresh PostgreSQL database, and into a",
+    "fresh SQLite file; and a child",
     "process appending a record every ~1 ms, killed with SIGKILL after 1,500, then its spool",
     "file adopted by a new outbox and counted (fsync window 0.2 s, the default).",
     "",
