@@ -27,7 +27,7 @@ column), as before: SQLite 3.40 renders a row's JSON text again and parses it ag
 every column it reads, after msgspec has encoded the rows. Instructions per row
 (callgrind, 3,000 usage records in 500-record batches; 2,800 stored responses in
 140-answer batches), the whole write (conversion, statements, rollups, commit): a usage
-record 253k with JSON, 88k bound; a stored response 114k, 64k (bench/RESULTS.md,
+record 253k with JSON, 90k bound; a stored response 114k, 64k (bench/RESULTS.md,
 section 14).
 
 ``usable()``: the callers' queries use SQLite's JSON functions (``json_group_array``),

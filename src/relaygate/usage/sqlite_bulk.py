@@ -94,19 +94,14 @@ class SqliteStatements:
                 keys: list[Any] = [None] * (2 * part.rows)
                 keys[0::2], keys[1::2] = ids, times
                 (stored,) = db.execute(self._stored(part.rows), keys).fetchone()
-                before = db.total_changes
                 db.execute(part.sql, part.params)
-                added = db.total_changes - before
-                skip = set(_INDICES(stored))
-                taken = rows[start : start + part.rows]
-                if added == part.rows - len(skip):
-                    fresh += [row for i, row in enumerate(taken) if i not in skip]
-                else:  # a key twice in the part: stored once, so counted once
-                    seen: set[tuple[Any, Any]] = set()
-                    for i, key in enumerate(zip(ids, times, strict=True)):
-                        if i not in skip and key not in seen:
-                            seen.add(key)
-                            fresh.append(taken[i])
+                # new: not stored before the part, and (a key twice in it is stored once)
+                # not seen earlier in it
+                seen = {(ids[i], times[i]) for i in _INDICES(stored)}
+                for i, key in enumerate(zip(ids, times, strict=True)):
+                    if key not in seen:
+                        seen.add(key)
+                        fresh.append(rows[start + i])
                 start += part.rows
             for part in self._daily.parts(rollup(fresh), None):
                 db.execute(part.sql, part.params)

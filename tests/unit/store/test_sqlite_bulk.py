@@ -174,6 +174,7 @@ async def test_a_batch_beyond_one_statements_parameters_is_stored(
     _, _, engine = engines
     with mock.patch.object(sqlite_bulk, "variable_limit", lambda: 100):
         insert = RowsInsert(stored_responses, engine.dialect)
+    assert insert.max_rows == 8  # 10 columns: 8 rows of parameters at most
     row = {c.name: None for c in stored_responses.columns} | {
         "owner": "t1", "model": "m", "created_at": datetime(2026, 11, 30),
         "input_items": b"[]", "response": b"{}",
