@@ -173,7 +173,8 @@ async def test_two_workers_answered_by_the_supervisor(tmp_path: Path) -> None:
                     for path in ("/health", "/ready", "/metrics")
                 ]
                 counted = counted_ok(metrics[1])
-                if health[0] == ready[0] == 200 and counted == 10:
+                states = [w["state"] for w in msgspec.json.decode(health[1]).get("workers", [])]
+                if health[0] == ready[0] == 200 and counted == 10 and states == ["ticking"] * 2:
                     break
                 await asyncio.sleep(0.1)
         assert (health[0], ready[0], metrics[0]) == (200, 200, 200)
