@@ -57,7 +57,9 @@ class ResponseKeeper:
         self.batch_window = batch_window
         self.purge_every = purge_every
         self._queue: list[ResponseRecord] = []
-        self._waiting: dict[_Key, asyncio.Future[None]] = {}  # saves queued or being written
+        self._batch: asyncio.Future[None] | None = None  # done once the queue is written
+        # saves queued or being written: each key's batch (one future a batch, not a save)
+        self._waiting: dict[_Key, asyncio.Future[None]] = {}
         self._wake = asyncio.Event()
         self._now = asyncio.Event()  # a reader waits for a queued save: write without waiting
         self._closing = False
@@ -75,9 +77,9 @@ class ResponseKeeper:
             why = "too many saves waiting" if self._writer else "the keeper is not running"
             self.log.warning("response %s was not stored: %s", record.id, why)
             return
-        key = (record.owner, record.id)
-        if key not in self._waiting:
-            self._waiting[key] = asyncio.get_running_loop().create_future()
+        if self._batch is None:
+            self._batch = asyncio.get_running_loop().create_future()
+        self._waiting[(record.owner, record.id)] = self._batch  # a save again: the later one
         self._queue.append(record)
         self._wake.set()
 
@@ -112,18 +114,23 @@ class ResponseKeeper:
 
     async def _write_forever(self) -> None:
         """Gather saves for ``batch_window``, write them in one transaction, again."""
+        loop = asyncio.get_running_loop()
         while not (self._closing and not self._queue):
             await self._wake.wait()
             if not self._closing and not self._now.is_set():
-                with contextlib.suppress(TimeoutError):  # a reader asking ends the wait early
-                    await asyncio.wait_for(self._now.wait(), self.batch_window)
+                # the window's end, or a reader asking, whichever comes first (a timer, not
+                # wait_for: that costs a task, a cancellation and an exception a batch)
+                timer = loop.call_later(self.batch_window, self._now.set)
+                await self._now.wait()
+                timer.cancel()
             self._wake.clear()
             self._now.clear()
             batch, self._queue = self._queue, []
-            if batch:
-                await self._write(batch)
+            done, self._batch = self._batch, None
+            if batch and done is not None:
+                await self._write(batch, done)
 
-    async def _write(self, batch: list[ResponseRecord]) -> None:
+    async def _write(self, batch: list[ResponseRecord], done: asyncio.Future[None]) -> None:
         try:
             await self.store.save_many(batch)
         except (SQLAlchemyError, OSError, TimeoutError) as exc:
@@ -132,10 +139,13 @@ class ResponseKeeper:
             self.log.exception("stored responses were not saved")
             self._failed(batch, "unexpected error")
         finally:
+            waiting = self._waiting
             for record in batch:
-                done = self._waiting.pop((record.owner, record.id), None)
-                if done is not None and not done.done():
-                    done.set_result(None)
+                key = (record.owner, record.id)
+                if waiting.get(key) is done:  # not saved again since, in a later batch
+                    del waiting[key]
+            if not done.done():
+                done.set_result(None)
 
     def _failed(self, batch: list[ResponseRecord], why: str) -> None:
         ids = ", ".join(r.id for r in batch[:20]) + (" ..." if len(batch) > 20 else "")

@@ -156,3 +156,42 @@ async def test_a_keeper_not_running_refuses_saves_out_loud(
     await keeper.saved("resp_early", "ten_a")  # nothing waits forever
     assert "response resp_early was not stored: the keeper is not running" in caplog.text
     assert await store.get("resp_early", "ten_a") is None
+
+
+class GatedStore(ResponseStore):
+    """Writes a batch only once ``gate`` is open: a write that is still running."""
+
+    gate: asyncio.Event
+    batches: list[list[str]]
+
+    async def save_many(self, records: Sequence[ResponseRecord]) -> None:
+        self.batches.append([r.id for r in records])
+        await self.gate.wait()
+        await super().save_many(records)
+
+
+async def test_a_response_saved_again_is_read_once_the_later_save_is_written(
+    store: ResponseStore,
+) -> None:
+    """Saves share one wait a batch; a response saved again while its first save is being
+    written is waited for until the later save is written, never found in its first."""
+    gated = GatedStore(store.engine)
+    gated.gate, gated.batches = asyncio.Event(), []
+    keeper = ResponseKeeper(gated, LOG, batch_window=3600, purge_every=3600)
+    keeper.start()
+    keeper.save(make("resp_1", answer="first", expires=None))
+    keeper.save(make("resp_2", answer="other", expires=None))
+    first = asyncio.create_task(keeper.saved("resp_1", "ten_a"))  # written now: held at the gate
+    while not gated.batches:
+        await asyncio.sleep(0.001)
+    keeper.save(make("resp_1", answer="second", expires=None))  # again, in the next batch
+    later = asyncio.create_task(keeper.saved("resp_1", "ten_a"))
+    other = asyncio.create_task(keeper.saved("resp_2", "ten_a"))
+    await asyncio.sleep(0.01)
+    assert not (first.done() or later.done() or other.done())
+    gated.gate.set()
+    await asyncio.wait_for(asyncio.gather(first, later, other), timeout=10)
+    assert gated.batches == [["resp_1", "resp_2"], ["resp_1"]]
+    found = await store.get("resp_1", "ten_a")
+    assert found is not None and found.response["output"][0]["content"][0]["text"] == "second"
+    await keeper.aclose(drain_timeout=5)
