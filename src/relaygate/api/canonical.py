@@ -49,7 +49,7 @@ def text_of(value: Any) -> str:
 
 def token_count(value: Any) -> int:
     """A token count: a positive int, else 0."""
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+    return value if type(value) is int and value > 0 else 0  # not a bool, not a float
 
 
 def first_choice(choices: Any) -> JSON:

@@ -20,6 +20,7 @@ does; ``input_file``, ``item_reference`` and built-in tools are refused (400).
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,12 +29,13 @@ from typing import Any
 
 import msgspec
 
-from relaygate.api.canonical import as_dict, first_item, text_of, token_count
+from relaygate.api.canonical import as_dict, first_item, text_of
 from relaygate.api.canonical import named_event as sse
 from relaygate.api.http import decode_json_object
 from relaygate.api.responses_schema import (
     FunctionCallItem,
     FunctionCallOutputItem,
+    FunctionTool,
     InputImage,
     InputText,
     JsonObjectFormat,
@@ -116,7 +118,8 @@ class Pending:
     @property
     def input_items(self) -> list[JSON]:
         """The input items as JSON, as they are stored."""
-        return [msgspec.to_builtins(item) for item in self.items]
+        items: list[JSON] = msgspec.to_builtins(self.items)
+        return items
 
 
 # -- requests ------------------------------------------------------------------
@@ -133,12 +136,8 @@ def parse(body: bytes, request_id: str, history: Sequence[JSON] = ()) -> Call:
     chat = _chat(request, items, history)
     params = _convert(chat, ChatRequest)
     call = Call("chat", params.model, chat, params, params.stream, request_id)
-    call.wire[WIRE_KEY] = Pending(
-        response_id=response_id_from(request_id),
-        created_at=int(time.time()),
-        request=request,
-        items=[item for item in items if _kept(item)],
-    )
+    kept = [item for item in items if type(item) is not ReasoningItem] if items else items
+    call.wire[WIRE_KEY] = Pending(response_id_from(request_id), int(time.time()), request, kept)
     return call
 
 
@@ -209,10 +208,6 @@ def _item(raw: Any, path: str) -> Item:
     return item
 
 
-def _kept(item: Item) -> bool:
-    return not isinstance(item, ReasoningItem)
-
-
 def _json_type(value: Any) -> str:
     if value is None:
         return "null"
@@ -252,9 +247,14 @@ def _chat(request: ResponsesRequest, items: Sequence[Item], history: Sequence[JS
     messages: list[JSON] = []
     if request.instructions:
         messages.append({"role": "system", "content": request.instructions})
-    earlier = [_item(raw, "previous_response_id") for raw in history]
-    _Messages(messages).add(earlier, "previous_response_id").add(items, "input").flush()
-    if not any(m["role"] != "system" for m in messages):
+    turns = _Messages(messages)
+    if history:
+        turns.add([_item(raw, "previous_response_id") for raw in history], "previous_response_id")
+    turns.add(items, "input").flush()
+    for message in messages:
+        if message["role"] != "system":
+            break
+    else:
         raise InvalidRequest(
             "input: Field required (the request has no input and no previous response)",
             param="input",
@@ -264,14 +264,13 @@ def _chat(request: ResponsesRequest, items: Sequence[Item], history: Sequence[JS
         chat.update(_tools(request))
     if request.max_output_tokens is not None:
         chat["max_tokens"] = request.max_output_tokens
-    for name in ("temperature", "top_p"):
-        value = getattr(request, name)
-        if value is not None:
-            chat[name] = value
+    if request.temperature is not None:
+        chat["temperature"] = request.temperature
+    if request.top_p is not None:
+        chat["top_p"] = request.top_p
     if request.user:
         chat["user"] = request.user
-    response_format = _response_format(request)
-    if response_format is not None:
+    if request.text is not None and (response_format := _response_format(request)) is not None:
         chat["response_format"] = response_format
     if request.stream:
         chat["stream"] = True
@@ -328,7 +327,6 @@ class _Messages:
 
     def add(self, items: Sequence[Item], path: str) -> _Messages:
         for n, item in enumerate(items):
-            where = f"{path}[{n}]"
             if isinstance(item, FunctionCallOutputItem):
                 text, images = _tool_output(item.output)
                 self.messages.append(
@@ -336,9 +334,10 @@ class _Messages:
                 )
                 self.images += images
                 continue
-            self.flush()
+            if self.images:
+                self.flush()
             if isinstance(item, MessageItem):
-                self.messages.append(_message(item, where))
+                self.messages.append(_message(item, path, n))
             elif isinstance(item, FunctionCallItem):
                 self._call(item)
         return self
@@ -363,7 +362,7 @@ class _Messages:
             self.messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
 
 
-def _message(item: MessageItem, path: str) -> JSON:
+def _message(item: MessageItem, path: str, index: int) -> JSON:
     role = "system" if item.role == "developer" else item.role
     if isinstance(item.content, str):
         return {"role": role, "content": item.content}
@@ -371,9 +370,9 @@ def _message(item: MessageItem, path: str) -> JSON:
     for n, part in enumerate(item.content):
         if isinstance(part, InputImage):
             if role != "user":
+                where = f"{path}[{index}].content[{n}]"
                 raise InvalidRequest(
-                    f"{path}.content[{n}]: Images are only allowed in user messages",
-                    param=f"{path}.content[{n}]",
+                    f"{where}: Images are only allowed in user messages", param=where
                 )
             parts.append(_image(part))
         else:
@@ -423,32 +422,37 @@ def render(call: Call, body: JSON) -> bytes:
 def from_canonical(body: JSON, state: Pending, model: str) -> JSON:
     """An OpenAI chat completion as a Response object (first choice; never raises)."""
     rid = state.response_id.removeprefix("resp_")
-    choice = first_item(as_dict(body).get("choices"))
+    body = as_dict(body)
+    choice = first_item(body.get("choices"))
     message = as_dict(choice.get("message"))
-    status, details = status_of(choice.get("finish_reason"))
+    finish = choice.get("finish_reason")
     output: list[JSON] = []
     text = text_of(message.get("content")) or text_of(message.get("refusal"))
     if text:
         output.append(message_item(f"msg_{rid}_0", text, "completed"))
     calls = message.get("tool_calls")
-    seen: set[str] = set()
-    for n, call in enumerate(calls if isinstance(calls, list) else ()):
-        function = as_dict(as_dict(call).get("function"))
-        arguments = function.get("arguments")
-        if isinstance(arguments, dict):
-            arguments = _encode(arguments).decode()
-        output.append(
-            function_item(
-                f"fc_{rid}_{len(output)}",
-                call_id(as_dict(call).get("id"), rid, n, seen),
-                text_of(function.get("name")),
-                arguments if isinstance(arguments, str) else "",
+    if calls and isinstance(calls, list):
+        seen: set[str] = set()
+        for n, call in enumerate(calls):
+            function = as_dict(as_dict(call).get("function"))
+            arguments = function.get("arguments")
+            if isinstance(arguments, dict):
+                arguments = _encode(arguments).decode()
+            output.append(
+                function_item(
+                    f"fc_{rid}_{len(output)}",
+                    call_id(as_dict(call).get("id"), rid, n, seen),
+                    text_of(function.get("name")),
+                    arguments if isinstance(arguments, str) else "",
+                )
             )
-        )
-    if status == "incomplete" and output:
-        output[-1]["status"] = "incomplete"  # the item the answer was cut in
-    found = as_dict(body).get("usage")
-    return response_object(state, model, status, output, usage(found), details)
+    if finish is None or finish == "stop":  # the usual end, told apart at once
+        status, details = "completed", None
+    else:
+        status, details = status_of(finish)
+        if status == "incomplete" and output:
+            output[-1]["status"] = "incomplete"  # the item the answer was cut in
+    return response_object(state, model, status, output, usage(body.get("usage")), details)
 
 
 def call_id(upstream: Any, rid: str, index: int, seen: set[str]) -> str:
@@ -503,6 +507,7 @@ def response_object(
     request = state.request
     choice = request.tool_choice
     fmt = request.text.format if request.text is not None else None
+    temperature, top_p, parallel = request.temperature, request.top_p, request.parallel_tool_calls
     return {
         "id": state.response_id,
         "object": "response",
@@ -515,46 +520,57 @@ def response_object(
         "max_output_tokens": request.max_output_tokens,
         "model": model,
         "output": output,
-        "parallel_tool_calls": (
-            True if request.parallel_tool_calls is None else request.parallel_tool_calls
-        ),
+        "parallel_tool_calls": True if parallel is None else parallel,
         "previous_response_id": request.previous_response_id,
         "store": request.store,
-        "temperature": 1.0 if request.temperature is None else request.temperature,
-        "text": {"format": msgspec.to_builtins(fmt) if fmt is not None else {"type": "text"}},
-        "tool_choice": (msgspec.to_builtins(choice) if choice is not None else "auto"),
-        "tools": [
-            {
-                "type": "function",
-                "name": tool.name,
-                "description": tool.description,
-                "parameters": tool.parameters,
-                "strict": True if tool.strict is None else tool.strict,
-            }
-            for tool in request.tools or ()
-        ],
-        "top_p": 1.0 if request.top_p is None else request.top_p,
+        "temperature": 1.0 if temperature is None else temperature,
+        "text": {"format": {"type": "text"} if fmt is None else msgspec.to_builtins(fmt)},
+        "tool_choice": "auto" if choice is None else msgspec.to_builtins(choice),
+        "tools": _echoed_tools(request.tools) if request.tools else [],
+        "top_p": 1.0 if top_p is None else top_p,
         "truncation": "disabled",
         "usage": counts,
         "user": request.user,
-        "metadata": dict(request.metadata or {}),
+        "metadata": dict(request.metadata) if request.metadata else {},
     }
 
 
+def _echoed_tools(tools: Sequence[FunctionTool]) -> list[JSON]:
+    return [
+        {
+            "type": "function",
+            "name": tool.name,
+            "description": tool.description,
+            "parameters": tool.parameters,
+            "strict": True if tool.strict is None else tool.strict,
+        }
+        for tool in tools
+    ]
+
+
 def usage(openai_usage: Any) -> JSON | None:
-    """The Responses usage from chat's; None when the upstream reported none."""
-    found = as_dict(openai_usage)
-    if not found:
+    """The Responses usage from chat's; None when the upstream reported none. A count that
+    is not a positive int reads as 0 (``canonical.token_count``, inlined: a function call
+    is most of what this costs, and every answer runs it)."""
+    if not openai_usage or type(openai_usage) is not dict:
         return None
-    prompt = token_count(found.get("prompt_tokens"))
-    completion = token_count(found.get("completion_tokens"))
-    cached = token_count(as_dict(found.get("prompt_tokens_details")).get("cached_tokens"))
-    reasoning = token_count(as_dict(found.get("completion_tokens_details")).get("reasoning_tokens"))
+    get = openai_usage.get
+    prompt, completion = get("prompt_tokens"), get("completion_tokens")
+    details, output_details = get("prompt_tokens_details"), get("completion_tokens_details")
+    cached = details.get("cached_tokens") if type(details) is dict else 0
+    reasoning = output_details.get("reasoning_tokens") if type(output_details) is dict else 0
+    prompt = prompt if type(prompt) is int and prompt > 0 else 0
+    completion = completion if type(completion) is int and completion > 0 else 0
     return {
         "input_tokens": prompt,
-        "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
+        "input_tokens_details": {
+            "cached_tokens": cached if type(cached) is int and cached > 0 else 0,
+            "cache_write_tokens": 0,
+        },
         "output_tokens": completion,
-        "output_tokens_details": {"reasoning_tokens": reasoning},
+        "output_tokens_details": {
+            "reasoning_tokens": reasoning if type(reasoning) is int and reasoning > 0 else 0
+        },
         "total_tokens": prompt + completion,
     }
 
@@ -580,8 +596,7 @@ def record(
     state = pending(call)
     if not enabled or not state.request.store or state.response is None:
         return None
-    created = datetime.fromtimestamp(state.created_at, UTC)
-    expires = created + timedelta(days=retention_days) if retention_days else None
+    created, expires = _lifetime(state.created_at, retention_days)
     return ResponseRecord(
         id=state.response_id,
         owner=owner(principal),
@@ -595,6 +610,15 @@ def record(
         response=state.response,
         encoded=state.encoded,
     )
+
+
+@functools.lru_cache(maxsize=8)
+def _lifetime(created_at: int, retention_days: int | None) -> tuple[datetime, datetime | None]:
+    """When a response made at ``created_at`` (whole seconds) was made and expires, as
+    datetimes: one pair for every answer of that second (7.5k instructions less a stored
+    answer, callgrind)."""
+    created = datetime.fromtimestamp(created_at, UTC)
+    return created, created + timedelta(days=retention_days) if retention_days else None
 
 
 def not_found(response_id: str) -> NotFound:

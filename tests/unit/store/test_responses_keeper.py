@@ -162,10 +162,12 @@ class GatedStore(ResponseStore):
     """Writes a batch only once ``gate`` is open: a write that is still running."""
 
     gate: asyncio.Event
+    writing: asyncio.Event  # set once a batch is being written
     batches: list[list[str]]
 
     async def save_many(self, records: Sequence[ResponseRecord]) -> None:
         self.batches.append([r.id for r in records])
+        self.writing.set()
         await self.gate.wait()
         await super().save_many(records)
 
@@ -176,14 +178,13 @@ async def test_a_response_saved_again_is_read_once_the_later_save_is_written(
     """Saves share one wait a batch; a response saved again while its first save is being
     written is waited for until the later save is written, never found in its first."""
     gated = GatedStore(store.engine)
-    gated.gate, gated.batches = asyncio.Event(), []
+    gated.gate, gated.writing, gated.batches = asyncio.Event(), asyncio.Event(), []
     keeper = ResponseKeeper(gated, LOG, batch_window=3600, purge_every=3600)
     keeper.start()
     keeper.save(make("resp_1", answer="first", expires=None))
     keeper.save(make("resp_2", answer="other", expires=None))
     first = asyncio.create_task(keeper.saved("resp_1", "ten_a"))  # written now: held at the gate
-    while not gated.batches:
-        await asyncio.sleep(0.001)
+    await asyncio.wait_for(gated.writing.wait(), timeout=10)
     keeper.save(make("resp_1", answer="second", expires=None))  # again, in the next batch
     later = asyncio.create_task(keeper.saved("resp_1", "ten_a"))
     other = asyncio.create_task(keeper.saved("resp_2", "ten_a"))
