@@ -470,6 +470,9 @@ class ResponsesConfig(_Config, kw_only=True):
 
     store: bool = True  # False: never stored, whatever a request's ``store`` says
     retention_days: Annotated[int, msgspec.Meta(ge=1)] | None = 30  # None: until deleted
+    # Seconds a worker gathers saves before writing them in one transaction: longer, fewer
+    # and larger writes; another worker sees a response that much later (store/responses_keeper.py)
+    save_window: Annotated[float, msgspec.Meta(gt=0, le=60)] = 0.05
 
 
 class MemoryCacheConfig(_Config, kw_only=True):

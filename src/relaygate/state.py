@@ -192,7 +192,9 @@ async def open_state(settings: Settings, log: logging.Logger) -> AppState:
         outbox=outbox,
         writer=writer,
         cache=_cache(settings, client, engine, metrics, log),
-        responses=ResponseKeeper(ResponseStore(engine), log),
+        responses=ResponseKeeper(
+            ResponseStore(engine), log, batch_window=settings.responses.save_window
+        ),
         vault=vault,
         redis=client,
         jwt=jwt,
