@@ -425,7 +425,6 @@ def from_canonical(body: JSON, state: Pending, model: str) -> JSON:
     body = as_dict(body)
     choice = first_item(body.get("choices"))
     message = as_dict(choice.get("message"))
-    finish = choice.get("finish_reason")
     output: list[JSON] = []
     text = text_of(message.get("content")) or text_of(message.get("refusal"))
     if text:
@@ -446,12 +445,9 @@ def from_canonical(body: JSON, state: Pending, model: str) -> JSON:
                     arguments if isinstance(arguments, str) else "",
                 )
             )
-    if finish is None or finish == "stop":  # the usual end, told apart at once
-        status, details = "completed", None
-    else:
-        status, details = status_of(finish)
-        if status == "incomplete" and output:
-            output[-1]["status"] = "incomplete"  # the item the answer was cut in
+    status, details = status_of(choice.get("finish_reason"))
+    if status == "incomplete" and output:
+        output[-1]["status"] = "incomplete"  # the item the answer was cut in
     return response_object(state, model, status, output, usage(body.get("usage")), details)
 
 
