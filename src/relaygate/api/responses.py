@@ -56,6 +56,7 @@ __all__ = [
     "STREAM_HEADERS",
     "WIRE_KEY",
     "Pending",
+    "ResponseObject",
     "call_id",
     "deleted_body",
     "error_body",
@@ -112,7 +113,7 @@ class Pending:
     created_at: int
     request: ResponsesRequest
     items: list[Item]
-    response: JSON | None = None
+    response: ResponseObject | None = None
     encoded: bytes | None = None
 
     @property
@@ -419,7 +420,7 @@ def render(call: Call, body: JSON) -> bytes:
     return state.encoded
 
 
-def from_canonical(body: JSON, state: Pending, model: str) -> JSON:
+def from_canonical(body: JSON, state: Pending, model: str) -> ResponseObject:
     """An OpenAI chat completion as a Response object (first choice; never raises)."""
     rid = state.response_id.removeprefix("resp_")
     body = as_dict(body)
@@ -490,6 +491,36 @@ def status_of(finish: Any) -> tuple[str, JSON | None]:
     return "completed", None
 
 
+class ResponseObject(msgspec.Struct):
+    """The Response object, its fields in the order OpenAI sends them. A Struct, not a dict:
+    msgspec builds and encodes one in 17k instructions against 29k (callgrind; every
+    answer is one, and a stream sends it three times)."""
+
+    id: str
+    object: str
+    created_at: int
+    status: str
+    background: bool
+    error: JSON | None
+    incomplete_details: JSON | None
+    instructions: str | None
+    max_output_tokens: int | None
+    model: str
+    output: list[JSON]
+    parallel_tool_calls: bool
+    previous_response_id: str | None
+    store: bool
+    temperature: float
+    text: JSON
+    tool_choice: Any
+    tools: list[JSON]
+    top_p: float
+    truncation: str
+    usage: JSON | None
+    user: str | None
+    metadata: dict[str, str]
+
+
 def response_object(
     state: Pending,
     model: str,
@@ -498,37 +529,37 @@ def response_object(
     counts: JSON | None,
     incomplete: JSON | None = None,
     error: JSON | None = None,
-) -> JSON:
+) -> ResponseObject:
     """The Response object, the request's settings echoed as OpenAI echoes them."""
     request = state.request
     choice = request.tool_choice
     fmt = request.text.format if request.text is not None else None
     temperature, top_p, parallel = request.temperature, request.top_p, request.parallel_tool_calls
-    return {
-        "id": state.response_id,
-        "object": "response",
-        "created_at": state.created_at,
-        "status": status,
-        "background": False,
-        "error": error,
-        "incomplete_details": incomplete,
-        "instructions": request.instructions,
-        "max_output_tokens": request.max_output_tokens,
-        "model": model,
-        "output": output,
-        "parallel_tool_calls": True if parallel is None else parallel,
-        "previous_response_id": request.previous_response_id,
-        "store": request.store,
-        "temperature": 1.0 if temperature is None else temperature,
-        "text": {"format": {"type": "text"} if fmt is None else msgspec.to_builtins(fmt)},
-        "tool_choice": "auto" if choice is None else msgspec.to_builtins(choice),
-        "tools": _echoed_tools(request.tools) if request.tools else [],
-        "top_p": 1.0 if top_p is None else top_p,
-        "truncation": "disabled",
-        "usage": counts,
-        "user": request.user,
-        "metadata": dict(request.metadata) if request.metadata else {},
-    }
+    return ResponseObject(
+        state.response_id,
+        "response",
+        state.created_at,
+        status,
+        False,  # background
+        error,
+        incomplete,
+        request.instructions,
+        request.max_output_tokens,
+        model,
+        output,
+        True if parallel is None else parallel,
+        request.previous_response_id,
+        request.store,
+        1.0 if temperature is None else temperature,
+        {"format": {"type": "text"} if fmt is None else msgspec.to_builtins(fmt)},
+        "auto" if choice is None else msgspec.to_builtins(choice),
+        _echoed_tools(request.tools) if request.tools else [],
+        1.0 if top_p is None else top_p,
+        "disabled",  # truncation
+        counts,
+        request.user,
+        dict(request.metadata) if request.metadata else {},
+    )
 
 
 def _echoed_tools(tools: Sequence[FunctionTool]) -> list[JSON]:

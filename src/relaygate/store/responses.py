@@ -51,7 +51,9 @@ class ResponseRecord:
     expires_at: datetime | None  # None: kept until deleted
     previous_response_id: str | None
     input_items: list[JSON]
-    response: JSON  # the Response object; its ``output`` is the response's output items
+    # the Response object; its ``output`` is the response's output items. A dict as read
+    # back; as just made, the Struct the Responses API renders (it encodes to the same JSON)
+    response: JSON | msgspec.Struct
     # ``response`` as JSON when it is at hand (encoded once: for the row, for GET)
     encoded: bytes | None = field(default=None, compare=False, repr=False)
 

@@ -287,7 +287,7 @@ def test_previous_conversation_goes_before_the_input_and_instructions_are_not_ca
     render(first, completion("Seven."))
     stored = record(first, CALLER, retention_days=30)
     assert stored is not None
-    history = stored.input_items + stored.response["output"]
+    history = stored.input_items + msgspec.to_builtins(stored.response)["output"]
 
     body = request(input="Double it.", previous_response_id="resp_r1", instructions="New.")
     second = parse(body, "r2")
@@ -317,7 +317,7 @@ def test_function_calls_from_a_stored_output_continue_with_their_results() -> No
     output = [{"type": "function_call_output", "call_id": "call_1", "output": "Rain"}]
     chat = to_canonical(
         {"model": "m", "input": output, "tools": [{"type": "function", "name": "w"}]},
-        stored.input_items + stored.response["output"],
+        stored.input_items + msgspec.to_builtins(stored.response)["output"],
     )
     assert [m["role"] for m in chat["messages"]] == ["user", "assistant", "tool"]
     assert chat["messages"][1]["tool_calls"] == calls
@@ -558,10 +558,10 @@ def test_the_stream_and_the_complete_answer_agree() -> None:
     streamed = responses.pending(streamed_call).response
     complete = responses.pending(complete_call).response
     assert streamed is not None and complete is not None
-    assert streamed["output"] == complete["output"]
-    assert streamed["usage"] == complete["usage"] and streamed["status"] == "incomplete"
+    assert streamed.output == complete.output
+    assert streamed.usage == complete.usage and streamed.status == "incomplete"
     assert last.response.model_dump(exclude_none=True) == Response.model_validate(
-        streamed
+        msgspec.to_builtins(streamed)
     ).model_dump(exclude_none=True)
 
 
@@ -659,10 +659,10 @@ def test_a_response_is_recorded_unless_the_request_or_the_settings_say_not_to() 
         "key_1",
         "llama3",
     )
-    assert json.loads(responses.stored_body(saved)) == saved.response
+    assert json.loads(responses.stored_body(saved)) == msgspec.to_builtins(saved.response)
     assert saved.expires_at is not None and (saved.expires_at - saved.created_at).days == 30
     assert saved.input_items == [{"type": "message", "role": "user", "content": "Hi"}]
-    [message] = saved.response["output"]  # the output is stored inside the Response object
+    [message] = msgspec.to_builtins(saved.response)["output"]  # stored inside the Response object
     assert message["role"] == "assistant" and message["content"][0]["text"] == "Hello!"
 
 

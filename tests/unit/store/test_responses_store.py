@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
 import pytest
 
 from relaygate.api.responses import parse, record, render
@@ -159,7 +160,7 @@ async def test_a_conversation_through_the_wire_format_and_the_store(store: Respo
     assert saved is not None
     await store.save(saved)
     got = await store.get("resp_r1", "ten_a")
-    assert got is not None and got.response == saved.response
+    assert got is not None and got.response == msgspec.to_builtins(saved.response)
 
     body = b'{"model": "llama3", "input": "Double it.", "previous_response_id": "resp_r1"}'
     history = await store.chain("resp_r1", "ten_a")
