@@ -19,7 +19,8 @@ full speed; ``--dilate 1`` keeps the defaults.
 
     .venv/bin/python bench/callgrind.py                      # every API of section 10
     .venv/bin/python bench/callgrind.py --api chat --requests 1000 --threads
-    PYTHONPATH=/tmp/old/src .venv/bin/python bench/callgrind.py   # another checkout's src
+    mkdir -p /tmp/old && git archive HEAD~1 src | tar -x -C /tmp/old
+    PYTHONPATH=/tmp/old/src .venv/bin/python bench/callgrind.py   # that commit's src
 
 Needs valgrind (apt-get install -y valgrind) and the bench's nginx upstream.
 A 2,000-request API takes about two minutes here.
