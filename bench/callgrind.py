@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import os
 import re
 import shutil
 import signal
@@ -41,7 +40,7 @@ from pathlib import Path
 from benchkit import keys
 from benchkit.api_sections import APIS
 from benchkit.common import HOST, REPO_DIR, VENV_BIN, WORK_DIR, BenchError, wait_for
-from benchkit.gateway import serve_argv
+from benchkit.gateway import environ, serve_argv
 from benchkit.upstream import Nginx
 
 OUT_DIR = WORK_DIR / "callgrind"
@@ -72,15 +71,16 @@ class Counted:
         shutil.rmtree(self.dir, ignore_errors=True)
         self.dir.mkdir(parents=True)
         self.dumps = 0
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RELAYGATE_")}
-        env |= {
-            "RELAYGATE_DATABASE_URL": keys.fresh_db(f"callgrind-{name}"),
-            "RELAYGATE_ADMIN_KEY": ADMIN_KEY,
-            "RELAYGATE_USAGE__OUTBOX_DIR": keys.fresh_outbox(f"callgrind-{name}") or "",
-            "RELAYGATE_USAGE__WRITE_INTERVAL": str(WRITE_INTERVAL * dilate),
-            "RELAYGATE_USAGE__FSYNC_WINDOW": str(min(1.0, FSYNC_WINDOW * dilate)),
-            "RELAYGATE_RESPONSES__SAVE_WINDOW": str(SAVE_WINDOW * dilate),
-        }
+        env = environ(
+            {
+                "RELAYGATE_DATABASE_URL": keys.fresh_db(f"callgrind-{name}"),
+                "RELAYGATE_ADMIN_KEY": ADMIN_KEY,
+                "RELAYGATE_USAGE__OUTBOX_DIR": keys.fresh_outbox(f"callgrind-{name}") or "",
+                "RELAYGATE_USAGE__WRITE_INTERVAL": str(WRITE_INTERVAL * dilate),
+                "RELAYGATE_USAGE__FSYNC_WINDOW": str(min(1.0, FSYNC_WINDOW * dilate)),
+                "RELAYGATE_RESPONSES__SAVE_WINDOW": str(SAVE_WINDOW * dilate),
+            }
+        )
         # after the last request: every window has closed and its batch is written
         self.settle = 1.5 * max(WRITE_INTERVAL, SAVE_WINDOW, FSYNC_WINDOW) * dilate + 1
         argv = serve_argv(1, PORT)

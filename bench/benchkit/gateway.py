@@ -54,6 +54,14 @@ def version() -> str | None:
     return text if out.returncode == 0 and text else None
 
 
+def environ(settings: dict[str, str]) -> dict[str, str]:
+    """This process's environment without any RELAYGATE_* variable (the gateway reads them
+    all as settings, and refuses unknown ones such as RELAYGATE_BENCH_EXE), plus
+    ``settings``."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("RELAYGATE_")}
+    return {**inherited, **settings}
+
+
 def serve_argv(workers: int, port: int = GATEWAY_PORT, config: Path = CONFIG) -> list[str]:
     """The exact command line the bench starts the gateway with."""
     return [
@@ -129,8 +137,7 @@ class Gateway:
         """This process's environment without any RELAYGATE_* variable (the gateway reads
         them all as settings, and refuses unknown ones such as RELAYGATE_BENCH_EXE), plus
         the bench's own settings for this start."""
-        inherited = {k: v for k, v in os.environ.items() if not k.startswith("RELAYGATE_")}
-        return {**inherited, **self.env}
+        return environ(self.env)
 
     def line(self) -> str:
         """'Gateway: `ENV=... relaygate serve ...`' for the report, the admin key left out."""
