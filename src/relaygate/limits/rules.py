@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 import msgspec
 
@@ -40,15 +41,20 @@ _LIMIT_FIELDS = tuple(f.name for f in msgspec.structs.fields(LimitSet))
 
 @dataclass(frozen=True, slots=True)
 class Period:
-    """One billing month: from ``start`` (inclusive) to ``end`` (exclusive), in UTC."""
+    """One billing month: from ``start`` (inclusive) to ``end`` (exclusive), in UTC.
+
+    ``label`` (``YYYY-MM`` of the month the period starts in, part of the quota keys)
+    and ``ends_at`` (``end`` in epoch seconds) are made once with the period, which
+    every request asks for (:func:`month_period`)."""
 
     start: datetime
     end: datetime
+    label: str = field(init=False)
+    ends_at: float = field(init=False)
 
-    @property
-    def label(self) -> str:
-        """``YYYY-MM`` of the month the period starts in; part of the quota keys."""
-        return f"{self.start.year:04d}-{self.start.month:02d}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "label", f"{self.start.year:04d}-{self.start.month:02d}")
+        object.__setattr__(self, "ends_at", self.end.timestamp())
 
 
 def month_period(now: float, reset_day: int = 1) -> Period:
@@ -61,7 +67,7 @@ def month_period(now: float, reset_day: int = 1) -> Period:
     if last is not None and last[0] <= now < last[1]:
         return last[2]
     period = _month_period(now, reset_day)
-    _LAST_PERIOD[reset_day] = (period.start.timestamp(), period.end.timestamp(), period)
+    _LAST_PERIOD[reset_day] = (period.start.timestamp(), period.ends_at, period)
     return period
 
 
@@ -116,11 +122,7 @@ def rules_for(
     now = time.time() if now is None else now
     period = month_period(now, month_reset_day)
     ctx = _Context(
-        period.label,
-        max(period.end.timestamp() - now, 1.0),
-        reserve_tokens,
-        lease_timeout,
-        reserve_micros,
+        period.label, max(period.ends_at - now, 1.0), reserve_tokens, lease_timeout, reserve_micros
     )
     rules = _rules(limits, subject, "", "", ctx)
     if model is not None and model in tier.models:
@@ -135,8 +137,7 @@ def rules_for(
     return rules
 
 
-@dataclass(frozen=True, slots=True)
-class _Context:
+class _Context(NamedTuple):
     """What every rule of one request shares."""
 
     month: str  # the period's YYYY-MM
@@ -157,24 +158,58 @@ _SPECS: tuple[tuple[str, str, RuleKind, float], ...] = (
     ("budget_per_month", "usdmo", "quota", 0.0),  # counted in micro-dollars
 )
 MICROS = 1_000_000
+_ONE, _TOKENS, _MONEY = 0, 1, 2  # what a rule's cost counts
+
+
+class _Spec(NamedTuple):
+    """One limit of a :class:`LimitSet` that is set: all of a rule but the request's part."""
+
+    name: str  # the LimitSet field
+    code: str
+    kind: RuleKind
+    window: float
+    limit: int
+    counts: int  # _ONE, _TOKENS or _MONEY
+
+
+def _specs(limits: LimitSet) -> tuple[_Spec, ...]:
+    """The limits that are set, in ``_SPECS`` order: worked out once per set (a tier's,
+    a key's effective set), not on every request. Kept by identity, with the set itself,
+    so that an id is never reused while it is a key (a tier holds dicts: unhashable)."""
+    found = _BY_SET.get(id(limits))
+    if found is not None and found[0] is limits:
+        return found[1]
+    specs = []
+    for field_name, code, kind, window in _SPECS:
+        value: float | None = getattr(limits, field_name)
+        if value is None:
+            continue
+        if field_name == "budget_per_month":
+            limit, counts = round(value * MICROS), _MONEY
+        else:
+            limit, counts = int(value), _TOKENS if field_name.startswith("tokens_") else _ONE
+        specs.append(_Spec(field_name, code, kind, window, limit, counts))
+    if len(_BY_SET) >= _MAX_SETS:
+        _BY_SET.clear()
+    _BY_SET[id(limits)] = (limits, tuple(specs))
+    return _BY_SET[id(limits)][1]
+
+
+_BY_SET: dict[int, tuple[LimitSet, tuple[_Spec, ...]]] = {}
+_MAX_SETS = 4096  # sets in use at once are few (tiers, keys' own): cleared when exceeded
 
 
 def _rules(limits: LimitSet, subject: str, scope: str, suffix: str, ctx: _Context) -> list[Rule]:
     """``limits`` as rules keyed ``<scope><code>:<subject>`` and named ``<field><suffix>``."""
     rules = []
-    for field, code, kind, window in _SPECS:
-        value: float | None = getattr(limits, field)
-        if value is None:
-            continue
-        limit = round(value * MICROS) if field == "budget_per_month" else int(value)
+    for field_name, code, kind, window, limit, counts in _specs(limits):
         if kind == "quota":
             code, window = f"{code}/{ctx.month}", ctx.until_month_end
         elif kind == "concurrency":
             window = ctx.lease_timeout
-        cost = ctx.tokens if field.startswith("tokens_") else 1
-        if field == "budget_per_month":
-            cost = ctx.micros
-        rules.append(Rule(f"{scope}{code}:{subject}", kind, limit, window, cost, field + suffix))
+        cost = 1 if counts == _ONE else ctx.tokens if counts == _TOKENS else ctx.micros
+        key = f"{scope}{code}:{subject}"
+        rules.append(Rule(key, kind, limit, window, cost, field_name + suffix))
     return rules
 
 

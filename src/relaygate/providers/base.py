@@ -19,7 +19,6 @@ import os
 import re
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
@@ -86,11 +85,10 @@ class Upstream(Protocol):
     def client_timeout(self) -> aiohttp.ClientTimeout: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Relayed:
+class Relayed(msgspec.Struct, frozen=True):
     """A complete OpenAI-shaped answer as the upstream sent it, but for ``model``,
     which is already the client's name: for a client whose API is the same
-    (``call.relay``), sent on as it is."""
+    (``call.relay``), sent on as it is. (A Struct: one is made for every such answer.)"""
 
     raw: bytes
     usage: JSON | None  # as the upstream reported it

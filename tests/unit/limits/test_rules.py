@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -375,3 +376,55 @@ def test_the_kept_month_is_the_month_that_holds_now(asks: list[tuple[float, int]
         period = month_period(now, day)
         assert (period.start, period.end) == _month_of(now, day)
         assert period.start.timestamp() <= now < period.end.timestamp()
+
+
+_NUMBERS = st.one_of(st.none(), st.integers(0, 10**12))
+_SETS = st.builds(
+    LimitSet,
+    requests_per_month=_NUMBERS,
+    tokens_per_month=_NUMBERS,
+    requests_per_hour=_NUMBERS,
+    requests_per_minute=_NUMBERS,
+    tokens_per_minute=_NUMBERS,
+    max_concurrent=_NUMBERS,
+    budget_per_month=st.one_of(st.none(), st.floats(0, 10**6, allow_nan=False)),
+)
+_CODES = {
+    "requests_per_month": "rpmo",
+    "tokens_per_month": "tpmo",
+    "requests_per_hour": "rph",
+    "requests_per_minute": "rpm",
+    "tokens_per_minute": "tpm",
+    "max_concurrent": "conc",
+    "budget_per_month": "usdmo",
+}
+
+
+@given(sets=st.lists(_SETS, min_size=1, max_size=8), tokens=st.integers(0, 10**6))
+def test_each_set_gives_the_rules_its_fields_say_every_time(
+    sets: list[LimitSet], tokens: int
+) -> None:
+    """rules_for keeps what a set's fields give (which are set, their limits) between
+    requests: whatever sets come and go, and however often each is asked, every rule is
+    the one its set's own fields say, with this request's reservation."""
+    for limits in [*sets, *reversed(sets)]:
+        rules = rules_for("key:k", limits, TIER, reserve_tokens=tokens, reserve_micros=7, now=NOW)
+        expected = {
+            name: value
+            for name, value in msgspec.structs.asdict(limits).items()
+            if name in _CODES and value is not None
+        }
+        assert sorted(r.name for r in rules) == sorted(expected)
+        for rule in rules:
+            value = expected[rule.name]
+            assert rule.limit == (
+                round(value * 1_000_000) if rule.name.startswith("budget") else value
+            )
+            assert rule.key.startswith(_CODES[rule.name])
+            assert rule.cost == (
+                tokens
+                if rule.name.startswith("tokens_")
+                else 7
+                if rule.name.startswith("budget")
+                else 1
+            )
