@@ -21,6 +21,7 @@ from relaygate.limits.base import Lease, Limiter, Rule, RuleState
 from relaygate.limits.quotas import QuotaPrimer
 from relaygate.limits.rules import (
     MICROS,
+    RulePlan,
     effective,
     month_period,
     rate_limit_headers,
@@ -32,6 +33,7 @@ from relaygate.usage.accounting import Pricing, priced
 
 __all__ = ["Admission", "Admitted"]
 
+_MAX_PLANS = 10_000  # callers x models x endpoints in use at once: cleared when exceeded
 DEFAULT_COMPLETION_RESERVE = 1024  # tokens reserved when the request names no max_tokens
 BYTES_PER_TOKEN = 4  # a cheap, generous estimate of prompt tokens from the body size
 
@@ -44,6 +46,7 @@ class Admitted:
     headers: list[tuple[bytes, bytes]]
     reserved_tokens: int
     model: str = ""
+    settles: bool = True  # a rule holds a lease or a reservation: settle has work to do
 
 
 class Admission:
@@ -58,6 +61,8 @@ class Admission:
         virtual = {entry.name: entry.models for entry in settings.model_router}
         self.pricing = Pricing(settings.usage, settings.models, virtual)
         self._effective: dict[tuple[str, LimitSet | None], LimitSet] = {}
+        # (caller, model, endpoint) -> its rule plan, with the principal it was made for
+        self._plans: dict[tuple[int, str, str], tuple[Principal, RulePlan]] = {}
 
     def _tier(self, name: str | None) -> TierConfig:
         tier = self.settings.tiers.get(name or "")
@@ -118,30 +123,50 @@ class Admission:
         operator nothing, so money budgets neither refuse nor count it; every other
         limit (requests, tokens, concurrency) still applies.
         """
-        prompt = body_size // BYTES_PER_TOKEN
-        completion = max_output_tokens or DEFAULT_COMPLETION_RESERVE
-        # The worst case of a priced model; settle charges what it really cost.
-        micros = (
-            0
-            if own_key
-            else round(priced(self.pricing.ceiling(model), prompt, completion) * MICROS)
-        )
-        rules = self.rules(
-            principal, model=model, endpoint=endpoint,
-            reserve_tokens=prompt + completion, reserve_micros=micros,
-        )  # fmt: skip
-        if own_key:
+        now = time.time()
+        plan = self._plan(principal, model, endpoint, now)
+        reserved = body_size // BYTES_PER_TOKEN + (max_output_tokens or DEFAULT_COMPLETION_RESERVE)
+        micros = 0
+        if plan.money and not own_key:  # the worst case of a priced model; settle charges
+            prompt = body_size // BYTES_PER_TOKEN  # what it really cost
+            completion = reserved - prompt
+            micros = round(priced(self.pricing.ceiling(model), prompt, completion) * MICROS)
+        rules, settles = plan.rules(now, reserved, micros), plan.settles
+        if own_key and plan.money:
             rules = [rule for rule in rules if not rule.name.startswith("budget_")]
+            settles = any(_needs_settling(rule) for rule in rules)
         if not rules:
-            return Admitted(None, [], 0, model)
-        if self.primer is not None:
-            since = month_period(time.time(), self.settings.limits.month_reset_day).start
-            await self.primer.prime(rules, principal.key_id, principal.tenant_id, since)
+            return Admitted(None, [], 0, model, settles=False)
+        if self.primer is not None and plan.quotas:
+            await self.primer.prime(rules, principal.key_id, principal.tenant_id, plan.period.start)
         decision = await self.limiter.acquire(rules, request_id)
         if not decision.allowed:
             raise rate_limited(decision)
         headers = rate_limit_headers(decision.states)
-        return Admitted(decision.lease, headers, prompt + completion, model)
+        return Admitted(decision.lease, headers, reserved, model, settles=settles)
+
+    def _plan(self, principal: Principal, model: str, endpoint: str, now: float) -> RulePlan:
+        """The caller's rules for ``model`` and ``endpoint`` this month, made once. Kept by
+        the principal's identity (an API key's is the same object on every request), with
+        the principal itself: while it is kept, no other object can have its id."""
+        period = month_period(now, self.settings.limits.month_reset_day)
+        key = (id(principal), model, endpoint)
+        found = self._plans.get(key)
+        if found is not None and found[1].period is period:
+            return found[1]
+        tier = self._tier(principal.tier)
+        tenant_limits = None
+        if principal.tenant_id and principal.tenant_tier:
+            tenant_limits = self._tier(principal.tenant_tier)
+        plan = RulePlan(
+            principal.subject, self._limits(principal, tier), tier, period,
+            model=model, endpoint=endpoint, tenant=principal.tenant_id,
+            tenant_limits=tenant_limits,
+        )  # fmt: skip
+        if len(self._plans) >= _MAX_PLANS:
+            self._plans.clear()
+        self._plans[key] = (principal, plan)
+        return plan
 
     async def settle(
         self,
@@ -155,7 +180,7 @@ class Admission:
         lease = admitted.lease
         if lease is None or lease.settled:
             return
-        if not any(_needs_settling(rule) for rule in lease.rules):
+        if not admitted.settles:
             lease.settled = True  # request counts only: no second round trip
             return
         actual: dict[str, int] | None = None

@@ -189,8 +189,13 @@ class MemoryLimiter:
         now = self._clock() if now is None else now
         if not self._next_sweep - _SWEEP_EVERY <= now < self._next_sweep:
             self._sweep(now)
-        slots = [self._find(rule, now) or _KINDS[rule.kind](now) for rule in rules]
-        fits = [s.need(r) <= s.available(r, now) for s, r in zip(slots, rules, strict=True)]
+        # one pass, not a comprehension per step: this runs on every request
+        slots: list[_Slot] = []
+        fits: list[bool] = []
+        for rule in rules:
+            slot = self._find(rule, now) or _KINDS[rule.kind](now)
+            slots.append(slot)
+            fits.append(slot.need(rule) <= slot.available(rule, now))
         allowed = all(fits)
         if allowed:
             for slot, rule in zip(slots, rules, strict=True):

@@ -27,6 +27,7 @@ from relaygate.settings import LimitSet, TierConfig
 __all__ = [
     "DEFAULT_LEASE_TIMEOUT",
     "Period",
+    "RulePlan",
     "describe_denial",
     "effective",
     "month_period",
@@ -77,7 +78,9 @@ _LAST_PERIOD: dict[int, tuple[float, float, Period]] = {}  # reset day -> (start
 def _month_period(now: float, reset_day: int) -> Period:
     if not 1 <= reset_day <= 28:
         raise ValueError(f"reset_day must be 1..28, not {reset_day}")
-    today = datetime.fromtimestamp(now, UTC)
+    # Whole seconds: fromtimestamp rounds to the nearest microsecond, which would put the
+    # last half microsecond of a month in the next one; months start on a whole second.
+    today = datetime.fromtimestamp(math.floor(now), UTC)
     year, month = today.year, today.month
     if today.day < reset_day:
         year, month = (year - 1, 12) if month == 1 else (year, month - 1)
@@ -120,31 +123,12 @@ def rules_for(
     reserve at admission (settle charges the real count).
     """
     now = time.time() if now is None else now
-    period = month_period(now, month_reset_day)
-    ctx = _Context(
-        period.label, max(period.ends_at - now, 1.0), reserve_tokens, lease_timeout, reserve_micros
-    )
-    rules = _rules(limits, subject, "", "", ctx)
-    if model is not None and model in tier.models:
-        rules += _rules(
-            tier.models[model], subject, f"m={_escape(model)}:", f" for model {model}", ctx
-        )
-    if endpoint is not None and endpoint in tier.endpoints:
-        scope, suffix = f"e={_escape(endpoint)}:", f" for endpoint {endpoint}"
-        rules += _rules(tier.endpoints[endpoint], subject, scope, suffix, ctx)
-    if tenant is not None and tenant_limits is not None:
-        rules += _rules(tenant_limits, _escape(tenant), "t:", " for tenant", ctx)
-    return rules
-
-
-class _Context(NamedTuple):
-    """What every rule of one request shares."""
-
-    month: str  # the period's YYYY-MM
-    until_month_end: float  # seconds
-    tokens: int  # reserved by token limits
-    lease_timeout: float
-    micros: int = 0  # reserved by money budgets, in micro-dollars
+    plan = RulePlan(
+        subject, limits, tier, month_period(now, month_reset_day),
+        model=model, endpoint=endpoint, tenant=tenant, tenant_limits=tenant_limits,
+        lease_timeout=lease_timeout,
+    )  # fmt: skip
+    return plan.rules(now, reserve_tokens, reserve_micros)
 
 
 # Field, key code, kind, window (quotas run to the period end; leases to their timeout).
@@ -161,56 +145,102 @@ MICROS = 1_000_000
 _ONE, _TOKENS, _MONEY = 0, 1, 2  # what a rule's cost counts
 
 
-class _Spec(NamedTuple):
-    """One limit of a :class:`LimitSet` that is set: all of a rule but the request's part."""
+class _Part(NamedTuple):
+    """One rule of a plan, but for what each request gives it."""
 
-    name: str  # the LimitSet field
-    code: str
+    key: str
     kind: RuleKind
-    window: float
     limit: int
+    window: float  # a quota's is the time left in the month, given per request
     counts: int  # _ONE, _TOKENS or _MONEY
+    name: str
 
 
-def _specs(limits: LimitSet) -> tuple[_Spec, ...]:
-    """The limits that are set, in ``_SPECS`` order: worked out once per set (a tier's,
-    a key's effective set), not on every request. Kept by identity, with the set itself,
-    so that an id is never reused while it is a key (a tier holds dicts: unhashable)."""
-    found = _BY_SET.get(id(limits))
-    if found is not None and found[0] is limits:
-        return found[1]
-    specs = []
-    for field_name, code, kind, window in _SPECS:
-        value: float | None = getattr(limits, field_name)
+class RulePlan:
+    """The rules of one caller, model and endpoint in one month, but for what each request
+    gives them: the time left in the month (a quota's window) and what it reserves (token
+    and money limits' cost). Made once, reused by every request that fits it (admission.py
+    keeps them): a rule that depends on neither is made once too, and requests share it.
+
+    ``quotas``, ``money`` and ``settles`` say whether any rule is a monthly quota, a money
+    budget, or needs settling (a lease, a token or money reservation)."""
+
+    __slots__ = ("_fixed", "_parts", "ends_at", "money", "period", "quotas", "settles")
+
+    def __init__(
+        self,
+        subject: str,
+        limits: LimitSet,
+        tier: TierConfig,
+        period: Period,
+        *,
+        model: str | None = None,
+        endpoint: str | None = None,
+        tenant: str | None = None,
+        tenant_limits: LimitSet | None = None,
+        lease_timeout: float = DEFAULT_LEASE_TIMEOUT,
+    ) -> None:
+        self.period = period
+        self.ends_at = period.ends_at
+        month = period.label
+        parts = _parts(limits, subject, "", "", month, lease_timeout)
+        if model is not None and model in tier.models:
+            scope, suffix = f"m={_escape(model)}:", f" for model {model}"
+            parts += _parts(tier.models[model], subject, scope, suffix, month, lease_timeout)
+        if endpoint is not None and endpoint in tier.endpoints:
+            scope, suffix = f"e={_escape(endpoint)}:", f" for endpoint {endpoint}"
+            parts += _parts(tier.endpoints[endpoint], subject, scope, suffix, month, lease_timeout)
+        if tenant is not None and tenant_limits is not None:
+            parts += _parts(
+                tenant_limits, _escape(tenant), "t:", " for tenant", month, lease_timeout
+            )
+        self._parts = tuple(parts)
+        # a rule whose window and cost no request changes is made here, once
+        self._fixed = tuple(
+            Rule(p.key, p.kind, p.limit, p.window, 1, p.name)
+            if p.kind != "quota" and p.counts == _ONE
+            else None
+            for p in parts
+        )
+        self.quotas = any(p.kind == "quota" for p in parts)
+        self.money = any(p.counts == _MONEY for p in parts)
+        self.settles = any(p.kind == "concurrency" or p.counts != _ONE for p in parts)
+
+    def rules(self, now: float, tokens: int = 0, micros: int = 0) -> list[Rule]:
+        """The rules of a request at ``now`` (within the plan's month) that reserves
+        ``tokens`` and ``micros`` (micro-dollars)."""
+        rules = []
+        until_month_end = max(self.ends_at - now, 1.0)
+        for part, fixed in zip(self._parts, self._fixed, strict=True):
+            if fixed is not None:
+                rules.append(fixed)
+                continue
+            cost = 1 if part.counts == _ONE else tokens if part.counts == _TOKENS else micros
+            window = until_month_end if part.kind == "quota" else part.window
+            rules.append(Rule(part.key, part.kind, part.limit, window, cost, part.name))
+        return rules
+
+
+def _parts(
+    limits: LimitSet, subject: str, scope: str, suffix: str, month: str, lease_timeout: float
+) -> list[_Part]:
+    """``limits`` as rules keyed ``<scope><code>:<subject>`` and named ``<field><suffix>``
+    (a quota's code holds its month)."""
+    parts = []
+    for name, code, kind, window in _SPECS:
+        value: float | None = getattr(limits, name)
         if value is None:
             continue
-        if field_name == "budget_per_month":
+        if name == "budget_per_month":
             limit, counts = round(value * MICROS), _MONEY
         else:
-            limit, counts = int(value), _TOKENS if field_name.startswith("tokens_") else _ONE
-        specs.append(_Spec(field_name, code, kind, window, limit, counts))
-    if len(_BY_SET) >= _MAX_SETS:
-        _BY_SET.clear()
-    _BY_SET[id(limits)] = (limits, tuple(specs))
-    return _BY_SET[id(limits)][1]
-
-
-_BY_SET: dict[int, tuple[LimitSet, tuple[_Spec, ...]]] = {}
-_MAX_SETS = 4096  # sets in use at once are few (tiers, keys' own): cleared when exceeded
-
-
-def _rules(limits: LimitSet, subject: str, scope: str, suffix: str, ctx: _Context) -> list[Rule]:
-    """``limits`` as rules keyed ``<scope><code>:<subject>`` and named ``<field><suffix>``."""
-    rules = []
-    for field_name, code, kind, window, limit, counts in _specs(limits):
+            limit, counts = int(value), _TOKENS if name.startswith("tokens_") else _ONE
         if kind == "quota":
-            code, window = f"{code}/{ctx.month}", ctx.until_month_end
+            code = f"{code}/{month}"
         elif kind == "concurrency":
-            window = ctx.lease_timeout
-        cost = 1 if counts == _ONE else ctx.tokens if counts == _TOKENS else ctx.micros
-        key = f"{scope}{code}:{subject}"
-        rules.append(Rule(key, kind, limit, window, cost, field_name + suffix))
-    return rules
+            window = lease_timeout
+        parts.append(_Part(f"{scope}{code}:{subject}", kind, limit, window, counts, name + suffix))
+    return parts
 
 
 def _escape(part: str) -> str:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime
 
 import msgspec
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from relaygate.limits.base import Decision, Rule, RuleState
@@ -355,13 +356,23 @@ def test_month_period_defaults_to_the_first_and_is_utc(monkeypatch: pytest.Monke
 
 
 def _month_of(now: float, day: int) -> tuple[datetime, datetime]:
-    """The billing month that holds ``now``, worked out from scratch."""
+    """The billing month that holds ``now``, worked out from scratch: of the months that
+    start on ``day`` around ``now``'s date, the one whose bounds, compared as timestamps,
+    hold it (the date alone can be a month late: fromtimestamp rounds to the microsecond)."""
     moment = datetime.fromtimestamp(now, UTC)
-    year, month = moment.year, moment.month
-    if moment.day < day:
-        year, month = (year - 1, 12) if month == 1 else (year, month - 1)
-    after = (year + 1, 1) if month == 12 else (year, month + 1)
-    return datetime(year, month, day, tzinfo=UTC), datetime(*after, day, tzinfo=UTC)
+    starts = []
+    for back in range(-1, 3):
+        year, month = moment.year, moment.month - back
+        while month < 1:
+            year, month = year - 1, month + 12
+        while month > 12:
+            year, month = year + 1, month - 12
+        starts.append(datetime(year, month, day, tzinfo=UTC))
+    starts.sort()
+    for start, end in itertools.pairwise(starts):
+        if start.timestamp() <= now < end.timestamp():
+            return start, end
+    raise AssertionError(f"no month holds {now}")
 
 
 @given(
@@ -369,6 +380,7 @@ def _month_of(now: float, day: int) -> tuple[datetime, datetime]:
         st.tuples(st.floats(0, 4_102_444_800), st.integers(1, 28)), min_size=1, max_size=30
     )
 )
+@example(asks=[(2051222399.9999995, 1)])  # half a microsecond before 2035-01: in December
 def test_the_kept_month_is_the_month_that_holds_now(asks: list[tuple[float, int]]) -> None:
     """month_period keeps its last answer per reset day: for any sequence of times (back
     and forth across month ends) and days, it gives the month that holds ``now``."""
