@@ -211,6 +211,7 @@ async def open_state(settings: Settings, log: logging.Logger) -> AppState:
     state.responses.start()
     vault.start()
     loop_lag.start()
+    metrics.start()
     return state
 
 
@@ -295,6 +296,7 @@ async def close_state(state: AppState) -> None:
     # database takes it within the drain time; what remains stays durable on disk.
     await state.writer.aclose(drain_timeout=state.settings.graceful_shutdown_seconds)
     await state.outbox.aclose()
+    await state.metrics.aclose()  # the last requests' figures, to this process's files
     if state.redis is not None:
         await state.redis.aclose()
     await state.engine.dispose()

@@ -424,6 +424,7 @@ async def test_usage_recorded_under_api_anthropic(mock_gateway: RunningGateway) 
         assert row.prompt_tokens == message.usage.input_tokens
         assert row.completion_tokens == message.usage.output_tokens
         assert not row.tokens_estimated
+    mock_gateway.state.metrics.flush()  # the request tallies, as render() does
     registry = mock_gateway.state.metrics.registry
     labels = {"model": "mock", "api": "anthropic", "status": "200"}
     assert registry.get_sample_value("relaygate_requests_total", labels) == 2

@@ -381,6 +381,7 @@ SLOW_MOCK = {"name": "slow", "deployments": [{"provider": "mock", "chunk_delay":
 async def _first_chunk_sent(gateway: RunningGateway) -> None:
     """Wait until a stream is in flight (its request counted in progress)."""
     for _ in range(200):
+        gateway.state.metrics.flush()  # the request tallies, as render() does
         if gateway.state.metrics.registry.get_sample_value(
             "relaygate_in_flight_requests", {"api": "openai"}
         ):

@@ -164,6 +164,7 @@ async def answer(
 def counters(gateway: RunningGateway) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """The request and upstream error counters, by labels."""
     found = {}
+    gateway.state.metrics.flush()  # the request tallies, as render() does
     for metric in gateway.state.metrics.registry.collect():
         if metric.name in ("relaygate_requests", "relaygate_upstream_errors"):
             for sample in metric.samples:
