@@ -68,6 +68,7 @@ _WIDTHS = {
     for c in usage_records.columns
     if isinstance(c.type, sa.String) and c.type.length and c.name != "request_id"
 }
+_WIDTH_ITEMS = tuple(_WIDTHS.items())
 _ID_WIDTH = 40  # usage_records.request_id is VARCHAR(40)
 _SUMS = (
     "request_count", "prompt_tokens", "completion_tokens", "duration_ms_sum",
@@ -435,7 +436,8 @@ def record_row(record: UsageRecord) -> dict[str, Any]:
         raise ValueError(f"request_id of {len(record.request_id)} characters")
     row = msgspec.structs.asdict(record)
     row["created_at"] = datetime.fromtimestamp(record.created_at, UTC)
-    for name, width in _WIDTHS.items():
+    # Each check is a comparison first: a value that is fine (nearly all) costs no call.
+    for name, width in _WIDTH_ITEMS:
         value = row[name]
         if value is None:
             continue
@@ -444,14 +446,16 @@ def record_row(record: UsageRecord) -> dict[str, Any]:
         if len(value) > width:
             row[name] = value[:width]
     for name in _INTS:
-        row[name] = max(_INT_MIN, min(_INT_MAX, row[name]))
-    for name in _FLOATS:
-        row[name] = (
-            max(-_FLOAT_MAX, min(_FLOAT_MAX, row[name])) if math.isfinite(row[name]) else 0.0
-        )
-    ttft = row["ttft_ms"]
-    if ttft is not None:
-        row["ttft_ms"] = max(-_FLOAT_MAX, min(_FLOAT_MAX, ttft)) if math.isfinite(ttft) else None
+        if not _INT_MIN <= row[name] <= _INT_MAX:
+            row[name] = max(_INT_MIN, min(_INT_MAX, row[name]))
+    for name in (*_FLOATS, "ttft_ms"):
+        value = row[name]
+        if value is None or -_FLOAT_MAX <= value <= _FLOAT_MAX:  # NaN and inf are not
+            continue
+        if math.isfinite(value):
+            row[name] = max(-_FLOAT_MAX, min(_FLOAT_MAX, value))
+        else:  # a duration or cost that is not a number counts as none; a ttft is unknown
+            row[name] = None if name == "ttft_ms" else 0.0
     return row
 
 

@@ -358,6 +358,50 @@ async def test_any_text_or_number_a_client_sends_is_written(
     assert ids == {r.request_id for r in records}
 
 
+@given(
+    texts=st.tuples(any_text, any_text, st.none() | any_text, st.none() | any_text),
+    numbers=st.tuples(any_number, any_number, st.none() | st.floats()),
+    counts=st.tuples(*(st.integers(-(2**62), 2**62) for _ in range(3))),
+)
+def test_a_row_holds_what_its_columns_take_and_fine_values_unchanged(
+    texts: tuple[str, str, str | None, str | None],
+    numbers: tuple[float, float, float | None],
+    counts: tuple[int, int, int],
+) -> None:
+    """record_row's bounds, for any values: no NUL and no text beyond its column; whole
+    numbers within 32 bits; durations and costs finite within ±1e12 (not a number: 0), a
+    time to first token finite or unknown; and every value that was fine already, as it was."""
+    (record,) = make_records(1, two_days=False)
+    record.model, record.endpoint, record.client_ip, record.key_id = texts
+    record.cost, record.duration_ms, record.ttft_ms = (
+        float(numbers[0]), float(numbers[1]), numbers[2],
+    )  # fmt: skip
+    record.prompt_tokens, record.completion_tokens, record.http_status = counts
+    row = record_row(record)
+    for name in ("model", "endpoint", "client_ip", "key_id"):
+        given_text, kept = getattr(record, name), row[name]
+        if given_text is None:
+            assert kept is None
+            continue
+        width = usage_records.c[name].type.length
+        assert "\x00" not in kept and len(kept) <= width
+        if "\x00" not in given_text and len(given_text) <= width:
+            assert kept == given_text
+    for name in ("prompt_tokens", "completion_tokens", "http_status"):
+        value = getattr(record, name)
+        assert -(2**31) <= row[name] <= 2**31 - 1
+        assert row[name] == min(max(value, -(2**31)), 2**31 - 1)
+    for name in ("cost", "duration_ms"):
+        value = getattr(record, name)
+        assert math.isfinite(row[name]) and abs(row[name]) <= 1e12
+        assert row[name] == (min(max(value, -1e12), 1e12) if math.isfinite(value) else 0.0)
+    ttft = record.ttft_ms
+    if ttft is None or not math.isfinite(ttft):
+        assert row["ttft_ms"] is None
+    else:
+        assert row["ttft_ms"] == min(max(ttft, -1e12), 1e12)
+
+
 def test_record_row_converts_time_to_utc() -> None:
     moment = datetime(2026, 9, 20, 23, 59, 59, 250000, tzinfo=UTC)
     (r,) = make_records(1, start=moment.timestamp(), two_days=False)
