@@ -206,13 +206,20 @@ async def open_state(settings: Settings, log: logging.Logger) -> AppState:
     if client is not None:
         _listen(state, client)
     _watch_nodes(state)
-    hub.start()
-    auth.start()
-    state.responses.start()
-    vault.start()
-    loop_lag.start()
-    metrics.start()
+    _start_background(state)
     return state
+
+
+def _start_background(state: AppState) -> None:
+    """The tasks that run beside the requests: dial-out links, key changes, stored
+    responses, the vault, the loop's lag and the metrics' flushes."""
+    state.hub.start()
+    state.auth.start()
+    state.responses.start()
+    state.vault.start()
+    if state.loop_lag is not None:
+        state.loop_lag.start()
+    state.metrics.start()
 
 
 def _redis(settings: Settings, metrics: Metrics) -> redis.Redis | None:
