@@ -33,7 +33,7 @@ from relaygate.usage.accounting import Pricing, priced
 
 __all__ = ["Admission", "Admitted"]
 
-_MAX_PLANS = 10_000  # callers x models x endpoints in use at once: cleared when exceeded
+_MAX_PLANS = 4096  # callers x models x endpoints in use at once: cleared when exceeded
 DEFAULT_COMPLETION_RESERVE = 1024  # tokens reserved when the request names no max_tokens
 BYTES_PER_TOKEN = 4  # a cheap, generous estimate of prompt tokens from the body size
 
