@@ -30,16 +30,22 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import re
 import shutil
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 from benchkit import keys
 from benchkit.api_sections import APIS
-from benchkit.common import HOST, REPO_DIR, VENV_BIN, WORK_DIR, BenchError, wait_for
+from benchkit.common import (
+    HOST,
+    REPO_DIR,
+    VENV_BIN,
+    WORK_DIR,
+    BenchError,
+    callgrind_totals,
+    wait_for,
+)
 from benchkit.gateway import environ, serve_argv
 from benchkit.upstream import Nginx
 
@@ -48,19 +54,6 @@ PORT = 18000
 ADMIN_KEY = "rg_callgrind_" + "x" * 32
 WRITE_INTERVAL, SAVE_WINDOW, FSYNC_WINDOW = 0.2, 0.05, 0.2  # the defaults (settings.py)
 SHORT = {"chat": 0, "responses": 1, "responses-nostore": 2, "ollama": 3}
-
-
-def _totals(prefix: Path) -> dict[str, int]:
-    """Instructions per thread in the files of one dump (``--separate-threads=yes``)."""
-    found: dict[str, int] = {}
-    for path in sorted(prefix.parent.glob(prefix.name + "*")):
-        text = path.read_text(errors="replace")
-        total = re.search(r"^(?:summary|totals): (\d+)", text, re.M)
-        thread = re.search(r"^thread: (\d+)", text, re.M)
-        if total:
-            found[thread.group(1) if thread else path.name] = int(total.group(1))
-        path.unlink()
-    return found
 
 
 class Counted:
@@ -134,7 +127,7 @@ class Counted:
     def dump(self) -> dict[str, int]:
         self._control("-d")
         self.dumps += 1
-        return _totals(self.dir / f"out.{self.dumps}")
+        return callgrind_totals(self.dir / f"out.{self.dumps}")
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)

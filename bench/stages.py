@@ -36,7 +36,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import re
 import shutil
 import subprocess
 import tempfile
@@ -45,27 +44,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from benchkit.common import REPO_DIR, VENV_BIN, WORK_DIR
+from benchkit.common import CHAT_BODY, REPO_DIR, VENV_BIN, WORK_DIR, callgrind_totals
 from benchkit.upstream import Nginx
 
 OUT_DIR = WORK_DIR / "stages"
 DILATE = 50
 ADMIN_KEY = "rg_stages_" + "x" * 32
-BODY = b'{"model":"bench-model","messages":[{"role":"user","content":"Hello"}]}'
+BODY = CHAT_BODY.encode()  # the bench's chat request
 VARIANTS = ("none", "metrics", "admission", "usage", "timeout")
-
-
-def _totals(prefix: Path) -> dict[str, int]:
-    """Instructions per thread in the files of one dump (``--separate-threads=yes``)."""
-    found: dict[str, int] = {}
-    for path in sorted(prefix.parent.glob(prefix.name + "*")):
-        text = path.read_text(errors="replace")
-        total = re.search(r"^(?:summary|totals): (\d+)", text, re.M)
-        thread = re.search(r"^thread: (\d+)", text, re.M)
-        if total:
-            found[thread.group(1) if thread else path.name] = int(total.group(1))
-        path.unlink()
-    return found
 
 
 def measure(variant: str, requests: int, warmup: int) -> dict[str, float]:
@@ -81,7 +67,7 @@ def measure(variant: str, requests: int, warmup: int) -> dict[str, float]:
     ]  # fmt: skip
     with open(out / "child.log", "wb") as log:
         subprocess.run(command, cwd=REPO_DIR, stdout=log, stderr=subprocess.STDOUT, check=True)
-    loaded, idle = _totals(out / "out.1"), _totals(out / "out.2")
+    loaded, idle = callgrind_totals(out / "out.1"), callgrind_totals(out / "out.2")
     main = min(loaded, key=int)  # the first thread is the event loop's
     return {
         "main": (loaded[main] - idle.get(main, 0)) / requests,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import shlex
 import socket
 import statistics
@@ -179,3 +180,17 @@ def added(name: str, goal: float, pairs: Sequence[tuple[float, float]]) -> Targe
             f"{mid:+.3f} ms (median of {len(diffs)} rounds: {diffs[0]:+.3f} … {diffs[-1]:+.3f})"
         )
     return Target(name, f"≤ {goal:g} ms", measured, mid <= goal)
+
+
+def callgrind_totals(prefix: Path) -> dict[str, int]:
+    """Instructions per thread in the files of one callgrind dump (``--separate-threads=
+    yes``: ``<prefix>-01``, ``-02``...), keyed by thread number; the files are removed."""
+    found: dict[str, int] = {}
+    for path in sorted(prefix.parent.glob(prefix.name + "*")):
+        text = path.read_text(errors="replace")
+        total = re.search(r"^(?:summary|totals): (\d+)", text, re.M)
+        thread = re.search(r"^thread: (\d+)", text, re.M)
+        if total:
+            found[thread.group(1) if thread else path.name] = int(total.group(1))
+        path.unlink()
+    return found
