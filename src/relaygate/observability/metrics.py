@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import logging
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -173,7 +174,7 @@ class Metrics:
         # What every request adds is tallied here, in plain ints and floats, and handed to
         # prometheus-client by flush(): a Counter's inc() or a Histogram's observe() takes
         # a lock and a few calls each, 56k instructions a request in all (event loop,
-        # bench's chat request) against ~10k for the tallies. Only the event loop writes
+        # bench's chat request) against ~17k for the tallies. Only the event loop writes
         # them; flush() may run in any thread (the operations listener renders from its
         # own): it reads copies, and pushes what was added since its last push.
         self._flowing: dict[str, int] = {}  # api -> requests being served now
@@ -290,7 +291,10 @@ class Metrics:
     async def _flush_often(self) -> None:
         while True:
             await asyncio.sleep(FLUSH_EVERY)
-            self.flush()
+            try:
+                self.flush()
+            except Exception:  # never the end of the flushes: the next one tries again
+                logging.getLogger("relaygate").exception("flushing the request metrics failed")
 
     async def aclose(self) -> None:
         """Stop flushing; push what is left."""

@@ -4,6 +4,7 @@ in prometheus-client's multiprocess mode, each worker a real process."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import subprocess
@@ -12,10 +13,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
+from relaygate.observability import metrics as metrics_module
 from relaygate.observability.metrics import Metrics
 
 WORKER = """
@@ -191,3 +194,29 @@ def test_flushing_from_another_thread_meanwhile_loses_nothing() -> None:
     )
     assert s[("relaygate_tokens_total", (("kind", "input"), ("model", "m")))] == 60_000
     assert s[("relaygate_in_flight_requests", (("api", "openai"),))] == 0
+
+
+async def test_the_flushes_go_on_after_one_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flush that raises is logged; the next one, FLUSH_EVERY later, pushes the tallies."""
+    monkeypatch.setattr(metrics_module, "FLUSH_EVERY", 0.01)
+    metrics = Metrics()
+    real, calls = metrics.flush, []
+
+    def flaky() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("once")
+        real()
+
+    monkeypatch.setattr(metrics, "flush", flaky)
+    metrics.started("openai")
+    metrics.finished("m", "openai", 200, 0.01, None)
+    metrics.start()
+    for _ in range(200):
+        if len(calls) >= 2:
+            break
+        await asyncio.sleep(0.01)
+    await metrics.aclose()
+    labels = {"model": "m", "api": "openai", "status": "200"}
+    assert len(calls) >= 2
+    assert metrics.registry.get_sample_value("relaygate_requests_total", labels) == 1
