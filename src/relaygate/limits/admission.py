@@ -24,6 +24,7 @@ from relaygate.limits.rules import (
     RulePlan,
     effective,
     month_period,
+    needs_settling,
     rate_limit_headers,
     rate_limited,
     rules_for,
@@ -125,16 +126,16 @@ class Admission:
         """
         now = time.time()
         plan = self._plan(principal, model, endpoint, now)
-        reserved = body_size // BYTES_PER_TOKEN + (max_output_tokens or DEFAULT_COMPLETION_RESERVE)
+        prompt = body_size // BYTES_PER_TOKEN
+        completion = max_output_tokens or DEFAULT_COMPLETION_RESERVE
+        reserved = prompt + completion
         micros = 0
         if plan.money and not own_key:  # the worst case of a priced model; settle charges
-            prompt = body_size // BYTES_PER_TOKEN  # what it really cost
-            completion = reserved - prompt
             micros = round(priced(self.pricing.ceiling(model), prompt, completion) * MICROS)
         rules, settles = plan.rules(now, reserved, micros), plan.settles
         if own_key and plan.money:
             rules = [rule for rule in rules if not rule.name.startswith("budget_")]
-            settles = any(_needs_settling(rule) for rule in rules)
+            settles = any(needs_settling(rule.kind, rule.name) for rule in rules)
         if not rules:
             return Admitted(None, [], 0, model, settles=False)
         if self.primer is not None and plan.quotas:
@@ -208,11 +209,6 @@ class Admission:
         for name, state in by_name.items():
             body[name] = _figures("", state)
         return body
-
-
-def _needs_settling(rule: Rule) -> bool:
-    """Leases are released, reservations replaced by the real figure; request counts stay."""
-    return rule.kind == "concurrency" or rule.name.startswith(("tokens_", "budget_"))
 
 
 def _figures(prefix: str, state: RuleState | None) -> dict[str, Any]:

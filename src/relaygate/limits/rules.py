@@ -31,6 +31,7 @@ __all__ = [
     "describe_denial",
     "effective",
     "month_period",
+    "needs_settling",
     "rate_limit_headers",
     "rate_limited",
     "rules_for",
@@ -204,7 +205,7 @@ class RulePlan:
         )
         self.quotas = any(p.kind == "quota" for p in parts)
         self.money = any(p.counts == _MONEY for p in parts)
-        self.settles = any(p.kind == "concurrency" or p.counts != _ONE for p in parts)
+        self.settles = any(needs_settling(p.kind, p.name) for p in parts)
 
     def rules(self, now: float, tokens: int = 0, micros: int = 0) -> list[Rule]:
         """The rules of a request at ``now`` (within the plan's month) that reserves
@@ -219,6 +220,12 @@ class RulePlan:
             window = until_month_end if part.kind == "quota" else part.window
             rules.append(Rule(part.key, part.kind, part.limit, window, cost, part.name))
         return rules
+
+
+def needs_settling(kind: RuleKind, name: str) -> bool:
+    """Whether a rule has work at settlement: a lease is released, a token or money
+    reservation replaced by the real figure; a request count stays as it is."""
+    return kind == "concurrency" or name.startswith(("tokens_", "budget_"))
 
 
 def _parts(
