@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -23,6 +24,7 @@ from relaygate.cli_secrets import add_secrets_commands
 from relaygate.errors import ConfigError
 from relaygate.observability.logging import configure_logging
 from relaygate.settings import DeploymentConfig, Settings, load_settings
+from relaygate.usage.election import elects_writer
 
 __all__ = ["main"]
 
@@ -100,6 +102,10 @@ def _serve(args: argparse.Namespace) -> None:
     settings = load_settings(args.config, overrides=overrides)
     configure_logging(settings)
     prepare_database(settings)
+    # processes beside this one (the workers, the usage writer's) read exported settings
+    made = None
+    if settings.workers > 1 or elects_writer(settings):
+        made = _export_for_workers(args, settings)
     from relaygate.server import serve
 
     print(f"relaygate {__version__}: http://{_url_host(settings.host)}:{settings.port}", flush=True)
@@ -107,13 +113,16 @@ def _serve(args: argparse.Namespace) -> None:
         host, port = settings.ops.address
         where = f"http://{_url_host(host or settings.host)}:{port}"
         print(f"relaygate: /health, /ready and /metrics on {where}", flush=True)
-    if settings.workers == 1:
-        from relaygate.app import create_app
+    try:
+        if settings.workers == 1:
+            from relaygate.app import create_app
 
-        serve(settings, create_app(settings))
-        return
-    _export_for_workers(args, settings)
-    serve(settings, "relaygate.app:create_app")
+            serve(settings, create_app(settings))
+        else:
+            serve(settings, "relaygate.app:create_app")
+    finally:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
 
 
 def prepare_database(settings: Settings) -> None:
@@ -170,11 +179,13 @@ def _db_upgrade(args: argparse.Namespace) -> None:
     print(f"{safe_url(settings.database_url)}: schema up to date")
 
 
-def _export_for_workers(args: argparse.Namespace, settings: Settings) -> None:
-    """Worker processes rebuild the settings from the environment this process leaves them.
+def _export_for_workers(args: argparse.Namespace, settings: Settings) -> str:
+    """Worker processes, and the usage writer process, rebuild the settings from the
+    environment this process leaves them.
 
-    Metrics of all workers are aggregated through prometheus-client's
-    multiprocess mode, in a fresh directory.
+    Metrics of all of them are aggregated through prometheus-client's multiprocess mode,
+    in a fresh directory (before prometheus-client is imported: it reads the variable
+    then), removed when ``relaygate serve`` ends.
     """
     if args.config:
         os.environ["RELAYGATE_CONFIG"] = os.path.abspath(args.config)
@@ -184,6 +195,7 @@ def _export_for_workers(args: argparse.Namespace, settings: Settings) -> None:
     directory = tempfile.mkdtemp(prefix="relaygate-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
     settings.prometheus_multiproc_dir = directory  # the supervisor's ops listener reads it
+    return directory
 
 
 def _url_host(host: str) -> str:

@@ -56,7 +56,8 @@ from relaygate.errors import (
 from relaygate.observability.logging import uses_own_handlers
 from relaygate.observability.ops_listener import InProcess, OpsListener, Supervised, Verdicts
 from relaygate.settings import HttpConfig, Settings
-from relaygate.usage.dedicated import DedicatedWriter, wanted
+from relaygate.usage.dedicated import DedicatedWriter
+from relaygate.usage.election import elects_writer
 
 __all__ = [
     "GuardedHttpProtocol",
@@ -471,12 +472,12 @@ def serve(settings: Settings, app: ASGIApp | str) -> None:
     main = config.bind_socket() if settings.workers > 1 else bind(config.host, config.port)
     server = Server(config)
     ops = None
-    # several workers on SQLite: usage written by a process of its own (usage/dedicated.py)
-    writer = DedicatedWriter(settings) if wanted(settings) else None
+    # on SQLite: usage written by a process of its own (usage/dedicated.py), started first
+    writer = DedicatedWriter(settings) if elects_writer(settings) else None
     try:
+        if writer is not None and not writer.start():
+            writer = None
         if settings.workers > 1:
-            if writer is not None and not writer.start():
-                writer = None
             supervisor = Multiprocess(config, sockets=[main])
             ops = _supervised_ops(settings, app, supervisor)
             supervisor.run()

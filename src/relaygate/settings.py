@@ -458,7 +458,8 @@ class UsageConfig(_Config, kw_only=True):
     # the others hand their spool files to it (usage/election.py). False: every process
     # writes its own records. None (default): elected with SQLite, whose single write
     # lock several writers queue on; each process its own with PostgreSQL, where writers
-    # on several event loops keep up better (bench section 13).
+    # on several event loops keep up better (bench section 13). Under ``relaygate serve``
+    # the elected writer is a process of its own, one worker or several (usage/dedicated.py).
     elect_writer: bool | None = None
     retention_days: Annotated[int, msgspec.Meta(ge=1)] | None = None
     charge_cached_tokens: bool = False

@@ -41,8 +41,7 @@ from relaygate.store.schema import SCHEMA_REVISION, current_revision
 from relaygate.tunnel.hub import Hub
 from relaygate.tunnel.serving import RegisteredModels
 from relaygate.usage.accounting import Recorder
-from relaygate.usage.dedicated import elects_writer
-from relaygate.usage.election import WriterLock
+from relaygate.usage.election import WriterLock, elects_writer
 from relaygate.usage.outbox import Outbox
 from relaygate.usage.tokens import LazyTokenizer
 from relaygate.usage.writer import UsageWriter

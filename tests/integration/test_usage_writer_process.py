@@ -1,8 +1,8 @@
-"""``relaygate serve --workers 2`` on SQLite: usage written by a process of its own
+"""``relaygate serve`` on SQLite, one worker or two: usage written by a process of its own
 (usage/dedicated.py), every record once, whichever way the gateway stops.
 
-Real processes on a real port: the supervisor starts the writer process before the
-workers, so neither worker is elected; after Ctrl-C (SIGINT to the whole process group)
+Real processes on a real port: ``relaygate serve`` starts the writer process before the
+workers (or its one worker), so no worker is elected; after Ctrl-C (SIGINT to the whole process group)
 or SIGTERM to the supervisor, every answered request is in ``usage_records`` exactly
 once, counted once in the daily rollups, and no spool file is left. When the writer
 process is killed, a worker is elected and writes on.
@@ -33,15 +33,17 @@ WRITER_LINE = re.compile(rb"usage writer process (\d+):")
 
 
 @asynccontextmanager
-async def gateway(tmp_path: Path) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
-    """Two workers on SQLite, limits in Redis (a prefix of their own)."""
+async def gateway(
+    tmp_path: Path, workers: int = 2
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
+    """``workers`` workers on SQLite, limits in Redis (a prefix of their own)."""
     config = tmp_path / "c.yaml"
     config.write_text(
         SLOW_MOCK.format(delay=0)
         + f"redis_url: redis://127.0.0.1:6379/0\nredis_prefix: 'rgtest:{uuid.uuid4().hex}:'\n"
     )
     outbox = {"RELAYGATE_USAGE__OUTBOX_DIR": str(tmp_path / "outbox")}
-    async with serving(config, "--workers", "2", env=outbox) as (process, url):
+    async with serving(config, "--workers", str(workers), env=outbox) as (process, url):
         yield process, url
 
 
@@ -71,6 +73,22 @@ def recorded(database: Path) -> tuple[int, int, int]:
     return rows, distinct, counted
 
 
+async def written(url: str, want: int = 120) -> float:
+    """``relaygate_usage_records_written_total`` in /metrics, once it reaches ``want``
+    (or what it is after five seconds)."""
+    pattern = re.compile(r"^relaygate_usage_records_written_total (\S+)$", re.M)
+    value = 0.0
+    async with aiohttp.ClientSession() as session:
+        for _ in range(100):
+            async with session.get(f"{url}/metrics") as response:
+                found = pattern.search(await response.text())
+            value = float(found.group(1)) if found else 0.0
+            if value >= want:
+                break
+            await asyncio.sleep(0.05)
+    return value
+
+
 def spools_left(tmp_path: Path) -> list[str]:
     return sorted(p.name for p in (tmp_path / "outbox").glob("outbox-*"))
 
@@ -86,14 +104,20 @@ async def output_until(process: asyncio.subprocess.Process, pattern: re.Pattern[
     return seen
 
 
-async def test_the_writer_process_writes_every_record_once_after_ctrl_c(tmp_path: Path) -> None:
-    async with gateway(tmp_path) as (process, url):
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_the_writer_process_writes_every_record_once_after_ctrl_c(
+    tmp_path: Path, workers: int
+) -> None:
+    async with gateway(tmp_path, workers) as (process, url):
         printed = await output_until(process, WRITER_LINE)
         match = WRITER_LINE.search(printed)
         assert match is not None
         writer = int(match.group(1))
         assert writer != process.pid
         await send(url, 120)
+        # the writer process's figures are in /metrics (prometheus-client's multiprocess
+        # files), one worker or several
+        assert await written(url) == 120
         # Ctrl-C: the terminal signals the whole group, the writer process included; it
         # stays to write what the workers hand over as they stop
         os.killpg(process.pid, signal.SIGINT)
@@ -109,8 +133,9 @@ async def test_the_writer_process_writes_every_record_once_after_ctrl_c(tmp_path
         os.kill(writer, 0)
 
 
-async def test_a_worker_writes_when_the_writer_process_dies(tmp_path: Path) -> None:
-    async with gateway(tmp_path) as (process, url):
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_worker_writes_when_the_writer_process_dies(tmp_path: Path, workers: int) -> None:
+    async with gateway(tmp_path, workers) as (process, url):
         printed = await output_until(process, WRITER_LINE)
         match = WRITER_LINE.search(printed)
         assert match is not None

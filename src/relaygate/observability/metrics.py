@@ -4,10 +4,10 @@ latency, and per pool node: up, in flight, queued, time to first token, models, 
 
 Labels are bounded: ``model`` is a configured model name or ``unknown`` (never
 whatever a client typed), ``deployment`` is a deployment's safe name, never a
-URL or a key; ``pool`` and ``node`` are configured names. With several workers,
-prometheus-client's multiprocess mode is used: the CLI points
-``PROMETHEUS_MULTIPROC_DIR`` at a fresh directory before the workers start, and
-/metrics aggregates every worker's files.
+URL or a key; ``pool`` and ``node`` are configured names. With several processes
+(workers, the usage writer's), prometheus-client's multiprocess mode is used: the CLI
+points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh directory before they start, and
+/metrics aggregates every process's files.
 """
 
 from __future__ import annotations

@@ -1,12 +1,15 @@
-"""Several workers on SQLite: the usage writer in a process of its own, serving no requests.
+"""The usage writer in a process of its own, serving no requests (by default with SQLite).
 
 With ``usage.elect_writer`` (by default with SQLite) one process writes every worker's
 usage records (election.py). When that process is also a worker, its writer shares one
-GIL with an event loop serving requests, and at saturation it fell behind from two
-workers up on a 16-core machine (bench/RESULTS.md, section 14, "On 16 cores": the outbox
-grew at 2, 4 and 8 workers, drained at 1). ``relaygate serve --workers N`` (N > 1) therefore
-starts this process first: it takes the writer lock before any worker can, adopts the
-spool files the workers hand over, and writes them with a GIL of its own.
+GIL with an event loop serving requests: at saturation it fell behind from two workers
+up on a 16-core machine (bench/RESULTS.md, section 14, "On 16 cores": the outbox grew at
+2, 4 and 8 workers), and with one worker on two cores its thread's turns at the GIL cost
+the event loop ~15% of its requests a second and stretched its p99 by half (section 13).
+``relaygate serve`` therefore starts this process first, with one worker or several: it
+takes the writer lock before any worker can, adopts the spool files the workers hand
+over, and writes them with a GIL of its own. ``usage.elect_writer: false`` keeps the
+writing in the worker (every worker writes its own records; one process fewer).
 
 It is the same :class:`UsageWriter` as a worker's; only the process differs. If it dies,
 the kernel drops its lock and a worker is elected as before, so records never wait on it.
@@ -31,28 +34,17 @@ from multiprocessing.connection import Connection
 from relaygate.observability.logging import configure_logging
 from relaygate.observability.metrics import Metrics
 from relaygate.settings import Settings, load_settings
-from relaygate.store.engine import create_engine, is_sqlite
+from relaygate.store.engine import create_engine
 from relaygate.usage.election import WriterLock
 from relaygate.usage.outbox import Outbox
 from relaygate.usage.writer import UsageWriter
 
-__all__ = ["DedicatedWriter", "elects_writer", "wanted"]
+__all__ = ["DedicatedWriter"]
 
 _READY_TIMEOUT = 30.0  # seconds to wait for the process to hold the lock
 _EXTRA_STOP = 5.0  # beyond the drain time, before the process is killed
 
 log = logging.getLogger("relaygate")
-
-
-def elects_writer(settings: Settings) -> bool:
-    """One usage writer per outbox folder (usage.elect_writer; by default with SQLite)."""
-    elect = settings.usage.elect_writer
-    return is_sqlite(settings.database_url) if elect is None else elect
-
-
-def wanted(settings: Settings) -> bool:
-    """Whether ``relaygate serve`` starts a writer process: several workers, one writer."""
-    return settings.workers > 1 and elects_writer(settings)
 
 
 class DedicatedWriter:

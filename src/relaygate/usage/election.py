@@ -20,10 +20,23 @@ import contextlib
 import fcntl
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-__all__ = ["WriterLock"]
+from relaygate.store.engine import is_sqlite
+
+if TYPE_CHECKING:
+    from relaygate.settings import Settings
+
+__all__ = ["WriterLock", "elects_writer"]
 
 LOCK_NAME = "writer.lock"
+
+
+def elects_writer(settings: Settings) -> bool:
+    """One usage writer per outbox folder (usage.elect_writer; by default with SQLite).
+    ``relaygate serve`` then runs it as a process of its own (usage/dedicated.py)."""
+    elect = settings.usage.elect_writer
+    return is_sqlite(settings.database_url) if elect is None else elect
 
 
 class WriterLock:
