@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -240,25 +241,33 @@ def held_streams(sec: Section, opts: Options) -> None:
     sec.data.update(dict(rows))
 
 
-def _wait_workers(root: int, workers: int, timeout: float = 15.0) -> list[int]:
-    """The gateway's processes once `workers` of them (plus a supervisor, if any) exist."""
-    want = 1 if workers == 1 else workers + 1
+_WRITER_LINE = re.compile(r"usage writer process (\d+):")
+
+
+def _wait_workers(gw: Gateway, workers: int, timeout: float = 15.0) -> tuple[list[int], int]:
+    """The gateway's processes once `workers` of them (plus a supervisor, if any, and the
+    usage writer's) exist, and the writer's pid (0: none). The gateway starts the writer,
+    and logs its pid, before it answers /health."""
+    found = _WRITER_LINE.search(gw.log_path.read_text(errors="replace"))
+    writer = int(found.group(1)) if found else 0
+    want = (1 if workers == 1 else workers + 1) + bool(writer)
     deadline = time.monotonic() + timeout
-    while len(procs.process_tree(root)) < want and time.monotonic() < deadline:
+    while len(procs.process_tree(gw.pid)) < want and time.monotonic() < deadline:
         time.sleep(0.2)
-    procs.settled_rss_kib(root)
-    return procs.process_tree(root)
+    procs.settled_rss_kib(gw.pid)
+    return procs.process_tree(gw.pid), writer
 
 
 def _idle_rows(opts: Options, workers: int) -> list[tuple[str, int, str, int, int]]:
     """(role, pid, cmdline, rss KiB, pss KiB) for each gateway process, right after start.
     Several workers share limits through Redis (the gateway requires it)."""
     with Gateway(opts, workers, redis=workers > 1) as gw:
-        pids = _wait_workers(gw.pid, workers)
+        pids, writer = _wait_workers(gw, workers)
         rows = []
         for pid in pids:
             cmd = procs.cmdline_of(pid)
-            role = "worker" if len(pids) == 1 or pid != gw.pid else "supervisor"
+            role = "worker" if workers == 1 or pid != gw.pid else "supervisor"
+            role = "usage writer" if pid == writer else role
             role = "helper" if "resource_tracker" in cmd else role
             rows.append((role, pid, cmd, rss_kib(pid), pss_kib(pid)))
     return rows
