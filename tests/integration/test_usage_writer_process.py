@@ -2,9 +2,10 @@
 (usage/dedicated.py), every record once, whichever way the gateway stops.
 
 Real processes on a real port: ``relaygate serve`` starts the writer process before the
-workers (or its one worker), so no worker is elected; after Ctrl-C (SIGINT to the whole process group)
-or SIGTERM to the supervisor, every answered request is in ``usage_records`` exactly
-once, counted once in the daily rollups, and no spool file is left. When the writer
+workers (or its one worker), so no worker is elected; after Ctrl-C (SIGINT to the whole
+process group) or SIGTERM to the supervisor, every answered request is in
+``usage_records`` exactly once, counted once in the daily rollups, and no spool file
+(nor the metrics folder the processes shared) is left. When the writer
 process is killed, a worker is elected and writes on.
 """
 
@@ -42,8 +43,9 @@ async def gateway(
         SLOW_MOCK.format(delay=0)
         + f"redis_url: redis://127.0.0.1:6379/0\nredis_prefix: 'rgtest:{uuid.uuid4().hex}:'\n"
     )
-    outbox = {"RELAYGATE_USAGE__OUTBOX_DIR": str(tmp_path / "outbox")}
-    async with serving(config, "--workers", str(workers), env=outbox) as (process, url):
+    (tmp_path / "tmp").mkdir()  # the gateway's temporary files (its metrics folder)
+    env = {"RELAYGATE_USAGE__OUTBOX_DIR": str(tmp_path / "outbox"), "TMPDIR": str(tmp_path / "tmp")}
+    async with serving(config, "--workers", str(workers), env=env) as (process, url):
         yield process, url
 
 
@@ -116,8 +118,9 @@ async def test_the_writer_process_writes_every_record_once_after_ctrl_c(
         assert writer != process.pid
         await send(url, 120)
         # the writer process's figures are in /metrics (prometheus-client's multiprocess
-        # files), one worker or several
+        # files, in a folder of the gateway's), one worker or several
         assert await written(url) == 120
+        assert [p.name[:18] for p in (tmp_path / "tmp").iterdir()] == ["relaygate-metrics-"]
         # Ctrl-C: the terminal signals the whole group, the writer process included; it
         # stays to write what the workers hand over as they stop
         os.killpg(process.pid, signal.SIGINT)
@@ -129,6 +132,7 @@ async def test_the_writer_process_writes_every_record_once_after_ctrl_c(
     assert output.count("this process writes usage records") == 1, output
     assert recorded(tmp_path / "relaygate.db") == (120, 120, 120)
     assert spools_left(tmp_path) == []
+    assert list((tmp_path / "tmp").iterdir()) == []  # the metrics folder went with it
     with pytest.raises(ProcessLookupError):
         os.kill(writer, 0)
 
