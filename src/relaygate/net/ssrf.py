@@ -33,7 +33,7 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
-from relaygate import __version__
+from relaygate.net.session import upstream_session
 
 __all__ = [
     "AddressNotAllowed",
@@ -224,14 +224,7 @@ def guarded_session(
         resolver=GuardedResolver(policy, resolver),
         socket_factory=policy.socket_factory,
     )
-    return aiohttp.ClientSession(
-        connector=connector,
-        timeout=aiohttp.ClientTimeout(total=None),
-        read_bufsize=256 * 1024,
-        headers={"User-Agent": f"relaygate/{__version__}"},
-        trust_env=False,  # a proxy would make the connection, and the check, elsewhere
-        trace_configs=list(hooks) or None,
-    )
+    return upstream_session(connector, hooks=hooks)  # no proxy: the check is made here
 
 
 def networks_text(networks: Sequence[str]) -> str:

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import msgspec
 
-from relaygate import __version__
+from relaygate.net.session import upstream_session
 from relaygate.providers.anthropic import AnthropicProvider
 from relaygate.providers.base import Provider
 from relaygate.providers.gemini import GeminiProvider
@@ -147,20 +147,11 @@ def new_session(
 ) -> aiohttp.ClientSession:
     """A pooled keep-alive client for one upstream (a node's key, when it has one, is
     sent by its model listing too); ``hooks`` see each request (tracing propagation)."""
-    headers = {"User-Agent": f"relaygate/{__version__}"}
-    if api_key:
-        headers["Authorization"] = f"Bearer {api_key}"
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
     connector = aiohttp.TCPConnector(
         limit=max_connections, limit_per_host=0, keepalive_timeout=30, ttl_dns_cache=300
     )
-    return aiohttp.ClientSession(
-        connector=connector,
-        timeout=aiohttp.ClientTimeout(total=None),
-        read_bufsize=256 * 1024,
-        headers=headers,
-        trust_env=False,
-        trace_configs=list(hooks) or None,
-    )
+    return upstream_session(connector, headers, hooks)
 
 
 def _no_nodes(_name: str) -> None:

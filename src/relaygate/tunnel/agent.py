@@ -27,6 +27,7 @@ import aiohttp
 import msgspec
 
 from relaygate import __version__
+from relaygate.net.session import upstream_session
 from relaygate.tunnel.hub import CONNECT_PATH
 from relaygate.tunnel.protocol import (
     ALLOWED_PATHS,
@@ -128,7 +129,7 @@ class NodeAgent:
         # --capacity bounds the requests to the local server, not aiohttp's pool (100)
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
         async with (
-            aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False) as local,
+            upstream_session(connector, timeout=timeout) as local,
             aiohttp.ClientSession(timeout=timeout) as gateway,
         ):
             self._local = local
