@@ -8,7 +8,6 @@ cookie) would go out with every later request to that host, whoever made it. Ups
 sessions keep no cookies at all (``DummyCookieJar``; each call's own headers are all
 that is sent), read no proxy from the environment, and have no timeout of their own (the
 pipeline bounds each call: ``connect`` per request, ``first_byte``, ``idle``, ``total``).
-Not keeping cookies also saves matching the jar on every request.
 """
 
 from __future__ import annotations
