@@ -24,6 +24,7 @@ from relaygate.errors import ConfigError
 from relaygate.store.tables import provider_secrets, usage_records
 from relaygate.vault.crypto import new_key
 from tests.conftest import MOCK
+from tests.fakes.cookie_server import CookieServer
 from tests.fakes.gemini_server import FakeGemini
 from tests.fakes.ollama_server import FakeOllama
 from tests.fakes.openai_server import FakeOpenAI
@@ -622,46 +623,21 @@ async def test_a_cookie_one_users_upstream_set_never_reaches_another_user(
 ) -> None:
     """Alice and Bob use the same host through the one shared BYOK session. It answers
     Alice with a session cookie; Bob's request carries no Cookie (net/session.py)."""
-    from aiohttp import web
-
     openai_fake, _ = fakes
-    cookies: list[str | None] = []
-
-    async def chat(request: web.Request) -> web.Response:
-        cookies.append(request.headers.get("Cookie"))
-        answer = {
-            "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "m",
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": "hi"}}],
-            "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
-        }  # fmt: skip
-        response = web.json_response(answer)
-        response.set_cookie("session", f"for-{len(cookies)}", httponly=True)
-        return response
-
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", chat)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        allowed = {"allow_networks": ["127.0.0.0/8", "::1/128"]}
-        settings = byok_settings(openai_fake.base_url, byok=allowed)
-        async with running_gateway(settings) as gateway:
-            alice, bob = await user(gateway, "alice"), await user(gateway, "bob")
-            for caller in (alice, bob):
-                await caller.configure(
-                    "openai-compatible", base_url=f"http://localhost:{port}/v1",
-                    config={"model": "m"}, is_default=True,
-                )  # fmt: skip
-            for caller in (alice, bob, alice):
-                status, body, _ = await caller.chat()
-                assert status == 200, body
-    finally:
-        await runner.cleanup()
-    assert cookies == [None, None, None]  # not Bob's, nor Alice's own next one
+    allowed = {"allow_networks": ["127.0.0.0/8", "::1/128"]}
+    settings = byok_settings(openai_fake.base_url, byok=allowed)
+    plan: list[tuple[str, str, dict[str, Any]]] = [("session", "alices", {"httponly": True})]
+    async with CookieServer(plan) as upstream, running_gateway(settings) as gateway:
+        alice, bob = await user(gateway, "alice"), await user(gateway, "bob")
+        for caller in (alice, bob):
+            await caller.configure(
+                "openai-compatible", base_url=upstream.host_url + "/v1",
+                config={"model": "m"}, is_default=True,
+            )  # fmt: skip
+        for caller in (alice, bob, alice):
+            status, body, _ = await caller.chat()
+            assert status == 200, body
+    assert upstream.cookies == [None, None, None]  # not Bob's, nor Alice's own next one
 
 
 # the master key: required when secrets exist, rotated while serving

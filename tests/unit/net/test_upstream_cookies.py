@@ -10,50 +10,18 @@ IP addresses, so only a name shows the difference, which the control test proves
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relaygate.net.session import upstream_session
 from relaygate.net.ssrf import SsrfPolicy, guarded_session
 from relaygate.routing.catalog import new_session
-
-
-class Upstream:
-    """Answers every request with the cookies of ``plan``; keeps each request's Cookie."""
-
-    def __init__(self) -> None:
-        self.plan: list[tuple[str, str, dict[str, Any]]] = []
-        self.cookies: list[str | None] = []
-        self.port = 0
-
-    async def handle(self, request: web.Request) -> web.Response:
-        self.cookies.append(request.headers.get("Cookie"))
-        response = web.json_response({"ok": True})
-        for name, value, attributes in self.plan:
-            response.set_cookie(name, value, **attributes)
-        return response
-
-    @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[Upstream]:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        try:
-            yield self
-        finally:
-            await runner.cleanup()
-
+from tests.fakes.cookie_server import CookieServer
 
 SESSIONS: dict[str, Callable[[], aiohttp.ClientSession]] = {
     "configured upstream": lambda: new_session(8),
@@ -88,11 +56,9 @@ PATHS = st.lists(st.sampled_from(["/v1/chat/completions", "/v1/embeddings", "/",
 async def test_no_request_carries_a_cookie_an_answer_set(
     kind: str, cookies: list[tuple[str, str, dict[str, Any]]], paths: list[str]
 ) -> None:
-    upstream = Upstream()
-    upstream.plan = cookies
-    async with upstream.running(), SESSIONS[kind]() as session:
+    async with CookieServer(cookies) as upstream, SESSIONS[kind]() as session:
         for path in paths:
-            async with session.post(f"http://localhost:{upstream.port}{path}", data=b"{}") as r:
+            async with session.post(upstream.host_url + path, data=b"{}") as r:
                 assert r.status == 200
                 assert len(r.headers.getall("Set-Cookie")) == len(cookies)
     assert upstream.cookies == [None] * len(paths)
@@ -102,10 +68,9 @@ async def test_the_control_a_default_session_would_send_them_back() -> None:
     """The same upstream and requests through a session with aiohttp's default jar: the
     second request carries the cookie the first answer set (what the test above rules
     out, and what it would see without net/session.py)."""
-    upstream = Upstream()
-    upstream.plan = [("session", "user-a-secret", {"httponly": True})]
-    async with upstream.running(), aiohttp.ClientSession() as session:
+    plan: list[tuple[str, str, dict[str, Any]]] = [("session", "user-a-secret", {"httponly": True})]
+    async with CookieServer(plan) as upstream, aiohttp.ClientSession() as session:
         for _ in range(2):
-            async with session.post(f"http://localhost:{upstream.port}/v1/x", data=b"{}") as r:
+            async with session.post(upstream.host_url + "/v1/x", data=b"{}") as r:
                 assert r.status == 200
     assert upstream.cookies == [None, "session=user-a-secret"]
