@@ -14,17 +14,20 @@ server (no Redis Cluster across slots).
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import ConnectionPool, Redis
 from redis.driver_info import resolve_driver_info
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from relaygate.limits.base import Decision, Lease, Rule, RuleState
 
-__all__ = ["RedisLimiter", "connect"]
+__all__ = ["GatewayRedis", "RedisLimiter", "connect"]
 
 # redis-py looks its own version up on disk for every new connection unless told; once,
 # at import, keeps that file system call off the event loop.
@@ -179,6 +182,13 @@ return 0
 
 CommandObserver = Callable[[str, bool, float], None]  # (command, succeeded, seconds)
 
+# Every command is bounded: callers on the request path bound theirs more tightly (the
+# limiter's and the cache's timeouts); this is the bound of the rest (admin, events).
+COMMAND_TIMEOUT = 5.0
+# Connections beyond ``max_connections`` for the event channels' subscriptions, which
+# hold one each for as long as they listen (auth/invalidation.py: keys, cache, vault).
+SUBSCRIPTION_CONNECTIONS = 8
+
 
 def connect(
     url: str,
@@ -186,22 +196,29 @@ def connect(
     max_connections: int = 64,
     wait: float = 1.0,
     observe: CommandObserver | None = None,
-) -> Redis:
-    """A client fit for limits: its pool waits up to ``wait`` s for a free connection
-    (the default pool fails past its size), and it never retries on its own (the
-    caller bounds each call and has a fallback). ``observe`` is told every command's
-    round trip (the Redis latency metric)."""
-    pool = BlockingConnectionPool.from_url(
+) -> GatewayRedis:
+    """A client fit for limits: at most ``max_connections`` commands at once, a command
+    waits up to ``wait`` s for a free connection (redis-py's plain pool fails past its
+    size), each command ends within ``COMMAND_TIMEOUT``, and it never retries on its own
+    (the caller bounds each call and has a fallback). ``observe`` is told every
+    command's round trip (the Redis latency metric).
+
+    The bounds are kept here rather than by redis-py's ``BlockingConnectionPool`` and
+    ``socket_timeout``, which cost a command ~40 µs of CPU more (a lock and a timer to
+    take a connection, a task for each socket read and write under Python 3.11's
+    ``asyncio.wait_for``): 121 against 77 µs a command in a loop (bench/RESULTS.md,
+    section 9).
+    """
+    pool = ConnectionPool.from_url(
         url,
-        max_connections=max_connections,
-        timeout=wait,
+        max_connections=max_connections + SUBSCRIPTION_CONNECTIONS,
+        socket_timeout=None,
         socket_connect_timeout=wait,
         driver_info=_DRIVER_INFO,
     )
-    if observe is None:
-        return Redis.from_pool(pool)
-    client = TimedRedis.from_pool(pool)
-    assert isinstance(client, TimedRedis)
+    client = GatewayRedis.from_pool(pool)
+    assert isinstance(client, GatewayRedis)
+    client.bound(max_connections, wait)
     client.observe = observe
     return client
 
@@ -215,24 +232,45 @@ def command_label(name: object) -> str:
     return text.upper() if _COMMAND_NAME.match(text) else "OTHER"
 
 
-class TimedRedis(Redis):
-    """A client that tells ``observe`` each command's round trip, wherever it is sent from
-    (limit scripts, cache tier, events): one place, so no caller can forget it."""
+class GatewayRedis(Redis):
+    """redis-py's client with the gateway's bounds on every command, wherever it is sent
+    from (limit scripts, cache tier, events, node store): one place, so no caller can
+    forget them. Subscriptions (``pubsub()``) take their own connections and are not
+    counted."""
 
     observe: CommandObserver | None = None
+    _slots: asyncio.Semaphore
+    _wait: float
+
+    def bound(self, max_connections: int, wait: float) -> None:
+        self._slots = asyncio.Semaphore(max_connections)
+        self._wait = wait
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
-        observe = self.observe
-        if observe is None:
-            return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
+        slots = self._slots
+        if slots.locked():
+            try:
+                async with asyncio.timeout(self._wait):
+                    await slots.acquire()
+            except TimeoutError:
+                raise RedisConnectionError("No connection available.") from None
+        else:
+            await slots.acquire()  # free: returns at once
         started = time.perf_counter()
         ok = False
         try:
-            reply = await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
+            try:
+                async with asyncio.timeout(COMMAND_TIMEOUT):
+                    reply = await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
+            except TimeoutError:
+                raise RedisTimeoutError(f"No reply within {COMMAND_TIMEOUT:g} s.") from None
             ok = True
             return reply
         finally:
-            observe(command_label(args[0]) if args else "OTHER", ok, time.perf_counter() - started)
+            slots.release()
+            if self.observe is not None:
+                name = command_label(args[0]) if args else "OTHER"
+                self.observe(name, ok, time.perf_counter() - started)
 
 
 class RedisLimiter:
