@@ -39,7 +39,9 @@ _FAST_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
 )  # fmt: skip
 _INPUT, _OUTPUT = "input", "output"
-_LATENCY, _TTFB, _TTFT = 0, 1, 2  # the request histograms, as tallied (Metrics._time)
+# the histograms tallied on the event loop (Metrics._time), and the bounds of their buckets
+_LATENCY, _TTFB, _TTFT, _REDIS = 0, 1, 2, 3
+_BUCKETS = (_LATENCY_BUCKETS, _LATENCY_BUCKETS, _LATENCY_BUCKETS, _FAST_BUCKETS)
 FLUSH_EVERY = 0.25  # seconds between two pushes of the request tallies
 
 
@@ -227,14 +229,20 @@ class Metrics:
             costs, label = self._costs, (model,)
             costs[label] = costs.get(label, 0.0) + cost
 
-    def _time(self, which: int, model: str, api: str, seconds: float) -> None:
-        """One observation of a latency histogram: its bucket's count (the first bound
-        at or above it, as prometheus-client files it; the last one is +Inf), then the sum."""
-        key = (which, model, api)
+    def redis_command(self, command: str, ok: bool, seconds: float) -> None:
+        """One Redis round trip (limits/redis.py GatewayRedis: every command)."""
+        self._time(_REDIS, command, "ok" if ok else "error", seconds)
+
+    def _time(self, which: int, first: str, second: str, seconds: float) -> None:
+        """One observation of a tallied histogram, labelled (first, second): its bucket's
+        count (the first bound at or above it, as prometheus-client files it; the last
+        one is +Inf), then the sum."""
+        key = (which, first, second)
+        bounds = _BUCKETS[which]
         tally = self._timed.get(key)
         if tally is None:
-            tally = self._timed[key] = [0.0] * (len(_LATENCY_BUCKETS) + 2)
-        tally[bisect.bisect_left(_LATENCY_BUCKETS, seconds)] += 1
+            tally = self._timed[key] = [0.0] * (len(bounds) + 2)
+        tally[bisect.bisect_left(bounds, seconds)] += 1
         tally[-1] += seconds
 
     # handing the tallies over
@@ -264,17 +272,18 @@ class Metrics:
                 pushed[key] = total
 
     def _push_timings(self) -> None:
-        pushed, histograms = self._pushed, (self.latency, self.ttfb, self.ttft)
+        pushed = self._pushed
+        histograms = (self.latency, self.ttfb, self.ttft, self.redis_duration)
         for key, tally in list(self._timed.items()):
             now = list(tally)  # a copy: the loop may add to it meanwhile
             before = pushed.get(key) or [0.0] * len(now)
             if now == before:
                 continue
-            which, model, api = key
+            which, first, second = key
             # prometheus-client files an observation with one inc() on its bucket and one
             # on its sum; these are the same two values, given what was added at once
             # (tests/unit/observability: the exposition is the same as observe()'s)
-            child = self._child(histograms[which], model, api)
+            child = self._child(histograms[which], first, second)
             for bucket, n, m in zip(child._buckets, now, before, strict=False):
                 if n != m:
                     bucket.inc(n - m)
@@ -304,9 +313,6 @@ class Metrics:
                 await self._flusher
             self._flusher = None
         self.flush()
-
-    def redis_command(self, command: str, ok: bool, seconds: float) -> None:
-        self._child(self.redis_duration, command, "ok" if ok else "error").observe(seconds)
 
     def usage_write(self, ok: bool, seconds: float) -> None:
         self._child(self.usage_write_duration, "ok" if ok else "error").observe(seconds)

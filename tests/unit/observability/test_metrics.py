@@ -98,6 +98,12 @@ _EVENTS = st.lists(
             st.integers(0, 10**6),
             st.floats(0, 10, allow_nan=False),
         ),
+        st.tuples(
+            st.just("redis_command"),
+            st.sampled_from(["EVALSHA", "GET"]),
+            st.booleans(),
+            st.sampled_from([0.0001, 0.00025, 2.5, 2.6]) | st.floats(0, 10, allow_nan=False),
+        ),
         st.just(("flush",)),
     ),
     max_size=40,
@@ -118,6 +124,9 @@ def _reference(events: list[tuple[Any, ...]], reference: Metrics) -> None:
                 reference.ttfb.labels(model, api).observe(ttfb)
         elif name == "first_token":
             reference.ttft.labels(*args[:2]).observe(args[2])
+        elif name == "redis_command":
+            command, ok, seconds = args
+            reference.redis_duration.labels(command, "ok" if ok else "error").observe(seconds)
         elif name == "used":
             model, prompt, completion, cost = args
             for kind, tokens in (("input", prompt), ("output", completion)):
