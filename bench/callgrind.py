@@ -19,6 +19,7 @@ full speed; ``--dilate 1`` keeps the defaults.
 
     .venv/bin/python bench/callgrind.py                      # every API of section 10
     .venv/bin/python bench/callgrind.py --api chat --requests 1000 --threads
+    .venv/bin/python bench/callgrind.py --api chat --redis redis://127.0.0.1:6379/0
     mkdir -p /tmp/old && git archive HEAD~1 src | tar -x -C /tmp/old
     PYTHONPATH=/tmp/old/src .venv/bin/python bench/callgrind.py   # that commit's src
 
@@ -34,6 +35,7 @@ import shutil
 import signal
 import subprocess
 import time
+import uuid
 
 from benchkit import keys
 from benchkit.api_sections import APIS
@@ -59,7 +61,7 @@ SHORT = {"chat": 0, "responses": 1, "responses-nostore": 2, "ollama": 3}
 class Counted:
     """One gateway worker under callgrind, with counters it zeroes and dumps on demand."""
 
-    def __init__(self, name: str, dilate: float) -> None:
+    def __init__(self, name: str, dilate: float, redis_url: str | None = None) -> None:
         self.dir = OUT_DIR / name
         shutil.rmtree(self.dir, ignore_errors=True)
         self.dir.mkdir(parents=True)
@@ -74,6 +76,9 @@ class Counted:
                 "RELAYGATE_RESPONSES__SAVE_WINDOW": str(SAVE_WINDOW * dilate),
             }
         )
+        if redis_url:  # limits in Redis (as with several workers), under a prefix of its own
+            env["RELAYGATE_REDIS_URL"] = redis_url
+            env["RELAYGATE_REDIS_PREFIX"] = f"rgcallgrind:{uuid.uuid4().hex}:"
         # after the last request: every window has closed and its batch is written
         self.settle = 1.5 * max(WRITE_INTERVAL, SAVE_WINDOW, FSYNC_WINDOW) * dilate + 1
         argv = serve_argv(1, PORT)
@@ -139,10 +144,16 @@ class Counted:
 
 
 def measure(
-    name: str, path: str, body: str, requests: int, warmup: int, dilate: float
+    name: str,
+    path: str,
+    body: str,
+    requests: int,
+    warmup: int,
+    dilate: float,
+    redis_url: str | None = None,
 ) -> dict[str, float]:
     """Instructions per request in each thread (and "all") for one API."""
-    gw = Counted(name, dilate)
+    gw = Counted(name, dilate, redis_url)
     try:
         gw.send(path, body, warmup)
         time.sleep(gw.settle)
@@ -174,13 +185,16 @@ def main() -> None:
     parser.add_argument("--dilate", type=float, default=50.0,
                         help="stretch the batch windows by this factor (see above)")  # fmt: skip
     parser.add_argument("--threads", action="store_true", help="each thread's share too")
+    parser.add_argument("--redis", metavar="URL",
+                        help="keep the limits in this Redis, as several workers do "
+                             "(e.g. redis://127.0.0.1:6379/0)")  # fmt: skip
     args = parser.parse_args()
     if not shutil.which("valgrind"):
         raise SystemExit("valgrind missing: apt-get install -y valgrind")
     with Nginx():
         for api in args.api or list(SHORT):
             label, path, body = APIS[SHORT[api]]
-            per = measure(api, path, body, args.requests, args.warmup, args.dilate)
+            per = measure(api, path, body, args.requests, args.warmup, args.dilate, args.redis)
             print(f"{label}: {per['all']:,.0f} instructions a request "
                   f"({per['req/s']:.0f} req/s under valgrind; idle {per['idle/s']:,.0f}/s)",
                   flush=True)  # fmt: skip
