@@ -184,6 +184,7 @@ class Metrics:
         self._timed: dict[tuple[int, str, str], list[float]] = {}  # see _time()
         self._tokens: dict[tuple[str, str], int] = {}  # (model, kind) -> tokens
         self._costs: dict[tuple[str], float] = {}  # (model,) -> dollars
+        self._looked_up: dict[tuple[str, str, str], int] = {}  # (model, result, tier) -> n
         self._pushed: dict[tuple[Any, ...], Any] = {}  # tally key -> what flush() pushed
         self._flush_lock = threading.Lock()
         self._flusher: asyncio.Task[None] | None = None
@@ -229,6 +230,11 @@ class Metrics:
             costs, label = self._costs, (model,)
             costs[label] = costs.get(label, 0.0) + cost
 
+    def cache_result(self, model: str, result: str, tier: str = "") -> None:
+        """One cache lookup (every request the cache may answer): hit or miss."""
+        looked_up, key = self._looked_up, (model, result, tier)
+        looked_up[key] = looked_up.get(key, 0) + 1
+
     def redis_command(self, command: str, ok: bool, seconds: float) -> None:
         """One Redis round trip (limits/redis.py GatewayRedis: every command)."""
         self._time(_REDIS, command, "ok" if ok else "error", seconds)
@@ -261,6 +267,7 @@ class Metrics:
             self._push_counts(self.requests, self._answered)
             self._push_counts(self.tokens, self._tokens)
             self._push_counts(self.cost, self._costs)
+            self._push_counts(self.cache_requests, self._looked_up)
             self._push_timings()
 
     def _push_counts(self, counter: Counter, tally: Mapping[tuple[Any, ...], float]) -> None:
@@ -319,9 +326,6 @@ class Metrics:
 
     def upstream_error(self, deployment: str, kind: str) -> None:
         self._child(self.upstream_errors, deployment, kind).inc()
-
-    def cache_result(self, model: str, result: str, tier: str = "") -> None:
-        self._child(self.cache_requests, model, result, tier).inc()
 
     def cache_error(self, tier: str, kind: str) -> None:
         self._child(self.cache_errors, tier, kind).inc()

@@ -104,6 +104,12 @@ _EVENTS = st.lists(
             st.booleans(),
             st.sampled_from([0.0001, 0.00025, 2.5, 2.6]) | st.floats(0, 10, allow_nan=False),
         ),
+        st.tuples(
+            st.just("cache_result"),
+            st.sampled_from(["m", "n"]),
+            st.sampled_from(["hit", "miss"]),
+            st.sampled_from(["", "memory", "redis"]),
+        ),
         st.just(("flush",)),
     ),
     max_size=40,
@@ -124,6 +130,8 @@ def _reference(events: list[tuple[Any, ...]], reference: Metrics) -> None:
                 reference.ttfb.labels(model, api).observe(ttfb)
         elif name == "first_token":
             reference.ttft.labels(*args[:2]).observe(args[2])
+        elif name == "cache_result":
+            reference.cache_requests.labels(*args).inc()
         elif name == "redis_command":
             command, ok, seconds = args
             reference.redis_duration.labels(command, "ok" if ok else "error").observe(seconds)
