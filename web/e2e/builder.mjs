@@ -64,9 +64,10 @@ async function until(what, fn) {
   assert.fail(`${what}: never happened (last seen: ${JSON.stringify(last)})`)
 }
 
+let page
 try {
   const context = await browser.newContext({ viewport: DESKTOP, acceptDownloads: true })
-  const page = await context.newPage()
+  page = await context.newPage()
   page.on('pageerror', (e) => {
     // the app's own errors inside the preview frame are expected (and shown beside it)
     if (!String(e.stack).includes('/ui/preview.html')) throw e
@@ -77,16 +78,29 @@ try {
       cspViolations.push(m.text())
   })
 
-  step('sign in with a user key and open the builder')
+  step('sign in with a user key and open the builder; its model list is held back a while')
+  let release
+  const held = new Promise((resolve) => (release = resolve))
+  await page.route('**/v1/models', async (route) => {
+    await held
+    await route.continue()
+  })
   await page.goto(base + '/ui/')
   await page.getByLabel('API key').fill(key)
   await page.getByRole('button', { name: 'Sign in' }).click()
   await page.getByRole('link', { name: 'App builder' }).click()
   await page.getByRole('heading', { name: 'App builder', level: 1 }).waitFor()
 
-  step('describe an app: its two files appear, listed as added')
+  step('a send before the models have loaded keeps its draft, and the page says why')
   const ask = page.getByLabel('Describe the app or a change')
   await ask.fill('a counter app')
+  await ask.press('Enter')
+  await page.getByRole('status').getByText('Loading the models this key may use').waitFor()
+  assert.equal(await ask.inputValue(), 'a counter app')
+  release() // the route lets every later request through at once
+  await page.getByRole('combobox', { name: /^Model/ }).selectOption('mock')
+
+  step('describe an app: its two files appear, listed as added')
   await ask.press('Enter')
   const files = page.getByRole('region', { name: 'Files' })
   await files.getByRole('button', { name: 'app.js', exact: true }).waitFor()
@@ -238,6 +252,17 @@ try {
   assert.deepEqual(cspViolations, [])
   await context.close()
   console.log('builder e2e: all checks passed')
+} catch (error) {
+  // what the page showed when a check failed: its alerts, notes and turns, and a screenshot
+  if (page) {
+    const shown = await page
+      .locator('[role="alert"], [role="status"], .turns .message')
+      .allTextContents()
+      .catch((e) => [`(unreadable: ${e.message.split('\n')[0]})`])
+    console.log(`the page showed:\n${shown.map((t) => `  | ${t}`).join('\n')}`)
+    await page.screenshot({ path: `${shots}/builder-failure.png` }).catch(() => {})
+  }
+  throw error
 } finally {
   await browser.close()
 }

@@ -16,6 +16,26 @@ export function ErrorNote({ error, what }: { error: unknown; what?: string }) {
   )
 }
 
+/**
+ * Why a page that sends to a model cannot send yet: the key's model list is still loading,
+ * failed to load, or is empty. A send pressed meanwhile keeps its draft (nothing is lost).
+ */
+export function ModelsNote({
+  models,
+}: {
+  models: { isPending: boolean; error: unknown; data?: { data: unknown[] } }
+}) {
+  if (models.error) return <ErrorNote error={models.error} what="Models" />
+  if (models.isPending) return <Loading label="Loading the models this key may use…" />
+  if (models.data && models.data.data.length === 0)
+    return (
+      <p className="error" role="alert">
+        This key may use no model.
+      </p>
+    )
+  return null
+}
+
 export function Loading({ label = 'Loading…' }: { label?: string }) {
   return (
     <p className="muted" role="status" aria-live="polite">

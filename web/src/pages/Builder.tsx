@@ -7,7 +7,7 @@ import { useQuery } from '@tanstack/react-query'
 import { useEffect, useMemo, useRef, useState, type KeyboardEvent } from 'react'
 import { api, ApiError, errorFrom, headers } from '../api/client'
 import { streamChat } from '../api/chat'
-import { ErrorNote } from '../components/common'
+import { ModelsNote } from '../components/common'
 import { Editor } from '../builder/Editor'
 import { MAX_FILES, cleanPath, parseAnswer } from '../builder/parse'
 import { planPreview } from '../builder/plan'
@@ -292,7 +292,7 @@ export function Builder() {
               </select>
             </label>
           </div>
-          <ErrorNote error={models.error} what="Models" />
+          <ModelsNote models={models} />
           <ol className="turns" aria-label="Requests and answers">
             {project.turns.map((t, i) => (
               <li key={i} className={`message ${t.role}`}>

@@ -6,7 +6,7 @@ import { useQuery } from '@tanstack/react-query'
 import { useEffect, useMemo, useRef, useState, type KeyboardEvent } from 'react'
 import { api, ApiError, retryable } from '../api/client'
 import { streamChat } from '../api/chat'
-import { CopyButton, ErrorNote } from '../components/common'
+import { CopyButton, ModelsNote } from '../components/common'
 import {
   addConversation,
   appendToReply,
@@ -282,12 +282,7 @@ export function Playground() {
             />
           </label>
         </details>
-        <ErrorNote error={models.error} what="Models" />
-        {models.data && modelIds.length === 0 ? (
-          <p className="error" role="alert">
-            This key may use no model.
-          </p>
-        ) : null}
+        <ModelsNote models={models} />
         <ol className="messages" aria-label="Messages" aria-live="polite" aria-busy={busy}>
           {conversation.messages.map((m, i) => (
             <MessageView
