@@ -129,12 +129,16 @@ def prepare_database(settings: Settings) -> None:
     """Migrate, then make sure an admin key exists; once, before any worker starts."""
     from relaygate.auth.bootstrap import ensure_admin_key
     from relaygate.store.engine import safe_url
-    from relaygate.store.migrate import upgrade
+    from relaygate.store.schema import MigrationFailed, migrate_apart
 
     try:
-        upgrade(settings.database_url)
+        migrate_apart(settings.database_url)  # Alembic never loaded in this process
         secret = asyncio.run(ensure_admin_key(settings))
         asyncio.run(_check_provider_secrets(settings))  # before any worker starts
+    except MigrationFailed as exc:
+        raise ConfigError(
+            f"database_url: cannot migrate {safe_url(settings.database_url)}: {exc}"
+        ) from None
     except (OSError, SQLAlchemyError) as exc:
         raise ConfigError(
             f"database_url: cannot use {safe_url(settings.database_url)}: "

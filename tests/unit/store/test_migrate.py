@@ -5,6 +5,9 @@ the Response object and back without losing any."""
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -22,7 +25,7 @@ from blockbuster import BlockBuster
 from relaygate.store.engine import create_engine
 from relaygate.store.migrate import alembic_config, head_revision, upgrade
 from relaygate.store.responses import ResponseStore
-from relaygate.store.schema import SCHEMA_REVISION
+from relaygate.store.schema import SCHEMA_REVISION, MigrationFailed, current_revision, migrate_apart
 from relaygate.store.tables import metadata
 from tests.conftest import PG_SERVER, admin_sql
 
@@ -78,6 +81,41 @@ def test_the_migrations_build_the_tables_the_code_uses(empty_url: str) -> None:
         "remove_index",
     }
     assert [d for d in diff if _kind(d) in kinds] == []
+
+
+# Run in a fresh interpreter: this one has imported Alembic (the tests above use it).
+_APART = """
+import json, sys
+from relaygate.store.schema import migrate_apart
+runs = [migrate_apart(sys.argv[1]) for _ in range(2)]
+held = sorted(m for m in sys.modules if m.split(".")[0] in ("alembic", "mako", "pygments"))
+print(json.dumps({"migrated": runs, "held": held}))
+"""
+
+
+def test_serve_migrates_in_a_process_that_exits_and_never_loads_alembic(empty_url: str) -> None:
+    """``relaygate serve`` migrates an empty database in a spawned process (Alembic, Mako
+    and Pygments would stay in the serving process: 11 MiB of RSS), and on a database
+    already at this version's schema reads one row and starts nothing."""
+    result = subprocess.run(
+        [sys.executable, "-c", _APART, empty_url], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.splitlines()[-1]) == {"migrated": [True, False], "held": []}
+    assert asyncio.run(current_revision(empty_url)) == SCHEMA_REVISION
+
+
+def test_a_database_from_a_newer_version_fails_the_migration_in_one_line(empty_url: str) -> None:
+    """A revision this version does not know (a newer relaygate migrated the database):
+    the migration process's failure reaches the caller as one line, naming the revision."""
+    upgrade(empty_url)
+    asyncio.run(_on(empty_url, lambda conn: conn.execute(_SET_VERSION, {"v": "9999"})))
+    with pytest.raises(MigrationFailed) as failed:
+        migrate_apart(empty_url)
+    assert "9999" in str(failed.value) and "\n" not in str(failed.value)
+
+
+_SET_VERSION = sa.text("UPDATE alembic_version SET version_num = :v")
 
 
 def _differences(conn: sa.Connection) -> list[Any]:
