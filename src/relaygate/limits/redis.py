@@ -21,13 +21,16 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.connection import AbstractConnection
+from redis.connection import HiredisRespSerializer
 from redis.driver_info import resolve_driver_info
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.utils import HIREDIS_AVAILABLE
 
 from relaygate.limits.base import Decision, Lease, Rule, RuleState
 
-__all__ = ["GatewayRedis", "RedisLimiter", "connect"]
+__all__ = ["GatewayRedis", "RedisLimiter", "connect", "hiredis_packing"]
 
 # redis-py looks its own version up on disk for every new connection unless told; once,
 # at import, keeps that file system call off the event loop.
@@ -216,11 +219,39 @@ def connect(
         socket_connect_timeout=wait,
         driver_info=_DRIVER_INFO,
     )
+    # the class the URL chose (TCP, TLS or a Unix socket), packing commands in C
+    pool.connection_class = hiredis_packing(pool.connection_class)
     client = GatewayRedis.from_pool(pool)
     assert isinstance(client, GatewayRedis)
     client.bound(max_connections, wait)
     client.observe = observe
     return client
+
+
+class _HiredisPacking:
+    """Commands packed by hiredis, in C, as redis-py's own synchronous client packs them:
+    its asyncio connections pack in Python, ~5.5 µs against ~2.1 µs for a limit check's
+    eleven arguments. The bytes, and the errors for values Redis cannot take (None, bool:
+    ``DataError``), are the same (tests/unit/limits/test_redis_client.py)."""
+
+    _packer = HiredisRespSerializer()
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        packed: list[bytes] = self._packer.pack(*args)
+        return packed
+
+
+_PACKING: dict[type[AbstractConnection], type[AbstractConnection]] = {}
+
+
+def hiredis_packing(cls: type[AbstractConnection]) -> type[AbstractConnection]:
+    """``cls`` with :class:`_HiredisPacking`'s ``pack_command`` (one class per ``cls``);
+    ``cls`` itself where hiredis is missing (a dependency: ``redis[hiredis]``)."""
+    if not HIREDIS_AVAILABLE:
+        return cls
+    if cls not in _PACKING:
+        _PACKING[cls] = type(f"Hiredis{cls.__name__}", (_HiredisPacking, cls), {})
+    return _PACKING[cls]
 
 
 _COMMAND_NAME = re.compile(r"[A-Za-z]{1,24}\Z")

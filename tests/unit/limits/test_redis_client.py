@@ -1,7 +1,8 @@
 """The gateway's Redis client (limits/redis.py ``connect``): at most ``max_connections``
 commands at once, a command waits ``wait`` s at most for a free connection, every command
 ends within ``COMMAND_TIMEOUT``, and whatever is cancelled or times out, no connection
-slot is lost and no reply reaches another command.
+slot is lost and no reply reaches another command. Its connections pack commands in C,
+to the bytes and errors of redis-py's own packing.
 
 Against the real Redis at 127.0.0.1:6379, each test under its own key prefix.
 """
@@ -18,11 +19,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
+from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 import relaygate.limits.redis
-from relaygate.limits.redis import GatewayRedis, connect
+from relaygate.limits.redis import GatewayRedis, connect, hiredis_packing
 
 URL = "redis://127.0.0.1:6379/0"
 
@@ -166,4 +168,71 @@ async def test_whatever_is_cancelled_no_slot_is_lost_and_no_reply_goes_astray(
             assert await client.get(key) == value
     finally:
         await client.delete(*values)
+        await client.aclose()
+
+
+ARGUMENTS = st.lists(
+    st.one_of(
+        st.text(), st.binary(), st.integers(), st.floats(), st.booleans(), st.none(),
+        st.binary().map(memoryview),
+    ),
+    max_size=12,
+)  # fmt: skip
+
+
+def _packed(pack: Callable[..., list[bytes]], *args: Any) -> tuple[str, bytes | str]:
+    try:
+        return "bytes", b"".join(pack(*args))
+    except Exception as exc:  # the error a caller gets is part of the contract
+        return "error", type(exc).__name__
+
+
+@settings(max_examples=500)
+@given(
+    name=st.sampled_from(["GET", "EVALSHA", "SET", "CONFIG GET", b"HSET", b"CLIENT SETNAME"]),
+    args=ARGUMENTS,
+)
+def test_commands_are_packed_in_c_to_the_same_bytes_and_errors(
+    name: str | bytes, args: list[Any]
+) -> None:
+    """The client's connections pack commands with hiredis; whatever the arguments, the
+    bytes on the wire, or the error raised (DataError for None and bool), are redis-py's
+    own asyncio connection's."""
+    python = Connection()
+    packing = hiredis_packing(Connection)()
+    assert type(packing).pack_command is not Connection.pack_command
+    assert _packed(packing.pack_command, name, *args) == _packed(python.pack_command, name, *args)
+
+
+@pytest.mark.parametrize(
+    ("url", "base"),
+    [
+        (URL, Connection),
+        ("rediss://127.0.0.1:6379/0", SSLConnection),
+        ("unix:///tmp/relaygate-no-such.sock", UnixDomainSocketConnection),
+    ],
+)
+async def test_every_kind_of_url_keeps_its_connection_class_and_packs_in_c(
+    url: str, base: type
+) -> None:
+    client = connect(url)
+    try:
+        used = client.connection_pool.connection_class
+        assert issubclass(used, base) and used is hiredis_packing(base)
+    finally:
+        await client.aclose()
+
+
+async def test_a_limit_check_round_trips_through_the_c_packing(prefix: str) -> None:
+    client = connect(URL)
+    try:
+        await client.set(f"{prefix}k", "é\x00 1.5")
+        assert await client.get(f"{prefix}k") == b"\xc3\xa9\x00 1.5"
+        assert await client.eval("return {ARGV[1], ARGV[2], ARGV[3]}", 0, 1.5, -7, b"\xff") == [
+            b"1.5",
+            b"-7",
+            b"\xff",
+        ]
+    finally:
+        await client.delete(f"{prefix}k")
         await client.aclose()
