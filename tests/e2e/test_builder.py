@@ -34,6 +34,13 @@ async def test_the_builder_end_to_end_in_chromium() -> None:
     text = output.decode(errors="replace")
     print(text)
     assert process.returncode == 0, text
-    for name in ("builder", "builder-follow-up", "builder-error", "builder-react"):
+    shots = (
+        "builder-models-loading",
+        "builder",
+        "builder-follow-up",
+        "builder-error",
+        "builder-react",
+    )
+    for name in shots:
         for width in ("desktop", "phone"):
             assert (SHOTS / f"{name}-{width}.png").exists(), name

@@ -97,6 +97,7 @@ try {
   await ask.press('Enter')
   await page.getByRole('status').getByText('Loading the models this key may use').waitFor()
   assert.equal(await ask.inputValue(), 'a counter app')
+  await shoot(page, 'builder-models-loading')
   release() // the route lets every later request through at once
   await page.getByRole('combobox', { name: /^Model/ }).selectOption('mock')
 
