@@ -230,7 +230,7 @@ def connect(
 
 class _HiredisPacking:
     """Commands packed by hiredis, in C, as redis-py's own synchronous client packs them:
-    its asyncio connections pack in Python, ~5.5 µs against ~2.1 µs for a limit check's
+    its asyncio connections pack in Python: 7.6 µs against 2.1 µs for a limit check's
     eleven arguments. The bytes, and the errors for values Redis cannot take (None, bool:
     ``DataError``), are the same (tests/unit/limits/test_redis_client.py)."""
 

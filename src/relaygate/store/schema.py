@@ -64,6 +64,6 @@ def _upgrade(url: str) -> str | None:
     try:
         upgrade(url)
     except Exception as exc:  # every failure is reported to the parent, in one line
-        first = str(exc).splitlines()[0][:200] if str(exc) else ""
-        return f"{type(exc).__name__}: {first}"
+        lines = str(exc).splitlines()
+        return f"{type(exc).__name__}: {lines[0][:200] if lines else ''}"
     return None
