@@ -48,10 +48,9 @@ from relaygate.usage.writer import UsageWriter
 from relaygate.vault.service import Vault
 
 if TYPE_CHECKING:
-    import redis.asyncio as redis
-
     from relaygate.auth.invalidation import Events, KeyEvents
     from relaygate.auth.jwt import JWTVerifier
+    from relaygate.limits.redis import GatewayRedis
     from relaygate.observability.tracing import Tracing
 
 __all__ = ["AppState", "close_state", "open_state"]
@@ -76,7 +75,7 @@ class AppState:
     responses: ResponseKeeper  # the Responses API's stored answers
     vault: Vault  # users' own provider keys and configurations (BYOK)
     hub: Hub  # dial-out nodes connected to this worker (tunnel/)
-    redis: redis.Redis | None = None
+    redis: GatewayRedis | None = None
     key_events: KeyEvents | None = None
     cache_events: Events | None = None
     vault_events: Events | None = None
@@ -221,7 +220,7 @@ def _start_background(state: AppState) -> None:
     state.metrics.start()
 
 
-def _redis(settings: Settings, metrics: Metrics) -> redis.Redis | None:
+def _redis(settings: Settings, metrics: Metrics) -> GatewayRedis | None:
     """redis-py only when Redis is used (it costs ~6 MiB a worker); every command timed."""
     if not settings.redis_url:
         return None
@@ -239,7 +238,7 @@ def _tracing(settings: Settings) -> Tracing | None:
     return Tracing(settings.tracing)
 
 
-def _listen(state: AppState, client: redis.Redis) -> None:
+def _listen(state: AppState, client: GatewayRedis) -> None:
     """Other workers' and replicas' changes, heard through Redis: keys, cache entries,
     users' provider keys and configurations."""
     from relaygate.auth.invalidation import Events, KeyEvents
@@ -312,7 +311,7 @@ async def close_state(state: AppState) -> None:
 
 def _cache(
     settings: Settings,
-    client: redis.Redis | None,
+    client: GatewayRedis | None,
     engine: AsyncEngine,
     metrics: Metrics,
     log: logging.Logger,
@@ -343,7 +342,7 @@ def _cache(
 
 def _admission(
     settings: Settings,
-    client: redis.Redis | None,
+    client: GatewayRedis | None,
     metrics: Metrics,
     log: logging.Logger,
     engine: AsyncEngine,
@@ -355,7 +354,7 @@ def _admission(
 
 
 def _limiter(
-    settings: Settings, client: redis.Redis | None, metrics: Metrics, log: logging.Logger
+    settings: Settings, client: GatewayRedis | None, metrics: Metrics, log: logging.Logger
 ) -> Limiter:
     """Redis (shared by every worker and replica) when configured, else in-process memory.
 

@@ -4,7 +4,8 @@ Entry names are ``<prefix>cache:<scope tag>:<model tag>:<key>``, so an
 administrator can drop one tenant's or one model's entries with a SCAN.
 Redis expires entries itself (PX). A lookup or write that fails or outlasts
 the timeout is skipped, and Redis is left alone for ``retry_after`` seconds:
-a dead Redis costs requests nothing but the first timeout.
+a dead Redis costs requests nothing but the first timeout. Lookups and writes
+go in the client's batches with the limit checks (``GatewayRedis.batched``).
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ import asyncio
 import time
 from collections.abc import Callable
 
-import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from relaygate.cache.keys import tag
 from relaygate.errors import StoreUnavailable
+from relaygate.limits.redis import GatewayRedis
 
 __all__ = ["RedisTier"]
 
@@ -27,7 +28,7 @@ class RedisTier:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: GatewayRedis,
         prefix: str,
         *,
         timeout: float,
@@ -53,7 +54,7 @@ class RedisTier:
             return None
         try:
             async with asyncio.timeout(self.timeout):
-                data = await self.client.get(name)
+                data = await self.client.batched("GET", name)
         except TimeoutError:
             self._failed("timeout")
             return None
@@ -67,7 +68,7 @@ class RedisTier:
             return False
         try:
             async with asyncio.timeout(self.timeout):
-                await self.client.set(name, data, px=max(int(ttl * 1000), 1))
+                await self.client.batched("SET", name, data, "PX", max(int(ttl * 1000), 1))
         except TimeoutError:
             self._failed("timeout")
             return False

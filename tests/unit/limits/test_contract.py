@@ -257,18 +257,20 @@ async def test_concurrent_acquires_admit_exactly_the_limit(limiter: Limiter) -> 
 
 
 async def test_two_clients_share_one_limit() -> None:
-    """Two separate connection pools (two processes' worth) agree on one limit."""
+    """Two separate connection pools (two processes' worth) agree on one limit. Each
+    sends 100 at once (in batches, in whichever order): 150 of the 200 fit, so each
+    client gets at least 50, whoever's batches Redis runs first."""
     prefix = f"rgtest:{uuid4().hex}:"
     clients = [redis_client(), redis_client()]
     limiters = [RedisLimiter(client, prefix, close_client=False) for client in clients]
-    rule = rate("shared", 100, 3600)
+    rule = rate("shared", 150, 3600)
     try:
         decisions = await asyncio.gather(
             *(limiters[i % 2].acquire([rule], f"r{i}", T0) for i in range(200))
         )
-        assert sum(d.allowed for d in decisions) == 100
-        assert sum(d.allowed for d in decisions[0::2]) > 0  # both clients got some
-        assert sum(d.allowed for d in decisions[1::2]) > 0
+        assert sum(d.allowed for d in decisions) == 150
+        assert sum(d.allowed for d in decisions[0::2]) >= 50  # both clients got theirs
+        assert sum(d.allowed for d in decisions[1::2]) >= 50
         [state] = await limiters[1].peek([rule], T0)
         assert state.remaining == 0
     finally:
