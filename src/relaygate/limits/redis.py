@@ -38,40 +38,66 @@ __all__ = ["GatewayRedis", "RedisLimiter", "connect", "hiredis_packing"]
 # at import, keeps that file system call off the event loop.
 _DRIVER_INFO = resolve_driver_info()
 
-# KEYS: one per rule. ARGV: now ('' = Redis TIME), consume ('1' or '0'), request id,
-# then kind, limit, window, cost per rule. Returns {allowed, denied index (0 = none),
-# then remaining, reset_after, retry_after per rule}; times as strings (Lua numbers
-# would be truncated to integers on the way out).
-_CHECK = """
-local EPS, CONC_RETRY = 1e-6, 1.0
+# Both scripts: the clock, and rates. A rate is a bucket of ``limit`` units that held
+# ``level`` at ``at`` and drains limit / window a second (memory.py's _Rate, which says
+# why), stored as '<level> <at>'. A number alone is the theoretical arrival time earlier
+# versions stored: read as the level it stands for.
+_PRELUDE = """
+local SLACK, CONC_RETRY = 1e-6, 1.0
 local now = tonumber(ARGV[1])
 if not now then
   local t = redis.call('TIME')
   now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 end
+local function ttl_ms(t) return math.max(math.ceil((t - now) * 1000), 1) end
+
+local function rate_level(key, limit, window)
+  local v = redis.call('GET', key)
+  if not v then return 0, now end
+  local l, t = string.match(v, '^(%S+) (%S+)$')
+  if not l then return math.max((tonumber(v) or now) - now, 0) * limit / window, now end
+  local level, at = tonumber(l), tonumber(t)
+  return math.max(level - math.max(now - at, 0) * limit / window, 0), math.max(at, now)
+end
+local function rate_store(key, level, at, limit, window)
+  if level <= 0 then
+    redis.call('DEL', key)
+  else
+    redis.call('SET', key, string.format('%.17g %.17g', level, at), 'PX',
+               ttl_ms(at + level * window / limit))
+  end
+end
+"""
+
+# KEYS: one per rule. ARGV: now ('' = Redis TIME), consume ('1' or '0'), request id,
+# then kind, limit, window, cost per rule. Returns {allowed, denied index (0 = none),
+# then remaining, reset_after, retry_after per rule}; times as strings (Lua numbers
+# would be truncated to integers on the way out).
+_CHECK = (
+    _PRELUDE
+    + """
 local consume, rid, n = ARGV[2] == '1', ARGV[3], #KEYS
 local function fmt(x) return string.format('%.6f', x) end
-local function ttl_ms(t) return math.max(math.ceil((t - now) * 1000), 1) end
 local function clamp(x, limit) return math.max(math.min(x, limit), 0) end
 
 local function rate_read(key, limit, window)
-  local base = math.max(tonumber(redis.call('GET', key)) or now, now)
-  if limit <= 0 then return {base = base, avail = 0} end
-  return {base = base, avail = math.floor((window - (base - now)) * limit / window + EPS)}
+  if limit <= 0 then return {level = 0, at = now, avail = 0} end
+  local level, at = rate_level(key, limit, window)
+  local slack = limit * (SLACK / window + 1e-12)
+  return {level = level, at = at, avail = math.floor(limit - level + slack)}
 end
 local function rate_take(key, s, limit, window, cost)
   if limit <= 0 or cost == 0 then return end
-  s.base = s.base + cost * window / limit
+  s.level = s.level + cost
   s.avail = s.avail - cost
-  redis.call('SET', key, fmt(s.base), 'PX', ttl_ms(s.base))
+  rate_store(key, s.level, s.at, limit, window)
 end
 local function rate_state(s, limit, window, cost, fits)
-  local retry = 0
-  if not fits then
-    retry = window
-    if limit > 0 then retry = math.max(s.base + cost * window / limit - window - now, 0) end
-  end
-  return clamp(s.avail, limit), s.base - now, retry
+  if limit <= 0 then return 0, 0, fits and 0 or window end
+  local per_unit = window / limit
+  local reset, retry = s.at - now + s.level * per_unit, 0
+  if not fits then retry = math.max(reset - (limit - cost) * per_unit, 0) end
+  return clamp(s.avail, limit), reset, retry
 end
 
 local function quota_read(key, limit)
@@ -149,15 +175,13 @@ for i, r in ipairs(rules) do
 end
 return out
 """
+)
 
 # KEYS: the lease's rule keys. ARGV: now ('' = Redis TIME), request id, then kind, limit,
 # window and delta (actual - reserved; negative refunds) per rule. Missing keys are fine.
-_SETTLE = """
-local now = tonumber(ARGV[1])
-if not now then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) + tonumber(t[2]) / 1e6
-end
+_SETTLE = (
+    _PRELUDE
+    + """
 local rid = ARGV[2]
 for i, key in ipairs(KEYS) do
   local j = 4 * i - 1
@@ -166,13 +190,8 @@ for i, key in ipairs(KEYS) do
   if kind == 'concurrency' then
     redis.call('ZREM', key, rid)
   elseif delta ~= 0 and kind == 'rate' and limit > 0 then
-    local tat = math.max(tonumber(redis.call('GET', key)) or now, now) + delta * window / limit
-    if tat <= now then
-      redis.call('DEL', key)
-    else
-      redis.call('SET', key, string.format('%.6f', tat), 'PX',
-                 math.max(math.ceil((tat - now) * 1000), 1))
-    end
+    local level, at = rate_level(key, limit, window)
+    rate_store(key, math.max(level + delta, 0), at, limit, window)
   elseif delta ~= 0 and kind == 'quota' then
     local v = redis.call('HMGET', key, 'n', 'x')
     local x = tonumber(v[2])
@@ -183,6 +202,7 @@ for i, key in ipairs(KEYS) do
 end
 return 0
 """
+)
 
 
 CommandObserver = Callable[[str, bool, float], None]  # (command, succeeded, seconds)

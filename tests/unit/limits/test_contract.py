@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator
 from uuid import uuid4
 
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 from redis.asyncio import Redis
 
 from relaygate.limits.base import Decision, Lease, Limiter, Rule
@@ -307,3 +309,51 @@ async def test_memory_drops_reset_state_and_caps_keys() -> None:
     lease = lease_of(await memory.acquire([conc("c", 1), quota("q", 5)], "r", T0))
     await memory.settle(lease, {"q": 0}, T0)
     assert len(memory) == 0  # released and refunded state is dropped at once
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.filter_too_much],
+)
+@given(
+    window_and_most=st.sampled_from([(0.3, 40), (1.0, 100), (60.0, 1000), (3600.0, 1000)]),
+    share=st.floats(0.0, 1.0),
+    early=st.floats(0.0, 1.0),
+)
+async def test_a_burst_of_the_limit_fits_and_no_unit_comes_back_early(
+    limiter: Limiter, window_and_most: tuple[float, int], share: float, early: float
+) -> None:
+    """Spent at once, a burst of ``limit`` fits whatever the rule (26 of 27 a minute did,
+    summing window/limit steps on an epoch timestamp). The next unit comes back
+    window/limit later: not 2 µs sooner (one an hour came 3.6 ms early), and at that time
+    exactly. (Redis: a unit a second at most, as it expires a key when its bucket would
+    have drained, in its own time, and the burst takes some of that.)"""
+    window, most = window_and_most
+    limit = max(1, round(share * most))
+    assume(isinstance(limiter, MemoryLimiter) or window / limit >= 1.0)
+    rule = rate(uuid4().hex, limit, window)
+    decisions = await asyncio.gather(*(limiter.acquire([rule], f"r{i}", T0) for i in range(limit)))
+    assert all(d.allowed for d in decisions)
+    assert await admitted(limiter, [rule], 1, T0) == 0
+    interval = window / limit
+    sooner = T0 + interval - max(2e-6, early * interval)
+    assert await admitted(limiter, [rule], 1, sooner) == 0
+    assert await admitted(limiter, [rule], 1, T0 + interval) == 1
+
+
+async def test_a_rate_stored_by_an_earlier_version_is_read_as_its_level() -> None:
+    """Before the bucket, a rate's key held its theoretical arrival time: a replica of
+    the new version reads it as the units it stands for (a rolling upgrade keeps them)."""
+    prefix = f"rgtest:{uuid4().hex}:"
+    client = redis_client()
+    shared = RedisLimiter(client, prefix, close_client=False)
+    rule = rate("old", 10, 60)
+    try:
+        await client.set(prefix + "old", f"{T0 + 30:.6f}", px=60_000)  # 30 s ahead: 5 units
+        [state] = await shared.peek([rule], T0)
+        assert state.remaining == 5 and state.reset_after == pytest.approx(30.0)
+        assert await admitted(shared, [rule], 6, T0) == 5
+    finally:
+        await delete_prefix(client, prefix)
+        await client.aclose()
