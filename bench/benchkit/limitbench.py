@@ -10,6 +10,7 @@ api/openai.py runs for every request: authenticate -> admit -> settle.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import statistics
 import time
@@ -32,6 +33,7 @@ MODEL = "bench-model"
 USAGE: Mapping[str, Any] = {"prompt_tokens": 12, "completion_tokens": 9, "total_tokens": 21}
 WARMUP = 500  # requests before timing: the first reads the database, Redis loads scripts
 ITERATIONS = {"memory": 10_000, "redis": 4_000}  # requests per round
+AT_ONCE = 32  # requests in flight for the round trips of a busy worker
 
 
 @dataclass
@@ -46,7 +48,8 @@ class MicroRun:
     stages_us: dict[str, list[float]]  # mean per stage, one per round
     p50_us: float  # over every timed request
     p99_us: float
-    round_trips: float | None = None  # commands the Redis client sent, per request
+    round_trips: float | None = None  # the Redis client's round trips, per request
+    round_trips_at_once: float | None = None  # the same, AT_ONCE requests in flight
     redis_commands: float | None = None  # commands run inside scripts (Redis-wide), per request
     stage_trips: dict[str, float] = field(default_factory=dict)  # round trips by stage
     warnings: list[str] = field(default_factory=list)  # e.g. "Redis unreachable"
@@ -120,20 +123,21 @@ def _summarise(
 
 
 class _Sent:
-    """Counts the commands the gateway's Redis client sends: each is one round trip.
+    """Counts the gateway's Redis round trips: the connections its client takes from its
+    pool, one for a command sent alone or for a batch of them (GatewayRedis.batched).
 
-    Wraps the client's ``execute_command`` (scripts call it too), so other clients of the
-    same Redis do not count."""
+    Wraps the client's own pool, so other clients of the same Redis do not count."""
 
     def __init__(self, client: Any) -> None:
         self.count = 0
-        send = client.execute_command
+        pool = client.connection_pool
+        take = pool.get_connection
 
         async def counted(*args: Any, **options: Any) -> Any:
             self.count += 1
-            return await send(*args, **options)
+            return await take(*args, **options)
 
-        client.execute_command = counted
+        pool.get_connection = counted
 
 
 async def _case(
@@ -155,7 +159,30 @@ async def _case(
         _, inner = redis_store.calls_between(before, redis_store.command_calls(redis_url))
         run.round_trips, run.redis_commands = (sent.count - sent_before) / total, inner / total
         run.stage_trips = await _trips_by_stage(state, scope, sent)
+        run.round_trips_at_once = await _trips_at_once(state, scope, sent)
     return run
+
+
+async def _trips_at_once(
+    state: AppState, scope: dict[str, Any], sent: _Sent, rounds: int = 20
+) -> float:
+    """Round trips per request with AT_ONCE requests in flight, as a busy worker has
+    them: their commands share batches."""
+    from relaygate.asgi import new_request_id
+
+    principal = await state.auth.authenticate(scope)
+
+    async def one() -> None:
+        admitted = await state.admission.admit(
+            principal, new_request_id(), model=MODEL, endpoint=CHAT, body_size=100,
+            max_output_tokens=16,
+        )  # fmt: skip
+        await state.admission.settle(admitted, USAGE)
+
+    start = sent.count
+    for _ in range(rounds):
+        await asyncio.gather(*(one() for _ in range(AT_ONCE)))
+    return (sent.count - start) / (rounds * AT_ONCE)
 
 
 async def _trips_by_stage(
@@ -238,7 +265,10 @@ def main() -> None:
         stages = ", ".join(f"{s} {run.stage_us(s):.1f}" for s in STAGES)
         print(f"{run.backend} {run.key} ({run.rules} rules): {run.median_us:.1f} µs/request")
         print(f"  median of {args.rounds} rounds of {run.iterations}; {stages}")
-        print(f"  p50 {run.p50_us:.1f} µs, p99 {run.p99_us:.1f} µs; round trips {run.round_trips}")
+        print(
+            f"  p50 {run.p50_us:.1f} µs, p99 {run.p99_us:.1f} µs; round trips {run.round_trips}"
+            f" ({run.round_trips_at_once} with {AT_ONCE} at once)"
+        )
 
 
 if __name__ == "__main__":
