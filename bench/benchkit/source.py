@@ -17,6 +17,7 @@ import tarfile
 from .common import REPO_DIR, WORK_DIR, BenchError
 
 _USED: list[str] = []  # the ref and commit given to use_ref(), for describe()
+_REF_ENV = "RELAYGATE_BENCH_REF"  # the commit this process runs the source of
 
 
 def _git(*args: str) -> str:
@@ -41,9 +42,16 @@ def use_ref(ref: str) -> None:
         with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
             tar.extractall(target, filter="data")
     src = str(target / "src")
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)
-    sys.path.insert(0, src)
     _USED[:] = [ref, sha]
+    if os.environ.get(_REF_ENV) == sha:
+        return  # this process was started with it first on its path
+    # The bench has imported some of relaygate already (settings, usage records): the
+    # in-process sections would measure those of the working tree. Start again, with the
+    # ref's source first on the path of this process and of every gateway it starts.
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)
+    os.environ[_REF_ENV] = sha
+    sys.stdout.flush()
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
 
 
 def describe() -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -20,7 +19,6 @@ from uuid import uuid4
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
@@ -46,17 +44,6 @@ class Trips:
             return await take(*args, **kwargs)
 
         pool.get_connection = get_connection  # type: ignore[method-assign]
-
-
-@pytest.fixture
-async def prefix() -> AsyncIterator[str]:
-    prefix = f"rgbatch:{uuid4().hex}:"
-    yield prefix
-    plain = Redis.from_url(URL)
-    keys = [key async for key in plain.scan_iter(match=prefix + "*", count=1000)]
-    if keys:
-        await plain.delete(*keys)
-    await plain.aclose()
 
 
 async def test_commands_issued_together_share_round_trips(prefix: str) -> None:

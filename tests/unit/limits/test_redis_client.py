@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 from uuid import uuid4
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from redis.asyncio import Redis
 from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -51,17 +50,6 @@ class Counted:
 
         pool.get_connection = get_connection  # type: ignore[method-assign]
         pool.release = release  # type: ignore[method-assign]
-
-
-@pytest.fixture
-async def prefix() -> AsyncIterator[str]:
-    prefix = f"rgclient:{uuid4().hex}:"
-    yield prefix
-    plain = Redis.from_url(URL)
-    keys = [key async for key in plain.scan_iter(match=prefix + "*", count=1000)]
-    if keys:
-        await plain.delete(*keys)
-    await plain.aclose()
 
 
 async def test_a_command_waits_for_a_free_connection_then_fails(prefix: str) -> None:
