@@ -22,7 +22,7 @@ from typing import Protocol
 
 from relaygate.limits.base import Decision, Lease, Rule, RuleKind, RuleState
 
-__all__ = ["CONCURRENCY_RETRY", "SLACK", "MemoryLimiter", "slack"]
+__all__ = ["CONCURRENCY_RETRY", "SLACK", "MemoryLimiter"]
 
 # seconds: a timestamp's own float error (1.8e9 s since 1970 holds 2.4e-7 s steps), so a
 # request at exactly its time fits though the caller's clock rounded it (redis.py's
@@ -82,7 +82,7 @@ class _Rate:
     def available(self, rule: Rule, now: float) -> int:
         if rule.limit <= 0:
             return 0
-        return math.floor(rule.limit - self._level(rule, now) + slack(rule.limit, rule.window))
+        return math.floor(rule.limit - self._level(rule, now) + _slack(rule.limit, rule.window))
 
     def need(self, rule: Rule) -> int:
         return rule.cost
@@ -111,14 +111,14 @@ class _Rate:
         reset = level * per_unit + (ahead if ahead > 0.0 else 0.0)
         # room for the cost: the time to drain all but limit - cost units (never past reset)
         retry = 0.0 if fits else max(reset - (limit - rule.cost) * per_unit, 0.0)
-        remaining = math.floor(limit - level + slack(limit, rule.window))
+        remaining = math.floor(limit - level + _slack(limit, rule.window))
         return RuleState(rule, _clamp(remaining, limit), reset, retry)
 
     def is_reset(self, now: float) -> bool:
         return self.empty <= now
 
 
-def slack(limit: int, window: float) -> float:
+def _slack(limit: int, window: float) -> float:
     """Units a rate lets in early: float error only, ``SLACK`` s of its rule's time."""
     return limit * (SLACK / window + 1e-12)
 
